@@ -1,0 +1,59 @@
+"""Reference (pure PyTorch) mHC operators — the numerical spec for the fused kernels.
+
+Shapes: ``N`` tokens, ``n`` streams, ``C`` hidden size. The stream state is ``x: [N, n, C]`` (bf16 on
+GPU), flattened stream-major to ``v: [N, n*C]`` for the coefficient projection. Everything that
+produces a coefficient runs in fp32 (PAPER.md §1, precision).
+
+``mhc_repro.kernels`` implements the same three functions with Triton and is tested against these.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .sinkhorn import sinkhorn
+
+
+def mhc_coefficients(
+    x_flat: Tensor,
+    phi: Tensor,
+    alpha: Tensor,
+    bias: Tensor,
+    n: int,
+    t_max: int = 20,
+    eps: float = 1e-6,
+    rms_eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(H_pre [N, n], H_post [N, n], H_res [N, n, n]) in fp32.
+
+    x_flat: [N, n*C] stream, any float dtype.  phi: [n*C, n*n + 2n] fused projection (the RMSNorm
+    weight is folded into it).  alpha: [3] = (alpha_pre, alpha_post, alpha_res).  bias: [n*n + 2n].
+    Output slice order of the projection: [pre (n) | post (n) | res (n*n, row-major)].
+    """
+    v = x_flat.float()
+    r = torch.sqrt(v.pow(2).mean(dim=-1, keepdim=True) + rms_eps)  # bare RMS over n*C
+    m = v @ phi.float()
+    a = alpha.float()
+    h_pre_t = a[0] * m[:, :n] / r + bias[:n]
+    h_post_t = a[1] * m[:, n : 2 * n] / r + bias[n : 2 * n]
+    h_res_t = a[2] * m[:, 2 * n :] / r + bias[2 * n :]
+    h_pre = torch.sigmoid(h_pre_t) + eps
+    h_post = 2.0 * torch.sigmoid(h_post_t)
+    h_res = sinkhorn(h_res_t.reshape(-1, n, n), t_max, eps)
+    return h_pre, h_post, h_res
+
+
+def mhc_pre(x: Tensor, h_pre: Tensor) -> Tensor:
+    """Branch input ``sum_j H_pre[j] x[j]``: x [N, n, C], h_pre [N, n] -> [N, C] in x.dtype."""
+    return torch.einsum("nj,njc->nc", h_pre.float(), x.float()).to(x.dtype)
+
+
+def mhc_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
+    """Residual merge ``x_out[i] = sum_j H_res[i, j] x[j] + H_post[i] f``.
+
+    x [N, n, C], f [N, C] (branch output), h_post [N, n], h_res [N, n, n] -> [N, n, C] in x.dtype.
+    """
+    out = torch.einsum("nij,njc->nic", h_res.float(), x.float())
+    out = out + h_post.float().unsqueeze(-1) * f.float().unsqueeze(1)
+    return out.to(x.dtype)
