@@ -1,0 +1,44 @@
+"""mHC operator dispatch: fused Triton kernels on CUDA, the pure-PyTorch reference elsewhere.
+
+``get_mhc_ops(backend, device)`` returns an object with ``mhc_coefficients``, ``mhc_pre`` and
+``mhc_post_res`` having exactly the signatures of ``mhc_repro.residual.mhc_ops``.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+BACKENDS = ("auto", "reference", "triton")
+
+
+def _reference_ops() -> SimpleNamespace:
+    from mhc_repro.residual import mhc_ops
+
+    return SimpleNamespace(
+        name="reference",
+        mhc_coefficients=mhc_ops.mhc_coefficients,
+        mhc_pre=mhc_ops.mhc_pre,
+        mhc_post_res=mhc_ops.mhc_post_res,
+    )
+
+
+def _triton_ops() -> SimpleNamespace:
+    from mhc_repro.kernels import fused  # noqa: F401  (imports triton; fails cleanly without it)
+
+    return fused.ops()
+
+
+def get_mhc_ops(backend: str = "auto", device: torch.device | str | None = None) -> SimpleNamespace:
+    if backend not in BACKENDS:
+        raise ValueError(f"mHC backend {backend!r} is unknown; allowed: {', '.join(BACKENDS)}")
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    if backend == "reference" or (backend == "auto" and not on_cuda):
+        return _reference_ops()
+    if backend == "auto":
+        try:
+            return _triton_ops()
+        except ImportError:
+            return _reference_ops()
+    return _triton_ops()
