@@ -1,0 +1,148 @@
+"""ResidualConfig: which residual connection wraps each sub-layer, and how it is initialised.
+
+Framework-free (no torch import). The paper's [open] choices (PAPER.md §1) are options here, with the
+defaults explained per field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+KINDS = ("residual", "hc", "mhc")
+PHI_INITS = ("normal", "zeros")
+BIAS_INITS = ("zeros", "hc")
+COLLAPSES = ("sum", "mean", "learned")
+BACKENDS = ("auto", "reference", "triton")
+
+
+@dataclass
+class ResidualConfig:
+    kind: str = "mhc"
+    """Residual variant: "residual" (Pre-Norm, n = 1), "hc" (dynamic Hyper-Connections), "mhc"."""
+
+    n: int = 4
+    """Expansion rate (number of residual streams). Paper: 4 for HC and mHC. Forced to 1 for "residual"."""
+
+    sinkhorn_iters: int = 20
+    """mHC Sinkhorn-Knopp iterations t_max (each: normalise columns, then rows). Paper: 20."""
+
+    sinkhorn_eps: float = 1e-6
+    """eps in the Sinkhorn denominators and added to H_pre (DeepSeek reference code: 1e-6)."""
+
+    alpha_init: float = 0.01
+    """mHC: initial value of the three learnable gating scalars alpha_pre, alpha_post, alpha_res."""
+
+    hc_scale: float = 0.01
+    """HC: the fixed scales s_alpha = s_beta on the tanh(dynamic) terms (HC paper: 0.01)."""
+
+    use_h_res: bool = True
+    """Table 1 ablation: learn H_res. Disabled -> H_res = identity (mhc and hc)."""
+
+    use_h_pre: bool = True
+    """Table 1 ablation: learn H_pre. Disabled -> H_pre = uniform 1/n (mhc and hc)."""
+
+    use_h_post: bool = True
+    """Table 1 ablation: learn H_post. Disabled -> H_post = ones (mhc and hc)."""
+
+    phi_init: str = "normal"
+    """mHC init of the fused projection phi [nC, n^2+2n]: "normal" (N(0, phi_init_std^2)) or "zeros".
+    [open] Default "normal": tiny token-dependent noise so the coefficients (and alpha, whose gradient is
+    zero while phi = 0) get a useful gradient from step 0. Its effect on the logits at init is
+    alpha_init * phi_init_std * sqrt(nC) (~0.014 at C = 1280, n = 4): negligible next to the bias."""
+
+    phi_init_std: float = 0.02
+    """Std of phi when phi_init = "normal"."""
+
+    bias_init: str = "hc"
+    """mHC init of the bias b [n^2+2n]: "zeros" or "hc".
+    [open] With phi = 0, b = 0 and streams replicated from the embedding, every stream stays identical
+    forever under sum/mean collapse (H_pre, H_post uniform, H_res = J/n, and all gradients are
+    permutation-symmetric), i.e. the network is a Pre-Norm residual net that can never use its n streams.
+    Default "hc" breaks the symmetry the way HC's init does: b_pre one-hot-ish at stream (layer k mod n)
+    (+bias_logit there, -bias_logit elsewhere), b_res = bias_logit on the diagonal and 0 elsewhere
+    (H_res near identity), b_post = 0 (H_post = 2 sigmoid(0) = 1). The forward at init is still a
+    Pre-Norm residual net, but each layer reads a different stream, so the gradients differ across
+    streams and they diverge from the first update (exactly HC's mechanism)."""
+
+    bias_logit: float = 3.0
+    """Strength of the "hc" bias init: sigmoid(+-3) = 0.953 / 0.047 for H_pre; H_res diagonal
+    e^3 / (e^3 + n - 1) = 0.87 at n = 4. [open]"""
+
+    collapse: str = "sum"
+    """Streams -> one vector before the final norm: "sum" (HC paper), "mean" (Megatron) or "learned"
+    (DeepSeek's later code: token-dependent sigmoid weights, w = (2/n) sigmoid(alpha (v.phi)/rms(v) + b),
+    initialised phi = 0, b = 0 so it starts as exactly the mean). Under the final RMSNorm sum and mean
+    differ only through the norm eps."""
+
+    backend: str = "auto"
+    """mHC operator implementation: "auto" (Triton on CUDA, reference elsewhere), "reference", "triton"."""
+
+    def __post_init__(self) -> None:
+        if self.kind == "residual":
+            self.n = 1  # Pre-Norm residual has one stream by definition
+
+    # ---- derived ----------------------------------------------------------------------------------
+    @property
+    def num_streams(self) -> int:
+        """Streams actually used (1 for the Pre-Norm residual)."""
+        return 1 if self.kind == "residual" else self.n
+
+    @property
+    def output_init_scale(self) -> float:
+        """Divisor for the init std of every branch's output projection: sqrt(n) for HC (HC paper), 1 else."""
+        return math.sqrt(self.n) if self.kind == "hc" else 1.0
+
+    @property
+    def ablation_name(self) -> str:
+        """Table 1 tag: "full" (all three), "res", "res+pre", or the enabled set joined by "+" ("none")."""
+        on = [name for name, flag in (("res", self.use_h_res), ("pre", self.use_h_pre),
+                                      ("post", self.use_h_post)) if flag]
+        if len(on) == 3:
+            return "full"
+        return "+".join(on) if on else "none"
+
+    # ---- checks / serialisation ------------------------------------------------------------------
+    def validate(self) -> "ResidualConfig":
+        def choice(name: str, value: Any, allowed: tuple) -> None:
+            if value not in allowed:
+                raise ValueError(f"residual.{name}={value!r} is unknown; allowed: {', '.join(allowed)}")
+
+        choice("kind", self.kind, KINDS)
+        choice("phi_init", self.phi_init, PHI_INITS)
+        choice("bias_init", self.bias_init, BIAS_INITS)
+        choice("collapse", self.collapse, COLLAPSES)
+        choice("backend", self.backend, BACKENDS)
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            raise ValueError(f"residual.n={self.n!r} is invalid; it must be an integer >= 1")
+        if self.kind == "residual" and self.n != 1:
+            raise ValueError(f"residual.n={self.n} is invalid for kind='residual'; it must be 1")
+        if not isinstance(self.sinkhorn_iters, int) or self.sinkhorn_iters < 1:
+            raise ValueError(f"residual.sinkhorn_iters={self.sinkhorn_iters!r} is invalid; "
+                             "it must be an integer >= 1")
+        for name in ("sinkhorn_eps", "phi_init_std", "hc_scale"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"residual.{name}={v!r} is invalid; it must be a finite number >= 0")
+        for name in ("alpha_init", "bias_logit"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"residual.{name}={v!r} is invalid; it must be a finite number")
+        for name in ("use_h_res", "use_h_pre", "use_h_post"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"residual.{name}={getattr(self, name)!r} is invalid; "
+                                 "it must be true or false")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "ResidualConfig":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"residual config keys {unknown} are unknown; allowed: {', '.join(sorted(known))}")
+        return cls(**d)
