@@ -1,0 +1,72 @@
+"""Dynamic Hyper-Connections (Zhu et al. 2024), as PAPER.md §1 states them.
+
+Per stream i, ``x̄_i = RMSNorm(x_i)`` over C (one learnable weight shared by the streams), then
+``H_pre = s·tanh(x̄ W_m) + A_m``, ``H_res = s·tanh(x̄ W_r) + A_r``, ``H_post = s·tanh(x̄ W_β) + B``
+with ``W = 0``, ``A_m = e_{k mod n}``, ``A_r = I``, ``B = 1`` at init, so HC starts as exactly a
+Pre-Norm residual network. Each stream's own C-vector produces its own row (row i of H_res comes from
+stream i) and the update is ``x_out[i] = Σ_j H_res[i, j] x[j] + H_post[i] F(Σ_j H_pre[j] x[j])``.
+(The HC paper applies its A_r transposed, i.e. row j from stream j says where stream j goes; we follow
+PAPER.md's single convention literally.) Coefficients are fp32; the stream keeps its dtype. The stream
+ops come from ``get_mhc_ops`` (they are generic in H), so HC also uses the fused kernels on GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from mhc_repro.kernels import get_mhc_ops
+
+from .base import Branch, StreamResidual
+from .config import ResidualConfig
+
+
+class HyperConnection(StreamResidual):
+    def __init__(self, cfg: ResidualConfig, layer_index: int, d_model: int, norm_eps: float) -> None:
+        super().__init__()
+        n = self.n = cfg.n
+        self.cfg, self.d_model, self.scale = cfg, d_model, cfg.hc_scale
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        # Dynamic weights, fused: columns [pre (1) | post (1) | res (n)]; zero at init (HC paper).
+        self.w_dyn = nn.Parameter(torch.zeros(d_model, n + 2))
+        self.static_pre = nn.Parameter(nn.functional.one_hot(torch.tensor(layer_index % n), n).float())
+        self.static_res = nn.Parameter(torch.eye(n))
+        self.static_post = nn.Parameter(torch.ones(n))
+
+    def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(H_pre [..., n], H_post [..., n], H_res [..., n, n]) in fp32 from x [..., n, C]."""
+        n, s, cfg = self.n, self.scale, self.cfg
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            d = torch.tanh(self.norm(x.float()) @ self.w_dyn.float())  # [..., n, n+2], row i <- stream i
+        lead = x.shape[:-2]
+        h_pre = s * d[..., 0] + self.static_pre.float()
+        h_post = s * d[..., 1] + self.static_post.float()
+        h_res = s * d[..., 2:] + self.static_res.float()
+        if not cfg.use_h_pre:
+            h_pre = torch.full((*lead, n), 1.0 / n, device=x.device)
+        if not cfg.use_h_post:
+            h_post = torch.ones(*lead, n, device=x.device)
+        if not cfg.use_h_res:
+            h_res = torch.eye(n, device=x.device).expand(*lead, n, n)
+        return h_pre, h_post, h_res
+
+    def forward(self, x: Tensor, branch: Branch) -> Tensor:
+        if x.dim() != 4 or x.shape[-2] != self.n or x.shape[-1] != self.d_model:
+            raise ValueError(f"HyperConnection expects x [B, T, n={self.n}, C={self.d_model}]; "
+                             f"got shape {tuple(x.shape)}")
+        lead, n, c = tuple(x.shape[:-2]), self.n, self.d_model
+        num = math.prod(lead)
+        ops = get_mhc_ops(self.cfg.backend, x.device)
+        h_pre, h_post, h_res = self.coefficients(x)
+        h_pre, h_post = h_pre.reshape(num, n), h_post.reshape(num, n)
+        h_res = h_res.reshape(num, n, n).contiguous()
+        self._record(h_res, lead)
+        x3 = x.reshape(num, n, c)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            branch_in = ops.mhc_pre(x3, h_pre)
+        f = branch(branch_in.reshape(*lead, c))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = ops.mhc_post_res(x3, f.reshape(num, c), h_post, h_res)
+        return out.reshape(x.shape)

@@ -1,0 +1,82 @@
+"""mHC: Manifold-Constrained Hyper-Connections (PAPER.md §1), through the dispatched mHC operators.
+
+Per token: ``v = flatten(x)`` (stream-major, [nC]); ``m = v @ φ`` with one fused ``φ [nC, n²+2n]``
+(stored fp32); ``H~ = (1/rms(v)) · [α_pre m_pre, α_post m_post, α_res m_res] + b``;
+``H_pre = sigmoid + eps``, ``H_post = 2·sigmoid``, ``H_res = Sinkhorn(exp)`` (t_max iterations, rows
+exact). Update ``x_out[i] = Σ_j H_res[i, j] x[j] + H_post[i] F(Σ_j H_pre[j] x[j])``. All of that
+lives in ``get_mhc_ops(cfg.backend, device)`` (reference ops or fused Triton kernels); this module
+owns the parameters, the ablation switches and the plumbing. Coefficients are fp32 whatever the
+stream dtype (autocast is disabled around the ops; the branch itself runs under the caller's autocast).
+For n = 1, H_res = 1 (up to the Sinkhorn eps) and mHC reduces to a residual.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from mhc_repro.kernels import get_mhc_ops
+
+from .base import Branch, StreamResidual
+from .config import ResidualConfig
+
+
+def init_bias(cfg: ResidualConfig, layer_index: int) -> Tensor:
+    """The [n²+2n] bias at init, slice order [pre | post | res (row-major)]; see ResidualConfig.bias_init."""
+    n = cfg.n
+    b = torch.zeros(n * n + 2 * n)
+    if cfg.bias_init == "hc":
+        b[:n] = -cfg.bias_logit
+        b[layer_index % n] = cfg.bias_logit  # H_pre ≈ e_{k mod n}
+        # b_post stays 0: H_post = 2·sigmoid(0) = 1
+        b[2 * n :] = (cfg.bias_logit * torch.eye(n)).reshape(-1)  # H_res ≈ I after Sinkhorn
+    return b
+
+
+class ManifoldHyperConnection(StreamResidual):
+    def __init__(self, cfg: ResidualConfig, layer_index: int, d_model: int, norm_eps: float) -> None:
+        super().__init__()
+        n = self.n = cfg.n
+        self.cfg, self.d_model, self.norm_eps = cfg, d_model, norm_eps
+        phi = torch.zeros(n * d_model, n * n + 2 * n, dtype=torch.float32)
+        if cfg.phi_init == "normal":
+            nn.init.normal_(phi, std=cfg.phi_init_std)
+        self.phi = nn.Parameter(phi)
+        self.alpha = nn.Parameter(torch.full((3,), float(cfg.alpha_init)))
+        self.bias = nn.Parameter(init_bias(cfg, layer_index))
+
+    def coefficients(self, x_flat: Tensor, ops=None) -> tuple[Tensor, Tensor, Tensor]:
+        """(H_pre [N, n], H_post [N, n], H_res [N, n, n]) fp32 from x_flat [N, nC], ablations applied."""
+        cfg, n, num = self.cfg, self.n, x_flat.shape[0]
+        ops = ops or get_mhc_ops(cfg.backend, x_flat.device)
+        with torch.autocast(device_type=x_flat.device.type, enabled=False):
+            h_pre, h_post, h_res = ops.mhc_coefficients(
+                x_flat, self.phi, self.alpha, self.bias, n,
+                cfg.sinkhorn_iters, cfg.sinkhorn_eps, self.norm_eps)
+        dev = x_flat.device
+        if not cfg.use_h_pre:
+            h_pre = torch.full((num, n), 1.0 / n, device=dev)
+        if not cfg.use_h_post:
+            h_post = torch.ones(num, n, device=dev)
+        if not cfg.use_h_res:
+            h_res = torch.eye(n, device=dev).expand(num, n, n).contiguous()
+        return h_pre, h_post, h_res
+
+    def forward(self, x: Tensor, branch: Branch) -> Tensor:
+        if x.dim() != 4 or x.shape[-2] != self.n or x.shape[-1] != self.d_model:
+            raise ValueError(f"ManifoldHyperConnection expects x [B, T, n={self.n}, C={self.d_model}]; "
+                             f"got shape {tuple(x.shape)}")
+        lead, n, c = tuple(x.shape[:-2]), self.n, self.d_model
+        num = math.prod(lead)
+        ops = get_mhc_ops(self.cfg.backend, x.device)
+        x3 = x.reshape(num, n, c)
+        h_pre, h_post, h_res = self.coefficients(x3.reshape(num, n * c), ops)
+        self._record(h_res, lead)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            branch_in = ops.mhc_pre(x3, h_pre)
+        f = branch(branch_in.reshape(*lead, c))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = ops.mhc_post_res(x3, f.reshape(num, c), h_post, h_res)
+        return out.reshape(x.shape)
