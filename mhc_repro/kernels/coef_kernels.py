@@ -1,0 +1,182 @@
+"""Triton kernels for the mHC coefficients (PAPER.md §1, §5 kernels 1–3).
+
+Forward: ``proj_fwd`` reads the stream ``v = x_flat [N, K=nC]`` once and produces both the projection
+``m = v·φ [N, M=n²+2n]`` (tensor cores, tf32 by default, fp32 accumulate) and the sum of squares;
+``coef_fwd`` is the small epilogue (1/r, α, bias, sigmoid, 2·sigmoid, exp, Sinkhorn in registers).
+
+Backward: ``coef_bwd`` recomputes the Sinkhorn iterations on-chip, keeping only the 2·t_max
+denominator vectors (n floats each) in a per-token scratch row, and runs back through all of them —
+the exact gradient of the unrolled loop. It emits ``dm = ∂L/∂m``, the per-token RMS term and the
+per-token α partials. ``proj_bwd`` makes one pass over ``v``: ``dv = dm·φᵀ + c·v`` and a
+deterministic per-split partial of ``dφ = vᵀ·dm`` (summed over splits by the caller, no atomics).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def proj_fwd(x_ptr, phi_ptr, m_ptr, ss_ptr, N, K, M,
+             BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    t = pid * BN + tl.arange(0, BN)
+    tm = t < N
+    cols = tl.arange(0, MP)
+    cm = cols < M
+    acc = tl.zeros((BN, MP), dtype=tl.float32)
+    ss = tl.zeros((BN,), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < K
+        v = tl.load(x_ptr + t[:, None].to(tl.int64) * K + k[None, :], mask=tm[:, None] & km[None, :],
+                    other=0.0).to(tl.float32)
+        ss += tl.sum(v * v, axis=1)
+        p = tl.load(phi_ptr + k[:, None] * M + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
+        acc += tl.dot(v, p.to(tl.float32), input_precision=PREC)
+    tl.store(m_ptr + t[:, None] * M + cols[None, :], acc, mask=tm[:, None] & cm[None, :])
+    tl.store(ss_ptr + t, ss, mask=tm)
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def coef_fwd(m_ptr, ss_ptr, alpha_ptr, bias_ptr, hpre_ptr, hpost_ptr, hres_ptr, r_ptr,
+             N, inv_k, rms_eps, eps, t_max,
+             n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr):
+    M = n * n + 2 * n
+    pid = tl.program_id(0)
+    t = pid * BT + tl.arange(0, BT)
+    tm = t < N
+    r = tl.sqrt(tl.load(ss_ptr + t, mask=tm, other=0.0) * inv_k + rms_eps)
+    tl.store(r_ptr + t, r, mask=tm)
+    a_pre = tl.load(alpha_ptr + 0)
+    a_post = tl.load(alpha_ptr + 1)
+    a_res = tl.load(alpha_ptr + 2)
+    # pre / post: [BT, NP]
+    j = tl.arange(0, NP)
+    jm = j < n
+    m2 = tm[:, None] & jm[None, :]
+    base = m_ptr + t[:, None] * M + j[None, :]
+    z = a_pre * tl.load(base, mask=m2, other=0.0) / r[:, None] + tl.load(bias_ptr + j, mask=jm, other=0.0)[None, :]
+    tl.store(hpre_ptr + t[:, None] * n + j[None, :], _sigmoid(z) + eps, mask=m2)
+    z = a_post * tl.load(base + n, mask=m2, other=0.0) / r[:, None] + tl.load(bias_ptr + n + j, mask=jm, other=0.0)[None, :]
+    tl.store(hpost_ptr + t[:, None] * n + j[None, :], 2.0 * _sigmoid(z), mask=m2)
+    # res: [BT, NP(i), NP(j)], Sinkhorn in registers; padded entries stay exactly 0.
+    ii = tl.arange(0, NP)[None, :, None]
+    jj = tl.arange(0, NP)[None, None, :]
+    m3 = tm[:, None, None] & (ii < n) & (jj < n)
+    off = ii * n + jj
+    z = a_res * tl.load(m_ptr + t[:, None, None] * M + 2 * n + off, mask=m3, other=0.0) / r[:, None, None]
+    z += tl.load(bias_ptr + 2 * n + off, mask=(ii < n) & (jj < n), other=0.0)
+    h = tl.where(m3, tl.exp(z), 0.0)
+    for _ in range(t_max):
+        h = h / (tl.sum(h, axis=1)[:, None, :] + eps)  # columns
+        h = h / (tl.sum(h, axis=2)[:, :, None] + eps)  # rows
+    tl.store(hres_ptr + t[:, None, None] * (n * n) + off, h, mask=m3)
+
+
+@triton.jit
+def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, scr_ptr,
+             dht_ptr, dm_ptr, c_ptr, da_ptr,
+             N, inv_k, eps, t_max,
+             n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr):
+    M = n * n + 2 * n
+    pid = tl.program_id(0)
+    t = pid * BT + tl.arange(0, BT)
+    tm = t < N
+    r = tl.load(r_ptr + t, mask=tm, other=1.0)
+    a_pre = tl.load(alpha_ptr + 0)
+    a_post = tl.load(alpha_ptr + 1)
+    a_res = tl.load(alpha_ptr + 2)
+    j = tl.arange(0, NP)
+    jm = j < n
+    m2 = tm[:, None] & jm[None, :]
+    base = m_ptr + t[:, None] * M + j[None, :]
+    # pre: h = sigmoid(z) + eps
+    mp = tl.load(base, mask=m2, other=0.0)
+    s = _sigmoid(a_pre * mp / r[:, None] + tl.load(bias_ptr + j, mask=jm, other=0.0)[None, :])
+    d_pre = tl.load(gpre_ptr + t[:, None] * n + j[None, :], mask=m2, other=0.0) * s * (1.0 - s)
+    # post: h = 2 sigmoid(z)
+    mq = tl.load(base + n, mask=m2, other=0.0)
+    s = _sigmoid(a_post * mq / r[:, None] + tl.load(bias_ptr + n + j, mask=jm, other=0.0)[None, :])
+    d_post = tl.load(gpost_ptr + t[:, None] * n + j[None, :], mask=m2, other=0.0) * 2.0 * s * (1.0 - s)
+    # res: recompute Sinkhorn, keeping the denominators in this program's scratch rows.
+    ii = tl.arange(0, NP)[None, :, None]
+    jj = tl.arange(0, NP)[None, None, :]
+    m3 = tm[:, None, None] & (ii < n) & (jj < n)
+    off = ii * n + jj
+    mr = tl.load(m_ptr + t[:, None, None] * M + 2 * n + off, mask=m3, other=0.0)
+    z = a_res * mr / r[:, None, None]
+    z += tl.load(bias_ptr + 2 * n + off, mask=(ii < n) & (jj < n), other=0.0)
+    h0 = tl.where(m3, tl.exp(z), 0.0)
+    h = h0
+    srow = scr_ptr + t.to(tl.int64)[:, None] * (2 * t_max * NP) + j[None, :]
+    for k in range(t_max):
+        sc = tl.sum(h, axis=1) + eps  # [BT, NP] indexed by column
+        tl.store(srow + (2 * k) * NP, sc)
+        h = h / sc[:, None, :]
+        sr = tl.sum(h, axis=2) + eps  # [BT, NP] indexed by row
+        tl.store(srow + (2 * k + 1) * NP, sr)
+        h = h / sr[:, :, None]
+    tl.debug_barrier()
+    g = tl.load(gres_ptr + t[:, None, None] * (n * n) + off, mask=m3, other=0.0)
+    y = h
+    for kk in range(t_max):
+        k = t_max - 1 - kk
+        sr = tl.load(srow + (2 * k + 1) * NP)
+        g = tl.where(m3, (g - tl.sum(g * y, axis=2)[:, :, None]) / sr[:, :, None], 0.0)
+        y = y * sr[:, :, None]  # input of the row step = output of the column step
+        sc = tl.load(srow + (2 * k) * NP)
+        g = tl.where(m3, (g - tl.sum(g * y, axis=1)[:, None, :]) / sc[:, None, :], 0.0)
+        y = y * sc[:, None, :]
+    d_res = g * h0
+    # dh~ (for dbias), dm = α dh~ / r, and the 1/r term: dr = -Σ α m dh~ / r², c = dr / (K r).
+    ob = t[:, None] * M + j[None, :]
+    tl.store(dht_ptr + ob, d_pre, mask=m2)
+    tl.store(dht_ptr + ob + n, d_post, mask=m2)
+    tl.store(dht_ptr + t[:, None, None] * M + 2 * n + off, d_res, mask=m3)
+    tl.store(dm_ptr + ob, a_pre * d_pre / r[:, None], mask=m2)
+    tl.store(dm_ptr + ob + n, a_post * d_post / r[:, None], mask=m2)
+    tl.store(dm_ptr + t[:, None, None] * M + 2 * n + off, a_res * d_res / r[:, None, None], mask=m3)
+    p_pre = tl.sum(mp * d_pre, axis=1) / r
+    p_post = tl.sum(mq * d_post, axis=1) / r
+    p_res = tl.sum(tl.sum(mr * d_res, axis=2), axis=1) / r
+    tl.store(da_ptr + t * 3 + 0, p_pre, mask=tm)
+    tl.store(da_ptr + t * 3 + 1, p_post, mask=tm)
+    tl.store(da_ptr + t * 3 + 2, p_res, mask=tm)
+    dr = -(a_pre * p_pre + a_post * p_post + a_res * p_res) / r
+    tl.store(c_ptr + t, dr * inv_k / r, mask=tm)
+
+
+@triton.jit
+def proj_bwd(x_ptr, phi_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split,
+             BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr):
+    kb = tl.program_id(0)
+    sp = tl.program_id(1)
+    k = kb * BK + tl.arange(0, BK)
+    km = k < K
+    cols = tl.arange(0, MP)
+    cm = cols < M
+    p = tl.load(phi_ptr + k[:, None] * M + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0).to(tl.float32)
+    pt = tl.trans(p)
+    acc = tl.zeros((BK, MP), dtype=tl.float32)
+    lo = sp * tok_per_split
+    hi = tl.minimum(lo + tok_per_split, N)
+    for t0 in range(lo, hi, BN):
+        t = t0 + tl.arange(0, BN)
+        tm = t < hi
+        xo = t[:, None].to(tl.int64) * K + k[None, :]
+        xm = tm[:, None] & km[None, :]
+        v = tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
+        dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
+        c = tl.load(c_ptr + t, mask=tm, other=0.0)
+        dv = tl.dot(dm, pt, input_precision=PREC) + c[:, None] * v
+        tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
+        acc += tl.dot(tl.trans(v), dm, input_precision=PREC)
+    tl.store(dphi_ptr + sp.to(tl.int64) * K * M + k[:, None] * M + cols[None, :], acc,
+             mask=km[:, None] & cm[None, :])

@@ -1,0 +1,274 @@
+"""Fused mHC operators: the Triton kernels registered as ``torch.library`` custom ops.
+
+``ops()`` returns the same three functions as ``mhc_repro.residual.mhc_ops`` (same signatures and
+semantics, differentiable w.r.t. every tensor input). Each is a custom op with a registered fake
+(meta) implementation and a registered autograd formula whose backward is again a custom op, so
+``torch.compile`` traces forward and backward without graph breaks (the kernels stay opaque to
+Inductor, which fuses the code around them).
+
+Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors:
+that is how CI checks them against the reference.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+import triton
+from torch import Tensor
+
+from . import coef_kernels as ck
+from . import stream_kernels as sk
+
+# tf32 operands for the two projections (fp32 accumulate): PAPER.md §1 allows tf32 for φ; the stream
+# is bf16, which tf32 holds exactly. "ieee" gives full fp32 products at ~8x the tensor-core cost.
+DOT_PRECISION = "tf32"
+_SINKHORN_BT = 32  # tokens per program in the coefficient epilogue
+_PROJ_BN, _PROJ_BK = 32, 128
+
+
+def _p2(v: int, lo: int = 1) -> int:
+    return max(lo, triton.next_power_of_2(v))
+
+
+def _np(n: int) -> int:
+    return _p2(n, 2)
+
+
+def _n_sm(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+# ---------------------------------------------------------------- coefficients (kernels 1-3)
+@torch.library.custom_op("mhc_repro::coefficients", mutates_args=())
+def _coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int,
+                  eps: float, rms_eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    x = x_flat.contiguous()
+    N, K = x.shape
+    M = n * n + 2 * n
+    f32 = dict(device=x.device, dtype=torch.float32)
+    m, ss, r = torch.empty(N, M, **f32), torch.empty(N, **f32), torch.empty(N, **f32)
+    h_pre, h_post, h_res = torch.empty(N, n, **f32), torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
+    if N > 0:
+        bk = min(_PROJ_BK, _p2(K, 16))
+        ck.proj_fwd[(triton.cdiv(N, _PROJ_BN),)](
+            x, phi.float().contiguous(), m, ss, N, K, M,
+            BN=_PROJ_BN, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION)
+        ck.coef_fwd[(triton.cdiv(N, _SINKHORN_BT),)](
+            m, ss, alpha.float().contiguous(), bias.float().contiguous(), h_pre, h_post, h_res, r,
+            N, 1.0 / K, rms_eps, eps, t_max, n=n, NP=_np(n), BT=_SINKHORN_BT)
+    return h_pre, h_post, h_res, m, r
+
+
+@_coefficients.register_fake
+def _(x_flat, phi, alpha, bias, n, t_max, eps, rms_eps):
+    N = x_flat.shape[0]
+    e = lambda *s: x_flat.new_empty(s, dtype=torch.float32)  # noqa: E731
+    return e(N, n), e(N, n), e(N, n, n), e(N, n * n + 2 * n), e(N)
+
+
+@torch.library.custom_op("mhc_repro::coefficients_bwd", mutates_args=())
+def _coefficients_bwd(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, m: Tensor, r: Tensor,
+                      g_pre: Tensor, g_post: Tensor, g_res: Tensor, n: int, t_max: int,
+                      eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x = x_flat.contiguous()
+    N, K = x.shape
+    M = n * n + 2 * n
+    f32 = dict(device=x.device, dtype=torch.float32)
+    NP, BT = _np(n), _SINKHORN_BT
+    n_prog = triton.cdiv(N, BT)
+    dht, dm = torch.empty(N, M, **f32), torch.empty(N, M, **f32)
+    c, da = torch.empty(N, **f32), torch.empty(N, 3, **f32)
+    dx = torch.empty_like(x)
+    bk = min(_PROJ_BK, _p2(K, 16))
+    n_kb = triton.cdiv(K, bk)
+    # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
+    splits = max(1, min(triton.cdiv(N, _PROJ_BN), triton.cdiv(4 * _n_sm(x.device), n_kb)))
+    tok = triton.cdiv(triton.cdiv(N, splits), _PROJ_BN) * _PROJ_BN
+    splits = max(1, triton.cdiv(N, tok))
+    part = torch.zeros(splits, K, M, **f32)
+    if N > 0:
+        scratch = torch.empty(n_prog * BT * 2 * t_max * NP, **f32)
+        ck.coef_bwd[(n_prog,)](
+            m, r, alpha.float().contiguous(), bias.float().contiguous(),
+            g_pre.float().contiguous(), g_post.float().contiguous(), g_res.float().contiguous(),
+            scratch, dht, dm, c, da, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT)
+        ck.proj_bwd[(n_kb, splits)](
+            x, phi.float().contiguous(), dm, c, dx, part, N, K, M, tok,
+            BN=_PROJ_BN, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION)
+    dphi = part.sum(0).to(phi.dtype)
+    return dx, dphi, da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
+
+
+@_coefficients_bwd.register_fake
+def _(x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps):
+    return torch.empty_like(x_flat), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
+
+
+def _coef_setup(ctx, inputs, output):
+    x_flat, phi, alpha, bias, n, t_max, eps, _ = inputs
+    ctx.save_for_backward(x_flat, phi, alpha, bias, output[3], output[4])
+    ctx.cfg = (n, t_max, eps)
+
+
+def _coef_backward(ctx, g_pre, g_post, g_res, _g_m, _g_r):
+    x_flat, phi, alpha, bias, m, r = ctx.saved_tensors
+    n, t_max, eps = ctx.cfg
+    N = x_flat.shape[0]
+    z = lambda *s: torch.zeros(s, device=x_flat.device, dtype=torch.float32)  # noqa: E731
+    g_pre = z(N, n) if g_pre is None else g_pre
+    g_post = z(N, n) if g_post is None else g_post
+    g_res = z(N, n, n) if g_res is None else g_res
+    dx, dphi, dalpha, dbias = torch.ops.mhc_repro.coefficients_bwd(
+        x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps)
+    return dx, dphi, dalpha, dbias, None, None, None, None
+
+
+_coefficients.register_autograd(_coef_backward, setup_context=_coef_setup)
+
+
+# ---------------------------------------------------------------- apply H_pre (kernel 4)
+@torch.library.custom_op("mhc_repro::pre", mutates_args=())
+def _pre(x: Tensor, h_pre: Tensor) -> Tensor:
+    x = x.contiguous()
+    N, n, C = x.shape
+    out = x.new_empty(N, C)
+    bt, bc = 8, min(256, _p2(C, 16))
+    if N > 0:
+        sk.pre_fwd[(triton.cdiv(N, bt), triton.cdiv(C, bc))](
+            x, h_pre.float().contiguous(), out, N, C, n=n, BT=bt, BC=bc)
+    return out
+
+
+@_pre.register_fake
+def _(x, h_pre):
+    return x.new_empty(x.shape[0], x.shape[2])
+
+
+@torch.library.custom_op("mhc_repro::pre_bwd", mutates_args=())
+def _pre_bwd(x: Tensor, h_pre: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    x = x.contiguous()
+    N, n, C = x.shape
+    dx, dh = torch.empty_like(x), torch.empty(N, n, device=x.device, dtype=torch.float32)
+    bt, bc = 4, min(256, _p2(C, 16))
+    if N > 0:
+        sk.pre_bwd[(triton.cdiv(N, bt),)](
+            x, h_pre.float().contiguous(), g.contiguous(), dx, dh, N, C, n=n, NP=_np(n), BT=bt, BC=bc)
+    return dx, dh.to(h_pre.dtype)
+
+
+@_pre_bwd.register_fake
+def _(x, h_pre, g):
+    return torch.empty_like(x), torch.empty_like(h_pre)
+
+
+def _pre_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _pre_backward(ctx, g):
+    x, h_pre = ctx.saved_tensors
+    return torch.ops.mhc_repro.pre_bwd(x, h_pre, g)
+
+
+_pre.register_autograd(_pre_backward, setup_context=_pre_setup)
+
+
+# ---------------------------------------------------------------- H_res + H_post + merge (kernel 5)
+@torch.library.custom_op("mhc_repro::post_res", mutates_args=())
+def _post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
+    x = x.contiguous()
+    N, n, C = x.shape
+    out = torch.empty_like(x)
+    bt, bc = 4, min(256, _p2(C, 16))
+    if N > 0:
+        sk.post_res_fwd[(triton.cdiv(N, bt), triton.cdiv(C, bc))](
+            x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), out, N, C,
+            n=n, NP=_np(n), BT=bt, BC=bc)
+    return out
+
+
+@_post_res.register_fake
+def _(x, f, h_post, h_res):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("mhc_repro::post_res_bwd", mutates_args=())
+def _post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
+                  g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x = x.contiguous()
+    N, n, C = x.shape
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dx, df = torch.empty_like(x), torch.empty(N, C, device=x.device, dtype=f.dtype)
+    dhp, dhr = torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
+    bt, bc = 4, min(128, _p2(C, 16))
+    if N > 0:
+        sk.post_res_bwd[(triton.cdiv(N, bt),)](
+            x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(),
+            dx, df, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc)
+    return dx, df, dhp.to(h_post.dtype), dhr.to(h_res.dtype)
+
+
+@_post_res_bwd.register_fake
+def _(x, f, h_post, h_res, g):
+    return torch.empty_like(x), torch.empty_like(f), torch.empty_like(h_post), torch.empty_like(h_res)
+
+
+def _post_res_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _post_res_backward(ctx, g):
+    x, f, h_post, h_res = ctx.saved_tensors
+    return torch.ops.mhc_repro.post_res_bwd(x, f, h_post, h_res, g)
+
+
+_post_res.register_autograd(_post_res_backward, setup_context=_post_res_setup)
+
+
+# ---------------------------------------------------------------- public API (mhc_ops signatures)
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def mhc_coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int = 20,
+                     eps: float = 1e-6, rms_eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor]:
+    """(H_pre [N, n], H_post [N, n], H_res [N, n, n]) in fp32; see residual.mhc_ops.mhc_coefficients."""
+    M = n * n + 2 * n
+    _check(n >= 1, f"mHC n={n} is invalid; it must be an integer >= 1")
+    _check(t_max >= 1, f"sinkhorn t_max={t_max} is invalid; it must be an integer >= 1")
+    _check(x_flat.dim() == 2 and x_flat.shape[1] % n == 0,
+           f"x_flat shape {tuple(x_flat.shape)} is invalid; expected [N, n*C] with n={n}")
+    _check(tuple(phi.shape) == (x_flat.shape[1], M),
+           f"phi shape {tuple(phi.shape)} is invalid; expected {(x_flat.shape[1], M)}")
+    _check(alpha.numel() == 3, f"alpha has {alpha.numel()} elements; expected 3 (pre, post, res)")
+    _check(bias.numel() == M, f"bias has {bias.numel()} elements; expected n*n+2n = {M}")
+    h_pre, h_post, h_res, _, _ = torch.ops.mhc_repro.coefficients(
+        x_flat, phi, alpha.reshape(3), bias.reshape(M), int(n), int(t_max), float(eps), float(rms_eps))
+    return h_pre, h_post, h_res
+
+
+def mhc_pre(x: Tensor, h_pre: Tensor) -> Tensor:
+    """Branch input ``sum_j H_pre[j] x[j]``: x [N, n, C], h_pre [N, n] -> [N, C] in x.dtype."""
+    _check(x.dim() == 3 and tuple(h_pre.shape) == tuple(x.shape[:2]),
+           f"mhc_pre shapes x={tuple(x.shape)} h_pre={tuple(h_pre.shape)} are invalid; expected [N,n,C], [N,n]")
+    return torch.ops.mhc_repro.pre(x, h_pre)
+
+
+def mhc_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
+    """``x_out[i] = sum_j H_res[i, j] x[j] + H_post[i] f``: [N, n, C] in x.dtype."""
+    N, n, C = x.shape if x.dim() == 3 else (None, None, None)
+    _check(N is not None and tuple(f.shape) == (N, C) and tuple(h_post.shape) == (N, n)
+           and tuple(h_res.shape) == (N, n, n),
+           f"mhc_post_res shapes x={tuple(x.shape)} f={tuple(f.shape)} h_post={tuple(h_post.shape)} "
+           f"h_res={tuple(h_res.shape)} are invalid; expected [N,n,C], [N,C], [N,n], [N,n,n]")
+    return torch.ops.mhc_repro.post_res(x, f, h_post, h_res)
+
+
+def ops() -> SimpleNamespace:
+    return SimpleNamespace(name="triton", mhc_coefficients=mhc_coefficients, mhc_pre=mhc_pre,
+                           mhc_post_res=mhc_post_res)

@@ -1,0 +1,112 @@
+"""Triton kernels that apply the mHC coefficients to the stream (PAPER.md §5 kernels 4–5).
+
+Layouts: x [N, n, C], f / branch input [N, C], h_pre / h_post [N, n], h_res [N, n, n] (fp32), all
+contiguous. Arithmetic in fp32, outputs in the stream dtype (as the reference does).
+
+Bytes per token (elements of C, forward): pre reads nC, writes C; post_res reads (n+1)C, writes nC.
+The backward kernels own whole tokens (loop over C inside the program) so the per-token reductions
+dH_res = Σ_c g xᵀ, dH_post = Σ_c g f, dH_pre = Σ_c x d_in are plain register sums: no atomics and
+bit-for-bit deterministic.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def pre_fwd(x_ptr, h_ptr, out_ptr, N, C, n: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    tm = t < N
+    msk = tm[:, None] & (c < C)[None, :]
+    t64 = t.to(tl.int64)
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    for j in tl.static_range(n):
+        hj = tl.load(h_ptr + t * n + j, mask=tm, other=0.0)
+        xj = tl.load(x_ptr + (t64[:, None] * n + j) * C + c[None, :], mask=msk, other=0.0)
+        acc += hj[:, None] * xj.to(tl.float32)
+    tl.store(out_ptr + t64[:, None] * C + c[None, :], acc.to(out_ptr.dtype.element_ty), mask=msk)
+
+
+@triton.jit
+def post_res_fwd(x_ptr, f_ptr, hp_ptr, hr_ptr, out_ptr, N, C,
+                 n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    tm = t < N
+    cm = c < C
+    msk = tm[:, None] & cm[None, :]
+    t64 = t.to(tl.int64)
+    i = tl.arange(0, NP)
+    m2 = tm[:, None] & (i < n)[None, :]
+    acc = tl.zeros((BT, NP, BC), dtype=tl.float32)
+    for j in tl.static_range(n):
+        xj = tl.load(x_ptr + (t64[:, None] * n + j) * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
+        hcol = tl.load(hr_ptr + t[:, None] * (n * n) + i[None, :] * n + j, mask=m2, other=0.0)
+        acc += hcol[:, :, None] * xj[:, None, :]
+    hp = tl.load(hp_ptr + t[:, None] * n + i[None, :], mask=m2, other=0.0)
+    f = tl.load(f_ptr + t64[:, None] * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
+    acc += hp[:, :, None] * f[:, None, :]
+    o = (t64[:, None, None] * n + i[None, :, None]) * C + c[None, None, :]
+    tl.store(out_ptr + o, acc.to(out_ptr.dtype.element_ty), mask=m2[:, :, None] & cm[None, None, :])
+
+
+@triton.jit
+def post_res_bwd(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C,
+                 n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    tm = t < N
+    t64 = t.to(tl.int64)
+    j = tl.arange(0, NP)
+    m2 = tm[:, None] & (j < n)[None, :]
+    i3 = tl.arange(0, NP)[None, :, None]
+    dh = tl.zeros((BT, NP, NP), dtype=tl.float32)  # [token, i, j]
+    dhp = tl.zeros((BT, NP), dtype=tl.float32)
+    for c0 in range(0, C, BC):
+        c = c0 + tl.arange(0, BC)
+        cm = c < C
+        msk = tm[:, None] & cm[None, :]
+        o3 = (t64[:, None, None] * n + j[None, :, None]) * C + c[None, None, :]
+        m3 = m2[:, :, None] & cm[None, None, :]
+        x3 = tl.load(x_ptr + o3, mask=m3, other=0.0).to(tl.float32)  # [token, j, c]
+        f = tl.load(f_ptr + t64[:, None] * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
+        dx = tl.zeros((BT, NP, BC), dtype=tl.float32)
+        df = tl.zeros((BT, BC), dtype=tl.float32)
+        for i in tl.static_range(n):
+            gi = tl.load(g_ptr + (t64[:, None] * n + i) * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
+            hrow = tl.load(hr_ptr + t[:, None] * (n * n) + i * n + j[None, :], mask=m2, other=0.0)
+            dx += hrow[:, :, None] * gi[:, None, :]
+            df += tl.load(hp_ptr + t * n + i, mask=tm, other=0.0)[:, None] * gi
+            part = tl.sum(x3 * gi[:, None, :], axis=2)  # [token, j]
+            dh += tl.where(i3 == i, part[:, None, :], 0.0)
+            dhp += tl.where(j[None, :] == i, tl.sum(gi * f, axis=1)[:, None], 0.0)
+        tl.store(dx_ptr + o3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
+        tl.store(df_ptr + t64[:, None] * C + c[None, :], df.to(df_ptr.dtype.element_ty), mask=msk)
+    tl.store(dhp_ptr + t[:, None] * n + j[None, :], dhp, mask=m2)
+    jj = tl.arange(0, NP)[None, None, :]
+    tl.store(dhr_ptr + t[:, None, None] * (n * n) + i3 * n + jj, dh,
+             mask=tm[:, None, None] & (i3 < n) & (jj < n))
+
+
+@triton.jit
+def pre_bwd(x_ptr, h_ptr, g_ptr, dx_ptr, dh_ptr, N, C,
+            n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    tm = t < N
+    t64 = t.to(tl.int64)
+    j = tl.arange(0, NP)
+    m2 = tm[:, None] & (j < n)[None, :]
+    h = tl.load(h_ptr + t[:, None] * n + j[None, :], mask=m2, other=0.0)
+    dh = tl.zeros((BT, NP), dtype=tl.float32)
+    for c0 in range(0, C, BC):
+        c = c0 + tl.arange(0, BC)
+        cm = c < C
+        o3 = (t64[:, None, None] * n + j[None, :, None]) * C + c[None, None, :]
+        m3 = m2[:, :, None] & cm[None, None, :]
+        x3 = tl.load(x_ptr + o3, mask=m3, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + t64[:, None] * C + c[None, :], mask=tm[:, None] & cm[None, :], other=0.0).to(tl.float32)
+        dh += tl.sum(x3 * g[:, None, :], axis=2)
+        tl.store(dx_ptr + o3, (h[:, :, None] * g[:, None, :]).to(dx_ptr.dtype.element_ty), mask=m3)
+    tl.store(dh_ptr + t[:, None] * n + j[None, :], dh, mask=m2)
