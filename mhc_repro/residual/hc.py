@@ -36,20 +36,22 @@ class HyperConnection(StreamResidual):
         self.static_post = nn.Parameter(torch.ones(n))
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(H_pre [..., n], H_post [..., n], H_res [..., n, n]) in fp32 from x [..., n, C]."""
+        """(H_pre [..., n], H_post [..., n], H_res [..., n, n]) in fp32 (fp64 for an fp64 stream) from x [..., n, C]."""
         n, s, cfg = self.n, self.scale, self.cfg
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 coefficients even on a bf16 stream
         with torch.autocast(device_type=x.device.type, enabled=False):
-            d = torch.tanh(self.norm(x.float()) @ self.w_dyn.float())  # [..., n, n+2], row i <- stream i
+            xn = nn.functional.rms_norm(xf, (self.d_model,), self.norm.weight.to(xf.dtype), self.norm.eps)
+            d = torch.tanh(xn @ self.w_dyn.to(xf.dtype))  # [..., n, n+2], row i <- stream i
         lead = x.shape[:-2]
-        h_pre = s * d[..., 0] + self.static_pre.float()
-        h_post = s * d[..., 1] + self.static_post.float()
-        h_res = s * d[..., 2:] + self.static_res.float()
+        h_pre = s * d[..., 0] + self.static_pre.to(xf.dtype)
+        h_post = s * d[..., 1] + self.static_post.to(xf.dtype)
+        h_res = s * d[..., 2:] + self.static_res.to(xf.dtype)
         if not cfg.use_h_pre:
-            h_pre = torch.full((*lead, n), 1.0 / n, device=x.device)
+            h_pre = torch.full((*lead, n), 1.0 / n, device=x.device, dtype=xf.dtype)
         if not cfg.use_h_post:
-            h_post = torch.ones(*lead, n, device=x.device)
+            h_post = torch.ones(*lead, n, device=x.device, dtype=xf.dtype)
         if not cfg.use_h_res:
-            h_res = torch.eye(n, device=x.device).expand(*lead, n, n)
+            h_res = torch.eye(n, device=x.device, dtype=xf.dtype).expand(*lead, n, n)
         return h_pre, h_post, h_res
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
