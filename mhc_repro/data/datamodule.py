@@ -1,0 +1,127 @@
+"""LightningDataModule: corpus -> whole-document split -> tokenizer -> cached shards -> loaders.
+
+    dm = LMDataModule(DataConfig(seq_len=256, batch_size=16), model_vocab_size=8192)
+    dm.prepare()                    # or let Lightning call prepare_data()/setup()
+    dm.tokenizer_path, dm.manifest, dm.tokens_per_epoch, dm.eos_id
+    batch = next(iter(dm.train_dataloader()))   # (inputs [B,T], targets [B,T]) int64
+
+Everything expensive is cached on disk (see corpus.py, tokenizer.py, shards.py), so prepare() is
+cheap after the first run and safe to call from every rank.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from .config import DataConfig
+from .corpus import default_cache_dir
+from .sampling import ResumableLoader, ResumableSampler
+from .shards import PackedSequences, TokenShard, build_shard, shard_key
+from .sources import describe, load_corpus, split_corpus
+from .tokenizer import check_vocab, eos_id, load_tokenizer, tokenizer_fingerprint, trained_tokenizer
+
+
+class LMDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, model_vocab_size: Optional[int] = None):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.model_vocab_size = model_vocab_size
+        self.cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+        self.tokenizer = None
+        self.tokenizer_path: Optional[Path] = None
+        self.eos_id: Optional[int] = None
+        self.manifest: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}   # seconds per stage of this prepare() (cache hits are fast)
+        self.shards: dict[str, TokenShard] = {}
+        self._train_loader: Optional[ResumableLoader] = None
+        self._rank, self._world = 0, 1
+
+    # ---- building (idempotent, cached) -------------------------------------------------------
+    def prepare(self) -> "LMDataModule":
+        if self.shards:
+            return self
+        cfg = self.cfg
+        t = time.perf_counter()
+        corpus = load_corpus(cfg, self.cache_dir)
+        train_docs, val_docs, split = split_corpus(corpus, cfg)
+        self.timings["corpus_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if cfg.tokenizer is None:
+            vocab = cfg.vocab_size or self.model_vocab_size
+            if vocab is None:
+                raise ValueError("data.vocab_size is None and no model vocab_size was given; set one of them")
+            tok, tok_path = trained_tokenizer((text for _, text in train_docs), vocab, split["fingerprint"],
+                                              self.cache_dir, cfg.eos_token)
+        else:
+            tok, tok_path = load_tokenizer(cfg.tokenizer, self.cache_dir)
+        check_vocab(tok, self.model_vocab_size)
+        self.eos_id = eos_id(tok, cfg.eos_token)
+        self.timings["tokenizer_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        tok_fp = tokenizer_fingerprint(tok)
+        out = self.cache_dir / "shards" / shard_key(split["fingerprint"], tok_fp)
+        for name, docs in (("train", train_docs), ("val", val_docs)):
+            if docs:
+                self.shards[name] = build_shard((text for _, text in docs), tok, self.eos_id, out, name)
+        self.timings["shards_s"] = time.perf_counter() - t
+
+        self.tokenizer, self.tokenizer_path = tok, tok_path
+        self.manifest = describe(corpus, split)
+        self.manifest.update({
+            "tokenizer": {"path": str(tok_path), "fingerprint": tok_fp, "eos_token": cfg.eos_token,
+                          "vocab_size": tok.get_vocab_size(), "trained": cfg.tokenizer is None},
+            "tokens": {k: s.num_tokens for k, s in self.shards.items()},
+            "shard_dir": str(out), "seq_len": cfg.seq_len,
+        })
+        if len(self.train_dataset()) < cfg.batch_size:
+            raise ValueError(f"data: only {len(self.train_dataset())} training sequences of seq_len={cfg.seq_len}, "
+                             f"fewer than batch_size={cfg.batch_size}; use more text or smaller sizes")
+        return self
+
+    # ---- Lightning hooks ---------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        # Runs on one process per node: fill the disk caches. Every rank then loads them in setup().
+        LMDataModule(self.cfg, self.model_vocab_size).prepare()
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.trainer is not None:
+            self._rank, self._world = self.trainer.global_rank, self.trainer.world_size
+        self.prepare()
+
+    def train_dataset(self) -> PackedSequences:
+        return PackedSequences(self.shards["train"], self.cfg.seq_len)
+
+    def val_dataset(self) -> Optional[PackedSequences]:
+        return PackedSequences(self.shards["val"], self.cfg.seq_len) if "val" in self.shards else None
+
+    def train_dataloader(self) -> ResumableLoader:
+        self.prepare()
+        if self._train_loader is None:  # one loader object, so its position survives reloads
+            ds = self.train_dataset()
+            sampler = ResumableSampler(len(ds), self.cfg.batch_size, self.cfg.seed, self._rank, self._world)
+            self._train_loader = ResumableLoader(ds, sampler, num_workers=self.cfg.num_workers,
+                                                 persistent_workers=self.cfg.num_workers > 0)
+        return self._train_loader
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.prepare()
+        ds = self.val_dataset()
+        if ds is None or len(ds) == 0:
+            return []
+        # Every rank evaluates the whole (small) validation set; Lightning syncs the logged mean.
+        return DataLoader(ds, batch_size=self.cfg.val_batch_size or self.cfg.batch_size, shuffle=False,
+                          num_workers=self.cfg.num_workers)
+
+    # ---- facts for logging -------------------------------------------------------------------
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Training tokens (targets) seen per epoch across all ranks."""
+        self.prepare()
+        global_batch = self.cfg.batch_size * self._world
+        return len(self.train_dataset()) // global_batch * global_batch * self.cfg.seq_len

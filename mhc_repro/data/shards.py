@@ -1,0 +1,135 @@
+"""Token shards: documents tokenised once into a flat memmap, then read as packed fixed-length samples.
+
+Layout: <cache>/shards/<key>/<split>.bin (uint16 when every id < 65536, else uint32) and
+<split>.json (dtype, num_tokens, num_docs). Each document is followed by EOS, so EOS separates
+documents inside packed samples. The key combines the split fingerprint (which documents) and the
+tokenizer fingerprint, so a second run with the same inputs reads the memmap and never re-tokenises.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+SHARD_VERSION = 1
+DOCS_PER_BATCH = 64
+
+
+def shard_key(split_fingerprint: str, tokenizer_fingerprint: str) -> str:
+    return hashlib.sha256(f"{split_fingerprint}|{tokenizer_fingerprint}|shards-v{SHARD_VERSION}"
+                          .encode()).hexdigest()[:20]
+
+
+# Split between the two newlines of a paragraph break with non-space on both sides: byte-level
+# pre-tokenisation yields the same pieces there, so ids equal those of the whole document, while
+# many small pieces let the Rust encoder use every core (a 150 KB play is otherwise one task).
+_PARA_BREAK = re.compile(r"(?<=\S\n)(?=\n\S)")
+
+
+def _pieces(text: str, target: int = 8192) -> list[str]:
+    out, cur, n = [], [], 0
+    for part in _PARA_BREAK.split(text):
+        cur.append(part)
+        n += len(part)
+        if n >= target:
+            out.append("".join(cur))
+            cur, n = [], 0
+    if cur or not out:
+        out.append("".join(cur))
+    return out
+
+
+def _encode_batch(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids per text (module-level so tests can check that cached shards skip it)."""
+    pieces, owner = [], []
+    for i, text in enumerate(texts):
+        for p in _pieces(text):
+            pieces.append(p)
+            owner.append(i)
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # _fast: no offsets
+    out: list[list[int]] = [[] for _ in texts]
+    for i, enc in zip(owner, encode(pieces, add_special_tokens=False)):
+        out[i].extend(enc.ids)
+    return out
+
+
+@dataclass
+class TokenShard:
+    path: Path          # .bin memmap
+    dtype: str
+    num_tokens: int
+    num_docs: int
+
+    def tokens(self) -> np.ndarray:
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+
+
+def build_shard(texts: Iterable[str], tokenizer, eos_id: int, out_dir: Path, split: str) -> TokenShard:
+    """Tokenise texts into out_dir/<split>.bin unless a complete shard is already there."""
+    out_dir = Path(out_dir)
+    meta_path, bin_path = out_dir / f"{split}.json", out_dir / f"{split}.bin"
+    if meta_path.exists() and bin_path.exists():
+        meta = json.loads(meta_path.read_text())
+        return TokenShard(bin_path, meta["dtype"], meta["num_tokens"], meta["num_docs"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+    dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
+    tmp = bin_path.with_suffix(f".bin.tmp{os.getpid()}")
+    num_tokens = num_docs = 0
+    with open(tmp, "wb") as f:
+        batch: list[str] = []
+
+        def flush() -> None:
+            nonlocal num_tokens, num_docs
+            for ids in _encode_batch(tokenizer, batch):
+                arr = np.asarray(ids + [eos_id], dtype=dtype)
+                f.write(arr.tobytes())
+                num_tokens += arr.size
+                num_docs += 1
+            batch.clear()
+
+        for text in texts:
+            batch.append(text)
+            if len(batch) >= DOCS_PER_BATCH:
+                flush()
+        flush()
+    os.replace(tmp, bin_path)
+    meta = {"dtype": np.dtype(dtype).name, "num_tokens": num_tokens, "num_docs": num_docs,
+            "eos_id": eos_id, "version": SHARD_VERSION}
+    meta_tmp = meta_path.with_suffix(f".json.tmp{os.getpid()}")
+    meta_tmp.write_text(json.dumps(meta))
+    os.replace(meta_tmp, meta_path)  # written last: its presence marks a complete shard
+    return TokenShard(bin_path, meta["dtype"], num_tokens, num_docs)
+
+
+class PackedSequences(Dataset):
+    """Sample i = tokens[i*T : i*T + T + 1] -> (inputs [T], targets [T]) as int64 tensors.
+
+    Consecutive samples share one boundary token, so every token is a target exactly once (except
+    the very first). The memmap opens lazily so the dataset pickles cheaply into worker processes."""
+
+    def __init__(self, shard: TokenShard, seq_len: int):
+        self.shard, self.seq_len = shard, seq_len
+        self._tokens: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return max(0, (self.shard.num_tokens - 1) // self.seq_len)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} out of range [0, {len(self)})")
+        if self._tokens is None:
+            self._tokens = self.shard.tokens()
+        chunk = torch.from_numpy(self._tokens[i * self.seq_len: (i + 1) * self.seq_len + 1].astype(np.int64))
+        return chunk[:-1], chunk[1:]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokens": None}
