@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from .config import ResidualConfig
 
+_OPS: dict = {}
+
 Branch = Callable[[Tensor], Tensor]
 
 # Parameter leaf names (see each module) that get no weight decay: HC static parts, mHC / collapse
@@ -44,6 +46,15 @@ class StreamResidual(nn.Module):
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def ops(self, device: torch.device):
+        """The mHC stream operators for ``cfg.backend`` on ``device`` (``get_mhc_ops``), cached."""
+        key = (self.cfg.backend, device.type)
+        if key not in _OPS:
+            from mhc_repro.kernels import get_mhc_ops
+
+            _OPS[key] = get_mhc_ops(*key)
+        return _OPS[key]
 
     def no_decay_parameters(self) -> list[nn.Parameter]:
         """Parameters of this module that must be excluded from weight decay."""

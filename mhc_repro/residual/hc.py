@@ -17,8 +17,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from mhc_repro.kernels import get_mhc_ops
-
 from .base import Branch, StreamResidual
 from .config import ResidualConfig
 
@@ -60,9 +58,9 @@ class HyperConnection(StreamResidual):
                              f"got shape {tuple(x.shape)}")
         lead, n, c = tuple(x.shape[:-2]), self.n, self.d_model
         num = math.prod(lead)
-        ops = get_mhc_ops(self.cfg.backend, x.device)
+        ops = self.ops(x.device)
         h_pre, h_post, h_res = self.coefficients(x)
-        h_pre, h_post = h_pre.reshape(num, n), h_post.reshape(num, n)
+        h_pre, h_post = h_pre.reshape(num, n).contiguous(), h_post.reshape(num, n).contiguous()
         h_res = h_res.reshape(num, n, n).contiguous()
         self._record(h_res, lead)
         x3 = x.reshape(num, n, c)
@@ -70,5 +68,5 @@ class HyperConnection(StreamResidual):
             branch_in = ops.mhc_pre(x3, h_pre)
         f = branch(branch_in.reshape(*lead, c))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = ops.mhc_post_res(x3, f.reshape(num, c), h_post, h_res)
+            out = ops.mhc_post_res(x3, f.reshape(num, c).contiguous(), h_post, h_res)
         return out.reshape(x.shape)

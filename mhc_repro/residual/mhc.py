@@ -17,8 +17,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from mhc_repro.kernels import get_mhc_ops
-
 from .base import Branch, StreamResidual
 from .config import ResidualConfig
 
@@ -50,7 +48,7 @@ class ManifoldHyperConnection(StreamResidual):
     def coefficients(self, x_flat: Tensor, ops=None) -> tuple[Tensor, Tensor, Tensor]:
         """(H_pre [N, n], H_post [N, n], H_res [N, n, n]) fp32 from x_flat [N, nC], ablations applied."""
         cfg, n, num = self.cfg, self.n, x_flat.shape[0]
-        ops = ops or get_mhc_ops(cfg.backend, x_flat.device)
+        ops = ops or self.ops(x_flat.device)
         with torch.autocast(device_type=x_flat.device.type, enabled=False):
             h_pre, h_post, h_res = ops.mhc_coefficients(
                 x_flat, self.phi, self.alpha, self.bias, n,
@@ -70,7 +68,7 @@ class ManifoldHyperConnection(StreamResidual):
                              f"got shape {tuple(x.shape)}")
         lead, n, c = tuple(x.shape[:-2]), self.n, self.d_model
         num = math.prod(lead)
-        ops = get_mhc_ops(self.cfg.backend, x.device)
+        ops = self.ops(x.device)
         x3 = x.reshape(num, n, c)
         h_pre, h_post, h_res = self.coefficients(x3.reshape(num, n * c), ops)
         self._record(h_res, lead)
@@ -78,5 +76,5 @@ class ManifoldHyperConnection(StreamResidual):
             branch_in = ops.mhc_pre(x3, h_pre)
         f = branch(branch_in.reshape(*lead, c))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = ops.mhc_post_res(x3, f.reshape(num, c), h_post, h_res)
+            out = ops.mhc_post_res(x3, f.reshape(num, c).contiguous(), h_post, h_res)
         return out.reshape(x.shape)
