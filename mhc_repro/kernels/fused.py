@@ -156,7 +156,8 @@ def _pre_bwd(x: Tensor, h_pre: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     bt, bc = 4, min(256, _p2(C, 16))
     if N > 0:
         sk.pre_bwd[(triton.cdiv(N, bt),)](
-            x, h_pre.float().contiguous(), g.contiguous(), dx, dh, N, C, n=n, NP=_np(n), BT=bt, BC=bc)
+            x, h_pre.float().contiguous(), g.contiguous(), dx, dh, N, C, n=n, NP=_np(n), BT=bt, BC=bc,
+            WRITE_DX=True)
     return dx, dh.to(h_pre.dtype)
 
 
@@ -165,12 +166,36 @@ def _(x, h_pre, g):
     return torch.empty_like(x), torch.empty_like(h_pre)
 
 
+@torch.library.custom_op("mhc_repro::pre_bwd_dh", mutates_args=())
+def _pre_bwd_dh(x: Tensor, g: Tensor) -> Tensor:
+    """Only dH_pre[t, j] = Σ_c g[t, c] x[t, j, c] (fp32)."""
+    x = x.contiguous()
+    N, n, C = x.shape
+    dh = torch.empty(N, n, device=x.device, dtype=torch.float32)
+    bt, bc = 4, min(256, _p2(C, 16))
+    if N > 0:
+        sk.pre_bwd[(triton.cdiv(N, bt),)](
+            x, dh, g.contiguous(), x, dh, N, C, n=n, NP=_np(n), BT=bt, BC=bc, WRITE_DX=False)
+    return dh
+
+
+@_pre_bwd_dh.register_fake
+def _(x, g):
+    return x.new_empty(x.shape[:2], dtype=torch.float32)
+
+
 def _pre_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
 def _pre_backward(ctx, g):
     x, h_pre = ctx.saved_tensors
+    if torch.compiler.is_compiling():
+        # Traced backward: leave the rank-1 stream gradient h_pre ⊗ g as a pointwise expression, so
+        # Inductor fuses it into the sum of the stream's three gradient contributions instead of
+        # writing it and reading it back (saves writing and re-reading n·C per token).
+        dx = (h_pre.float().unsqueeze(-1) * g.float().unsqueeze(1)).to(x.dtype)
+        return dx, torch.ops.mhc_repro.pre_bwd_dh(x, g).to(h_pre.dtype)
     return torch.ops.mhc_repro.pre_bwd(x, h_pre, g)
 
 

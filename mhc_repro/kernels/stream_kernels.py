@@ -92,7 +92,7 @@ def post_res_bwd(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, d
 
 @triton.jit
 def pre_bwd(x_ptr, h_ptr, g_ptr, dx_ptr, dh_ptr, N, C,
-            n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+            n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, WRITE_DX: tl.constexpr):
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     tm = t < N
     t64 = t.to(tl.int64)
@@ -108,5 +108,6 @@ def pre_bwd(x_ptr, h_ptr, g_ptr, dx_ptr, dh_ptr, N, C,
         x3 = tl.load(x_ptr + o3, mask=m3, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + t64[:, None] * C + c[None, :], mask=tm[:, None] & cm[None, :], other=0.0).to(tl.float32)
         dh += tl.sum(x3 * g[:, None, :], axis=2)
-        tl.store(dx_ptr + o3, (h[:, :, None] * g[:, None, :]).to(dx_ptr.dtype.element_ty), mask=m3)
+        if WRITE_DX:
+            tl.store(dx_ptr + o3, (h[:, :, None] * g[:, None, :]).to(dx_ptr.dtype.element_ty), mask=m3)
     tl.store(dh_ptr + t[:, None] * n + j[None, :], dh, mask=m2)
