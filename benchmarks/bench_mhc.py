@@ -1,0 +1,285 @@
+"""mHC overhead benchmark: fwd+bwd of a stack of Llama-style blocks, one process, same inputs.
+
+Variants (each at every C): plain residual (eager, compiled), reference mHC (eager, compiled), fused
+Triton mHC (eager, compiled); the `hyper-connections` package is reported as skipped when it is not
+importable. Then every fused kernel alone, its achieved GB/s against a device-to-device copy measured
+in the same run.
+
+    PYTHONPATH=. python benchmarks/bench_mhc.py --C 2048 2560 4096 --tokens 16384 --out reports/kernels/bench.json
+
+"Compiled" = each block under torch.compile (the fused kernels are custom ops, opaque to Inductor);
+ratios compare like with like (eager/eager, compiled/compiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mhc_repro.kernels import get_mhc_ops  # noqa: E402
+
+
+# ---------------------------------------------------------------- a minimal Llama block
+class RMSNorm(nn.Module):
+    def __init__(self, c: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(c)), eps
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: int, head_dim: int = 128):
+        super().__init__()
+        self.h, self.d = c // head_dim, head_dim
+        self.qkv, self.o = nn.Linear(c, 3 * c, bias=False), nn.Linear(c, c, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.h, self.d).transpose(1, 3).unbind(2)
+        pos = torch.arange(T, device=x.device, dtype=torch.float32)
+        inv = 1.0 / (10000 ** (torch.arange(0, self.d, 2, device=x.device, dtype=torch.float32) / self.d))
+        ang = torch.outer(pos, inv)
+        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+
+        def rope(t):
+            t1, t2 = t[..., ::2], t[..., 1::2]
+            return torch.stack((t1 * cos - t2 * sin, t1 * sin + t2 * cos), -1).flatten(-2)
+
+        y = F.scaled_dot_product_attention(rope(q), rope(k), v, is_causal=True)
+        return self.o(y.transpose(1, 2).reshape(B, T, C))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        h = 256 * ((int(8 * c / 3) + 255) // 256)
+        self.w13, self.w2 = nn.Linear(c, 2 * h, bias=False), nn.Linear(h, c, bias=False)
+
+    def forward(self, x):
+        a, b = self.w13(x).chunk(2, -1)
+        return self.w2(F.silu(a) * b)
+
+
+class Block(nn.Module):
+    """Pre-Norm Llama block; with ``ops`` each sub-layer is wrapped in mHC (n streams)."""
+
+    def __init__(self, c: int, n: int = 1, ops=None):
+        super().__init__()
+        self.n1, self.attn, self.n2, self.ffn = RMSNorm(c), Attention(c), RMSNorm(c), SwiGLU(c)
+        self.n, self.ops = n, ops
+        if ops is not None:
+            M = n * n + 2 * n
+            self.phi = nn.Parameter(torch.randn(2, n * c, M) * (0.02 / (n * c) ** 0.5))
+            self.alpha = nn.Parameter(torch.full((2, 3), 0.01))
+            b = torch.zeros(2, M)
+            b[:, 2 * n:] = 2.0 * torch.eye(n).reshape(-1)
+            self.bias = nn.Parameter(b)
+
+    def _mhc(self, x, i, branch):
+        B, T, n, C = x.shape
+        x3 = x.reshape(B * T, n, C)
+        hp, hq, hr = self.ops.mhc_coefficients(x3.reshape(B * T, n * C), self.phi[i], self.alpha[i],
+                                               self.bias[i], n)
+        f = branch(self.ops.mhc_pre(x3, hp).view(B, T, C))
+        return self.ops.mhc_post_res(x3, f.reshape(B * T, C), hq, hr).view(B, T, n, C)
+
+    def forward(self, x):
+        if self.ops is None:
+            x = x + self.attn(self.n1(x))
+            return x + self.ffn(self.n2(x))
+        x = self._mhc(x, 0, lambda h: self.attn(self.n1(h)))
+        return self._mhc(x, 1, lambda h: self.ffn(self.n2(h)))
+
+
+def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
+    ops = None if kind == "residual" else get_mhc_ops("reference" if kind == "mhc_ref" else "triton", device)
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([Block(c, n if ops else 1, ops) for _ in range(n_blocks)]).to(device)
+    for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
+        if not name.split(".")[-1] in ("phi", "alpha", "bias"):
+            p.data = p.data.to(torch.bfloat16)
+    fns = [torch.compile(b, dynamic=False) if compiled else b for b in blocks]
+    return blocks, fns
+
+
+def time_cuda(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        ts.append(s.elapsed_time(e))
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
+    blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
+    params = list(blocks.parameters())
+    n_streams = 1 if kind == "residual" else n
+
+    def step():
+        for p in params:
+            p.grad = None
+        x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1).contiguous()
+        for f in fns:
+            x = f(x)
+        out = x if n_streams == 1 else x.sum(2)
+        out.backward(dout)
+
+    t0 = time.time()
+    step()  # compile / autotune
+    torch.cuda.synchronize()
+    first = time.time() - t0
+    ms = time_cuda(step, args.warmup, args.iters)
+    for p in params:
+        p.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del blocks, fns, params
+    if compiled:
+        torch._dynamo.reset()
+    torch.cuda.empty_cache()
+    return dict(ms=ms, peak_gb=peak / 2**30, act_gb=(peak - base) / 2**30, first_step_s=first)
+
+
+# ---------------------------------------------------------------- single kernels vs copy bandwidth
+def bench_kernels(c, n, N, device, copy_gbs):
+    from triton.testing import do_bench
+
+    O = torch.ops.mhc_repro
+    bf = dict(device=device, dtype=torch.bfloat16)
+    M = n * n + 2 * n
+    x, g = torch.randn(N, n, c, **bf), torch.randn(N, n, c, **bf)
+    f, db = torch.randn(N, c, **bf), torch.randn(N, c, **bf)
+    phi = torch.randn(n * c, M, device=device) * 0.01
+    alpha, bias = torch.rand(3, device=device), torch.randn(M, device=device)
+    hp, hq, hr, m, r = O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6)
+    e = 2 * N * c  # bytes of one [N, C] bf16 tensor
+    small = N * 4 * (3 * M + 2 * n + n * n + 2)
+    cases = {
+        "coefficients (proj+sumsq, epilogue)": (lambda: O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6), n * e + small),
+        "coefficients_bwd (sinkhorn bwd, dv, dphi)": (lambda: O.coefficients_bwd(x.view(N, -1), phi, alpha, bias, m, r, hp, hq, hr, n, 20, 1e-6), 2 * n * e + small),
+        "pre": (lambda: O.pre(x, hp), (n + 1) * e),
+        "pre_bwd": (lambda: O.pre_bwd(x, hp, db), (2 * n + 1) * e),
+        "pre_bwd_dh (compiled path)": (lambda: O.pre_bwd_dh(x, db), (n + 1) * e),
+        "post_res": (lambda: O.post_res(x, f, hq, hr), (2 * n + 1) * e),
+        "post_res_bwd": (lambda: O.post_res_bwd(x, f, hq, hr, g), (3 * n + 2) * e),
+    }
+    rows = []
+    for name, (fn, nbytes) in cases.items():
+        ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
+        gbs = nbytes / ms / 1e6
+        rows.append(dict(C=c, kernel=name, ms=ms, gb_s=gbs, frac_copy=gbs / copy_gbs))
+    return rows
+
+
+def copy_bandwidth(device) -> float:
+    from triton.testing import do_bench
+
+    a = torch.randn(2**29, device=device, dtype=torch.bfloat16)  # 1 GiB
+    b = torch.empty_like(a)
+    ms = do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median")
+    return 2 * a.numel() * 2 / ms / 1e6  # read + write, GB/s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--C", type=int, nargs="+", default=[2048, 2560, 4096])
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
+    ap.add_argument("--blocks-large", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", default=["residual", "mhc_ref", "mhc_fused"])
+    ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--budget-s", type=float, default=1e9, help="skip remaining stack runs after this")
+    ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    t_start = time.time()
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+               triton=__import__("triton").__version__, commit=args.commit, argv=sys.argv, stack=[], kernels=[])
+    try:
+        import hyper_connections  # noqa: F401
+        res["hyper_connections"] = "importable, not wired in this script"
+    except ImportError:
+        res["hyper_connections"] = "not importable: skipped"
+    res["copy_gb_s"] = copy_gbs = copy_bandwidth(dev)
+    print(f"copy bandwidth (read+write): {copy_gbs:.0f} GB/s", flush=True)
+
+    def dump():
+        if args.out:
+            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+            with open(args.out, "w") as fh:
+                json.dump(res, fh, indent=1)
+
+    for c in args.C:
+        res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs)
+        dump()
+    for c in args.C:
+        nb = args.blocks if c < 4096 else args.blocks_large
+        g = torch.Generator(device=dev).manual_seed(c)
+        B = args.tokens // args.seq
+        x0 = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
+        dout = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g)
+        for mode in args.modes:
+            for kind in args.variants:
+                if time.time() - t_start > args.budget_s:
+                    print(f"budget exhausted: skip C={c} {kind} {mode}", flush=True)
+                    continue
+                try:
+                    r = bench_stack(kind, mode == "compiled", c, args.n, nb, x0, dout, args)
+                except Exception as exc:  # report and carry on: one failing variant must not lose the rest
+                    r = dict(error=f"{type(exc).__name__}: {exc}"[:500])
+                r.update(C=c, blocks=nb, variant=kind, mode=mode)
+                res["stack"].append(r)
+                print(json.dumps(r), flush=True)
+                dump()
+    res["wall_s"] = time.time() - t_start
+    dump()
+    print_tables(res)
+
+
+def print_tables(res) -> None:
+    print(f"\n{res['device']} | torch {res['torch']} | triton {res['triton']} | commit {res['commit']}")
+    print(f"copy {res['copy_gb_s']:.0f} GB/s; hyper-connections: {res['hyper_connections']}")
+    print(f"{'C':>5} {'blk':>3} {'mode':9} {'variant':10} {'ms/step':>8} {'x resid':>8} {'peak GB':>8} {'x peak':>7}")
+    base = {(r["C"], r["mode"]): r for r in res["stack"] if r["variant"] == "residual" and "ms" in r}
+    for r in res["stack"]:
+        if "ms" not in r:
+            print(f"{r['C']:>5} {r['blocks']:>3} {r['mode']:9} {r['variant']:10} {r['error']}")
+            continue
+        b = base.get((r["C"], r["mode"]))
+        rt = f"{r['ms'] / b['ms']:.3f}" if b else "-"
+        rp = f"{r['peak_gb'] / b['peak_gb']:.3f}" if b else "-"
+        print(f"{r['C']:>5} {r['blocks']:>3} {r['mode']:9} {r['variant']:10} {r['ms']:8.2f} {rt:>8} {r['peak_gb']:8.2f} {rp:>7}")
+    print(f"\n{'C':>5} {'kernel':44} {'us':>8} {'GB/s':>7} {'of copy':>7}")
+    for k in res["kernels"]:
+        print(f"{k['C']:>5} {k['kernel']:44} {1000 * k['ms']:8.1f} {k['gb_s']:7.0f} {100 * k['frac_copy']:6.1f}%")
+
+
+if __name__ == "__main__":
+    main()
