@@ -71,3 +71,27 @@ def test_learned_collapse_starts_as_mean():
     torch.testing.assert_close(StreamCollapse(cfg, C)(x), x.mean(-2))
     with pytest.raises(ValueError, match="n=4"):
         StreamCollapse(cfg, C)(torch.randn(2, 3, 2, C))
+
+
+@pytest.mark.parametrize("phi_init,bias_init,collapse,expect_identical", [
+    ("zeros", "zeros", "sum", True),     # the degenerate init: symmetry never breaks
+    ("zeros", "zeros", "mean", True),
+    ("zeros", "hc", "sum", False),       # HC-like bias breaks it through the gradients
+    ("normal", "hc", "sum", False),      # the default
+])
+def test_stream_symmetry_after_training(phi_init, bias_init, collapse, expect_identical, branch_cls):
+    torch.manual_seed(0)
+    cfg = ResidualConfig(kind="mhc", phi_init=phi_init, bias_init=bias_init, collapse=collapse)
+    model = TinyStack(cfg, branch_cls)
+    idx = torch.randint(0, V, (4, 12))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(idx[:, :-1]).reshape(-1, V), idx[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x = expand_streams(model.emb(idx), 4)
+    for res, f in zip(model.residuals, model.branches):
+        x = res(x, f)
+    spread = (x - x[..., :1, :]).abs().max().item()
+    assert (spread < 1e-5) if expect_identical else (spread > 1e-3), spread
