@@ -15,6 +15,11 @@ from torch import Tensor
 from .sinkhorn import sinkhorn
 
 
+def _acc(t: Tensor) -> Tensor:
+    """Accumulation dtype: fp32 for bf16/fp16/fp32, float64 kept (float64 references in tests)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def mhc_coefficients(
     x_flat: Tensor,
     phi: Tensor,
@@ -31,10 +36,10 @@ def mhc_coefficients(
     weight is folded into it).  alpha: [3] = (alpha_pre, alpha_post, alpha_res).  bias: [n*n + 2n].
     Output slice order of the projection: [pre (n) | post (n) | res (n*n, row-major)].
     """
-    v = x_flat.float()
+    v = _acc(x_flat)
     r = torch.sqrt(v.pow(2).mean(dim=-1, keepdim=True) + rms_eps)  # bare RMS over n*C
-    m = v @ phi.float()
-    a = alpha.float()
+    m = v @ phi.to(v.dtype)
+    a = alpha.to(v.dtype)
     h_pre_t = a[0] * m[:, :n] / r + bias[:n]
     h_post_t = a[1] * m[:, n : 2 * n] / r + bias[n : 2 * n]
     h_res_t = a[2] * m[:, 2 * n :] / r + bias[2 * n :]
@@ -46,7 +51,8 @@ def mhc_coefficients(
 
 def mhc_pre(x: Tensor, h_pre: Tensor) -> Tensor:
     """Branch input ``sum_j H_pre[j] x[j]``: x [N, n, C], h_pre [N, n] -> [N, C] in x.dtype."""
-    return torch.einsum("nj,njc->nc", h_pre.float(), x.float()).to(x.dtype)
+    xa = _acc(x)
+    return torch.einsum("nj,njc->nc", h_pre.to(xa.dtype), xa).to(x.dtype)
 
 
 def mhc_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
@@ -54,6 +60,7 @@ def mhc_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
 
     x [N, n, C], f [N, C] (branch output), h_post [N, n], h_res [N, n, n] -> [N, n, C] in x.dtype.
     """
-    out = torch.einsum("nij,njc->nic", h_res.float(), x.float())
-    out = out + h_post.float().unsqueeze(-1) * f.float().unsqueeze(1)
+    xa = _acc(x)
+    out = torch.einsum("nij,njc->nic", h_res.to(xa.dtype), xa)
+    out = out + h_post.to(xa.dtype).unsqueeze(-1) * f.to(xa.dtype).unsqueeze(1)
     return out.to(x.dtype)
