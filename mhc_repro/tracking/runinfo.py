@@ -1,0 +1,74 @@
+"""What a training run records about itself: tags, flattened params, the config artifact, git commit."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mhc_repro.tracking.store import PAPER_ID, repo_root
+
+MAX_PARAM_CHARS = 6000  # MLflow 3 param value limit; the full config is also an artifact
+
+
+def git_commit() -> str:
+    """HEAD of the checkout, suffixed ``-dirty`` when tracked files are modified; ``unknown`` outside git."""
+    try:
+        root = repo_root()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``); lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def train_tags(config: Mapping[str, Any], *, run_dir: str, commit: str) -> dict[str, str]:
+    """DESIGN.md tags of a training run (``checkpoint_path`` is set later, after each save)."""
+    train, tracking = config["train"], config["tracking"]
+    tags = {
+        "run_kind": "train",
+        "variant": train["variant"],
+        "preset": train["preset"],
+        "seed": str(train["seed"]),
+        "git_commit": commit,
+        "paper": PAPER_ID,
+        "run_dir": run_dir,
+        "study": tracking["study"],
+    }
+    if train["variant"] != "residual":
+        tags["ablation"] = train["ablation"]
+    tags.update({str(k): str(v) for k, v in (tracking.get("tags") or {}).items()})
+    return tags
+
+
+def log_config(client, run_id: str, config: Mapping[str, Any], params_total: int, params_active: int) -> None:
+    """Flattened resolved config + parameter counts as params, the full config as ``config/config.yaml``."""
+    from mlflow.entities import Param
+
+    flat = flatten(config)
+    flat["model.params_total"] = params_total
+    flat["model.params_active"] = params_active
+    params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(flat.items())]
+    for i in range(0, len(params), 100):  # log_batch accepts at most 100 params per call
+        client.log_batch(run_id, params=params[i:i + 100])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        client.log_artifact(run_id, str(path), artifact_path="config")

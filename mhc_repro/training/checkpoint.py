@@ -1,0 +1,61 @@
+"""Checkpoints -> models, without Lightning (DESIGN.md: training -> evaluation contract).
+
+``load_lm(path)`` accepts a run directory (its newest checkpoint is used) or a ``.ckpt`` file and
+returns ``(LM, ModelConfig, tokenizers.Tokenizer)``. The model config comes from the checkpoint's
+``hyper_parameters["config"]["model"]``; the tokenizer from ``tokenizer.json`` in the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from mhc_repro.config import ModelConfig
+from mhc_repro.model.transformer import LM
+from mhc_repro.training.callbacks import latest_checkpoint
+
+PREFIX = "model."
+
+
+def resolve_checkpoint(path: Union[str, Path]) -> tuple[Path, Path]:
+    """(checkpoint file, run directory) for a run directory or a checkpoint path."""
+    p = Path(path).expanduser().resolve()
+    if p.is_dir() and (p / "checkpoints").is_dir():
+        ckpt = latest_checkpoint(p / "checkpoints")
+        if ckpt is None:
+            raise FileNotFoundError(f"run directory {str(p)!r} has no checkpoints/step*.ckpt yet")
+        return ckpt, p
+    if p.exists() and p.suffix == ".ckpt":
+        run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        return p, run_dir
+    raise FileNotFoundError(f"{str(p)!r} is neither a run directory (with checkpoints/) nor a .ckpt file")
+
+
+def load_checkpoint_dict(ckpt: Path) -> dict:
+    # our checkpoints hold only tensors and plain containers (the config is a dict), so weights_only works
+    return torch.load(ckpt, map_location="cpu", weights_only=True)
+
+
+def load_lm(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
+            tokenizer_path: Optional[Union[str, Path]] = None):
+    """(LM in eval mode, ModelConfig, tokenizers.Tokenizer or None if the run has no tokenizer.json)."""
+    ckpt, run_dir = resolve_checkpoint(path)
+    state = load_checkpoint_dict(ckpt)
+    try:
+        config = state["hyper_parameters"]["config"]
+    except KeyError:
+        raise ValueError(f"checkpoint {str(ckpt)!r} has no hyper_parameters['config']; not an mhc-repro checkpoint") from None
+    cfg = ModelConfig.from_dict(config["model"])
+    model = LM(cfg)
+    weights = {k[len(PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(PREFIX)}
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    tok = None
+    tok_file = Path(tokenizer_path) if tokenizer_path else run_dir / "tokenizer.json"
+    if tok_file.exists():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tok_file))
+    return model, cfg, tok

@@ -1,0 +1,227 @@
+"""Typed training and tracking configuration (the ``train`` and ``tracking`` keys of a run's config.yaml).
+
+The whole run is ``RunConfig``: ``model`` (ModelConfig, resolved from ``train.preset`` +
+``train.variant`` + ``train.ablation`` + the YAML's ``model`` overrides), ``train``, ``data``
+(mhc_repro.data.DataConfig) and ``tracking``. ``validate()`` raises a one-line ``ValueError`` naming
+the bad value and what is allowed, before anything is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from mhc_repro.config import ModelConfig
+from mhc_repro.data.config import DataConfig
+
+VARIANTS = ("residual", "hc", "mhc")
+ABLATIONS = {"full": (True, True, True), "res": (True, False, False), "res+pre": (True, True, False)}
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed")
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+def _from_dict(cls, d: Any, where: str):
+    if isinstance(d, cls):
+        return d
+    _check(isinstance(d, dict), f"{where}: expected a mapping, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    _check(not unknown, f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    return cls(**d)
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    """Model preset name (mhc_repro.presets): tiny, tiny-moe, small, 3b, 9b, 27b, 3b-1t."""
+    variant: str = "mhc"
+    """Residual variant: "residual" (Pre-Norm baseline), "hc" or "mhc"."""
+    ablation: str = "full"
+    """Table 1 ablation for hc/mhc: "full" (H_res, H_pre, H_post), "res" (H_res only), "res+pre"."""
+    seed: int = 0
+    """Seed of the model init and of everything random in training (data order has data.seed)."""
+    max_steps: int = 100
+    """Optimizer steps to train for."""
+    global_batch_size: Optional[int] = None
+    """Sequences per optimizer step over all devices; reached by gradient accumulation over
+    micro-batches of data.batch_size. None = data.batch_size x world size (no accumulation)."""
+    lr: float = 1e-3
+    """Peak learning rate (Table 5: 8.6e-4 / 5.9e-4 / 4.0e-4 / 9.0e-4)."""
+    warmup_steps: int = 10
+    """Linear warmup steps from lr/warmup_steps to lr (Table 5: 2000)."""
+    lr_milestones: list[float] = field(default_factory=lambda: [0.8, 0.9])
+    """Fractions of max_steps where the step schedule drops the LR (paper: 80% and 90%)."""
+    lr_factors: list[float] = field(default_factory=lambda: [0.316, 0.1])
+    """LR multipliers from each milestone on (paper: x0.316 at 80%, x0.1 at 90%)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas (paper: 0.9, 0.95)."""
+    eps: float = 1e-8
+    """AdamW epsilon (paper presets: 1e-20)."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on the model's decayed group (norms, biases, HC/mHC static parts exempt)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 = no clipping (the norm is logged either way).
+    [open] The paper does not state clipping; 1.0 is the common DeepSeek/Llama choice."""
+    precision: str = "auto"
+    """Lightning precision: "auto" = bf16-mixed on GPU, 32-true on CPU; or an explicit value."""
+    accelerator: str = "auto"
+    """Lightning accelerator: "auto", "cpu", "gpu"."""
+    devices: Union[int, str] = "auto"
+    """Devices per node ("auto" = all visible GPUs, or 1 CPU process). Env MHC_GPUS_PER_NODE overrides."""
+    num_nodes: int = 1
+    """Nodes (SLURM or torchrun provide the ranks; no launcher of our own). Env MHC_NUM_NODES overrides."""
+    strategy: str = "auto"
+    """"auto" (single device), "ddp", or "fsdp" (Lightning ModelParallelStrategy = FSDP2, tensor
+    parallel size 1; blocks sharded one by one)."""
+    compile: bool = False
+    """torch.compile each transformer block in place (block.compile(): state-dict keys unchanged)."""
+    val_every: int = 50
+    """Validate every this many optimizer steps (and after the last step)."""
+    val_batches: int = 4
+    """Validation batches per evaluation (fixed held-out batches, same every time)."""
+    amax_every: int = 50
+    """Amax diagnostics on a fixed validation batch every this many steps (0 = off)."""
+    ckpt_every: int = 50
+    """Save a checkpoint every this many optimizer steps (also at the end, and on an exception)."""
+    log_every: int = 1
+    """Log train metrics every this many optimizer steps."""
+    throughput_window: int = 5
+    """Micro-batches in the rolling window of the tokens/s and MFU estimate."""
+    out_dir: str = "runs"
+    """Root of run directories: <out_dir>/<experiment>/<run_name>/ (relative to the CWD)."""
+    progress_bar: bool = True
+    """Show Lightning's progress bar."""
+    torch_threads: int = 0
+    """torch.set_num_threads on CPU; 0 = torch's default."""
+
+    def validate(self) -> "TrainConfig":
+        from mhc_repro.presets import list_presets
+
+        _check(self.preset in list_presets(),
+               f"train.preset={self.preset!r} is unknown; allowed: {', '.join(list_presets())}")
+        _check(self.variant in VARIANTS, f"train.variant={self.variant!r} is unknown; allowed: {', '.join(VARIANTS)}")
+        _check(self.ablation in ABLATIONS,
+               f"train.ablation={self.ablation!r} is unknown; allowed: {', '.join(ABLATIONS)}")
+        _check(self.variant != "residual" or self.ablation == "full",
+               f"train.ablation={self.ablation!r} needs variant hc or mhc; the residual baseline allows only 'full'")
+        for name in ("max_steps", "val_every", "val_batches", "ckpt_every", "log_every", "throughput_window"):
+            v = getattr(self, name)
+            _check(_is_int(v) and v >= 1, f"train.{name}={v!r} is invalid; it must be an integer >= 1")
+        for name in ("seed", "warmup_steps", "amax_every", "torch_threads"):
+            v = getattr(self, name)
+            _check(_is_int(v) and v >= 0, f"train.{name}={v!r} is invalid; it must be an integer >= 0")
+        _check(self.global_batch_size is None or (_is_int(self.global_batch_size) and self.global_batch_size >= 1),
+               f"train.global_batch_size={self.global_batch_size!r} is invalid; it must be null or an integer >= 1")
+        _check(_finite(self.lr) and self.lr > 0, f"train.lr={self.lr!r} is invalid; it must be a number > 0")
+        _check(_finite(self.eps) and self.eps > 0, f"train.eps={self.eps!r} is invalid; it must be a number > 0")
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0,
+               f"train.weight_decay={self.weight_decay!r} is invalid; it must be a number >= 0")
+        _check(_finite(self.grad_clip) and self.grad_clip >= 0,
+               f"train.grad_clip={self.grad_clip!r} is invalid; it must be a number >= 0 (0 = off)")
+        _check(len(self.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in self.betas),
+               f"train.betas={self.betas!r} is invalid; it must be two numbers in [0, 1)")
+        _check(len(self.lr_milestones) == len(self.lr_factors)
+               and all(_finite(m) and 0 < m <= 1 for m in self.lr_milestones)
+               and list(self.lr_milestones) == sorted(self.lr_milestones),
+               f"train.lr_milestones={self.lr_milestones!r} is invalid; it must be increasing fractions in "
+               f"(0, 1], one per lr_factors entry ({self.lr_factors!r})")
+        _check(self.precision in PRECISIONS,
+               f"train.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+        _check(self.strategy in STRATEGIES,
+               f"train.strategy={self.strategy!r} is unknown; allowed: {', '.join(STRATEGIES)}")
+        _check(self.accelerator in ("auto", "cpu", "gpu", "cuda"),
+               f"train.accelerator={self.accelerator!r} is unknown; allowed: auto, cpu, gpu")
+        _check(self.devices == "auto" or (_is_int(self.devices) and self.devices >= 1),
+               f"train.devices={self.devices!r} is invalid; it must be 'auto' or an integer >= 1")
+        _check(_is_int(self.num_nodes) and self.num_nodes >= 1,
+               f"train.num_nodes={self.num_nodes!r} is invalid; it must be an integer >= 1")
+        _check(bool(self.out_dir), "train.out_dir is empty; give a writable directory")
+        return self
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    """Log to MLflow. Off: no MLflow at all (e.g. GPU images without mlflow)."""
+    tracking_uri: Optional[str] = None
+    """MLflow store; None = $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns/mlflow.db."""
+    study: str = "tiny"
+    """Study name: the tag ``study`` and the default MLflow experiment (one experiment per study)."""
+    experiment: Optional[str] = None
+    """MLflow experiment name; None = ``study``."""
+    run_name: Optional[str] = None
+    """Run name and run-directory name; None = ``<variant>[-<ablation>]-s<seed>``."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Extra MLflow tags."""
+
+    def validate(self) -> "TrackingConfig":
+        _check(bool(self.study) and "/" not in self.study,
+               f"tracking.study={self.study!r} is invalid; it must be a non-empty name without '/'")
+        for name in ("experiment", "run_name"):
+            v = getattr(self, name)
+            _check(v is None or (bool(v) and "/" not in str(v)),
+                   f"tracking.{name}={v!r} is invalid; it must be null or a non-empty name without '/'")
+        return self
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    """The resolved model (preset + variant + ablation + overrides)."""
+    train: TrainConfig
+    """Optimisation, schedule, hardware, checkpointing."""
+    data: DataConfig
+    """Corpus, tokenizer, sequence length, micro-batch size."""
+    tracking: TrackingConfig
+    """MLflow study/experiment/run naming."""
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.tracking.study
+
+    @property
+    def run_name(self) -> str:
+        if self.tracking.run_name:
+            return self.tracking.run_name
+        t = self.train
+        abl = f"-{t.ablation}" if t.variant != "residual" and t.ablation != "full" else ""
+        return f"{t.variant}{abl}-s{t.seed}"
+
+    def validate(self) -> "RunConfig":
+        self.train.validate()
+        self.tracking.validate()
+        self.model.validate()
+        self.data.validate()
+        _check(self.data.seq_len <= self.model.max_seq_len,
+               f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; "
+               "lower data.seq_len or raise model.max_seq_len")
+        _check(self.data.vocab_size in (None, self.model.vocab_size),
+               f"data.vocab_size={self.data.vocab_size} differs from model.vocab_size={self.model.vocab_size}; "
+               "leave data.vocab_size null or make them equal")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as written to config.yaml and the checkpoint's hyper_parameters."""
+        return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train),
+                "data": self.data.to_dict(), "tracking": dataclasses.asdict(self.tracking)}
+
+    @classmethod
+    def from_resolved(cls, d: dict[str, Any]) -> "RunConfig":
+        """Inverse of ``to_dict()`` (no preset resolution: ``model`` is taken as is)."""
+        return cls(model=ModelConfig.from_dict(d["model"]), train=_from_dict(TrainConfig, d["train"], "train"),
+                   data=DataConfig.from_dict(d["data"]), tracking=_from_dict(TrackingConfig, d["tracking"], "tracking"))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -1,0 +1,170 @@
+"""LightningModule around the framework-free LM (mhc_repro.model.LM).
+
+What lives here: the loss, AdamW with the model's parameter groups, warmup + the paper's step schedule,
+the global grad norm (+ optional clipping), the non-finite-loss stop, the MoE routing-bias update after
+each optimizer step, torchmetrics means of the loss, the FLOPs per batch for MFU, and the per-step
+metric logging (step = optimizer step, 1..max_steps). Sharding/compile hooks are in ``configure_model``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.aggregation import MeanMetric
+
+from mhc_repro.config import ModelConfig
+from mhc_repro.model.transformer import LM
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised (before the optimizer step) when the loss or the gradient norm is NaN/Inf."""
+
+
+def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    """Inputs and targets from a batch: a [B, T+1] token tensor, an (x, y) pair or a dict."""
+    if isinstance(batch, dict):
+        if "input_ids" in batch and "labels" in batch:
+            return batch["input_ids"], batch["labels"]
+        batch = batch.get("tokens", batch.get("input_ids"))
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1]
+    return batch[:, :-1], batch[:, 1:]
+
+
+def lr_factor(step: int, warmup: int, max_steps: int, milestones: list[float], factors: list[float]) -> float:
+    """LR multiplier for optimizer step ``step`` (0-based): linear warmup to 1, then the step schedule."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    f = 1.0
+    for m, fac in zip(milestones, factors):
+        if step >= int(round(m * max_steps)):
+            f = fac
+    return f
+
+
+def flops_per_token(cfg: ModelConfig, n_active: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N_active (fwd + bwd matmuls, the head included) plus the attention
+    score/value products 12 * blocks * heads * head_dim * seq_len (PaLM's formula, no causal discount).
+    The HC/mHC coefficient work is left out (it is < 1% of the matmul FLOPs at n = 4)."""
+    a = cfg.attention
+    qk = a.head_dim + (a.rope_dim if a.kind == "mla" else 0)
+    attn = 6 * cfg.n_blocks * a.n_heads * (qk + a.v_dim) * seq_len  # = 12 L H Q T when qk = v dim
+    return 6.0 * n_active + attn
+
+
+class LMModule(L.LightningModule):
+    """``config`` is the resolved run config dict (RunConfig.to_dict()); it is stored in the checkpoint's
+    ``hyper_parameters["config"]`` so ``load_lm`` can rebuild the model without this class."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = config
+        self.train_cfg = config["train"]
+        self.model_cfg = ModelConfig.from_dict(config["model"])
+        torch.manual_seed(self.train_cfg["seed"])
+        self.model = LM(self.model_cfg)
+        counts = self.model.num_params()
+        self.params_total, self.params_active = int(counts["total"]), int(counts["active"])
+        seq = config["data"]["seq_len"]
+        # per micro-batch per device (ThroughputMonitor multiplies by the world size itself)
+        self.flops_per_batch = flops_per_token(self.model_cfg, self.params_active, seq) * seq * config["data"]["batch_size"]
+        self.train_loss = MeanMetric()
+        self._grad_norm: Optional[float] = None
+        self._tokens_seen = 0  # restored from the checkpoint on resume
+        self.last_train_loss: Optional[float] = None
+        self.last_val_loss: Optional[float] = None
+        self.last_perf: dict = {}
+
+    # ---- model setup (strategy-aware) --------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Compile blocks in place and, under ModelParallelStrategy, shard each block then the root (FSDP2)."""
+        if getattr(self, "_configured", False):
+            return
+        self._configured = True
+        if self.train_cfg["compile"]:
+            for block in self.model.blocks:
+                block.compile()
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is not None:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            dp_mesh = mesh["data_parallel"]
+            bf16 = str(self.trainer.precision).startswith("bf16")
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+            for block in self.model.blocks:
+                fully_shard(block, mesh=dp_mesh, mp_policy=mp)
+            fully_shard(self.model, mesh=dp_mesh, mp_policy=mp)
+
+    # ---- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        t = self.train_cfg
+        fused = torch.cuda.is_available() and self.device.type == "cuda"
+        opt = torch.optim.AdamW(self.model.param_groups(t["weight_decay"]), lr=t["lr"], betas=tuple(t["betas"]),
+                                eps=t["eps"], fused=fused or None)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, t["warmup_steps"], t["max_steps"], t["lr_milestones"], t["lr_factors"]))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def _loss(self, batch: Any) -> tuple[Tensor, int]:
+        x, y = split_batch(batch)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+        return loss, y.numel()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss, ntok = self._loss(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step + 1}: run stopped before "
+                "the optimizer step; the last good checkpoint is kept (lower train.lr or enable train.grad_clip)")
+        self.train_loss.update(loss.detach())
+        self._tokens_seen += ntok * self.trainer.world_size
+        self.log("loss", loss.detach(), prog_bar=True, logger=False)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Global grad norm (one number, not per parameter), then clipping if enabled."""
+        clip = self.train_cfg["grad_clip"]
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=clip if clip > 0 else float("inf"), foreach=True)
+        if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
+            norm = norm.full_tensor()
+        self._grad_norm = float(norm)
+        if not math.isfinite(self._grad_norm):
+            raise NonFiniteLossError(
+                f"non-finite gradient norm ({self._grad_norm}) at step {self.global_step + 1}: run stopped before "
+                "the optimizer step; the last good checkpoint is kept")
+
+    def after_optimizer_step(self) -> None:
+        """Called by callbacks.StepEnd once per optimizer step, before that step's checkpoint."""
+        step = self.global_step
+        self.model.update_routing_bias()
+        loss = float(self.train_loss.compute())
+        self.train_loss.reset()
+        self.last_train_loss = loss
+        if step % self.train_cfg["log_every"] == 0 or step == self.train_cfg["max_steps"]:
+            t = self.train_cfg  # the LR used by this step (Lightning already stepped the scheduler)
+            lr = t["lr"] * lr_factor(step - 1, t["warmup_steps"], t["max_steps"], t["lr_milestones"], t["lr_factors"])
+            self.log_step_metrics({
+                "train/loss": loss, "train/ppl": math.exp(min(loss, 50.0)), "train/grad_norm": self._grad_norm,
+                "train/lr": lr, "train/tokens": float(self._tokens_seen)})
+
+    # ---- logging / state ----------------------------------------------------------------------------
+    def log_step_metrics(self, metrics: dict[str, float]) -> None:
+        """Log to every logger at step = optimizer step (rank 0 only; loggers ignore other ranks)."""
+        if self.trainer.global_rank != 0:
+            return
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mhc_repro"] = {"tokens_seen": self._tokens_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._tokens_seen = checkpoint.get("mhc_repro", {}).get("tokens_seen", 0)

@@ -1,0 +1,46 @@
+"""Micro training setup shared by the training tests: a 2-block d=32 model on a small local corpus,
+with data cache and MLflow store in temporary directories (one BPE training per test session)."""
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+WORDS = ("the whale ship sea house ball letter king queen throne england truth fortune wife man "
+         "neighbourhood family money purse shore world times wisdom foolishness mouth park evil "
+         "and of to in a was it is that he she they said would could never little long good").split()
+
+
+def micro_overrides(tmp, corpus_dir, cache_dir, **extra) -> list[str]:
+    """--set overrides for a micro run (2 blocks, d_model 32, vocab 320, seq 32, batch 4)."""
+    base = {
+        "train.preset": "tiny", "train.variant": "mhc", "train.max_steps": 8, "train.lr": 3e-3,
+        "train.warmup_steps": 2, "train.val_every": 2, "train.val_batches": 2, "train.amax_every": 4,
+        "train.ckpt_every": 3, "train.progress_bar": False, "train.accelerator": "cpu", "train.devices": 1,
+        "train.precision": "32-true", "train.out_dir": str(tmp / "runs"), "train.throughput_window": 2,
+        "model.vocab_size": 320, "model.d_model": 32, "model.n_blocks": 2, "model.max_seq_len": 32,
+        "model.attention": "{n_heads: 2, head_dim: 16}", "model.dense_ffn_width": 64,
+        "data.source": str(corpus_dir), "data.seq_len": 32, "data.batch_size": 4, "data.val_fraction": 0.2,
+        "data.cache_dir": str(cache_dir), "tracking.study": "test",
+        "tracking.tracking_uri": f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    for i in range(20):
+        sents = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "."
+                 for _ in range(60)]
+        (d / f"doc{i:02d}.txt").write_text(" ".join(sents))
+    return d
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("datacache")

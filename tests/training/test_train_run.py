@@ -1,0 +1,76 @@
+"""End-to-end micro runs on CPU: a finished run, the finished-run guard, the non-finite-loss stop."""
+import json
+import math
+
+import pytest
+import torch
+
+from mhc_repro.training.compose import build_config
+from mhc_repro.training.module import NonFiniteLossError
+from mhc_repro.training.run import RunFinishedError, train
+
+from .conftest import micro_overrides
+
+
+def test_micro_run_logs_everything(tmp_path, corpus_dir, data_cache):
+    from mlflow.tracking import MlflowClient
+
+    cfg = build_config([], micro_overrides(tmp_path, corpus_dir, data_cache), env={})
+    s = train(cfg)
+    run_dir = tmp_path / "runs" / "test" / "mhc-s0"
+    assert s["steps"] == 8 and math.isfinite(s["final_train_loss"]) and math.isfinite(s["final_val_loss"])
+    for name in ("config.yaml", "tokenizer.json", "mlflow_run_id.txt", "finished.json"):
+        assert (run_dir / name).exists(), name
+    assert (run_dir / "diagnostics" / "amax_step0000008.json").exists()
+    amax = json.loads((run_dir / "diagnostics" / "amax_step0000004.json").read_text())
+    assert len(amax["fwd_single"]) == 4 and abs(amax["fwd_single"][0] - 1) < 1e-5  # 2 blocks; rows exact
+
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    run = client.get_run(s["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    for key, want in (("run_kind", "train"), ("variant", "mhc"), ("preset", "tiny"), ("seed", "0"),
+                      ("ablation", "full"), ("paper", "arXiv:2512.24880"), ("study", "test")):
+        assert tags[key] == want, key
+    assert tags["checkpoint_path"].endswith("step0000008.ckpt") and tags["git_commit"]
+    params = run.data.params
+    assert params["train.lr"] == "0.003" and params["model.residual.kind"] == "mhc"
+    assert int(params["model.params_total"]) > 0
+    for key in ("train/loss", "train/ppl", "train/grad_norm", "train/lr", "train/tokens", "val/loss",
+                "amax/fwd_composite_max", "amax/bwd_single_max", "amax/log_colsum_max", "perf/tokens_per_sec"):
+        assert key in run.data.metrics, key
+    tokens = [m.value for m in client.get_metric_history(run.info.run_id, "train/tokens")]
+    assert tokens == [4 * 32 * k for k in range(1, 9)]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "diagnostics")}
+    assert "diagnostics/amax_step0000004.png" in arts and "diagnostics/amax_step0000004.json" in arts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "config")} == {"config/config.yaml"}
+
+    # the evaluation contract: load_lm on the run directory
+    from mhc_repro.training.checkpoint import load_lm
+
+    model, mcfg, tok = load_lm(run_dir)
+    assert mcfg.d_model == 32 and tok.get_vocab_size() == 320
+    assert model(torch.zeros(1, 5, dtype=torch.long)).shape == (1, 5, 320)
+
+    with pytest.raises(RunFinishedError, match="already holds a finished run"):
+        train(build_config([], micro_overrides(tmp_path, corpus_dir, data_cache), env={}))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, corpus_dir, data_cache):
+    from mlflow.tracking import MlflowClient
+
+    over = micro_overrides(tmp_path, corpus_dir, data_cache, **{
+        "train.lr": 1e30, "train.warmup_steps": 0, "train.grad_clip": 0, "train.ckpt_every": 1,
+        "train.variant": "residual"})
+    cfg = build_config([], over, env={})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite .* at step \d+.*last good checkpoint: .*step\d{7}\.ckpt"):
+        train(cfg)
+    run_dir = tmp_path / "runs" / "test" / "residual-s0"
+    assert not (run_dir / "finished.json").exists()
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    assert ckpts and not any("exception" in p.name for p in ckpts)
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
+    run = MlflowClient(cfg.tracking.tracking_uri).get_run(run_id)
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["stop_reason"]
