@@ -147,7 +147,9 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> Study:
             ablation = tags.get("ablation") or ("none" if variant == "residual" else "full")
             if ablation not in ABLATIONS:
                 raise ValueError(f"run {rid}: ablation tag {ablation!r} not in {list(ABLATIONS)}")
-            h = {k: _history(client, rid, k) for k in HISTORY_KEYS}
+            logged = run.data.metrics  # latest values: tells which keys have a history at all
+            h = {k: _history(client, rid, k) if k in logged else pd.DataFrame(columns=["step", "value"])
+                 for k in HISTORY_KEYS}
             for key, df in h.items():
                 hist.append(df.assign(run_id=rid, key=key))
             steps = pd.concat([h["train/loss"].step, h["val/loss"].step])
