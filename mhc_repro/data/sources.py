@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .config import LOCAL_SUFFIXES, DataConfig
+from .config import EMBEDDED_LARGE, LOCAL_SUFFIXES, DataConfig
 from .corpus import DEFAULT_VAL_DOCS, fingerprint_docs, load_embedded_corpus, sha256_file
 
 SPLIT_VERSION = 1  # bump when the split rule changes
@@ -112,7 +112,11 @@ def load_hub(cfg: DataConfig) -> Corpus:
 
 def load_corpus(cfg: DataConfig, cache_dir: Path) -> Corpus:
     if cfg.is_embedded:
-        emb = load_embedded_corpus(cache_dir)
+        if cfg.source == EMBEDDED_LARGE:
+            from .extra_corpora import load_large_corpus
+            emb = load_large_corpus(cache_dir)
+        else:
+            emb = load_embedded_corpus(cache_dir)
         docs = emb.docs[: cfg.max_documents] if cfg.max_documents else emb.docs
         manifest = dict(emb.manifest)
         if cfg.max_documents:
@@ -132,7 +136,8 @@ def split_corpus(corpus: Corpus, cfg: DataConfig) -> tuple[list[tuple[str, str]]
     paragraphs as one contiguous block (never scattered lines)."""
     docs = corpus.docs
     if cfg.val_docs is not None or (cfg.is_embedded and not cfg.max_documents):
-        wanted = list(cfg.val_docs if cfg.val_docs is not None else DEFAULT_VAL_DOCS)
+        pinned = corpus.manifest.get("default_val_docs", DEFAULT_VAL_DOCS)
+        wanted = list(cfg.val_docs if cfg.val_docs is not None else pinned)
         known = {d for d, _ in docs}
         missing = [w for w in wanted if w not in known]
         if missing:
