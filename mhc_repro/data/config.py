@@ -81,6 +81,9 @@ class DataConfig:
                                  f"allowed: {', '.join(LOCAL_SUFFIXES)}")
         if src is not None and src.startswith("hf:") and not src[3:].split(":")[0]:
             raise ValueError(f"data.source: {src!r} names no dataset; use 'hf:<dataset>[:<config>]'")
+        if src is not None and src.startswith("hf:") and self.max_documents is None:
+            raise ValueError(f"data.max_documents must be set for the streamed hub source {src!r} "
+                             "(it is read into memory up to that many documents)")
         for name in ("seq_len", "batch_size"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"data.{name} must be a positive integer, got {getattr(self, name)!r}")

@@ -73,3 +73,15 @@ def test_mismatched_state_is_rejected():
         loader(seed=1).load_state_dict(state)
     with pytest.raises(ValueError, match="not a multiple"):
         loader(bs=8).load_state_dict({**state, "consumed": 4})
+
+
+def test_resume_with_worker_processes():
+    ref = epoch(loader(n=64, bs=4))
+    dl = ResumableLoader(Ids(64), ResumableSampler(64, 4, 0), num_workers=2)
+    it = iter(dl)
+    head = [next(it).tolist() for _ in range(5)]   # workers have prefetched further; only 5 were handed out
+    state = dl.state_dict()
+    del it
+    resumed = ResumableLoader(Ids(64), ResumableSampler(64, 4, 0), num_workers=2, persistent_workers=True)
+    resumed.load_state_dict(state)
+    assert head + epoch(resumed) == ref

@@ -68,3 +68,8 @@ def test_vocab_checks(docs):
         check_vocab(tok, n - 1)
     with pytest.raises(ValueError, match="not in the tokenizer"):
         eos_id(tok, "</s>")
+
+
+def test_training_is_deterministic(docs):
+    # Ranks that each train the cached tokenizer must agree byte for byte.
+    assert train_bpe(docs, vocab_size=400).to_str() == train_bpe(list(docs), vocab_size=400).to_str()
