@@ -36,7 +36,8 @@ def _offline_defaults() -> None:
 
 def _local_files(path: Path) -> list[Path]:
     files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_SUFFIXES)
+        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(path).parts))  # skip hidden/caches
     if not files:
         raise ValueError(f"data.source: directory {str(path)!r} holds no {'/'.join(LOCAL_SUFFIXES)} files")
     kinds = {_kind(p) for p in files}

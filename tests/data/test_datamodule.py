@@ -138,11 +138,13 @@ def _fit(dm, max_steps, root, ckpt_path=None, callbacks=()):
     return model.seen
 
 
-def test_lightning_resume_continues_mid_epoch_exactly(txt_dir, tmp_path):
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch-end"])
+def test_lightning_resume_continues_exactly(txt_dir, tmp_path, where):
     dm = dm_for(txt_dir, tmp_path, seq_len=64)
     dm.prepare()
     per_epoch = len(dm.train_dataloader())
-    total, stop = per_epoch + 7, per_epoch // 2 + 1             # stop mid epoch 0, end in epoch 1
+    total = per_epoch + 7                                        # the reference run ends in epoch 1
+    stop = per_epoch // 2 + 1 if where == "mid-epoch" else per_epoch
     reference = _fit(dm_for(txt_dir, tmp_path, seq_len=64), total, tmp_path)
     assert len(reference) == total
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=stop, save_top_k=-1)
