@@ -166,6 +166,8 @@ def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
 def bench_kernels(c, n, N, device, copy_gbs):
     from triton.testing import do_bench
 
+    from mhc_repro.kernels import fused  # noqa: F401  (registers torch.ops.mhc_repro.*)
+
     O = torch.ops.mhc_repro
     bf = dict(device=device, dtype=torch.bfloat16)
     M = n * n + 2 * n
@@ -185,12 +187,59 @@ def bench_kernels(c, n, N, device, copy_gbs):
         "post_res": (lambda: O.post_res(x, f, hq, hr), (2 * n + 1) * e),
         "post_res_bwd": (lambda: O.post_res_bwd(x, f, hq, hr, g), (3 * n + 2) * e),
     }
+    # The four coefficient kernels alone (the two ops above are these pairs).
+    cases["  proj_fwd (v·φ + Σv²)"] = (lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M), n * e + N * 4 * (M + 1))
+    ss = x.float().pow(2).sum((1, 2))
+    cases["  coef_fwd (epilogue + Sinkhorn)"] = (lambda: fused.launch_coef_fwd(m, ss, alpha, bias, n, n * c, 20, 1e-6, 1e-6), small)
+    cases["  coef_bwd (Sinkhorn bwd recomputed)"] = (lambda: fused.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6), small)
+    _, dm, cc, _ = fused.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6)
+    cases["  proj_bwd (dv, dφ partials)"] = (lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc), 2 * n * e)
     rows = []
     for name, (fn, nbytes) in cases.items():
         ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
         gbs = nbytes / ms / 1e6
         rows.append(dict(C=c, kernel=name, ms=ms, gb_s=gbs, frac_copy=gbs / copy_gbs))
     return rows
+
+
+def sweep_configs(c, n, N, device):
+    """Time projection and post_res-backward tile choices; returns rows and the fastest of each."""
+    from triton.testing import do_bench
+
+    from mhc_repro.kernels import fused
+
+    O = torch.ops.mhc_repro
+    bf = dict(device=device, dtype=torch.bfloat16)
+    M = n * n + 2 * n
+    x, g, f = torch.randn(N, n, c, **bf), torch.randn(N, n, c, **bf), torch.randn(N, c, **bf)
+    phi = torch.randn(n * c, M, device=device) * 0.01
+    dm, cc = torch.randn(N, M, device=device) * 1e-3, torch.randn(N, device=device) * 1e-3
+    hq, hr = torch.rand(N, n, device=device), torch.rand(N, n, n, device=device)
+    rows, best = [], {}
+    saved = (fused._PROJ_BN, fused._PROJ_BK, fused._PROJ_STAGES, fused._PRB_ELEMS, fused._PRB_WARPS)
+    for bn, bk, st in [(64, 128, 4), (32, 128, 4), (64, 64, 4), (128, 64, 3), (32, 256, 3), (64, 256, 3)]:
+        fused._PROJ_BN, fused._PROJ_BK, fused._PROJ_STAGES = bn, bk, st
+        try:
+            tf = do_bench(lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M), return_mode="median")
+            tb = do_bench(lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc), return_mode="median")
+        except Exception as exc:  # a tile that does not fit (shared memory) is just skipped
+            rows.append(dict(C=c, cfg=f"proj BN={bn} BK={bk} st={st}", error=str(exc)[:200]))
+            continue
+        rows.append(dict(C=c, cfg=f"proj BN={bn} BK={bk} st={st}", fwd_us=1e3 * tf, bwd_us=1e3 * tb))
+        if tf + tb < best.get("proj", (1e9,))[0]:
+            best["proj"] = (tf + tb, bn, bk, st)
+    for el, w in [(8192, 8), (4096, 4), (4096, 8), (16384, 8)]:
+        fused._PRB_ELEMS, fused._PRB_WARPS = el, w
+        try:
+            tb = do_bench(lambda: O.post_res_bwd(x, f, hq, hr, g), return_mode="median")
+        except Exception as exc:
+            rows.append(dict(C=c, cfg=f"post_res_bwd elems={el} warps={w}", error=str(exc)[:200]))
+            continue
+        rows.append(dict(C=c, cfg=f"post_res_bwd elems={el} warps={w}", bwd_us=1e3 * tb))
+        if tb < best.get("prb", (1e9,))[0]:
+            best["prb"] = (tb, el, w)
+    (fused._PROJ_BN, fused._PROJ_BK, fused._PROJ_STAGES, fused._PRB_ELEMS, fused._PRB_WARPS) = saved
+    return rows, best
 
 
 def copy_bandwidth(device) -> float:
@@ -215,6 +264,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip remaining stack runs after this")
+    ap.add_argument("--sweep", action="store_true", help="sweep kernel tiles first, keep the fastest")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -236,6 +286,19 @@ def main() -> None:
             with open(args.out, "w") as fh:
                 json.dump(res, fh, indent=1)
 
+    if args.sweep:
+        from mhc_repro.kernels import fused
+
+        rows, best = sweep_configs(args.C[0], args.n, args.tokens, dev)
+        res["sweep"] = rows
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        if "proj" in best:
+            fused._PROJ_BN, fused._PROJ_BK, fused._PROJ_STAGES = best["proj"][1:]
+        if "prb" in best:
+            fused._PRB_ELEMS, fused._PRB_WARPS = best["prb"][1:]
+        res["chosen"] = dict(proj=best.get("proj"), post_res_bwd=best.get("prb"))
+        print("chosen:", res["chosen"], flush=True)
     for c in args.C:
         res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs)
         dump()

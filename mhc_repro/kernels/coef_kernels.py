@@ -18,8 +18,22 @@ import triton.language as tl
 
 
 @triton.jit
-def proj_fwd(x_ptr, phi_ptr, m_ptr, ss_ptr, N, K, M,
-             BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr):
+def _mma(a, b, INTERP: tl.constexpr):
+    # bf16 x bf16 -> fp32 MMA. The CPU interpreter mishandles bf16 dot operands; there the same
+    # products are formed in fp32 (bf16 products are exact in fp32).
+    if INTERP:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M,
+             BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
+             SPLIT: tl.constexpr, INTERP: tl.constexpr):
+    # SPLIT (bf16 stream): v is exact in bf16 and φ = φ_hi + φ_lo (two bf16 parts), so two bf16 MMAs
+    # give ~16-bit-mantissa products straight from the loaded tiles (no fp32 staging of v).
+    # Otherwise (fp32 stream): one fp32 dot at PREC (tf32 on tensor cores by default).
     pid = tl.program_id(0)
     t = pid * BN + tl.arange(0, BN)
     tm = t < N
@@ -30,11 +44,16 @@ def proj_fwd(x_ptr, phi_ptr, m_ptr, ss_ptr, N, K, M,
     for k0 in range(0, K, BK):
         k = k0 + tl.arange(0, BK)
         km = k < K
-        v = tl.load(x_ptr + t[:, None].to(tl.int64) * K + k[None, :], mask=tm[:, None] & km[None, :],
-                    other=0.0).to(tl.float32)
-        ss += tl.sum(v * v, axis=1)
-        p = tl.load(phi_ptr + k[:, None] * M + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
-        acc += tl.dot(v, p.to(tl.float32), input_precision=PREC)
+        v = tl.load(x_ptr + t[:, None].to(tl.int64) * K + k[None, :], mask=tm[:, None] & km[None, :], other=0.0)
+        vf = v.to(tl.float32)
+        ss += tl.sum(vf * vf, axis=1)
+        po = k[:, None] * M + cols[None, :]
+        pm = km[:, None] & cm[None, :]
+        if SPLIT:
+            acc += _mma(v, tl.load(phi_ptr + po, mask=pm, other=0.0), INTERP)
+            acc += _mma(v, tl.load(phi_lo_ptr + po, mask=pm, other=0.0), INTERP)
+        else:
+            acc += tl.dot(vf, tl.load(phi_ptr + po, mask=pm, other=0.0), input_precision=PREC)
     tl.store(m_ptr + t[:, None] * M + cols[None, :], acc, mask=tm[:, None] & cm[None, :])
     tl.store(ss_ptr + t, ss, mask=tm)
 
@@ -154,16 +173,20 @@ def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, s
 
 
 @triton.jit
-def proj_bwd(x_ptr, phi_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split,
-             BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr):
+def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split,
+             BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
+             SPLIT: tl.constexpr, INTERP: tl.constexpr):
     kb = tl.program_id(0)
     sp = tl.program_id(1)
     k = kb * BK + tl.arange(0, BK)
     km = k < K
     cols = tl.arange(0, MP)
     cm = cols < M
-    p = tl.load(phi_ptr + k[:, None] * M + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0).to(tl.float32)
-    pt = tl.trans(p)
+    po = k[:, None] * M + cols[None, :]
+    pm = km[:, None] & cm[None, :]
+    pt = tl.trans(tl.load(phi_ptr + po, mask=pm, other=0.0))  # [MP, BK]
+    if SPLIT:
+        pt_lo = tl.trans(tl.load(phi_lo_ptr + po, mask=pm, other=0.0))
     acc = tl.zeros((BK, MP), dtype=tl.float32)
     lo = sp * tok_per_split
     hi = tl.minimum(lo + tok_per_split, N)
@@ -172,11 +195,19 @@ def proj_bwd(x_ptr, phi_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_s
         tm = t < hi
         xo = t[:, None].to(tl.int64) * K + k[None, :]
         xm = tm[:, None] & km[None, :]
-        v = tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
+        v = tl.load(x_ptr + xo, mask=xm, other=0.0)
         dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
         c = tl.load(c_ptr + t, mask=tm, other=0.0)
-        dv = tl.dot(dm, pt, input_precision=PREC) + c[:, None] * v
+        if SPLIT:
+            # bf16 MMAs with hi/lo splits of the fp32 operands (dm, φ): ~16-bit-mantissa products.
+            dm_hi = dm.to(tl.bfloat16)
+            dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
+            dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
+            vt = tl.trans(v)
+            acc += _mma(vt, dm_hi, INTERP) + _mma(vt, dm_lo, INTERP)
+        else:
+            dv = tl.dot(dm, pt, input_precision=PREC)
+            acc += tl.dot(tl.trans(v), dm, input_precision=PREC)
+        dv += c[:, None] * v.to(tl.float32)
         tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
-        acc += tl.dot(tl.trans(v), dm, input_precision=PREC)
-    tl.store(dphi_ptr + sp.to(tl.int64) * K * M + k[:, None] * M + cols[None, :], acc,
-             mask=km[:, None] & cm[None, :])
+    tl.store(dphi_ptr + sp.to(tl.int64) * K * M + po, acc, mask=pm)

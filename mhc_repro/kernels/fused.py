@@ -25,7 +25,8 @@ from . import stream_kernels as sk
 # is bf16, which tf32 holds exactly. "ieee" gives full fp32 products at ~8x the tensor-core cost.
 DOT_PRECISION = "tf32"
 _SINKHORN_BT = 32  # tokens per program in the coefficient epilogue
-_PROJ_BN, _PROJ_BK = 32, 128
+_PROJ_BN, _PROJ_BK, _PROJ_STAGES = 64, 128, 4  # projection tiles (benchmarks/bench_mhc.py sweeps them)
+_PRB_ELEMS, _PRB_WARPS = 8192, 8  # post_res backward: accumulator size and warps
 
 
 def _p2(v: int, lo: int = 1) -> int:
@@ -36,6 +37,10 @@ def _np(n: int) -> int:
     return _p2(n, 2)
 
 
+def _interpreted() -> bool:
+    return type(ck.proj_fwd).__name__ == "InterpretedFunction"
+
+
 def _n_sm(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -43,23 +48,84 @@ def _n_sm(device: torch.device) -> int:
 
 
 # ---------------------------------------------------------------- coefficients (kernels 1-3)
+def _phi_parts(phi: Tensor, x: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """φ as the kernels read it: bf16 hi/lo parts for a bf16 stream, else fp32 (lo unused)."""
+    p = phi.float().contiguous()
+    if x.dtype == torch.bfloat16:
+        hi = p.to(torch.bfloat16)
+        return hi, (p - hi.float()).to(torch.bfloat16), True
+    return p, p, False
+
+
+def launch_proj_fwd(x: Tensor, phi: Tensor, M: int) -> tuple[Tensor, Tensor]:
+    """m = x·φ [N, M] and Σ x² [N] (fp32) in one pass over x [N, K]."""
+    N, K = x.shape
+    m = torch.empty(N, M, device=x.device, dtype=torch.float32)
+    ss = torch.empty(N, device=x.device, dtype=torch.float32)
+    p_hi, p_lo, split = _phi_parts(phi, x)
+    ck.proj_fwd[(triton.cdiv(N, _PROJ_BN),)](
+        x, p_hi, p_lo, m, ss, N, K, M, BN=_PROJ_BN, BK=min(_PROJ_BK, _p2(K, 16)), MP=_p2(M, 16),
+        PREC=DOT_PRECISION, SPLIT=split, INTERP=_interpreted(), num_stages=_PROJ_STAGES)
+    return m, ss
+
+
+def launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps):
+    N = m.shape[0]
+    f32 = dict(device=m.device, dtype=torch.float32)
+    h_pre, h_post, h_res = torch.empty(N, n, **f32), torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
+    r = torch.empty(N, **f32)
+    ck.coef_fwd[(triton.cdiv(N, _SINKHORN_BT),)](
+        m, ss, alpha.float().contiguous(), bias.float().contiguous(), h_pre, h_post, h_res, r,
+        N, 1.0 / K, rms_eps, eps, t_max, n=n, NP=_np(n), BT=_SINKHORN_BT)
+    return h_pre, h_post, h_res, r
+
+
+def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps):
+    """Sinkhorn backward (recomputed) + epilogue backward: dh~ [N, M], dm [N, M], c [N], α partials [N, 3]."""
+    N, M = m.shape
+    f32 = dict(device=m.device, dtype=torch.float32)
+    NP, BT = _np(n), _SINKHORN_BT
+    n_prog = triton.cdiv(N, BT)
+    dht, dm = torch.empty(N, M, **f32), torch.empty(N, M, **f32)
+    c, da = torch.empty(N, **f32), torch.empty(N, 3, **f32)
+    scratch = torch.empty(n_prog * BT * 2 * t_max * NP, **f32)
+    ck.coef_bwd[(n_prog,)](
+        m, r, alpha.float().contiguous(), bias.float().contiguous(),
+        g_pre.float().contiguous(), g_post.float().contiguous(), g_res.float().contiguous(),
+        scratch, dht, dm, c, da, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT)
+    return dht, dm, c, da
+
+
+def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32), one pass over x, dφ from per-split partials."""
+    N, K = x.shape
+    M = dm.shape[1]
+    bk = min(_PROJ_BK, _p2(K, 16))
+    n_kb = triton.cdiv(K, bk)
+    # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
+    splits = max(1, min(triton.cdiv(N, _PROJ_BN), triton.cdiv(4 * _n_sm(x.device), n_kb)))
+    tok = triton.cdiv(triton.cdiv(N, splits), _PROJ_BN) * _PROJ_BN
+    splits = max(1, triton.cdiv(N, tok))
+    part = torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)
+    dx = torch.empty_like(x)
+    p_hi, p_lo, split = _phi_parts(phi, x)
+    ck.proj_bwd[(n_kb, splits)](
+        x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, BN=_PROJ_BN, BK=bk, MP=_p2(M, 16),
+        PREC=DOT_PRECISION, SPLIT=split, INTERP=_interpreted(), num_stages=_PROJ_STAGES)
+    return dx, part.sum(0)
+
+
 @torch.library.custom_op("mhc_repro::coefficients", mutates_args=())
 def _coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int,
                   eps: float, rms_eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     x = x_flat.contiguous()
     N, K = x.shape
     M = n * n + 2 * n
-    f32 = dict(device=x.device, dtype=torch.float32)
-    m, ss, r = torch.empty(N, M, **f32), torch.empty(N, **f32), torch.empty(N, **f32)
-    h_pre, h_post, h_res = torch.empty(N, n, **f32), torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
-    if N > 0:
-        bk = min(_PROJ_BK, _p2(K, 16))
-        ck.proj_fwd[(triton.cdiv(N, _PROJ_BN),)](
-            x, phi.float().contiguous(), m, ss, N, K, M,
-            BN=_PROJ_BN, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION)
-        ck.coef_fwd[(triton.cdiv(N, _SINKHORN_BT),)](
-            m, ss, alpha.float().contiguous(), bias.float().contiguous(), h_pre, h_post, h_res, r,
-            N, 1.0 / K, rms_eps, eps, t_max, n=n, NP=_np(n), BT=_SINKHORN_BT)
+    if N == 0:
+        e = lambda *s: x.new_empty(s, dtype=torch.float32)  # noqa: E731
+        return e(0, n), e(0, n), e(0, n, n), e(0, M), e(0)
+    m, ss = launch_proj_fwd(x, phi, M)
+    h_pre, h_post, h_res, r = launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps)
     return h_pre, h_post, h_res, m, r
 
 
@@ -76,31 +142,11 @@ def _coefficients_bwd(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, 
                       eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x = x_flat.contiguous()
     N, K = x.shape
-    M = n * n + 2 * n
-    f32 = dict(device=x.device, dtype=torch.float32)
-    NP, BT = _np(n), _SINKHORN_BT
-    n_prog = triton.cdiv(N, BT)
-    dht, dm = torch.empty(N, M, **f32), torch.empty(N, M, **f32)
-    c, da = torch.empty(N, **f32), torch.empty(N, 3, **f32)
-    dx = torch.empty_like(x)
-    bk = min(_PROJ_BK, _p2(K, 16))
-    n_kb = triton.cdiv(K, bk)
-    # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
-    splits = max(1, min(triton.cdiv(N, _PROJ_BN), triton.cdiv(4 * _n_sm(x.device), n_kb)))
-    tok = triton.cdiv(triton.cdiv(N, splits), _PROJ_BN) * _PROJ_BN
-    splits = max(1, triton.cdiv(N, tok))
-    part = torch.zeros(splits, K, M, **f32)
-    if N > 0:
-        scratch = torch.empty(n_prog * BT * 2 * t_max * NP, **f32)
-        ck.coef_bwd[(n_prog,)](
-            m, r, alpha.float().contiguous(), bias.float().contiguous(),
-            g_pre.float().contiguous(), g_post.float().contiguous(), g_res.float().contiguous(),
-            scratch, dht, dm, c, da, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT)
-        ck.proj_bwd[(n_kb, splits)](
-            x, phi.float().contiguous(), dm, c, dx, part, N, K, M, tok,
-            BN=_PROJ_BN, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION)
-    dphi = part.sum(0).to(phi.dtype)
-    return dx, dphi, da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
+    if N == 0:
+        return torch.zeros_like(x), torch.zeros_like(phi), torch.zeros_like(alpha), torch.zeros_like(bias)
+    dht, dm, c, da = launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps)
+    dx, dphi = launch_proj_bwd(x, phi, dm, c)
+    return dx, dphi.to(phi.dtype), da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
 
 
 @_coefficients_bwd.register_fake
@@ -229,11 +275,14 @@ def _post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
     f32 = dict(device=x.device, dtype=torch.float32)
     dx, df = torch.empty_like(x), torch.empty(N, C, device=x.device, dtype=f.dtype)
     dhp, dhr = torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
-    bt, bc = 4, min(128, _p2(C, 16))
+    NP = _np(n)
+    # Register budget: the [BT, NP, NP, BC] dH accumulator holds _PRB_ELEMS fp32 over _PRB_WARPS warps.
+    bc = min(256, _p2(C, 16), max(16, _PRB_ELEMS // (NP * NP)))
+    bt = max(1, _PRB_ELEMS // (NP * NP * bc))
     if N > 0:
         sk.post_res_bwd[(triton.cdiv(N, bt),)](
             x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(),
-            dx, df, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc)
+            dx, df, dhp, dhr, N, C, n=n, NP=NP, BT=bt, BC=bc, num_warps=_PRB_WARPS)
     return dx, df, dhp.to(h_post.dtype), dhr.to(h_res.dtype)
 
 
