@@ -345,35 +345,60 @@ def ablation_ordering(study: Study, paper: PaperNumbers, preset: str) -> list[Cl
     return out
 
 
-def overhead_claim(study: Study, paper: PaperNumbers, kernels_dir: Path | None) -> Claim:
-    """Verdict only from kernel benchmark records: JSON files under kernels_dir with a numeric top-level
-    `overhead_fraction` (fused mHC time / residual time − 1). Training throughput is context only."""
-    limit = paper.overhead + 0.008
-    rule = (f"from kernel benchmark records (reports/kernels/*.json, key overhead_fraction): reproduced if "
-            f"the smallest recorded overhead ≤ {limit:.3f} (paper + 0.8 pp tolerance), else not reproduced; "
-            "no record → not enough evidence (training throughput on the reference path is context only)")
+PAPER_C = 2560  # hidden size of the paper's 27B model, where the 6.7% was measured
+
+
+def kernel_overheads(kernels_dir: Path | None) -> list[tuple[str, int, float]]:
+    """(source, hidden size C, overhead) from kernel benchmark records under kernels_dir: the
+    benchmarks/bench_mhc.py JSON (`stack` rows: fused mHC ms / residual ms − 1, same compile mode, best
+    mode per C) or any JSON with a numeric top-level `overhead_fraction` (C taken from key `C`, else 0)."""
     found = []
-    if kernels_dir is not None and kernels_dir.is_dir():
-        for f in sorted(kernels_dir.rglob("*.json")):
-            try:
-                value = json.loads(f.read_text()).get("overhead_fraction")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(value, (int, float)):
-                found.append((f.name, float(value)))
+    if kernels_dir is None or not kernels_dir.is_dir():
+        return found
+    for f in sorted(kernels_dir.rglob("*.json")):
+        try:
+            rec = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if isinstance(rec.get("overhead_fraction"), (int, float)):
+            found.append((f.name, int(rec.get("C", 0)), float(rec["overhead_fraction"])))
+        rows = [r for r in rec.get("stack", []) if isinstance(r, dict) and "ms" in r]
+        base = {(r.get("C"), r.get("mode")): r["ms"] for r in rows if r.get("variant") == "residual"}
+        best: dict[int, float] = {}
+        for r in rows:
+            key = (r.get("C"), r.get("mode"))
+            if r.get("variant") == "mhc_fused" and base.get(key):
+                best[r["C"]] = min(best.get(r["C"], math.inf), r["ms"] / base[key] - 1.0)
+        found += [(f.name, c, v) for c, v in sorted(best.items())]
+    return found
+
+
+def overhead_claim(study: Study, paper: PaperNumbers, kernels_dir: Path | None) -> Claim:
+    """Verdict only from kernel benchmark records; the training runs' throughput is context only (they
+    may use the unfused reference path, on CPU)."""
+    limit = paper.overhead + 0.008
+    rule = (f"from kernel benchmark records under reports/kernels (fused mHC stack vs residual stack, same "
+            f"compile mode): at the hidden size closest to the paper's C = {PAPER_C}, reproduced if the "
+            f"overhead ≤ {limit:.1%} (paper + 0.8 pp tolerance), else not reproduced; no record → not "
+            "enough evidence")
+    found = kernel_overheads(kernels_dir)
     tps = study.runs.groupby("variant").tokens_per_sec.mean()
     context = ""
     if {"residual", "mhc"} <= set(tps.index) and tps["mhc"] > 0 and not math.isnan(tps["mhc"]):
-        context = f"training throughput mHC vs baseline: {tps['residual'] / tps['mhc'] - 1:+.1%} time (context)"
+        context = (f"training throughput in these runs: mHC takes {tps['residual'] / tps['mhc'] - 1:+.1%} "
+                   "time vs baseline (context, not used for the verdict)")
     if found:
-        best = min(v for _, v in found)
-        evidence = "; ".join(f"{n}: {v:+.1%}" for n, v in found)
-        verdict = REPRODUCED if best <= limit else NOT_REPRODUCED
+        _, c_used, value = min(found, key=lambda x: (abs(x[1] - PAPER_C), x[2]))
+        evidence = "; ".join(f"{n} C={c}: {v:+.1%}" for n, c, v in found) + f"; verdict uses C={c_used}"
+        verdict = REPRODUCED if value <= limit else NOT_REPRODUCED
     else:
-        evidence, verdict = "no kernel benchmark record with overhead_fraction", NO_EVIDENCE
+        evidence, verdict = "no kernel benchmark record", NO_EVIDENCE
     return Claim("C9", "mHC costs 6.7% extra training time at n = 4", f"{paper.overhead:.1%} (27B, fused "
                  "kernels, recomputation, DualPipe)", evidence + (f"; {context}" if context else ""),
-                 "kernel benchmark records" if found else "—", rule, verdict)
+                 "kernel benchmark records: " + (", ".join(sorted({n for n, _, _ in found})) or "none"),
+                 rule, verdict)
 
 
 def evaluate_claims(study: Study, paper: PaperNumbers, kernels_dir: Path | None = None) -> list[Claim]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -14,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from mhc_repro.reporting.paper_data import ABLATIONS, VARIANTS
+from mhc_repro.tracking.store import resolve_tracking_uri
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HISTORY_KEYS = (
     "train/loss", "val/loss", "train/grad_norm", "train/tokens", "perf/tokens_per_sec",
     "amax/fwd_single_max", "amax/bwd_single_max", "amax/fwd_composite_max", "amax/bwd_composite_max",
@@ -27,11 +26,6 @@ RUN_COLUMNS = [
     "tokens_per_sec", "compute",
 ]
 EVAL_COLUMNS = ["train_run_id", "eval_run_id", "task", "score", "shots", "limit", "lm_eval_version"]
-
-
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the repo's sqlite store (DESIGN.md)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
 
 
 @dataclass
@@ -129,7 +123,7 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> Study:
     """Read all training and evaluation runs of `experiment` from the MLflow store."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())

@@ -136,11 +136,14 @@ def scaling_figure(study: Study, path: Path) -> Path | None:
             gap = p.loss.to_numpy() - p.preset.map(base).to_numpy()
             ok = ~np.isnan(gap)
             ax_g.plot(p.compute.to_numpy()[ok], gap[ok], "o-", color=COLORS[v], label=VARIANT_LABELS[v])
-        for _, r in p.iterrows():
-            ax_l.annotate(r.preset, (r.compute, r.loss), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    top = pts.groupby("preset", sort=False).agg(compute=("compute", "mean"), loss=("loss", "max"))
+    for preset, r in top.iterrows():  # one label per preset, above its highest point
+        ax_l.annotate(preset, (r.compute, r.loss), fontsize=7, textcoords="offset points", xytext=(0, 6),
+                      ha="center")
     ax_g.axhline(0.0, color=COLORS["residual"], linewidth=0.8)
     for ax in (ax_l, ax_g):
         ax.set_xscale("log")
+        ax.margins(x=0.1, y=0.12)
         ax.set_xlabel("training compute 6·N_active·tokens (FLOPs)")
         if ax.lines:
             ax.legend()

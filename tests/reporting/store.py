@@ -97,3 +97,41 @@ def _eval_run(client, exp_id: str, train_id: str, variant: str, seed: int, start
     params += [Param("eval.limit", "20"), Param("lm_eval.version", "0.4.13")]
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
     client.set_terminated(run.info.run_id, end_time=start + 10)
+
+
+# ---------------------------------------------------------------- in-memory studies (no MLflow)
+def make_study(losses: dict, preset: str = "tiny", evals: dict | None = None, amax: dict | None = None,
+               history: list | None = None, params_active: float = 1e6, tokens: float = 1e5):
+    """losses: (variant, ablation) or variant -> final val losses, one per seed.
+    evals: variant -> per-seed score (fraction) used for every task."""
+    import pandas as pd
+
+    from mhc_repro.reporting.collect import EVAL_COLUMNS, RUN_COLUMNS, Study
+
+    rows, ev = [], []
+    for key, values in losses.items():
+        variant, ablation = key if isinstance(key, tuple) else (key, "none" if key == "residual" else "full")
+        for seed, loss in enumerate(values):
+            rid = f"{preset}-{variant}-{ablation}-{seed}"
+            rows.append(dict(run_id=rid, run_name=rid, status="FINISHED", preset=preset, variant=variant,
+                             ablation=ablation, seed=seed, git_commit="abc", run_dir="", params_total=2e6,
+                             params_active=params_active, final_step=100, final_train_loss=loss,
+                             final_val_loss=loss, tokens=tokens, tokens_per_sec=1.0,
+                             compute=6 * params_active * tokens))
+            for task in TASKS if evals and variant in evals and ablation in ("none", "full") else ():
+                ev.append(dict(train_run_id=rid, eval_run_id=f"e-{rid}", task=task,
+                               score=evals[variant][seed], shots=0, limit="", lm_eval_version=""))
+    hist = pd.DataFrame(history or [], columns=["run_id", "key", "step", "value"])
+    return Study("unit", pd.DataFrame(rows, columns=RUN_COLUMNS), hist, pd.DataFrame(ev, columns=EVAL_COLUMNS),
+                 amax or {})
+
+
+def merge(*studies):
+    import pandas as pd
+
+    from mhc_repro.reporting.collect import Study
+
+    return Study("unit", pd.concat([s.runs for s in studies], ignore_index=True),
+                 pd.concat([s.history for s in studies], ignore_index=True),
+                 pd.concat([s.evals for s in studies], ignore_index=True),
+                 {k: v for s in studies for k, v in s.amax.items()})

@@ -6,38 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from store import make_study, merge
+
 from mhc_repro.reporting import claims as C
-from mhc_repro.reporting.collect import EVAL_COLUMNS, RUN_COLUMNS, Study
 from mhc_repro.reporting.paper_data import load_paper_numbers
 
 P = load_paper_numbers()
-
-
-def make_study(losses: dict, preset: str = "tiny", evals: dict | None = None, amax: dict | None = None,
-               history: list | None = None) -> Study:
-    """losses: (variant, ablation) or variant -> final val losses, one per seed.
-    evals: variant -> per-seed macro score (fraction) used for every task."""
-    rows, ev = [], []
-    for key, values in losses.items():
-        variant, ablation = key if isinstance(key, tuple) else (key, "none" if key == "residual" else "full")
-        for seed, loss in enumerate(values):
-            rid = f"{preset}-{variant}-{ablation}-{seed}"
-            rows.append(dict(run_id=rid, run_name=rid, status="FINISHED", preset=preset, variant=variant,
-                             ablation=ablation, seed=seed, git_commit="abc", run_dir="", params_total=2e6,
-                             params_active=1e6, final_step=100, final_train_loss=loss, final_val_loss=loss,
-                             tokens=1e5, tokens_per_sec=1.0, compute=6e11))
-            for task in P.tasks if evals and variant in evals and ablation in ("none", "full") else ():
-                ev.append(dict(train_run_id=rid, eval_run_id=f"e-{rid}", task=task,
-                               score=evals[variant][seed], shots=0, limit="", lm_eval_version=""))
-    hist = pd.DataFrame(history or [], columns=["run_id", "key", "step", "value"])
-    return Study("unit", pd.DataFrame(rows, columns=RUN_COLUMNS), hist, pd.DataFrame(ev, columns=EVAL_COLUMNS),
-                 amax or {})
-
-
-def merge(*studies: Study) -> Study:
-    return Study("unit", pd.concat([s.runs for s in studies], ignore_index=True),
-                 pd.concat([s.history for s in studies], ignore_index=True),
-                 pd.concat([s.evals for s in studies], ignore_index=True), {})
 
 
 @pytest.mark.parametrize("mhc, verdict", [
@@ -136,3 +110,15 @@ def test_overhead_from_kernel_records(tmp_path):
     assert C.overhead_claim(study, P, tmp_path).verdict == C.REPRODUCED
     (tmp_path / "bench.json").write_text(json.dumps({"overhead_fraction": 0.30}))
     assert C.overhead_claim(study, P, tmp_path).verdict == C.NOT_REPRODUCED
+
+
+def test_overhead_from_bench_mhc_record(tmp_path):
+    stack = [dict(C=c, mode=m, variant=v, ms=ms) for c, m, v, ms in (
+        (2048, "eager", "residual", 10.0), (2048, "eager", "mhc_fused", 12.0),
+        (2560, "eager", "residual", 10.0), (2560, "eager", "mhc_fused", 11.0),
+        (2560, "compiled", "residual", 8.0), (2560, "compiled", "mhc_fused", 8.4))]
+    (tmp_path / "bench.json").write_text(json.dumps({"stack": stack}))
+    assert C.kernel_overheads(tmp_path) == [("bench.json", 2048, pytest.approx(0.2)),
+                                            ("bench.json", 2560, pytest.approx(0.05))]
+    claim = C.overhead_claim(make_study({"residual": [3.0], "mhc": [2.9]}), P, tmp_path)
+    assert claim.verdict == C.REPRODUCED and "C=2560" in claim.evidence
