@@ -1,0 +1,199 @@
+"""Training-throughput measurement: the real LightningModule + callbacks on synthetic tokens, no MLflow
+and no data pipeline (so it runs on GPU images that lack mlflow/datasets). For each variant: train
+``--steps`` optimizer steps and report tokens/s and MFU over the steps after ``--warmup``, ThroughputMonitor's
+own MFU, peak GPU memory, loss, and the Amax summary of the last step.
+
+    python -m mhc_repro.training.bench --config experiments/3b/base.yaml --variants residual hc mhc \
+        --steps 50 --micro-batch 4 --seq-len 4096 --out reports/training/h200_3b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mhc_repro.training.callbacks import PerfMonitor, StepEnd
+from mhc_repro.training.compose import build_config
+from mhc_repro.training.module import LMModule, flops_per_token
+
+
+class RandomTokens(Dataset):
+    """Deterministic uniform random token sequences of seq_len + 1 -> (inputs, targets)."""
+
+    def __init__(self, n: int, seq_len: int, vocab: int, seed: int) -> None:
+        self.n, self.seq_len, self.vocab, self.seed = n, seq_len, vocab, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        t = torch.randint(self.vocab, (self.seq_len + 1,), generator=g)
+        return t[:-1], t[1:]
+
+
+class SyntheticData(L.LightningDataModule):
+    def __init__(self, n: int, seq_len: int, vocab: int, batch: int) -> None:
+        super().__init__()
+        self.train_ds, self.val_ds = RandomTokens(n, seq_len, vocab, 0), RandomTokens(batch, seq_len, vocab, 1)
+        self.batch = batch
+
+    def train_dataloader(self):
+        return DataLoader(self.train_ds, batch_size=self.batch, shuffle=False, drop_last=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_ds, batch_size=self.batch)
+
+
+class StepTimer(L.Callback):
+    """Wall time per optimizer step (synchronised), so tokens/s can skip the warm-up steps."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._sync()
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, *a) -> None:
+        if trainer.global_step != self._last:
+            self._last = trainer.global_step
+            self._sync()
+            self.times.append(time.perf_counter())
+
+    @staticmethod
+    def _sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+
+def bench_variant(args, variant: str) -> dict:
+    over = [f"train.variant={variant}", f"data.seq_len={args.seq_len}", f"data.batch_size={args.micro_batch}",
+            f"train.global_batch_size={args.micro_batch * args.accumulate}", f"train.max_steps={args.steps}",
+            "train.strategy=auto", "train.devices=1", "tracking.enabled=false", f"train.compile={args.compile}",
+            f"model.activation_checkpointing={args.activation_checkpointing}", "train.progress_bar=false",
+            *args.set]
+    cfg = build_config(args.config, over, env={})
+    gpu = torch.cuda.is_available() and args.accelerator != "cpu"
+    device = torch.device("cuda" if gpu else "cpu")
+    precision = args.precision or ("bf16-mixed" if gpu else "32-true")
+    torch.manual_seed(0)
+    t_build = time.perf_counter()
+    with device:  # initialise the weights directly on the GPU
+        module = LMModule(cfg.to_dict())
+    build_s = time.perf_counter() - t_build
+    tokens_per_step = args.micro_batch * args.accumulate * args.seq_len
+    data = SyntheticData(args.steps * args.accumulate * args.micro_batch, args.seq_len, cfg.model.vocab_size,
+                         args.micro_batch)
+    timer, perf = StepTimer(), PerfMonitor(window=min(10, args.steps * args.accumulate))
+    step_end = StepEnd(val_every=args.steps, val_batches=1, amax_every=args.steps, diag_dir=Path(args.diag_dir))
+    trainer = L.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision=precision, max_steps=args.steps,
+                        max_epochs=-1, accumulate_grad_batches=args.accumulate, logger=False,
+                        enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+                        callbacks=[perf, timer, step_end])
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    wall = time.perf_counter() - t0
+    times = timer.times
+    w = min(args.warmup, len(times) - 2)
+    measured = len(times) - 1 - w
+    elapsed = times[-1] - times[w]
+    tok_s = measured * tokens_per_step / elapsed
+    fpt = flops_per_token(module.model_cfg, module.params_active, args.seq_len)
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    peak = get_available_flops(device, torch.bfloat16 if "bf16" in precision else torch.float32) if gpu else None
+    step_times = [b - a for a, b in zip([timer.t0] + times[:-1], times)]
+    out = {
+        "variant": variant, "preset": cfg.train.preset, "steps": trainer.global_step, "warmup_steps_excluded": w,
+        "seq_len": args.seq_len, "micro_batch": args.micro_batch, "accumulate": args.accumulate,
+        "tokens_per_step": tokens_per_step, "tokens_per_sec": tok_s, "step_time_s_median":
+            sorted(step_times[w + 1:])[len(step_times[w + 1:]) // 2], "first_step_s": step_times[0],
+        "flops_per_token": fpt, "peak_flops": peak, "mfu": (fpt * tok_s / peak) if peak else None,
+        "throughput_monitor": module.last_perf, "params": module.model.num_params(),
+        "final_train_loss": module.last_train_loss, "val_loss": module.last_val_loss,
+        "build_s": build_s, "fit_wall_s": wall, "precision": precision, "compile": args.compile,
+        "activation_checkpointing": args.activation_checkpointing,
+        "residual_backend": cfg.model.residual.backend,
+    }
+    if gpu:
+        out["peak_mem_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["peak_mem_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    amax = sorted(Path(args.diag_dir).glob("amax_step*.json"))
+    if amax:
+        a = json.loads(amax[-1].read_text())
+        out["amax_last"] = {k: max(a[k]) for k in ("fwd_single", "bwd_single", "fwd_composite", "bwd_composite")}
+        amax[-1].rename(amax[-1].with_name(f"amax_{variant}.json"))
+        for png in Path(args.diag_dir).glob("amax_step*.png"):
+            png.rename(png.with_name(f"amax_{variant}.png"))
+    del trainer, module
+    gc.collect()
+    if gpu:
+        torch.cuda.empty_cache()
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", action="append", required=True)
+    p.add_argument("--variants", nargs="+", default=["residual", "hc", "mhc"])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5, help="optimizer steps excluded from tokens/s")
+    p.add_argument("--micro-batch", type=int, default=4)
+    p.add_argument("--accumulate", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=4096)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--activation-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--precision", default=None)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--out", required=True)
+    p.add_argument("--diag-dir", default=None)
+    p.add_argument("--retry-reference", action="store_true", help="mhc: on failure retry with the reference ops")
+    args = p.parse_args(argv)
+    args.diag_dir = args.diag_dir or str(Path(args.out).with_suffix("")) + "_diag"
+    Path(args.diag_dir).mkdir(parents=True, exist_ok=True)
+    report = {"command": " ".join([Path(sys.executable).name, "-m", "mhc_repro.training.bench", *sys.argv[1:]]),
+              "git_commit": os.environ.get("MHC_GIT_COMMIT", "unknown"), "torch": torch.__version__,
+              "lightning": L.__version__, "host": platform.node(), "python": platform.python_version(),
+              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
+              "data": "synthetic uniform random tokens (no MLflow, no data pipeline)", "results": []}
+    for v in args.variants:
+        t = time.perf_counter()
+        try:
+            r = bench_variant(args, v)
+        except Exception as err:  # record and go on: one failure must not lose the other variants
+            r = {"variant": v, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+            if v == "mhc" and args.retry_reference:  # fused kernels failed: measure the reference path
+                gc.collect()
+                torch.cuda.empty_cache() if torch.cuda.is_available() else None
+                args.set = [*args.set, "model.residual.backend=reference"]
+                try:
+                    r = {**bench_variant(args, v), "first_error": r["error"]}
+                except Exception as err2:
+                    r["retry_error"] = f"{type(err2).__name__}: {err2}"
+        r["total_s"] = time.perf_counter() - t
+        report["results"].append(r)
+        print(json.dumps({k: r.get(k) for k in ("variant", "tokens_per_sec", "mfu", "peak_mem_allocated_gib",
+                                                "step_time_s_median", "first_step_s", "total_s", "error")}), flush=True)
+        Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
