@@ -1,0 +1,75 @@
+"""kill -9 mid-run, rerun the same command: same final loss as an uninterrupted run, and an MLflow
+history with every step exactly once."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from mhc_repro.training.compose import build_config
+from mhc_repro.training.run import train
+
+from .conftest import micro_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS, KILL_AT = 8, 5  # checkpoints every 3 steps: killed after step 5's metrics, resumes from step 3
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import lightning as L
+    from mhc_repro.training import run
+    from mhc_repro.training.compose import build_config
+
+    class Kill(L.Callback):  # SIGKILL ourselves after step K has been fully logged
+        def on_train_batch_end(self, trainer, *a):
+            if trainer.global_step == int(os.environ["KILL_AT"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    Base = run.StepCheckpoint
+    class StepCheckpointThenKill(Base):
+        def on_train_batch_end(self, trainer, *a):
+            super().on_train_batch_end(trainer, *a)
+            Kill().on_train_batch_end(trainer, *a)
+    run.StepCheckpoint = StepCheckpointThenKill
+    run.train(build_config([], sys.argv[1:], env={}))
+""")
+
+
+def _history(client, run_id, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+
+
+def test_kill9_then_rerun_resumes_exactly(tmp_path, corpus_dir, data_cache):
+    from mlflow.tracking import MlflowClient
+
+    extra = {"train.max_steps": STEPS, "train.global_batch_size": 8}  # 2 micro-batches per step
+    ref_over = micro_overrides(tmp_path / "ref", corpus_dir, data_cache, **extra)
+    ref = train(build_config([], ref_over, env={}))
+
+    over = micro_overrides(tmp_path / "kill", corpus_dir, data_cache, **extra)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KILL_AT": str(KILL_AT)}
+    proc = subprocess.run([sys.executable, "-c", KILLER, *over], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_dir = tmp_path / "kill" / "runs" / "test" / "mhc-s0"
+    assert not (run_dir / "finished.json").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == ["step0000003.ckpt"]
+    run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
+
+    resumed = train(build_config([], over, env={}))  # the same command again
+    assert resumed["resumed_from"].endswith("step0000003.ckpt")
+    assert resumed["mlflow_run_id"] == run_id
+    assert resumed["final_train_loss"] == ref["final_train_loss"]
+    assert resumed["final_val_loss"] == ref["final_val_loss"]
+
+    client = MlflowClient(build_config([], over, env={}).tracking.tracking_uri)
+    ref_client = MlflowClient(build_config([], ref_over, env={}).tracking.tracking_uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key, steps in (("train/loss", range(1, STEPS + 1)), ("train/grad_norm", range(1, STEPS + 1)),
+                       ("train/tokens", range(1, STEPS + 1)), ("val/loss", range(2, STEPS + 1, 2))):
+        hist = _history(client, run_id, key)
+        assert [s for s, _ in hist] == list(steps), (key, hist)
+        # the whole curve equals the uninterrupted run's
+        assert hist == _history(ref_client, ref["mlflow_run_id"], key), key
+    json.loads((run_dir / "finished.json").read_text())
