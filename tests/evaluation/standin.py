@@ -54,3 +54,33 @@ class StandInLM(nn.Module):
         att = att.masked_fill(~allowed, float("-inf"))
         out = F.softmax(att, -1) @ v + h
         return (out @ self.head).float()
+
+
+class CountingLM(nn.Module):
+    """Deterministic greedy output: always predicts ``(last token + 1) % vocab`` (for stop-string tests)."""
+
+    def __init__(self, vocab_size: int = 50):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def new_cache(self, batch_size: int, max_len: int) -> _Cache:
+        return _Cache(batch_size, max_len)
+
+    def forward(self, idx, *, cache=None, attention_mask=None):
+        if cache is not None:
+            cache.length += idx.shape[1]
+        return F.one_hot((idx + 1) % self.vocab_size, self.vocab_size).float() * 10.0
+
+
+def real_lm(preset: str = "tiny", variant: str = "mhc", vocab_size: int = 512, seed: int = 0):
+    """The project's LM with random weights (a tiny preset, vocab shrunk to the test tokenizer's)."""
+    from mhc_repro.model.transformer import LM
+    from mhc_repro.presets import get_preset, with_variant
+
+    cfg = get_preset(preset)
+    cfg.vocab_size = vocab_size
+    if variant != "residual":
+        cfg = with_variant(cfg, variant)
+    torch.manual_seed(seed)
+    return LM(cfg.validate()).eval()

@@ -1,0 +1,147 @@
+"""`mhc-repro eval`: score trained checkpoints on the paper's suite and log the results to MLflow.
+
+    mhc-repro eval --run <mlflow run id | run dir | .ckpt> [...] [--tasks bbh drop ...]
+                   [--data-dir DIR] [--limit N] [--batch-size N] [--device cpu|cuda]
+    mhc-repro eval --study tiny --data-dir eval/fixtures      # every training run of an experiment
+
+Without --data-dir the stock lm-eval datasets load from the Hugging Face hub (needs internet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class Target:
+    """A model to score: what ``load_lm`` takes, and the training run it belongs to (if tracked)."""
+
+    checkpoint: str
+    train_run_id: Optional[str]
+
+
+def _run_id_next_to(run_dir: Path) -> Optional[str]:
+    f = run_dir / "mlflow_run_id.txt"
+    return f.read_text().strip() or None if f.is_file() else None
+
+
+def resolve_target(spec: str, tracking_uri: Optional[str] = None) -> Target:
+    """A run directory, a ``.ckpt`` (its run directory's MLflow id is picked up) or an MLflow run id."""
+    p = Path(spec)
+    if p.is_dir():
+        return Target(str(p.resolve()), _run_id_next_to(p))
+    if p.is_file():
+        run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        return Target(str(p.resolve()), _run_id_next_to(run_dir))
+    if RUN_ID.match(spec):
+        from mlflow.tracking import MlflowClient
+
+        from mhc_repro.tracking.store import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(tracking_uri)
+        run = MlflowClient(tracking_uri=uri).get_run(spec)
+        for tag in ("checkpoint_path", "run_dir"):
+            path = run.data.tags.get(tag)
+            if path and Path(path).exists():
+                return Target(path, spec)
+        raise FileNotFoundError(f"--run {spec}: MLflow run has no existing checkpoint_path/run_dir tag in {uri}")
+    raise FileNotFoundError(f"--run {spec}: not a run directory, checkpoint file or MLflow run id (32 hex)")
+
+
+def study_targets(experiment: str, tracking_uri: Optional[str] = None) -> list[Target]:
+    """All finished training runs of an MLflow experiment (a study)."""
+    from mlflow.tracking import MlflowClient
+
+    from mhc_repro.tracking.store import resolve_tracking_uri
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"--study {experiment}: no such MLflow experiment")
+    runs = client.search_runs([exp.experiment_id], "tags.run_kind = 'train' and attributes.status = 'FINISHED'")
+    if not runs:
+        raise ValueError(f"--study {experiment}: no finished training runs")
+    return [resolve_target(r.info.run_id, tracking_uri) for r in runs]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="score checkpoints on the paper's eight tasks (lm-eval) into MLflow",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", nargs="+", help="MLflow run id(s), run directories or .ckpt files")
+    src.add_argument("--study", help="MLflow experiment: score all its finished training runs")
+    p.add_argument("--tasks", nargs="+", help="subset of bbh drop gsm8k hellaswag math mmlu piqa triviaqa "
+                   "(comma or space separated; default all)")
+    p.add_argument("--data-dir", type=Path, help="local JSONL files (layout: mhc_repro/evaluation/offline.py); "
+                   "eval/fixtures for the bundled tiny fixtures; default: the hub datasets")
+    p.add_argument("--strict", action="store_true", help="with --data-dir: require every subtask of bbh/math/mmlu")
+    p.add_argument("--limit", type=float, help="documents per task (int) or fraction (<1)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--max-gen-toks-cap", type=int, help="cap every task's generation length (smoke runs)")
+    p.add_argument("--experiment", default="eval", help="MLflow experiment for checkpoints without a training run")
+    p.add_argument("--no-mlflow", action="store_true", help="print (and --output) only; log nothing")
+    p.add_argument("--output", type=Path, help="also write the headline scores as JSON here")
+    p.add_argument("--suite", type=Path, help="suite file (default eval/paper_suite.yaml)")
+    p.set_defaults(func=main)
+
+
+def _task_names(raw: Optional[list[str]]) -> list[str]:
+    return [t for item in raw or [] for t in item.split(",") if t]
+
+
+def main(args: argparse.Namespace) -> int:
+    import os
+
+    if args.data_dir is not None:
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}; must be >= 1")
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit {args.limit}; must be > 0")
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    from .lm_model import MhcReproLM, default_device
+    from .mlflow_log import log_eval
+    from .runner import evaluate_suite
+    from .suite import load_suite
+
+    suite = load_suite(args.suite)
+    tasks = suite.select(_task_names(args.tasks))
+    targets = study_targets(args.study) if args.study else [resolve_target(r) for r in args.run]
+    device = args.device or default_device()
+    summary = []
+    for target in targets:
+        t0 = time.perf_counter()
+        lm = MhcReproLM(target.checkpoint, batch_size=args.batch_size, device=device,
+                        max_gen_toks_cap=args.max_gen_toks_cap)
+        result = evaluate_suite(lm, suite, tasks, data_dir=args.data_dir, limit=limit, strict=args.strict)
+        total = time.perf_counter() - t0
+        extra = {"eval.checkpoint": target.checkpoint, "eval.device": device,
+                 "eval.max_gen_toks_cap": args.max_gen_toks_cap or "none", "eval.max_length": lm.max_length}
+        run_id = None if args.no_mlflow else log_eval(
+            result, train_run_id=target.train_run_id, experiment=args.experiment,
+            batch_size=args.batch_size, extra_params=extra)
+        print(f"\n{target.checkpoint}  ({total:.1f} s incl. loading; eval run {run_id or '-'})")
+        print(f"  {'task':<10} {'metric':<6} {'shots':>5} {'score':>7}  subtasks")
+        for t in tasks:
+            print(f"  {t.name:<10} {t.metric:<6} {result.shots[t.name]:>5} "
+                  f"{100 * result.headline[t.name]:>7.2f}  {result.coverage[t.name]}")
+        summary.append({"checkpoint": target.checkpoint, "train_run_id": target.train_run_id,
+                        "eval_run_id": run_id, "seconds": total, "scores": result.headline,
+                        "shots": result.shots, "coverage": result.coverage})
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(summary, indent=2))
+    return 0
