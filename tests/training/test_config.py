@@ -1,0 +1,76 @@
+"""Config composition, overrides and the one-line errors for bad values (all before any training)."""
+import pytest
+
+from mhc_repro.cli import main as cli_main
+from mhc_repro.training.compose import apply_override, build_config, config_from_dict
+from mhc_repro.training.config import RunConfig
+from mhc_repro.training.module import flops_per_token, lr_factor
+from mhc_repro.training.run import check_writable
+
+
+def test_include_merge_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {preset: tiny, lr: 0.002, max_steps: 10}\ndata: {seq_len: 64}\n")
+    (tmp_path / "hc.yaml").write_text("include: base.yaml\ntrain: {variant: hc}\nmodel: {residual: {n: 2}}\n")
+    cfg = build_config([tmp_path / "hc.yaml"], ["train.lr=1e-3", "train.ablation=res+pre"], env={})
+    assert (cfg.train.lr, cfg.train.max_steps, cfg.data.seq_len) == (1e-3, 10, 64)
+    r = cfg.model.residual
+    assert (r.kind, r.n, r.use_h_res, r.use_h_pre, r.use_h_post) == ("hc", 2, True, True, False)
+    assert cfg.run_name == "hc-res+pre-s0"
+    # --variant wins over the file; the residual baseline forces n = 1
+    assert build_config([tmp_path / "hc.yaml"], variant="residual", env={}).model.residual.n == 1
+    # later --config files override earlier ones; env vars feed cluster settings
+    (tmp_path / "over.yaml").write_text("train: {max_steps: 3}\n")
+    cfg2 = build_config([tmp_path / "hc.yaml", tmp_path / "over.yaml"], env={"MHC_NUM_NODES": "4"})
+    assert (cfg2.train.max_steps, cfg2.train.num_nodes) == (3, 4)
+
+
+def test_resolved_config_round_trips():
+    cfg = build_config([], ["train.variant=mhc", "train.ablation=res"], env={})
+    d = cfg.to_dict()
+    assert set(d) == {"model", "train", "data", "tracking"}
+    assert config_from_dict(d).to_dict() == d
+    assert RunConfig.from_resolved(d).to_dict() == d
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.preset=huge", r"train.preset='huge' is unknown; allowed: tiny"),
+    ("train.variant=resnet", r"train.variant='resnet' is unknown; allowed: residual, hc, mhc"),
+    ("model.residual.n=0", r"residual.n=0 is invalid"),
+    ("data.source=/no/such/dir", r"path '/no/such/dir' does not exist"),
+    ("train.max_steps=0", r"train.max_steps=0 is invalid"),
+    ("train.lr=-1", r"train.lr=-1 is invalid"),
+    ("train.ablation=res", r"needs variant hc or mhc"),
+    ("train.bogus=1", r"train: unknown key\(s\) \['bogus'\]"),
+    ("data.seq_len=4096", r"data.seq_len=4096 exceeds model.max_seq_len=256"),
+    ("lr=1", r"override key 'lr' is invalid"),
+])
+def test_bad_values_fail_with_one_line(override, match):
+    over = [override] if override != "train.ablation=res" else ["train.variant=residual", override]
+    with pytest.raises(ValueError, match=match) as e:
+        build_config([], over, env={})
+    assert "\n" not in str(e.value)
+
+
+def test_unwritable_out_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=r"train.out_dir='.*file/runs' is not writable"):
+        check_writable(str(blocker / "runs"))
+
+
+def test_cli_reports_bad_config_in_one_line(capsys, tmp_path):
+    assert cli_main(["train", "--set", "train.preset=huge"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train.preset='huge' is unknown" in err
+    assert cli_main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_schedule_and_flops():
+    f = [lr_factor(s, 10, 100, [0.8, 0.9], [0.316, 0.1]) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[79] == 1.0
+    assert f[80] == 0.316 and f[89] == 0.316 and f[90] == 0.1 and f[99] == 0.1
+    cfg = build_config([], ["train.preset=3b"], env={}).model
+    fpt = flops_per_token(cfg, 612_000_000, 4096)
+    # 6 N_active + 6 * 12 blocks * 16 heads * (192 + 128) * 4096
+    assert fpt == 6 * 612_000_000 + 6 * 12 * 16 * 320 * 4096
