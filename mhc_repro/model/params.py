@@ -7,6 +7,9 @@ Counting convention (PAPER.md §3): active = total minus the input embedding (a 
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -45,10 +48,24 @@ def param_breakdown(model: nn.Module) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _skip_default_init() -> Iterator[None]:
+    """nn.Linear/nn.Embedding run their default init even on meta tensors, which costs seconds for
+    the thousands of experts of the paper presets; counting needs shapes only (as HF's no_init_weights)."""
+    saved = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding)}
+    try:
+        for cls in saved:
+            cls.reset_parameters = lambda self: None
+        yield
+    finally:
+        for cls, fn in saved.items():
+            cls.reset_parameters = fn
+
+
 def count_params(cfg: ModelConfig) -> dict:
     """Breakdown for ``cfg`` without allocating weights."""
     from .transformer import LM
 
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_default_init():
         model = LM(cfg)
     return model.num_params()

@@ -82,6 +82,8 @@ class LM(nn.Module):
         out_std = std / float(self.cfg.residual.output_init_scale)
         for _, root in self._own_roots():
             for name, m in root.named_modules():
+                if any(p.is_meta for p in m.parameters(recurse=False)):
+                    continue  # meta-device counting: nothing to initialise (and normal_ is slow there)
                 if isinstance(m, (nn.Linear, nn.Embedding)):
                     is_out = name.split(".")[-1] in OUTPUT_PROJECTIONS
                     nn.init.normal_(m.weight, 0.0, out_std if is_out else std)
