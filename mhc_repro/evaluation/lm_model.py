@@ -64,6 +64,8 @@ class MhcReproLM(TemplateLM):
             from mhc_repro.training.checkpoint import load_lm
 
             model, cfg, tokenizer = load_lm(checkpoint)
+            if tokenizer is None:
+                raise FileNotFoundError(f"checkpoint {checkpoint}: its run directory has no tokenizer.json")
             default_len = cfg.max_seq_len
         else:
             if tokenizer is None:

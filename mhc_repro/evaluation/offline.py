@@ -133,8 +133,9 @@ def generate_task_yamls(suite: Suite, tasks: list[SuiteTask], out_dir: Path,
                         f"task {task.name}: expected {gdir}/<subtask>.jsonl for "
                         f"{'all' if strict else 'at least one'} of {missing} ({_schema_hint(task)})")
                 if missing:
-                    log.warning("task %s: scoring %d of %d subtasks (no file for %s)", task.name,
-                                len(chosen), len(subtasks), ", ".join(missing))
+                    log.warning("task %s: scoring %d of %d subtasks (no file for %s%s)", task.name,
+                                len(chosen), len(subtasks), ", ".join(missing[:4]),
+                                f" and {len(missing) - 4} more" if len(missing) > 4 else "")
             group_stock = read_stock_yaml(task.stock_yaml)
             members = []
             for sub in chosen:

@@ -1,0 +1,70 @@
+"""All eight tasks offline on the fixtures through `mhc-repro eval`, from a run directory (DESIGN.md
+checkpoint format) to an MLflow child run of the training run, with the paper's shots."""
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mhc_repro.cli import main as cli_main
+
+from .conftest import FIXTURES
+from .standin import real_lm
+from .test_offline import PAPER
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory, tokenizer):
+    """A tiny mHC run directory (random weights) whose training run exists in a fresh MLflow store."""
+    root = tmp_path_factory.mktemp("e2e")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("tiny", artifact_location=str(root / "artifacts"))
+    train = client.create_run(exp, run_name="mhc-s0", tags={"run_kind": "train", "variant": "mhc",
+                                                             "preset": "tiny", "seed": "0"})
+    client.set_terminated(train.info.run_id, "FINISHED")
+    model = real_lm("tiny", "mhc", tokenizer.get_vocab_size())
+    run_dir = root / "runs" / "tiny" / "mhc-s0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"config": {"model": model.cfg.to_dict()}}},
+               run_dir / "checkpoints" / "step0000010.ckpt")
+    tokenizer.save(str(run_dir / "tokenizer.json"))
+    (run_dir / "mlflow_run_id.txt").write_text(train.info.run_id + "\n")
+    return uri, run_dir, train.info.run_id
+
+
+def test_all_eight_tasks_offline_into_mlflow(tracked_run, monkeypatch, tmp_path):
+    uri, run_dir, train_id = tracked_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "scores.json"
+    rc = cli_main(["eval", "--run", str(run_dir), "--data-dir", str(FIXTURES), "--device", "cpu",
+                   "--batch-size", "16", "--max-gen-toks-cap", "8", "--output", str(out)])
+    assert rc == 0
+    (summary,) = json.loads(out.read_text())
+    assert set(summary["scores"]) == set(PAPER)
+    assert summary["shots"] == {t: shots for t, (_, shots) in PAPER.items()}
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_run(train_id).info.experiment_id], "tags.run_kind = 'eval'")
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    assert tags["mlflow.parentRunId"] == tags["train_run_id"] == train_id
+    assert (tags["variant"], tags["preset"], tags["seed"]) == ("mhc", "tiny", "0")
+    for task, (_, shots) in PAPER.items():
+        assert 0.0 <= metrics[f"eval/{task}"] <= 1.0
+        assert params[f"eval.shots.{task}"] == str(shots)
+        assert params[f"eval.task_version.{task}"] not in ("", "None")
+    assert metrics["eval/hellaswag/acc_none"] == metrics["eval/hellaswag"]
+    assert "eval/bbh/exact_match_get-answer" in metrics and not any("," in k for k in metrics)
+    assert params["eval.batch_size"] == "16" and params["lm_eval.version"] == "0.4.13"
+    assert params["eval.coverage.mmlu"] == "2/57" and params["eval.max_gen_toks_cap"] == "8"
+
+    art = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert art == {"eval/results.json"} | {f"eval/samples_{t}.jsonl" for t in PAPER}
+    local = client.download_artifacts(run.info.run_id, "eval", str(tmp_path))
+    results = json.loads(open(f"{local}/results.json").read())
+    assert results["lm_eval"]["n-shot"]["mhc_mmlu_anatomy"] == 5
+    samples = [json.loads(line) for line in open(f"{local}/samples_bbh.jsonl")]
+    assert len(samples) == 12 and {s["subtask"] for s in samples} == {
+        "mhc_bbh_boolean_expressions", "mhc_bbh_date_understanding", "mhc_bbh_word_sorting"}
