@@ -12,6 +12,8 @@ Dispatch: tokens sorted by expert, one matmul group per expert (simple and exact
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -30,10 +32,18 @@ class MoE(nn.Module):
         self.router = nn.Linear(cfg.d_model, m.n_routed, bias=False)
         self.experts = nn.ModuleList(SwiGLU(cfg.d_model, m.expert_width) for _ in range(m.n_routed))
         self.shared = SwiGLU(cfg.d_model, m.n_shared * m.expert_width) if m.n_shared > 0 else None
-        # persistent: the bias is model state (checkpointed); load is per-interval scratch
+        # the bias is model state (a checkpointed buffer, never optimised)
         self.register_buffer("routing_bias", torch.zeros(m.n_routed))
-        # int64 so that model.to(bf16) leaves the counts exact
-        self.register_buffer("load", torch.zeros(m.n_routed, dtype=torch.long), persistent=False)
+        # Load counted since the last update: a plain int64 attribute, not a buffer, so that DDP's
+        # buffer broadcast cannot overwrite a rank's own counts and model.to(bf16) cannot round them.
+        self._load: Optional[Tensor] = None
+
+    @property
+    def load(self) -> Tensor:
+        """Tokens routed to each expert by training forwards since the last ``update_routing_bias()``."""
+        if self._load is None:
+            return torch.zeros(self.n_routed, dtype=torch.long, device=self.routing_bias.device)
+        return self._load
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Expert indices [N, k] (long) and gates [N, k] (fp32) for tokens x [N, C]."""
@@ -52,7 +62,7 @@ class MoE(nn.Module):
         flat = idx.flatten()
         counts = torch.bincount(flat, minlength=self.n_routed)
         if self.training:
-            self.load += counts
+            self._load = counts if self._load is None else self._load + counts
         order = torch.argsort(flat, stable=True)
         token = order // self.k
         gate = gates.flatten()[order]
@@ -77,4 +87,4 @@ class MoE(nn.Module):
             dist.all_reduce(load)
         if load.sum() > 0 and self.rate > 0:
             self.routing_bias += (self.rate * torch.sign(load.mean() - load)).to(self.routing_bias.dtype)
-        self.load.zero_()
+        self._load = None
