@@ -44,6 +44,11 @@ def _summary(study: Study, claims: list[Claim], paper: PaperNumbers) -> list[str
         out.append(f"- **{preset}** ({human(runs.params_active.max())} active parameters, "
                    f"{human(runs.tokens.max())} training tokens, up to {int(n.max()) if len(n) else 0} seed(s) "
                    f"per variant): final validation loss (lower is better) — " + ", ".join(parts) + ".")
+    unfinished = study.runs[study.runs.status != "FINISHED"]
+    if len(unfinished):
+        out.append(f"- **Caution:** {len(unfinished)} training run(s) are not finished ("
+                   + ", ".join(f"{r.variant} seed {r.seed}: {r.status}" for r in unfinished.itertuples())
+                   + "); their numbers are as of their last logged step.")
     counts = Counter(c.verdict for c in claims)
     out.append(f"- Of {len(claims)} checks of the paper's claims, {counts[REPRODUCED]} reproduced, "
                f"{counts[NOT_REPRODUCED]} did not, and {counts[NO_EVIDENCE]} lack enough evidence "
