@@ -216,29 +216,36 @@ def sweep_configs(c, n, N, device):
     dm, cc = torch.randn(N, M, device=device) * 1e-3, torch.randn(N, device=device) * 1e-3
     hq, hr = torch.rand(N, n, device=device), torch.rand(N, n, n, device=device)
     rows, best = [], {}
-    saved = (fused._PROJ_BN, fused._PROJ_BK, fused._PROJ_STAGES, fused._PRB_ELEMS, fused._PRB_WARPS)
-    for bn, bk, st in [(64, 128, 4), (32, 128, 4), (64, 64, 4), (128, 64, 3), (32, 256, 3), (64, 256, 3)]:
-        fused._PROJ_BN, fused._PROJ_BK, fused._PROJ_STAGES = bn, bk, st
+    names = ("_PROJ_FWD", "_PROJ_BWD", "_PRB_BT", "_PRB_BC", "_PRB_WARPS")
+    saved = {k: getattr(fused, k) for k in names}
+    for bn, bk, st, rl in [(64, 128, 4, False), (64, 128, 4, True), (32, 256, 3, False), (32, 256, 3, True),
+                           (32, 128, 2, True), (16, 256, 2, True)]:
+        fused._PROJ_FWD = fused._PROJ_BWD = (bn, bk, st, rl)
+        cfg = f"proj BN={bn} BK={bk} st={st} reload={rl}"
         try:
             tf = do_bench(lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M), return_mode="median")
             tb = do_bench(lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc), return_mode="median")
         except Exception as exc:  # a tile that does not fit (shared memory) is just skipped
-            rows.append(dict(C=c, cfg=f"proj BN={bn} BK={bk} st={st}", error=str(exc)[:200]))
+            rows.append(dict(C=c, cfg=cfg, error=str(exc)[:200]))
             continue
-        rows.append(dict(C=c, cfg=f"proj BN={bn} BK={bk} st={st}", fwd_us=1e3 * tf, bwd_us=1e3 * tb))
-        if tf + tb < best.get("proj", (1e9,))[0]:
-            best["proj"] = (tf + tb, bn, bk, st)
-    for el, w in [(8192, 8), (4096, 4), (4096, 8), (16384, 8)]:
-        fused._PRB_ELEMS, fused._PRB_WARPS = el, w
+        rows.append(dict(C=c, cfg=cfg, fwd_us=1e3 * tf, bwd_us=1e3 * tb))
+        if tf < best.get("proj_fwd", (1e9,))[0]:
+            best["proj_fwd"] = (tf, bn, bk, st, rl)
+        if tb < best.get("proj_bwd", (1e9,))[0]:
+            best["proj_bwd"] = (tb, bn, bk, st, rl)
+    for bt, bc, w in [(4, 128, 4), (2, 256, 4), (8, 128, 8), (4, 256, 8)]:
+        fused._PRB_BT, fused._PRB_BC, fused._PRB_WARPS = bt, bc, w
+        cfg = f"post_res_bwd BT={bt} BC={bc} warps={w}"
         try:
             tb = do_bench(lambda: O.post_res_bwd(x, f, hq, hr, g), return_mode="median")
         except Exception as exc:
-            rows.append(dict(C=c, cfg=f"post_res_bwd elems={el} warps={w}", error=str(exc)[:200]))
+            rows.append(dict(C=c, cfg=cfg, error=str(exc)[:200]))
             continue
-        rows.append(dict(C=c, cfg=f"post_res_bwd elems={el} warps={w}", bwd_us=1e3 * tb))
+        rows.append(dict(C=c, cfg=cfg, bwd_us=1e3 * tb))
         if tb < best.get("prb", (1e9,))[0]:
-            best["prb"] = (tb, el, w)
-    (fused._PROJ_BN, fused._PROJ_BK, fused._PROJ_STAGES, fused._PRB_ELEMS, fused._PRB_WARPS) = saved
+            best["prb"] = (tb, bt, bc, w)
+    for k, v in saved.items():
+        setattr(fused, k, v)
     return rows, best
 
 
@@ -293,11 +300,13 @@ def main() -> None:
         res["sweep"] = rows
         for r in rows:
             print(json.dumps(r), flush=True)
-        if "proj" in best:
-            fused._PROJ_BN, fused._PROJ_BK, fused._PROJ_STAGES = best["proj"][1:]
+        if "proj_fwd" in best:
+            fused._PROJ_FWD = tuple(best["proj_fwd"][1:])
+        if "proj_bwd" in best:
+            fused._PROJ_BWD = tuple(best["proj_bwd"][1:])
         if "prb" in best:
-            fused._PRB_ELEMS, fused._PRB_WARPS = best["prb"][1:]
-        res["chosen"] = dict(proj=best.get("proj"), post_res_bwd=best.get("prb"))
+            fused._PRB_BT, fused._PRB_BC, fused._PRB_WARPS = best["prb"][1:]
+        res["chosen"] = best
         print("chosen:", res["chosen"], flush=True)
     for c in args.C:
         res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs)

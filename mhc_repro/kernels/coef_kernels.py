@@ -30,7 +30,8 @@ def _mma(a, b, INTERP: tl.constexpr):
 @triton.jit
 def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
-             SPLIT: tl.constexpr, INTERP: tl.constexpr):
+             SPLIT: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr):
+    # RELOAD: load the tile a second time (from L2) for Σv², so the first load feeds only the MMAs.
     # SPLIT (bf16 stream): v is exact in bf16 and φ = φ_hi + φ_lo (two bf16 parts), so two bf16 MMAs
     # give ~16-bit-mantissa products straight from the loaded tiles (no fp32 staging of v).
     # Otherwise (fp32 stream): one fp32 dot at PREC (tf32 on tensor cores by default).
@@ -44,9 +45,15 @@ def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M,
     for k0 in range(0, K, BK):
         k = k0 + tl.arange(0, BK)
         km = k < K
-        v = tl.load(x_ptr + t[:, None].to(tl.int64) * K + k[None, :], mask=tm[:, None] & km[None, :], other=0.0)
+        xo = t[:, None].to(tl.int64) * K + k[None, :]
+        xm = tm[:, None] & km[None, :]
+        v = tl.load(x_ptr + xo, mask=xm, other=0.0)
         vf = v.to(tl.float32)
-        ss += tl.sum(vf * vf, axis=1)
+        if RELOAD:
+            vs = tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
+            ss += tl.sum(vs * vs, axis=1)
+        else:
+            ss += tl.sum(vf * vf, axis=1)
         po = k[:, None] * M + cols[None, :]
         pm = km[:, None] & cm[None, :]
         if SPLIT:
@@ -175,7 +182,7 @@ def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, s
 @triton.jit
 def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
-             SPLIT: tl.constexpr, INTERP: tl.constexpr):
+             SPLIT: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr):
     kb = tl.program_id(0)
     sp = tl.program_id(1)
     k = kb * BK + tl.arange(0, BK)
@@ -208,6 +215,9 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
         else:
             dv = tl.dot(dm, pt, input_precision=PREC)
             acc += tl.dot(tl.trans(v), dm, input_precision=PREC)
-        dv += c[:, None] * v.to(tl.float32)
+        if RELOAD:
+            dv += c[:, None] * tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
+        else:
+            dv += c[:, None] * v.to(tl.float32)
         tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
     tl.store(dphi_ptr + sp.to(tl.int64) * K * M + po, acc, mask=pm)

@@ -25,8 +25,11 @@ from . import stream_kernels as sk
 # is bf16, which tf32 holds exactly. "ieee" gives full fp32 products at ~8x the tensor-core cost.
 DOT_PRECISION = "tf32"
 _SINKHORN_BT = 32  # tokens per program in the coefficient epilogue
-_PROJ_BN, _PROJ_BK, _PROJ_STAGES = 64, 128, 4  # projection tiles (benchmarks/bench_mhc.py sweeps them)
-_PRB_ELEMS, _PRB_WARPS = 8192, 8  # post_res backward: accumulator size and warps
+# Projection tiles (BN tokens, BK, num_stages, RELOAD: a second, L2-hit load of the stream tile for
+# the elementwise term), forward and backward; benchmarks/bench_mhc.py --sweep times alternatives.
+_PROJ_FWD = (64, 128, 4, False)
+_PROJ_BWD = (32, 256, 3, False)
+_PRB_BT, _PRB_BC, _PRB_WARPS = 4, 128, 4  # post_res backward tiles
 
 
 def _p2(v: int, lo: int = 1) -> int:
@@ -57,15 +60,26 @@ def _phi_parts(phi: Tensor, x: Tensor) -> tuple[Tensor, Tensor, bool]:
     return p, p, False
 
 
+def _proj_tiles(cfg, K: int, M: int) -> tuple[int, int, int, bool]:
+    """(BN, BK, num_stages, RELOAD); wide φ tiles (n >= 5: M padded to >= 64) get smaller BK and
+    fewer stages to fit shared memory."""
+    bn, bk, stages, reload = cfg
+    bk = min(bk, _p2(K, 16))
+    if _p2(M, 16) > 32:
+        bk, stages = min(bk, 64), min(stages, 2)
+    return bn, bk, stages, reload
+
+
 def launch_proj_fwd(x: Tensor, phi: Tensor, M: int) -> tuple[Tensor, Tensor]:
     """m = x·φ [N, M] and Σ x² [N] (fp32) in one pass over x [N, K]."""
     N, K = x.shape
     m = torch.empty(N, M, device=x.device, dtype=torch.float32)
     ss = torch.empty(N, device=x.device, dtype=torch.float32)
     p_hi, p_lo, split = _phi_parts(phi, x)
-    ck.proj_fwd[(triton.cdiv(N, _PROJ_BN),)](
-        x, p_hi, p_lo, m, ss, N, K, M, BN=_PROJ_BN, BK=min(_PROJ_BK, _p2(K, 16)), MP=_p2(M, 16),
-        PREC=DOT_PRECISION, SPLIT=split, INTERP=_interpreted(), num_stages=_PROJ_STAGES)
+    bn, bk, stages, reload = _proj_tiles(_PROJ_FWD, K, M)
+    ck.proj_fwd[(triton.cdiv(N, bn),)](
+        x, p_hi, p_lo, m, ss, N, K, M, BN=bn, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION,
+        SPLIT=split, INTERP=_interpreted(), RELOAD=reload, num_stages=stages)
     return m, ss
 
 
@@ -100,18 +114,18 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor) -> tuple[Tens
     """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32), one pass over x, dφ from per-split partials."""
     N, K = x.shape
     M = dm.shape[1]
-    bk = min(_PROJ_BK, _p2(K, 16))
+    bn, bk, stages, reload = _proj_tiles(_PROJ_BWD, K, M)
     n_kb = triton.cdiv(K, bk)
     # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
-    splits = max(1, min(triton.cdiv(N, _PROJ_BN), triton.cdiv(4 * _n_sm(x.device), n_kb)))
-    tok = triton.cdiv(triton.cdiv(N, splits), _PROJ_BN) * _PROJ_BN
+    splits = max(1, min(triton.cdiv(N, bn), triton.cdiv(4 * _n_sm(x.device), n_kb)))
+    tok = triton.cdiv(triton.cdiv(N, splits), bn) * bn
     splits = max(1, triton.cdiv(N, tok))
     part = torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
     p_hi, p_lo, split = _phi_parts(phi, x)
     ck.proj_bwd[(n_kb, splits)](
-        x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, BN=_PROJ_BN, BK=bk, MP=_p2(M, 16),
-        PREC=DOT_PRECISION, SPLIT=split, INTERP=_interpreted(), num_stages=_PROJ_STAGES)
+        x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, BN=bn, BK=bk, MP=_p2(M, 16),
+        PREC=DOT_PRECISION, SPLIT=split, INTERP=_interpreted(), RELOAD=reload, num_stages=stages)
     return dx, part.sum(0)
 
 
@@ -275,14 +289,11 @@ def _post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
     f32 = dict(device=x.device, dtype=torch.float32)
     dx, df = torch.empty_like(x), torch.empty(N, C, device=x.device, dtype=f.dtype)
     dhp, dhr = torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
-    NP = _np(n)
-    # Register budget: the [BT, NP, NP, BC] dH accumulator holds _PRB_ELEMS fp32 over _PRB_WARPS warps.
-    bc = min(256, _p2(C, 16), max(16, _PRB_ELEMS // (NP * NP)))
-    bt = max(1, _PRB_ELEMS // (NP * NP * bc))
+    bt, bc = _PRB_BT, min(_PRB_BC, _p2(C, 16))
     if N > 0:
         sk.post_res_bwd[(triton.cdiv(N, bt),)](
             x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(),
-            dx, df, dhp, dhr, N, C, n=n, NP=NP, BT=bt, BC=bc, num_warps=_PRB_WARPS)
+            dx, df, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=_PRB_WARPS)
     return dx, df, dhp.to(h_post.dtype), dhr.to(h_res.dtype)
 
 

@@ -56,40 +56,38 @@ def post_res_fwd(x_ptr, f_ptr, hp_ptr, hr_ptr, out_ptr, N, C,
 @triton.jit
 def post_res_bwd(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C,
                  n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    # dH_res and dH_post accumulate elementwise in registers across the C loop ([token, i, j, c] and
-    # [token, i, c]) and are reduced over c once at the end: no cross-lane reduction in the loop.
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     tm = t < N
     t64 = t.to(tl.int64)
-    a = tl.arange(0, NP)
-    m2 = tm[:, None] & (a < n)[None, :]
-    i4 = a[None, :, None, None]
-    j4 = a[None, None, :, None]
-    m4 = tm[:, None, None, None] & (i4 < n) & (j4 < n)
-    h4 = tl.load(hr_ptr + t[:, None, None, None] * (n * n) + i4 * n + j4, mask=m4, other=0.0)
-    hp = tl.load(hp_ptr + t[:, None] * n + a[None, :], mask=m2, other=0.0)  # [token, i]
-    acc = tl.zeros((BT, NP, NP, BC), dtype=tl.float32)
-    accp = tl.zeros((BT, NP, BC), dtype=tl.float32)
+    j = tl.arange(0, NP)
+    m2 = tm[:, None] & (j < n)[None, :]
+    i3 = tl.arange(0, NP)[None, :, None]
+    dh = tl.zeros((BT, NP, NP), dtype=tl.float32)  # [token, i, j]
+    dhp = tl.zeros((BT, NP), dtype=tl.float32)
     for c0 in range(0, C, BC):
         c = c0 + tl.arange(0, BC)
         cm = c < C
         msk = tm[:, None] & cm[None, :]
-        o3 = (t64[:, None, None] * n + a[None, :, None]) * C + c[None, None, :]
+        o3 = (t64[:, None, None] * n + j[None, :, None]) * C + c[None, None, :]
         m3 = m2[:, :, None] & cm[None, None, :]
         x3 = tl.load(x_ptr + o3, mask=m3, other=0.0).to(tl.float32)  # [token, j, c]
-        g3 = tl.load(g_ptr + o3, mask=m3, other=0.0).to(tl.float32)  # [token, i, c]
         f = tl.load(f_ptr + t64[:, None] * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
-        acc += g3[:, :, None, :] * x3[:, None, :, :]
-        accp += g3 * f[:, None, :]
-        dx = tl.sum(h4 * g3[:, :, None, :], axis=1)  # Σ_i H[i, j] g[i]  -> [token, j, c]
-        df = tl.sum(hp[:, :, None] * g3, axis=1)
+        dx = tl.zeros((BT, NP, BC), dtype=tl.float32)
+        df = tl.zeros((BT, BC), dtype=tl.float32)
+        for i in tl.static_range(n):
+            gi = tl.load(g_ptr + (t64[:, None] * n + i) * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
+            hrow = tl.load(hr_ptr + t[:, None] * (n * n) + i * n + j[None, :], mask=m2, other=0.0)
+            dx += hrow[:, :, None] * gi[:, None, :]
+            df += tl.load(hp_ptr + t * n + i, mask=tm, other=0.0)[:, None] * gi
+            part = tl.sum(x3 * gi[:, None, :], axis=2)  # [token, j]
+            dh += tl.where(i3 == i, part[:, None, :], 0.0)
+            dhp += tl.where(j[None, :] == i, tl.sum(gi * f, axis=1)[:, None], 0.0)
         tl.store(dx_ptr + o3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
         tl.store(df_ptr + t64[:, None] * C + c[None, :], df.to(df_ptr.dtype.element_ty), mask=msk)
-    tl.store(dhp_ptr + t[:, None] * n + a[None, :], tl.sum(accp, axis=2), mask=m2)
-    i3 = a[None, :, None]
-    j3 = a[None, None, :]
-    tl.store(dhr_ptr + t[:, None, None] * (n * n) + i3 * n + j3, tl.sum(acc, axis=3),
-             mask=tm[:, None, None] & (i3 < n) & (j3 < n))
+    tl.store(dhp_ptr + t[:, None] * n + j[None, :], dhp, mask=m2)
+    jj = tl.arange(0, NP)[None, None, :]
+    tl.store(dhr_ptr + t[:, None, None] * (n * n) + i3 * n + jj, dh,
+             mask=tm[:, None, None] & (i3 < n) & (jj < n))
 
 
 @triton.jit
