@@ -130,7 +130,7 @@ def table4(study: Study, paper: PaperNumbers) -> list[Table]:
         for variant, label in VARIANT_LABELS.items():
             rules.add(len(body))
             scores = {t: variant_scores(study, preset, variant, t) for t in paper.tasks}
-            body.append([f"{label} — paper {paper.table4_scale}"]
+            body.append([f"{label} — paper {paper.table4_scale.upper()}"]
                         + [f"{paper.table4[variant][t]:.1f}" for t in paper.tasks])
             body.append([f"{label} — {preset} (n={n_seeds[variant]})"]
                         + [mean_sd(scores[t], 100.0) for t in paper.tasks])
@@ -141,7 +141,7 @@ def table4(study: Study, paper: PaperNumbers) -> list[Table]:
                     signed(_mean(scores[t]) * 100 - base[t], 1) for t in paper.tasks])
         limits = sorted({str(x) for x in study.evals.limit if str(x) not in ("", "None", "null")})
         caption = (f"Downstream results in the layout of the paper's Table 4 (scores in percent). "
-                   f"Paper rows: the published {paper.table4_scale} numbers; measured rows: preset "
+                   f"Paper rows: the published {paper.table4_scale.upper()} numbers; measured rows: preset "
                    f"{preset}, mean ± sample s.d. over n seeds; Δ = variant minus baseline. "
                    + (f"Evaluated on a subset (eval.limit = {', '.join(limits)}). " if limits else ""))
         tables.append(Table(["Benchmark"] + [paper.task_labels[t] for t in paper.tasks], head, body,
