@@ -68,9 +68,10 @@ class MoE(nn.Module):
         gate = gates.flatten()[order]
         y = torch.zeros_like(x)
         start = 0
-        for e, c in enumerate(counts.tolist()):  # one host sync per layer; fine for a reference dispatch
-            if c == 0:
-                continue
+        # One host sync per layer; fine for a reference dispatch. An expert with no token still runs
+        # on an empty slice, so its weights get a zero gradient instead of none (DDP needs no
+        # find_unused_parameters, and optimizer state stays in step across experts).
+        for e, c in enumerate(counts.tolist()):
             tok = token[start : start + c]
             out = self.experts[e](x.index_select(0, tok)) * gate[start : start + c, None].to(x.dtype)
             y.index_add_(0, tok, out.to(y.dtype))

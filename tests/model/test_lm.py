@@ -32,9 +32,7 @@ def test_forward_backward(preset, variant):
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), idx[:, 1:].flatten())
     assert abs(loss.item() - math.log(m.cfg.vocab_size)) < 0.5  # near-uniform at init
     loss.backward()
-    for name, p in m.named_parameters():
-        if ".experts." in name:  # a routed expert may receive no token in a tiny batch
-            continue
+    for name, p in m.named_parameters():  # every parameter, unused routed experts included (zero grad)
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     counts = m.num_params()
     assert counts["total"] == sum(p.numel() for p in m.parameters())
