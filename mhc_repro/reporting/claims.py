@@ -268,8 +268,10 @@ def hc_amax(study: Study, paper: PaperNumbers, preset: str) -> Claim:
     peak = max(a["composite"])
     m_peak = max(m["composite"]) if m else math.nan
     ok = peak > bound and (math.isnan(m_peak) or peak > m_peak)
+    steps = sorted({study.amax[r]["step"] for r in study.main_runs(preset).run_id if r in study.amax})
     return Claim("C6", "HC's composite gain grows large", paper_txt,
-                 f"HC composite peak {peak:.3g}" + (f" vs mHC {m_peak:.3g}" if m else ""),
+                 f"HC composite peak {peak:.3g}" + (f" vs mHC {m_peak:.3g}" if m else "")
+                 + f" (latest Amax artifacts at step {', '.join(map(str, steps))}, and logged history)",
                  scale_text(study, preset), rule, REPRODUCED if ok else NOT_REPRODUCED)
 
 

@@ -10,7 +10,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
 from mhc_repro.reporting.collect import Study
 from mhc_repro.reporting.paper_data import VARIANT_LABELS
@@ -81,6 +81,12 @@ def grad_norm_figure(study: Study, preset: str, path: Path, smooth: int) -> Path
     return _save(fig, path)
 
 
+def _include(ax, values, lo: float, hi: float) -> None:
+    """y-limits covering the data and at least [lo, hi]."""
+    finite = [v for v in values if np.isfinite(v) and v > 0]
+    ax.set_ylim(min([lo] + finite) * 0.97, max([hi] + finite) * 1.03)
+
+
 def amax_source(study: Study, preset: str, variant: str) -> tuple[str, dict] | None:
     """The lowest-seed run of the variant that has an Amax artifact, and that artifact."""
     runs = study.main_runs(preset)
@@ -104,13 +110,18 @@ def amax_figure(study: Study, preset: str, path: Path) -> Path | None:
         ax_s.plot(layers, a["bwd_single"], "s-", ms=3, label="backward gain")
         ax_c.plot(layers, a["fwd_composite"], "o-", ms=3, label="forward gain")
         ax_c.plot(layers, a["bwd_composite"], "s-", ms=3, label="backward gain")
+        # Keep 1.0 in a readable window: mHC gains sit within ~1e-6 of 1, which autoscaling would blow up.
+        _include(ax_s, a["fwd_single"] + a["bwd_single"], 0.9, 1.1)
         ax_c.set_yscale("log")
+        _include(ax_c, a["fwd_composite"] + a["bwd_composite"], 0.5, 2.0)
+        ax_c.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax_c.yaxis.set_major_formatter(ScalarFormatter())
         ax_c.yaxis.set_minor_formatter(NullFormatter())  # minor log labels are slow and cluttered
         for ax in (ax_s, ax_c):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_s.set(title=f"Single-layer Amax — {label}", xlabel="sub-layer", ylabel="Amax gain magnitude")
         ax_c.set(title=f"Composite Amax (log) — {label}", xlabel="sub-layer", ylabel="Amax gain magnitude")
+        ax_s.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
         ax_s.legend()
         ax_c.legend()
     return _save(fig, path)

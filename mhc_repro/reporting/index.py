@@ -44,6 +44,10 @@ def _summary(study: Study, claims: list[Claim], paper: PaperNumbers) -> list[str
         out.append(f"- **{preset}** ({human(runs.params_active.max())} active parameters, "
                    f"{human(runs.tokens.max())} training tokens, up to {int(n.max()) if len(n) else 0} seed(s) "
                    f"per variant): final validation loss (lower is better) — " + ", ".join(parts) + ".")
+        c1 = next((c for c in claims if c.key == "C1" and c.scale.startswith(f"{preset}:")), None)
+        if c1 is not None:
+            out.append(f"  mHC against the baseline: {c1.evidence}. Paper: {c1.paper}. Verdict: "
+                       f"{c1.verdict}.")
     unfinished = study.runs[study.runs.status != "FINISHED"]
     if len(unfinished):
         out.append(f"- **Caution:** {len(unfinished)} training run(s) are not finished ("

@@ -143,7 +143,9 @@ def table4(study: Study, paper: PaperNumbers) -> list[Table]:
         caption = (f"Downstream results in the layout of the paper's Table 4 (scores in percent). "
                    f"Paper rows: the published {paper.table4_scale.upper()} numbers; measured rows: preset "
                    f"{preset}, mean ± sample s.d. over n seeds; Δ = variant minus baseline. "
-                   + (f"Evaluated on a subset (eval.limit = {', '.join(limits)}). " if limits else ""))
+                   + (f"Evaluated on a subset (eval.limit = {', '.join(limits)}). " if limits else "")
+                   + ("No evaluation runs were found for this preset (run `mhc-repro eval`). "
+                      if not study.evals.train_run_id.isin(runs.run_id).any() else ""))
         tables.append(Table(["Benchmark"] + [paper.task_labels[t] for t in paper.tasks], head, body,
                             caption.strip(), f"tab:table4-{preset}", rules))
     return tables
