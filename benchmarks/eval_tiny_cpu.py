@@ -57,6 +57,7 @@ def main() -> int:
     p.add_argument("--run", type=Path, help="a real run directory (default: random-weight tiny run)")
     p.add_argument("--variant", default="mhc")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     from mhc_repro.cli import main as cli_main
@@ -66,7 +67,8 @@ def main() -> int:
         scores = Path(tmp) / "scores.json"
         t0 = time.perf_counter()
         rc = cli_main(["eval", "--run", str(run), "--data-dir", str(ROOT / "eval" / "fixtures"), "--device", "cpu",
-                       "--batch-size", str(args.batch_size), "--no-mlflow", "--output", str(scores)])
+                       "--batch-size", str(args.batch_size), "--no-mlflow", "--output", str(scores)]
+                      + (["--threads", str(args.threads)] if args.threads else []))
         wall = time.perf_counter() - t0
         summary = json.loads(scores.read_text())[0]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()

@@ -89,6 +89,8 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=float, help="documents per task (int) or fraction (<1)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 is best for tiny models "
+                   "on a busy machine)")
     p.add_argument("--max-gen-toks-cap", type=int, help="cap every task's generation length (smoke runs)")
     p.add_argument("--experiment", default="eval", help="MLflow experiment for checkpoints without a training run")
     p.add_argument("--no-mlflow", action="store_true", help="print (and --output) only; log nothing")
@@ -111,6 +113,12 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size {args.batch_size}; must be >= 1")
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit {args.limit}; must be > 0")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}; must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     from .lm_model import MhcReproLM, default_device
     from .mlflow_log import log_eval
