@@ -60,14 +60,14 @@ def _phi_parts(phi: Tensor, x: Tensor) -> tuple[Tensor, Tensor, bool]:
     return p, p, False
 
 
-def _proj_tiles(cfg, K: int, M: int) -> tuple[int, int, int, bool]:
-    """(BN, BK, num_stages, RELOAD); wide φ tiles (n >= 5: M padded to >= 64) get smaller BK and
-    fewer stages to fit shared memory."""
+def _proj_tiles(cfg, K: int, M: int, split: bool) -> tuple[int, int, int, bool]:
+    """(BN, BK, num_stages, RELOAD). Wide φ tiles (n >= 5: M padded to >= 64) need smaller tiles: the
+    n <= 4 ones ask for more shared memory than an H200 has once φ's tile is 128 columns wide."""
     bn, bk, stages, reload = cfg
     if _p2(M, 16) > 32:
-        # Tiles that fit and passed the GPU parity tests for n = 8 (fp32 stream); the n <= 4 tiles
-        # ask for more shared memory than an H200 has once φ's tile is 128 columns wide.
-        bn, bk, stages, reload = 32, 128, 3, False
+        # fp32 stream: the tiles that passed the GPU parity tests at n = 8 (run 1 in
+        # reports/kernels/RESULTS.md). bf16 stream (φ read as two bf16 parts): half the K tile.
+        bn, bk, stages, reload = (32, 64, 3, False) if split else (32, 128, 3, False)
     return bn, min(bk, _p2(K, 16)), stages, reload
 
 
@@ -77,7 +77,7 @@ def launch_proj_fwd(x: Tensor, phi: Tensor, M: int) -> tuple[Tensor, Tensor]:
     m = torch.empty(N, M, device=x.device, dtype=torch.float32)
     ss = torch.empty(N, device=x.device, dtype=torch.float32)
     p_hi, p_lo, split = _phi_parts(phi, x)
-    bn, bk, stages, reload = _proj_tiles(_PROJ_FWD, K, M)
+    bn, bk, stages, reload = _proj_tiles(_PROJ_FWD, K, M, split)
     ck.proj_fwd[(triton.cdiv(N, bn),)](
         x, p_hi, p_lo, m, ss, N, K, M, BN=bn, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION,
         SPLIT=split, INTERP=_interpreted(), RELOAD=reload, num_stages=stages)
@@ -115,7 +115,8 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor) -> tuple[Tens
     """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32), one pass over x, dφ from per-split partials."""
     N, K = x.shape
     M = dm.shape[1]
-    bn, bk, stages, reload = _proj_tiles(_PROJ_BWD, K, M)
+    p_hi, p_lo, split = _phi_parts(phi, x)
+    bn, bk, stages, reload = _proj_tiles(_PROJ_BWD, K, M, split)
     n_kb = triton.cdiv(K, bk)
     # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
     splits = max(1, min(triton.cdiv(N, bn), triton.cdiv(4 * _n_sm(x.device), n_kb)))
@@ -123,7 +124,6 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor) -> tuple[Tens
     splits = max(1, triton.cdiv(N, tok))
     part = torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
-    p_hi, p_lo, split = _phi_parts(phi, x)
     ck.proj_bwd[(n_kb, splits)](
         x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, BN=bn, BK=bk, MP=_p2(M, 16),
         PREC=DOT_PRECISION, SPLIT=split, INTERP=_interpreted(), RELOAD=reload, num_stages=stages)

@@ -64,9 +64,9 @@ def test_fp32_matches_fp64_reference(fused, device, N, n, C):
     _compare(got, ref, tol=2e-5 if device == "cpu" else 5e-3)
 
 
-def test_bf16_stream_matches_reference(fused, device):
-    torch.manual_seed(7)
-    N, n, C = 33, 4, 80
+@pytest.mark.parametrize("N,n,C", [(33, 4, 80), (9, 8, 40)])
+def test_bf16_stream_matches_reference(fused, device, N, n, C):
+    torch.manual_seed(7 + n)
     inp = _inputs(N, n, C, torch.bfloat16, device, seed=int(torch.randint(0, 2**31, ())))
     got = _run(fused.ops(), inp, n, t_max=20, upcast=False)
     ref = _run(REF, inp, n, t_max=20, upcast=False)  # same bf16 inputs and output roundings
