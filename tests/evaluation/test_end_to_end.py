@@ -68,3 +68,27 @@ def test_all_eight_tasks_offline_into_mlflow(tracked_run, monkeypatch, tmp_path)
     samples = [json.loads(line) for line in open(f"{local}/samples_bbh.jsonl")]
     assert len(samples) == 12 and {s["subtask"] for s in samples} == {
         "mhc_bbh_boolean_expressions", "mhc_bbh_date_understanding", "mhc_bbh_word_sorting"}
+
+
+def test_run_resolution_by_dir_checkpoint_and_mlflow_id(tracked_run, monkeypatch):
+    from mhc_repro.evaluation.cli import resolve_target, study_targets
+
+    uri, run_dir, train_id = tracked_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    ckpt = run_dir / "checkpoints" / "step0000010.ckpt"
+    assert resolve_target(str(run_dir)).train_run_id == train_id
+    assert resolve_target(str(ckpt)).train_run_id == train_id
+    client = MlflowClient(tracking_uri=uri)
+    with pytest.raises(FileNotFoundError, match="no existing checkpoint_path/run_dir"):
+        resolve_target(train_id)
+    client.set_tag(train_id, "checkpoint_path", str(ckpt))
+    assert resolve_target(train_id).checkpoint == str(ckpt)
+    assert [t.train_run_id for t in study_targets("tiny")] == [train_id]
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        resolve_target("no/such/run")
+
+
+def test_cli_bad_input_is_one_line(capsys):
+    assert cli_main(["eval", "--run", "x", "--tasks", "bbh,arc", "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown task(s) ['arc']" in err
