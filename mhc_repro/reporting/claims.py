@@ -10,21 +10,19 @@ each claim's rule."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from mhc_repro.reporting.collect import Study
+from mhc_repro.reporting.evidence import (  # noqa: F401  (re-exported for callers and tests)
+    ALPHA, NO_EVIDENCE, NOT_REPRODUCED, PAPER_C, REPRODUCED, Test, amax_peaks, compare_lower,
+    instability_events, kernel_overheads, smooth)
 from mhc_repro.reporting.paper_data import VARIANT_LABELS, PaperNumbers
 from mhc_repro.reporting.tables import human, level_losses, variant_scores
 
-ALPHA = 0.05
-REPRODUCED, NOT_REPRODUCED, NO_EVIDENCE = "reproduced", "not reproduced", "not enough evidence"
 RULE_TEXT = (
     "Differences (final validation loss, downstream score): with at least 2 seeds per variant, a "
     "two-sided Welch t-test at α = 0.05 — significant in the paper's direction → reproduced; "
@@ -51,38 +49,6 @@ class Claim:
     """The rule applied to reach the verdict."""
     verdict: str
     """reproduced / not reproduced / not enough evidence."""
-
-
-@dataclass
-class Test:
-    """Outcome of comparing two groups where the paper claims `a` < `b`."""
-
-    diff: float
-    p: float
-    verdict: str
-    text: str
-
-
-def compare_lower(a: list[float], b: list[float], what: str, digits: int = 4) -> Test:
-    """Paper claims mean(a) < mean(b). Applies RULE_TEXT."""
-    a, b = [x for x in a if not math.isnan(x)], [x for x in b if not math.isnan(x)]
-    if not a or not b:
-        return Test(math.nan, math.nan, NO_EVIDENCE, f"{what}: no measurements")
-    diff = float(np.mean(a) - np.mean(b))
-    agrees = "agrees with" if diff < 0 else "disagrees with"
-    if len(a) < 2 or len(b) < 2:
-        return Test(diff, math.nan, NO_EVIDENCE, f"{what} = {diff:+.{digits}f} (n = {len(a)} vs {len(b)}; "
-                    f"direction {agrees} the paper; one seed cannot test significance)")
-    if np.var(a) == 0 and np.var(b) == 0:
-        p = 0.0 if diff != 0 else 1.0  # no spread at all: the difference is exact
-    else:
-        p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    if p < ALPHA:
-        verdict = REPRODUCED if diff < 0 else NOT_REPRODUCED
-    else:
-        verdict = NO_EVIDENCE
-    return Test(diff, p, verdict, f"{what} = {diff:+.{digits}f} (n = {len(a)} vs {len(b)}, Welch p = {p:.3g}; "
-                f"direction {agrees} the paper)")
 
 
 def scale_text(study: Study, preset: str) -> str:
@@ -138,31 +104,6 @@ def scaling_claim(study: Study, paper: PaperNumbers, per_preset: list[Claim]) ->
 
 
 # ---------------------------------------------------------------- stability events
-def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing rolling mean (window in logged points); deterministic."""
-    return pd.Series(values).rolling(max(1, window), min_periods=1).mean().to_numpy()
-
-
-def instability_events(loss: pd.DataFrame, grad: pd.DataFrame) -> tuple[list[int], list[int]]:
-    """(grad-spike steps, instability-event steps). A grad spike: grad norm > 3 × the median of the W
-    previous points (W = max(5, 5% of points)), ignoring the first 10% of steps. An instability event:
-    a grad spike with a loss surge — the W-point smoothed training loss within W points after the
-    spike exceeds its minimum before the spike by ≥ 1% (relative)."""
-    if grad.empty or loss.empty:
-        return [], []
-    g, gs = grad.value.to_numpy(), grad.step.to_numpy()
-    w = max(5, len(g) // 20)
-    start = max(w, len(g) // 10)
-    spikes = [int(gs[i]) for i in range(start, len(g)) if g[i] > 3.0 * np.median(g[i - w:i])]
-    ls, lv = loss.step.to_numpy(), smooth(loss.value.to_numpy(), max(1, w // 2))
-    events = []
-    for s in spikes:
-        before, after = lv[ls < s], lv[(ls >= s) & (ls <= s + w * max(1, int(np.median(np.diff(ls)))))]
-        if len(before) and len(after) and after.max() >= before.min() * 1.01:
-            events.append(s)
-    return spikes, events
-
-
 def _events(study: Study, preset: str, variant: str) -> tuple[int, list[list[int]], list[list[int]]]:
     runs = study.main_runs(preset)
     spikes, events = [], []
@@ -221,23 +162,6 @@ def mhc_grad_stability(study: Study, paper: PaperNumbers, preset: str) -> Claim:
 
 
 # ---------------------------------------------------------------- Amax
-def amax_peaks(study: Study, preset: str, variant: str) -> dict | None:
-    """Worst-case Amax over the variant's runs: latest artifacts plus the logged metric histories."""
-    runs = study.main_runs(preset)
-    ids = list(runs[runs.variant == variant].run_id)
-    arts = [study.amax[r] for r in ids if r in study.amax]
-    out = {"fwd_single": [], "bwd_single": [], "composite": []}
-    for a in arts:
-        out["fwd_single"] += list(a["fwd_single"])
-        out["bwd_single"] += list(a["bwd_single"])
-        out["composite"] += list(a["fwd_composite"]) + list(a["bwd_composite"])
-    h = study.history[study.history.run_id.isin(ids)]
-    for key, slot in (("amax/fwd_single_max", "fwd_single"), ("amax/bwd_single_max", "bwd_single"),
-                      ("amax/fwd_composite_max", "composite"), ("amax/bwd_composite_max", "composite")):
-        out[slot] += list(h[h.key == key].value)
-    return out if out["composite"] else None
-
-
 def mhc_amax(study: Study, paper: PaperNumbers, preset: str) -> Claim:
     bound = paper.amax["mhc_composite_max"]
     lo, hi = paper.amax["mhc_single_bwd_range"]
@@ -345,36 +269,6 @@ def ablation_ordering(study: Study, paper: PaperNumbers, preset: str) -> list[Cl
                          f"gaps vs baseline: {gaps}", "no ablation runs (tag ablation = res / res+pre)",
                          scale_text(study, preset), rule, NO_EVIDENCE))
     return out
-
-
-PAPER_C = 2560  # hidden size of the paper's 27B model, where the 6.7% was measured
-
-
-def kernel_overheads(kernels_dir: Path | None) -> list[tuple[str, int, float]]:
-    """(source, hidden size C, overhead) from kernel benchmark records under kernels_dir: the
-    benchmarks/bench_mhc.py JSON (`stack` rows: fused mHC ms / residual ms − 1, same compile mode, best
-    mode per C) or any JSON with a numeric top-level `overhead_fraction` (C taken from key `C`, else 0)."""
-    found = []
-    if kernels_dir is None or not kernels_dir.is_dir():
-        return found
-    for f in sorted(kernels_dir.rglob("*.json")):
-        try:
-            rec = json.loads(f.read_text())
-        except ValueError:
-            continue
-        if not isinstance(rec, dict):
-            continue
-        if isinstance(rec.get("overhead_fraction"), (int, float)):
-            found.append((f.name, int(rec.get("C", 0)), float(rec["overhead_fraction"])))
-        rows = [r for r in rec.get("stack", []) if isinstance(r, dict) and "ms" in r]
-        base = {(r.get("C"), r.get("mode")): r["ms"] for r in rows if r.get("variant") == "residual"}
-        best: dict[int, float] = {}
-        for r in rows:
-            key = (r.get("C"), r.get("mode"))
-            if r.get("variant") == "mhc_fused" and base.get(key):
-                best[r["C"]] = min(best.get(r["C"], math.inf), r["ms"] / base[key] - 1.0)
-        found += [(f.name, c, v) for c, v in sorted(best.items())]
-    return found
 
 
 def overhead_claim(study: Study, paper: PaperNumbers, kernels_dir: Path | None) -> Claim:

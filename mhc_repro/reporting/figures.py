@@ -63,7 +63,7 @@ def loss_figure(study: Study, preset: str, path: Path, smooth: int) -> Path:
     ax_loss.set(title=f"(a) Training loss — {preset}", xlabel="step", ylabel="loss")
     ax_gap.set(title="(b) Loss gap to baseline (variant − baseline)", xlabel="step", ylabel="absolute loss gap")
     for ax in (ax_loss, ax_gap):
-        if ax.lines:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend()
     return _save(fig, path)
 
@@ -76,7 +76,7 @@ def grad_norm_figure(study: Study, preset: str, path: Path, smooth: int) -> Path
         if len(c):
             ax.plot(c.index, _smooth(c, smooth), color=COLORS[v], label=VARIANT_LABELS[v])
     ax.set(title=f"Gradient norm — {preset}", xlabel="step", ylabel="global grad norm")
-    if ax.lines:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend()
     return _save(fig, path)
 
@@ -156,7 +156,7 @@ def scaling_figure(study: Study, path: Path) -> Path | None:
         ax.set_xscale("log")
         ax.margins(x=0.1, y=0.12)
         ax.set_xlabel("training compute 6·N_active·tokens (FLOPs)")
-        if ax.lines:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend()
     ax_l.set(title="(a) Final validation loss vs compute", ylabel="val loss")
     ax_g.set(title="(b) Loss gap to baseline vs compute", ylabel="absolute loss gap")
