@@ -21,8 +21,9 @@ from torch import Tensor
 from . import coef_kernels as ck
 from . import stream_kernels as sk
 
-# tf32 operands for the two projections (fp32 accumulate): PAPER.md §1 allows tf32 for φ; the stream
-# is bf16, which tf32 holds exactly. "ieee" gives full fp32 products at ~8x the tensor-core cost.
+# Projection precision for a non-bf16 (fp32) stream: tf32 operands, fp32 accumulate (PAPER.md §1
+# allows tf32 for φ); "ieee" gives full fp32 products at several times the cost. A bf16 stream uses
+# bf16 MMAs on φ's hi/lo bf16 parts instead (≈16-bit products), see coef_kernels.proj_fwd.
 DOT_PRECISION = "tf32"
 _SINKHORN_BT = 32  # tokens per program in the coefficient epilogue
 # Projection tiles (BN tokens, BK, num_stages, RELOAD: a second, L2-hit load of the stream tile for
