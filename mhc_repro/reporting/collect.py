@@ -123,7 +123,12 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> Study:
     """Read all training and evaluation runs of `experiment` from the MLflow store."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        # Reading must not create an empty store (MLflow would, silently, for a mistyped path).
+        raise ValueError(f"no MLflow store at {uri[len('sqlite:///'):]}; train first, or pass "
+                         f"--tracking-uri / set MLFLOW_TRACKING_URI")
+    client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())

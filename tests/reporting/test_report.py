@@ -98,3 +98,5 @@ def test_cli_bad_input_is_one_line(store_uri, tmp_path, capsys):
     assert "missing" in err and "unit" in err and "\n" not in err
     assert main(["report", "--experiment", "records", "--out", str(tmp_path), "--tracking-uri", store_uri]) == 2
     assert not (tmp_path / "missing").exists()
+    assert main(["report", "--experiment", "unit", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
