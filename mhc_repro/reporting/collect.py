@@ -186,7 +186,7 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> Study:
 
 def _load_evals(client, experiment_id: str, train_ids: set) -> pd.DataFrame:
     rows = []
-    for run in _search(client, experiment_id, "tags.run_kind = 'eval'"):
+    for run in _search(client, experiment_id, "tags.run_kind = 'eval' and attributes.status = 'FINISHED'"):
         tags, params = run.data.tags, run.data.params
         parent = tags.get("train_run_id") or tags.get("mlflow.parentRunId")
         if parent not in train_ids:

@@ -139,7 +139,7 @@ def table4(study: Study, paper: PaperNumbers) -> list[Table]:
                     signed(paper.table4[variant][t] - paper.table4["residual"][t], 1) for t in paper.tasks])
                 body.append([f"Δ vs baseline — {preset}"] + [
                     signed(_mean(scores[t]) * 100 - base[t], 1) for t in paper.tasks])
-        limits = sorted({str(x) for x in study.evals.limit if str(x) not in ("", "None", "null")})
+        limits = sorted({str(x) for x in study.evals.limit if str(x).lower() not in ("", "none", "null")})
         caption = (f"Downstream results in the layout of the paper's Table 4 (scores in percent). "
                    f"Paper rows: the published {paper.table4_scale.upper()} numbers; measured rows: preset "
                    f"{preset}, mean ± sample s.d. over n seeds; Δ = variant minus baseline. "

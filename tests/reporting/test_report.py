@@ -100,3 +100,12 @@ def test_cli_bad_input_is_one_line(store_uri, tmp_path, capsys):
     assert not (tmp_path / "missing").exists()
     assert main(["report", "--experiment", "unit", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
     assert "no MLflow store" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
+
+
+def test_refuses_to_replace_a_folder_it_did_not_write(study, store_uri, tmp_path, monkeypatch):
+    monkeypatch.setattr(report_mod, "load_study", lambda *a, **k: study)
+    (tmp_path / "unit").mkdir()
+    (tmp_path / "unit" / "notes.md").write_text("hand-written")
+    with pytest.raises(ValueError, match="not a generated report"):
+        generate_report("unit", tmp_path, store_uri)
+    assert (tmp_path / "unit" / "notes.md").read_text() == "hand-written"
