@@ -120,6 +120,9 @@ def main(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    import datasets
+
+    datasets.disable_progress_bars()  # one bar per split and map otherwise; lm-eval keeps its own
     from .lm_model import MhcReproLM, default_device
     from .mlflow_log import log_eval
     from .runner import evaluate_suite
