@@ -45,7 +45,9 @@ def mean_sd(values, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def signed(x: float, digits: int) -> str:
-    return DASH if x is None or math.isnan(x) else f"{x:+.{digits}f}"
+    if x is None or math.isnan(x):
+        return DASH
+    return f"{round(x, digits) + 0.0:+.{digits}f}"  # + 0.0 turns -0.0 into 0.0
 
 
 def human(x: float) -> str:

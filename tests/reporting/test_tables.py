@@ -1,7 +1,7 @@
 import math
 
 from mhc_repro.reporting.paper_data import load_paper_numbers
-from mhc_repro.reporting.tables import Table, human, latex_escape, mean_sd, to_latex, to_markdown
+from mhc_repro.reporting.tables import Table, human, latex_escape, mean_sd, signed, to_latex, to_markdown
 
 
 def test_paper_numbers_are_complete():
@@ -21,6 +21,7 @@ def test_formatting_is_fixed():
     assert mean_sd([0.5]) == "0.5" and mean_sd([]) == "—"
     assert mean_sd([0.2, 0.3], scale=100) == "25.0 ± 7.1"
     assert human(1_234_567) == "1.23M" and human(float("nan")) == "—"
+    assert signed(-0.00001, 2) == "+0.00" and signed(-0.5, 1) == "-0.5"
 
 
 def test_renderers():
