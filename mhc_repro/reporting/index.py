@@ -53,6 +53,10 @@ def _summary(study: Study, claims: list[Claim], paper: PaperNumbers) -> list[str
         out.append(f"- **Caution:** {len(unfinished)} training run(s) are not finished ("
                    + ", ".join(f"{r.variant} seed {r.seed}: {r.status}" for r in unfinished.itertuples())
                    + "); their numbers are as of their last logged step.")
+    commits = sorted({c for c in study.runs.git_commit if c})
+    if len(commits) > 1:
+        out.append(f"- **Caution:** the runs were trained from {len(commits)} different git commits "
+                   "(see the run table); differences between variants may partly come from code changes.")
     counts = Counter(c.verdict for c in claims)
     out.append(f"- Of {len(claims)} checks of the paper's claims, {counts[REPRODUCED]} reproduced, "
                f"{counts[NOT_REPRODUCED]} did not, and {counts[NO_EVIDENCE]} lack enough evidence "
@@ -82,6 +86,11 @@ def index_page(study: Study, claims: list[Claim], paper: PaperNumbers, files: di
              "The paper reports that mHC trains to a lower loss than the baseline, stays as stable as the "
              "baseline where HC is not, and scores higher on downstream benchmarks. What we measured:", ""]
     lines += _summary(study, claims, paper)
+    lines += ["", "How to read the verdicts: **reproduced** — our runs show the paper's effect, and for "
+              "differences it is larger than the seed-to-seed noise (Welch t-test, p < 0.05); **not "
+              "reproduced** — our runs clearly show the opposite, or miss the stated bound; **not enough "
+              "evidence** — the difference is within noise, only one seed was run, or the data is missing. "
+              "'Welch p' is the chance of a difference at least this large if the variants were truly equal."]
     lines += ["", "## Contents", ""]
     for title, target in files.items():
         lines.append(f"- [{title}]({target})")
