@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mhc_repro.training.callbacks import PerfMonitor, StepEnd
+from mhc_repro.training.callbacks import PerfMonitor, StepEnd, dense_peak_flops
 from mhc_repro.training.compose import build_config
 from mhc_repro.training.module import LMModule, flops_per_token
 
@@ -117,7 +117,7 @@ def bench_variant(args, variant: str) -> dict:
     fpt = flops_per_token(module.model_cfg, module.params_active, args.seq_len)
     from lightning.fabric.utilities.throughput import get_available_flops
 
-    peak = get_available_flops(device, torch.bfloat16 if "bf16" in precision else torch.float32) if gpu else None
+    peak = (dense_peak_flops(device, precision) or get_available_flops(device, torch.bfloat16)) if gpu else None
     step_times = [b - a for a, b in zip([timer.t0] + times[:-1], times)]
     out = {
         "variant": variant, "preset": cfg.train.preset, "steps": trainer.global_step, "warmup_steps_excluded": w,

@@ -28,6 +28,18 @@ def _step_done(trainer: L.Trainer, last: int) -> bool:
     return trainer.global_step != last and trainer.global_step > 0
 
 
+# Dense (not 2:4-sparse) bf16 tensor-core peaks from the vendors' datasheets, per GPU.
+DENSE_BF16_FLOPS = {"h200": 989.4e12, "h100": 989.4e12, "a100": 312e12}
+
+
+def dense_peak_flops(device: torch.device, precision: str) -> Optional[float]:
+    """Dense bf16 peak of a known CUDA GPU when training in bf16; None otherwise (Lightning's value stays)."""
+    if device.type != "cuda" or "bf16" not in precision:
+        return None
+    name = torch.cuda.get_device_name(device).lower()
+    return next((v for k, v in DENSE_BF16_FLOPS.items() if k in name), None)
+
+
 class PerfMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor (tokens/s and MFU from ``flops_per_batch``), logged as
     ``perf/tokens_per_sec`` and ``perf/mfu`` at step = optimizer step."""
@@ -35,6 +47,15 @@ class PerfMonitor(ThroughputMonitor):
     def __init__(self, window: int) -> None:
         super().__init__(batch_size_fn=lambda b: split_batch(b)[0].size(0),
                          length_fn=lambda b: split_batch(b)[0].numel(), window_size=window)
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        dense = dense_peak_flops(trainer.strategy.root_device, str(trainer.precision))
+        if dense is not None and dense != self.available_flops:
+            # Lightning 2.6 does not recognise "NVIDIA H200" and lists H200 bf16 at the sparse 2.0e15
+            self.available_flops = dense
+            for tp in self._throughputs.values():
+                tp.available_flops = dense
 
     def _compute(self, trainer: L.Trainer, iter_num: Optional[int] = None) -> None:
         if trainer.state.stage is None or trainer.state.stage.value != "train":
