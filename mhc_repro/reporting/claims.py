@@ -97,7 +97,7 @@ def scaling_claim(study: Study, paper: PaperNumbers, per_preset: list[Claim]) ->
     else:
         verdict, note = NO_EVIDENCE, "C1 lacks evidence at some preset"
     return Claim("C2", "mHC's loss advantage holds across compute scales",
-                 "3B, 9B, 27B and along 3B-1T, −0.02..−0.03 (Fig. 6)",
+                 "3B, 9B, 27B and along 3B-1T, {:+.2f}..{:+.2f} (Fig. 6)".format(*paper.loss["mhc_gap_range"]),
                  f"{note}: " + ", ".join(f"{p} {v}" for p, v in zip(presets, verdicts)),
                  "all presets: " + ", ".join(presets),
                  "reproduced iff C1 is reproduced at ≥ 2 presets and all of them", verdict)
@@ -132,7 +132,8 @@ def hc_instability(study: Study, paper: PaperNumbers, preset: str) -> Claim:
         verdict = NO_EVIDENCE
         evidence += "; absence in short/small runs does not contradict a 27B observation"
     return Claim("C3", "HC is unstable: a loss surge together with a grad-norm spike",
-                 f"near step {paper.loss['hc_surge_step_27b']} of 50k at 27B (Fig. 2)", evidence,
+                 f"near step {paper.loss['hc_surge_step_27b']} of {paper.scales['27b']['steps']:.0f} at 27B "
+                 "(Fig. 2)", evidence,
                  scale_text(study, preset),
                  "event = grad norm > 3× its trailing median with the smoothed loss rising ≥ 1% above "
                  "its prior minimum; reproduced if some HC run has one and no baseline run does; not "
@@ -168,7 +169,8 @@ def mhc_amax(study: Study, paper: PaperNumbers, preset: str) -> Claim:
     rule = (f"reproduced if every composite gain ≤ {bound}, forward single-layer gains within 1 ± 0.01 "
             f"and backward single-layer gains within [0.95, 1.05]; otherwise not reproduced")
     a = amax_peaks(study, preset, "mhc")
-    paper_txt = f"composite ≤ {bound}, single forward {paper.amax['mhc_single_fwd']:.2f}, backward {lo}–{hi} (27B, Fig. 7)"
+    paper_txt = (f"composite ≤ {bound}, single forward {paper.amax['mhc_single_fwd']:.2f}, backward {lo}–{hi} "
+                 "(27B, Fig. 7)")
     if a is None:
         return Claim("C5", "mHC keeps the signal gain bounded (Amax)", paper_txt, "no Amax data for mHC",
                      scale_text(study, preset), rule, NO_EVIDENCE)
@@ -205,7 +207,10 @@ def downstream_ordering(study: Study, paper: PaperNumbers, preset: str) -> Claim
     rule = ("per-seed macro average over the tasks scored for all three variants; reproduced if the means "
             "order mHC ≥ HC ≥ baseline and mHC > baseline is significant (Welch, α = 0.05); not "
             "reproduced if either pair is significantly reversed; else not enough evidence")
-    claim, paper_txt = "Downstream: mHC ≥ HC ≥ baseline (Table 4)", "mHC best on 7/8 tasks, HC ≥ baseline on 8/8 (27B)"
+    t4 = paper.table4
+    paper_wins = sum(t4["mhc"][t] >= t4["hc"][t] >= t4["residual"][t] for t in paper.tasks)
+    claim = "Downstream: mHC ≥ HC ≥ baseline (Table 4)"
+    paper_txt = f"ordering holds on {paper_wins}/{len(paper.tasks)} tasks at {paper.table4_scale.upper()}"
     if not tasks:
         return Claim("C7", claim, paper_txt, "no evaluation runs", scale_text(study, preset), rule, NO_EVIDENCE)
     macro = {}
@@ -260,7 +265,8 @@ def ablation_ordering(study: Study, paper: PaperNumbers, preset: str) -> list[Cl
             verdict = REPRODUCED
         else:
             verdict = NO_EVIDENCE
-        out.append(Claim("C8", f"Ablation ({VARIANT_LABELS[variant][3:]}): each learned mapping lowers the loss (Table 1)",
+        name = VARIANT_LABELS[variant][3:]
+        out.append(Claim("C8", f"Ablation ({name}): each learned mapping lowers the loss (Table 1)",
                          f"gaps vs baseline: {gaps} (scale not stated)",
                          "; ".join(s.text for s in steps) + f"; {overall.text}", scale_text(study, preset),
                          rule, verdict))

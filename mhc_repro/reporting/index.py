@@ -105,7 +105,8 @@ def index_page(study: Study, claims: list[Claim], paper: PaperNumbers, files: di
     lines += ["", "## Runs", "", "Training runs (MLflow run ids; configs are copies of each run's "
               "`config/config.yaml` artifact):", "",
               "| Preset | Variant | Ablation | Seed | Status | Run id | Git commit | Steps | Tokens | "
-              "Final val loss | Evaluation run | Config |", "| --- | --- | --- | ---: | --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
+              "Final val loss | Evaluation run | Config |",
+              "| --- | --- | --- | ---: | --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
     ev = study.evals.drop_duplicates("train_run_id").set_index("train_run_id").eval_run_id
     for r in study.runs.itertuples():
         config = f"[config](configs/{r.run_id}.yaml)" if r.run_id in study.configs else "—"
