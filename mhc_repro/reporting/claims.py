@@ -298,8 +298,9 @@ def overhead_claim(study: Study, paper: PaperNumbers, kernels_dir: Path | None) 
         verdict = REPRODUCED if value <= limit else NOT_REPRODUCED
     else:
         evidence, verdict = "no kernel benchmark record", NO_EVIDENCE
-    return Claim("C9", "mHC costs 6.7% extra training time at n = 4", f"{paper.overhead:.1%} (27B, fused "
-                 "kernels, recomputation, DualPipe)", evidence + (f"; {context}" if context else ""),
+    return Claim("C9", f"mHC costs {paper.overhead:.1%} extra training time at n = 4",
+                 f"{paper.overhead:.1%} (27B, fused kernels, recomputation, DualPipe)",
+                 evidence + (f"; {context}" if context else ""),
                  "kernel benchmark records: " + (", ".join(sorted({n for n, _, _ in found})) or "none"),
                  rule, verdict)
 

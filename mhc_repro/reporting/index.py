@@ -61,9 +61,11 @@ def _summary(study: Study, claims: list[Claim], paper: PaperNumbers) -> list[str
     out.append(f"- Of {len(claims)} checks of the paper's claims, {counts[REPRODUCED]} reproduced, "
                f"{counts[NOT_REPRODUCED]} did not, and {counts[NO_EVIDENCE]} lack enough evidence "
                f"(see the [claims ledger](claims.md)).")
+    big = paper.scales[paper.table4_scale]
     if not set(study.presets()) & set(paper.scales):
         out.append(f"- These models are far smaller and trained on far fewer tokens than the paper's "
-                   f"(27B parameters, 262B tokens). Verdicts describe this scale only; small models score "
+                   f"({human(big['params_total'])} parameters, {human(big['tokens'])} tokens). Verdicts "
+                   f"describe this scale only; small models score "
                    f"near chance on most Table 4 benchmarks, so those rows say little here.")
     return out
 
