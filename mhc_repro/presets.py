@@ -14,7 +14,7 @@ balancing, sequence length 4096. Our choices for what Table 5 leaves open ([open
     (7168 / 10240 / 12288): the dense block costs what an MoE block's active experts cost.
   * init std 0.006 (DeepSeek-V3's), routing-bias rate 1e-3 (DeepSeek-V3's γ), sigmoid scores,
     route_scale 1.
-With these, ``mhc-repro params`` gives 3B 2.971B / 609M, 9B 9.172B / 1.654B, 27B 27.03B / 4.123B
+With these, ``mhc-repro params`` gives 3B 2.970B / 609M, 9B 9.172B / 1.654B, 27B 27.03B / 4.124B
 (paper 2.97B / 612M, 9.18B / 1.66B, 27.0B / 4.14B: all within 0.6%).
 """
 
