@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from store import make_study, merge
+from reporting_fixtures import make_study, merge
 
 from mhc_repro.reporting import claims as C
 from mhc_repro.reporting.paper_data import load_paper_numbers

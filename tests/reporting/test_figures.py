@@ -1,7 +1,7 @@
 """Figures that the MLflow end-to-end test does not reach: compute scaling (several presets) and
 curves with missing data."""
 
-from store import make_study, merge
+from reporting_fixtures import make_study, merge
 
 from mhc_repro.reporting import figures
 
