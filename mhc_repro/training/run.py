@@ -63,6 +63,16 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> Optional[str]:
     return None if a == b else f"{prefix[:-1]}: {a!r} (run dir) vs {b!r} (now)"
 
 
+def _is_global_rank_zero() -> bool:
+    """Before the Trainer exists: torchrun sets RANK, SLURM sets SLURM_PROCID, Lightning's own launcher
+    sets NODE_RANK/LOCAL_RANK in the processes it spawns."""
+    env = os.environ
+    for key in ("RANK", "SLURM_PROCID"):
+        if env.get(key):
+            return int(env[key]) == 0
+    return int(env.get("NODE_RANK", "0") or 0) == 0 and int(env.get("LOCAL_RANK", "0") or 0) == 0
+
+
 def _world_size(cfg: RunConfig) -> int:
     env = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS")
     if env:
@@ -151,7 +161,7 @@ def train(cfg: RunConfig, *, resume: bool = True) -> dict:
         if diff:
             raise ValueError(f"run directory {str(run_dir)!r} holds a run with another config ({diff}); "
                              "pick another tracking.run_name or delete that directory")
-    is_rank0 = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    is_rank0 = _is_global_rank_zero()
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     if is_rank0 and not cfg_file.exists():
         cfg_file.write_text(yaml.safe_dump(resolved, sort_keys=False))

@@ -73,3 +73,38 @@ def test_kill9_then_rerun_resumes_exactly(tmp_path, corpus_dir, data_cache):
         # the whole curve equals the uninterrupted run's
         assert hist == _history(ref_client, ref["mlflow_run_id"], key), key
     json.loads((run_dir / "finished.json").read_text())
+
+
+def test_exception_checkpoint_resumes_exactly(tmp_path, corpus_dir, data_cache, monkeypatch):
+    """An exception inside step 5 saves step0000004-exception.ckpt (data position rewound to the step
+    boundary); rerunning resumes from it and ends with the uninterrupted run's loss."""
+    import lightning as L
+    import pytest
+
+    from mhc_repro.training import run as run_mod
+
+    extra = {"train.max_steps": 6, "train.ckpt_every": 100, "train.variant": "residual", "train.amax_every": 0}
+    ref = train(build_config([], micro_overrides(tmp_path / "ref", corpus_dir, data_cache, **extra), env={}))
+
+    class Boom(L.Callback):
+        def on_train_batch_start(self, trainer, *a):
+            if trainer.global_step == 4:
+                raise RuntimeError("boom")
+
+    Base = run_mod.StepEnd
+
+    class StepEndBoom(Base):  # the failure happens after the step-5 micro-batch was handed out
+        def on_train_batch_start(self, trainer, *a):
+            super().on_train_batch_start(trainer, *a)
+            Boom().on_train_batch_start(trainer, *a)
+
+    over = micro_overrides(tmp_path / "exc", corpus_dir, data_cache, **extra)
+    monkeypatch.setattr(run_mod, "StepEnd", StepEndBoom)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(build_config([], over, env={}))
+    monkeypatch.setattr(run_mod, "StepEnd", Base)
+    ckpts = sorted(p.name for p in (tmp_path / "exc" / "runs" / "test" / "residual-s0" / "checkpoints").glob("*.ckpt"))
+    assert ckpts == ["step0000004-exception.ckpt"]
+    resumed = train(build_config([], over, env={}))
+    assert resumed["resumed_from"].endswith("step0000004-exception.ckpt")
+    assert resumed["final_train_loss"] == ref["final_train_loss"]
