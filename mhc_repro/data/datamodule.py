@@ -1,12 +1,13 @@
-"""LightningDataModule: corpus -> whole-document split -> tokenizer -> cached shards -> loaders.
+"""LightningDataModule: source stream -> whole-document split -> tokenizer -> cached shards -> loaders.
 
     dm = LMDataModule(DataConfig(seq_len=256, batch_size=16), model_vocab_size=8192)
     dm.prepare()                    # or let Lightning call prepare_data()/setup()
     dm.tokenizer_path, dm.manifest, dm.tokens_per_epoch, dm.eos_id
     batch = next(iter(dm.train_dataloader()))   # (inputs [B,T], targets [B,T]) int64
 
-Everything expensive is cached on disk (see corpus.py, tokenizer.py, shards.py), so prepare() is
-cheap after the first run and safe to call from every rank.
+Everything expensive is cached on disk (see corpus.py, tokenizer.py, build.py), so prepare() is
+cheap after the first run and safe to call from every rank (builders of one cache take a file lock).
+Building streams the source with bounded memory; data.max_tokens stops it at a token budget.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from torch.utils.data import DataLoader
 from .config import DataConfig
 from .corpus import default_cache_dir
 from .sampling import ResumableLoader, ResumableSampler
-from .shards import PackedSequences, TokenShard, build_shard, shard_key
-from .sources import describe, load_corpus, split_corpus
-from .tokenizer import check_vocab, eos_id, load_tokenizer, tokenizer_fingerprint, trained_tokenizer
+from .build import build_shards, shards_of
+from .shards import PackedSequences, TokenShard, shard_key
+from .sources import describe, load_source
+from .split import plan_split
+from .tokenizer import check_vocab, eos_id, load_tokenizer, sample_texts, tokenizer_fingerprint, trained_tokenizer
 
 
 class LMDataModule(L.LightningDataModule):
@@ -47,8 +50,8 @@ class LMDataModule(L.LightningDataModule):
             return self
         cfg = self.cfg
         t = time.perf_counter()
-        corpus = load_corpus(cfg, self.cache_dir)
-        train_docs, val_docs, split = split_corpus(corpus, cfg)
+        source = load_source(cfg, self.cache_dir)   # cheap: nothing is read until iterated
+        plan = plan_split(source, cfg)
         self.timings["corpus_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -56,8 +59,10 @@ class LMDataModule(L.LightningDataModule):
             vocab = cfg.vocab_size or self.model_vocab_size
             if vocab is None:
                 raise ValueError("data.vocab_size is None and no model vocab_size was given; set one of them")
-            tok, tok_path = trained_tokenizer((text for _, text in train_docs), vocab, split["fingerprint"],
-                                              self.cache_dir, cfg.eos_token)
+            train_texts = (text for i, d, text in plan.docs(source) if not plan.is_val(i, d))
+            sample = sample_texts(train_texts, cfg.tokenizer_sample_docs, cfg.tokenizer_sample_bytes)
+            key = f"{plan.fingerprint}|sample:{cfg.tokenizer_sample_docs}:{cfg.tokenizer_sample_bytes}"
+            tok, tok_path = trained_tokenizer(sample, vocab, key, self.cache_dir, cfg.eos_token)
         else:
             tok, tok_path = load_tokenizer(cfg.tokenizer, self.cache_dir)
         check_vocab(tok, self.model_vocab_size)
@@ -66,15 +71,17 @@ class LMDataModule(L.LightningDataModule):
 
         t = time.perf_counter()
         tok_fp = tokenizer_fingerprint(tok)
-        out = self.cache_dir / "shards" / shard_key(split["fingerprint"], tok_fp)
-        for name, docs in (("train", train_docs), ("val", val_docs)):
-            if docs:
-                self.shards[name] = build_shard((text for _, text in docs), tok, self.eos_id, out, name)
+        out = self.cache_dir / "shards" / shard_key(f"{plan.fingerprint}|max_tokens:{cfg.max_tokens}", tok_fp)
+        info = {"source": source.manifest.get("source"), "source_fingerprint": source.fingerprint,
+                "tokenizer_fingerprint": tok_fp, "split": {**plan.spec, "fingerprint": plan.fingerprint}}
+        built = build_shards(plan.docs(source), plan.is_val, tok, self.eos_id, out, max_tokens=cfg.max_tokens,
+                             named_val=plan.named, info=info, desc=f"tokenizing {source.manifest.get('source')}")
+        self.shards = shards_of(out, built)
         self.timings["shards_s"] = time.perf_counter() - t
 
         self.tokenizer, self.tokenizer_path = tok, tok_path
-        self.corpus_manifest = corpus.manifest
-        self.manifest = describe(corpus, split)
+        self.corpus_manifest = source.manifest
+        self.manifest = describe(source, built)
         self.manifest.update({
             "tokenizer": {"path": str(tok_path), "fingerprint": tok_fp, "eos_token": cfg.eos_token,
                           "vocab_size": tok.get_vocab_size(), "trained": cfg.tokenizer is None},

@@ -1,9 +1,10 @@
 """Token shards: documents tokenised once into a flat memmap, then read as packed fixed-length samples.
 
 Layout: <cache>/shards/<key>/<split>.bin (uint16 when every id < 65536, else uint32) and
-<split>.json (dtype, num_tokens, num_docs). Each document is followed by EOS, so EOS separates
-documents inside packed samples. The key combines the split fingerprint (which documents) and the
-tokenizer fingerprint, so a second run with the same inputs reads the memmap and never re-tokenises.
+<split>.json (dtype, num_tokens, num_docs), plus manifest.json written by build.py. Each document is
+followed by EOS, so EOS separates documents inside packed samples. The key combines the source and
+split fingerprints, the token budget and the tokenizer fingerprint, so a second run with the same
+inputs reads the memmap and never re-tokenises.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-SHARD_VERSION = 1
+SHARD_VERSION = 2  # 2: streamed build (build.py), one directory per (source, split, budget, tokenizer)
 DOCS_PER_BATCH = 64
 
 
@@ -72,42 +73,75 @@ class TokenShard:
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
 
 
-def build_shard(texts: Iterable[str], tokenizer, eos_id: int, out_dir: Path, split: str) -> TokenShard:
-    """Tokenise texts into out_dir/<split>.bin unless a complete shard is already there."""
+def token_dtype(tokenizer) -> np.dtype:
+    """uint16 when every id fits (vocab <= 65536), else uint32 (e.g. DeepSeek-V3's 129280)."""
+    vocab = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+    return np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
+
+
+class ShardWriter:
+    """Appends documents (ids + EOS) to a token file; the caller renames it into place when complete."""
+
+    def __init__(self, path: Path, dtype: np.dtype, eos_id: int):
+        self.path, self.dtype, self.eos_id = Path(path), np.dtype(dtype), eos_id
+        self.num_tokens = self.num_docs = 0
+        self._f = open(self.path, "wb")
+
+    def append(self, ids: list[int]) -> int:
+        arr = np.empty(len(ids) + 1, dtype=self.dtype)
+        arr[:-1] = ids
+        arr[-1] = self.eos_id
+        self._f.write(arr.tobytes())
+        self.num_tokens += arr.size
+        self.num_docs += 1
+        return arr.size
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> dict:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return {"dtype": self.dtype.name, "num_tokens": self.num_tokens, "num_docs": self.num_docs,
+                "eos_id": self.eos_id, "version": SHARD_VERSION}
+
+    def abort(self) -> None:
+        self._f.close()
+        self.path.unlink(missing_ok=True)
+
+
+def build_shard(texts: Iterable[str], tokenizer, eos_id: int, out_dir: Path, split: str,
+                docs_per_batch: int = DOCS_PER_BATCH) -> TokenShard:
+    """Tokenise texts into out_dir/<split>.bin unless a complete shard is already there.
+
+    A single-split helper (the DataModule builds train and val together with build.build_shards)."""
     out_dir = Path(out_dir)
     meta_path, bin_path = out_dir / f"{split}.json", out_dir / f"{split}.bin"
     if meta_path.exists() and bin_path.exists():
         meta = json.loads(meta_path.read_text())
         return TokenShard(bin_path, meta["dtype"], meta["num_tokens"], meta["num_docs"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
-    dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
-    tmp = bin_path.with_suffix(f".bin.tmp{os.getpid()}")
-    num_tokens = num_docs = 0
-    with open(tmp, "wb") as f:
+    writer = ShardWriter(bin_path.with_suffix(f".bin.tmp{os.getpid()}"), token_dtype(tokenizer), eos_id)
+    try:
         batch: list[str] = []
-
-        def flush() -> None:
-            nonlocal num_tokens, num_docs
-            for ids in _encode_batch(tokenizer, batch):
-                arr = np.asarray(ids + [eos_id], dtype=dtype)
-                f.write(arr.tobytes())
-                num_tokens += arr.size
-                num_docs += 1
-            batch.clear()
-
         for text in texts:
             batch.append(text)
-            if len(batch) >= DOCS_PER_BATCH:
-                flush()
-        flush()
-    os.replace(tmp, bin_path)
-    meta = {"dtype": np.dtype(dtype).name, "num_tokens": num_tokens, "num_docs": num_docs,
-            "eos_id": eos_id, "version": SHARD_VERSION}
+            if len(batch) >= docs_per_batch:
+                for ids in _encode_batch(tokenizer, batch):
+                    writer.append(ids)
+                batch.clear()
+        for ids in _encode_batch(tokenizer, batch):
+            writer.append(ids)
+        meta = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    os.replace(writer.path, bin_path)
     meta_tmp = meta_path.with_suffix(f".json.tmp{os.getpid()}")
     meta_tmp.write_text(json.dumps(meta))
     os.replace(meta_tmp, meta_path)  # written last: its presence marks a complete shard
-    return TokenShard(bin_path, meta["dtype"], num_tokens, num_docs)
+    return TokenShard(bin_path, meta["dtype"], meta["num_tokens"], meta["num_docs"])
 
 
 class PackedSequences(Dataset):

@@ -1,27 +1,34 @@
-"""Document sources behind DataConfig.source: embedded corpus, local files (via `datasets`), hub streams.
+"""Document sources behind DataConfig.source, read as streams of (index, doc id, text).
 
-Every source becomes a `Corpus`: an ordered list of (doc id, text) plus a manifest saying what went
-in and a fingerprint that keys the tokenizer and shard caches. Validation holds out whole documents.
+A `Source` never holds a large corpus: `docs()` returns a fresh iterator in a fixed order. The
+embedded corpora are small and kept in memory; local files and hub datasets are streamed by
+`datasets` (IterableDataset), so memory is bounded by one document, not by the corpus. The index is
+the row number in the source (empty documents are skipped but keep their number), which the
+validation split hashes. The manifest says what went in and carries a fingerprint that is cheap to
+compute (file digests, memoised by size and mtime; the hub name) and keys the tokenizer and shard
+caches, so a cache hit never reads the text.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 from .config import EMBEDDED_LARGE, LOCAL_SUFFIXES, DataConfig
-from .corpus import DEFAULT_VAL_DOCS, fingerprint_docs, load_embedded_corpus, sha256_file
+from .corpus import load_embedded_corpus, sha256_file
 
-SPLIT_VERSION = 1  # bump when the split rule changes
+Doc = tuple[int, str, str]  # (row index in the source, document id, text)
 
 
 @dataclass
-class Corpus:
-    docs: list[tuple[str, str]]  # (doc id, text)
-    manifest: dict               # includes "fingerprint"
+class Source:
+    manifest: dict                           # what went in; includes "fingerprint"
+    docs: Callable[[], Iterator[Doc]]        # a fresh iterator over the documents, in source order
+    num_docs: Optional[int] = None           # row count when known without reading (embedded, text files)
+    ids: Optional[list[str]] = field(default=None, repr=False)  # all doc ids when known up front
 
     @property
     def fingerprint(self) -> str:
@@ -32,6 +39,10 @@ def _offline_defaults() -> None:
     # A hub lookup for a local path retries ~25 s before failing; local reads never need the hub.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _local_files(path: Path) -> list[Path]:
@@ -51,136 +62,135 @@ def _kind(p: Path) -> str:
     return "text" if s in (".txt", ".text", ".md") else "json" if s in (".jsonl", ".json") else "parquet"
 
 
-def load_local(cfg: DataConfig, cache_dir: Path) -> Corpus:
-    """Read local text (one document per file) or json/jsonl/parquet (one per row) with `datasets`."""
-    _offline_defaults()
-    import datasets
+def file_digest(path: Path, cache_dir: Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime) so a second run does not re-read huge files."""
+    st = path.stat()
+    memo = Path(cache_dir) / "digests" / (hashlib.sha256(str(path).encode()).hexdigest()[:24] + ".json")
+    if memo.exists():
+        m = json.loads(memo.read_text())
+        if m["size"] == st.st_size and m["mtime_ns"] == st.st_mtime_ns:
+            return m["sha256"]
+    digest = sha256_file(path)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}))
+    os.replace(tmp, memo)
+    return digest
 
+
+def _rows(stream, what: str) -> Iterator[dict]:
+    """Rows of a `datasets` stream; any read error becomes one ValueError line naming the source."""
+    it = iter(stream)
+    while True:
+        try:
+            row = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # datasets raises many types
+            raise ValueError(f"{what} ({_one_line(e)})") from None
+        yield row
+
+
+def _stream_texts(open_stream: Callable[[], object], field_name: str, where: str, what: str,
+                  max_documents: Optional[int], make_id: Callable[[int], str]) -> Iterator[Doc]:
+    try:
+        stream = open_stream()
+    except Exception as e:
+        raise ValueError(f"{what} ({_one_line(e)})") from None
+    for i, row in enumerate(_rows(stream, what)):
+        if max_documents and i >= max_documents:
+            return
+        if field_name not in row:
+            raise ValueError(f"data.text_field: column {field_name!r} not in {where}; columns: {sorted(row)}")
+        text = row[field_name]
+        if text and text.strip():
+            yield i, make_id(i), text
+
+
+def local_source(cfg: DataConfig, cache_dir: Path) -> Source:
+    """Local text (one document per file) or json/jsonl/parquet (one per row), streamed by `datasets`."""
+    _offline_defaults()
     root = Path(cfg.source).expanduser().resolve()
     files = _local_files(root)
     kind = _kind(files[0])
-    kwargs = {"sample_by": "document", "keep_linebreaks": True} if kind == "text" else {}
-    try:
-        ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train",
-                                   cache_dir=str(cache_dir / "hf_datasets"), **kwargs)
-    except Exception as e:  # datasets raises many types; give one line naming the source
-        raise ValueError(f"data.source: could not read {str(root)!r} as {kind}: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    field = "text" if kind == "text" else cfg.text_field
-    if field not in ds.column_names:
-        raise ValueError(f"data.text_field: column {field!r} not in {str(root)!r}; columns: {ds.column_names}")
-    texts = ds[field][: cfg.max_documents] if cfg.max_documents else ds[field]
     rel = (lambda f: str(f.relative_to(root))) if root.is_dir() else (lambda f: f.name)
+    field_name = "text" if kind == "text" else cfg.text_field
+    kwargs = {"sample_by": "document", "keep_linebreaks": True} if kind == "text" else {}
+
+    def open_stream():
+        import datasets
+        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=True,
+                                     cache_dir=str(Path(cache_dir) / "hf_datasets"), **kwargs)
+
     if kind == "text":  # sample_by="document": one row per file, in data_files order
-        ids = [rel(f) for f in files][: len(texts)]
+        ids = [rel(f) for f in files][: cfg.max_documents]
+        make_id = ids.__getitem__
     else:
-        ids = [f"{rel(files[0]) if len(files) == 1 else 'row'}#{i}" for i in range(len(texts))]
-    docs = [(i, t) for i, t in zip(ids, texts) if t and t.strip()]
-    manifest = {
-        "source": str(root), "kind": kind, "text_field": field,
-        "files": [{"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files],
-        "num_documents": len(docs), "bytes": sum(len(t.encode()) for _, t in docs),
-        "chars": sum(len(t) for _, t in docs), "max_documents": cfg.max_documents,
-    }
-    manifest["fingerprint"] = fingerprint_docs(docs, f"local-{kind}")
-    return Corpus(docs, manifest)
+        prefix = rel(files[0]) if len(files) == 1 else "row"
+        ids, make_id = None, (lambda i: f"{prefix}#{i}")
+    records = [{"path": str(f), "bytes": f.stat().st_size, "sha256": file_digest(f, cache_dir)} for f in files]
+    manifest = {"source": str(root), "kind": kind, "text_field": field_name, "files": records,
+                "source_bytes": sum(r["bytes"] for r in records), "max_documents": cfg.max_documents}
+    manifest["fingerprint"] = hashlib.sha256(json.dumps(
+        ["local-v2", kind, field_name, [(rel(f), r["sha256"]) for f, r in zip(files, records)]]).encode()).hexdigest()
+    what = f"data.source: could not read {str(root)!r} as {kind}"
+    return Source(manifest, lambda: _stream_texts(open_stream, field_name, repr(str(root)), what,
+                                                  cfg.max_documents, make_id),
+                  num_docs=len(ids) if ids is not None else None, ids=ids)
 
 
-def load_hub(cfg: DataConfig) -> Corpus:
-    """Stream a hub dataset `hf:<name>[:<config>]` (needs internet; reads max_documents or everything)."""
-    import datasets
-
+def hub_source(cfg: DataConfig) -> Source:
+    """A hub dataset `hf:<name>[:<config>]`, streamed (needs internet); nothing is read until iterated."""
     name, _, config = cfg.source[3:].partition(":")
-    try:
-        stream = datasets.load_dataset(name, config or None, split=cfg.hf_split, streaming=True)
-        docs = []
-        for i, row in enumerate(stream):
-            if cfg.max_documents and i >= cfg.max_documents:
-                break
-            if row[cfg.text_field] and row[cfg.text_field].strip():
-                docs.append((f"{cfg.hf_split}#{i}", row[cfg.text_field]))
-    except Exception as e:
-        raise ValueError(f"data.source: could not stream hub dataset {cfg.source!r} ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); offline? point data.source at local "
-                         f"files instead") from None
+
+    def open_stream():
+        import datasets
+        return datasets.load_dataset(name, config or None, split=cfg.hf_split, streaming=True)
+
     manifest = {"source": cfg.source, "kind": "hub", "split": cfg.hf_split, "text_field": cfg.text_field,
-                "num_documents": len(docs), "bytes": sum(len(t.encode()) for _, t in docs),
-                "chars": sum(len(t) for _, t in docs), "max_documents": cfg.max_documents,
-                "files": []}
-    manifest["fingerprint"] = fingerprint_docs(docs, "hub")
-    return Corpus(docs, manifest)
+                "max_documents": cfg.max_documents, "files": []}
+    manifest["fingerprint"] = hashlib.sha256(
+        json.dumps(["hub-v2", name, config, cfg.hf_split, cfg.text_field]).encode()).hexdigest()
+    what = f"data.source: could not stream hub dataset {cfg.source!r}"
+    return Source(manifest, lambda: _hub_docs(open_stream, cfg, what))
 
 
-def load_corpus(cfg: DataConfig, cache_dir: Path) -> Corpus:
-    if cfg.is_embedded:
-        if cfg.source == EMBEDDED_LARGE:
-            from .extra_corpora import load_large_corpus
-            emb = load_large_corpus(cache_dir)
-        else:
-            emb = load_embedded_corpus(cache_dir)
-        docs = emb.docs[: cfg.max_documents] if cfg.max_documents else emb.docs
-        manifest = dict(emb.manifest)
-        if cfg.max_documents:
-            manifest["fingerprint"] = fingerprint_docs(docs, manifest["fingerprint"])
-            manifest["max_documents"] = cfg.max_documents
-        return Corpus(list(docs), manifest)
-    if cfg.source.startswith("hf:"):
-        return load_hub(cfg)
-    return load_local(cfg, cache_dir)
+def _hub_docs(open_stream, cfg: DataConfig, what: str) -> Iterator[Doc]:
+    try:
+        yield from _stream_texts(open_stream, cfg.text_field, repr(cfg.source), what, cfg.max_documents,
+                                 lambda i: f"{cfg.hf_split}#{i}")
+    except ValueError as e:
+        if str(e).startswith("data.text_field"):
+            raise
+        raise ValueError(f"{e}; offline? point data.source at local files instead") from None
 
 
-def split_corpus(corpus: Corpus, cfg: DataConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]], dict]:
-    """Hold out whole documents: (train docs, val docs, split record incl. a fingerprint).
-
-    val_docs names them explicitly; else the embedded corpus holds out its pinned works; else a seeded
-    random val_fraction of documents. A single-document source holds out its final val_fraction of
-    paragraphs as one contiguous block (never scattered lines)."""
-    docs = corpus.docs
-    if cfg.val_docs is not None or (cfg.is_embedded and not cfg.max_documents):
-        pinned = corpus.manifest.get("default_val_docs", DEFAULT_VAL_DOCS)
-        wanted = list(cfg.val_docs if cfg.val_docs is not None else pinned)
-        known = {d for d, _ in docs}
-        missing = [w for w in wanted if w not in known]
-        if missing:
-            sample = ", ".join(sorted(known)[:5])
-            raise ValueError(f"data.val_docs: unknown document id(s) {missing}; ids look like: {sample}, ...")
-        val_set = set(wanted)
-    elif cfg.val_fraction == 0 or not docs:
-        val_set = set()
-    elif len(docs) == 1:
-        doc_id, text = docs[0]
-        paras = text.split("\n\n")
-        k = max(1, round(len(paras) * cfg.val_fraction)) if len(paras) > 1 else 0
-        if k == 0:
-            raise ValueError(f"data.source: single document {doc_id!r} has no blank-line paragraphs to hold out; "
-                             "supply several documents or set data.val_fraction=0")
-        train = [(f"{doc_id}[:-{k}]", "\n\n".join(paras[:-k]))]
-        val = [(f"{doc_id}[-{k}:]", "\n\n".join(paras[-k:]))]
-        return train, val, _record(corpus, train, val, cfg)
+def embedded_source(cfg: DataConfig, cache_dir: Path) -> Source:
+    if cfg.source == EMBEDDED_LARGE:
+        from .extra_corpora import load_large_corpus
+        emb = load_large_corpus(cache_dir)
     else:
-        k = max(1, round(len(docs) * cfg.val_fraction))
-        order = list(range(len(docs)))
-        random.Random(cfg.seed).shuffle(order)
-        val_set = {docs[i][0] for i in order[:k]}
-    train = [d for d in docs if d[0] not in val_set]
-    val = [d for d in docs if d[0] in val_set]
-    if not train:
-        raise ValueError("data: every document is held out for validation; lower val_fraction or shorten val_docs")
-    return train, val, _record(corpus, train, val, cfg)
+        emb = load_embedded_corpus(cache_dir)
+    docs = emb.docs[: cfg.max_documents] if cfg.max_documents else emb.docs
+    manifest = dict(emb.manifest)
+    manifest["max_documents"] = cfg.max_documents
+    return Source(manifest, lambda: ((i, d, t) for i, (d, t) in enumerate(docs) if t and t.strip()),
+                  num_docs=len(docs), ids=[d for d, _ in docs])
 
 
-def _record(corpus: Corpus, train: list, val: list, cfg: DataConfig) -> dict:
-    ids = "\n".join(d for d, _ in val)
-    fp = hashlib.sha256(f"{corpus.fingerprint}|split-v{SPLIT_VERSION}|{ids}|{len(train)}".encode()).hexdigest()
-    return {"val_docs": [d for d, _ in val], "num_train_docs": len(train), "num_val_docs": len(val),
-            "train_chars": sum(len(t) for _, t in train), "val_chars": sum(len(t) for _, t in val),
-            "fingerprint": fp}
+def load_source(cfg: DataConfig, cache_dir: Path) -> Source:
+    if cfg.is_embedded:
+        return embedded_source(cfg, cache_dir)
+    if cfg.source.startswith("hf:"):
+        return hub_source(cfg)
+    return local_source(cfg, cache_dir)
 
 
-def describe(corpus: Corpus, split: Optional[dict] = None) -> dict:
-    """Manifest for logging with a run (drops per-file detail the caller may log as an artifact)."""
-    out = {k: v for k, v in corpus.manifest.items() if k not in ("files", "dropped")}
-    out["num_files"] = len(corpus.manifest.get("files", []))
-    if split:
-        out["split"] = split
+def describe(source: Source, build: dict) -> dict:
+    """Compact manifest for logging with a run: the source (minus per-file detail) and what was built."""
+    out = {k: v for k, v in source.manifest.items() if k not in ("files", "dropped")}
+    out["num_files"] = len(source.manifest.get("files", []))
+    out.update({k: build[k] for k in ("num_documents", "bytes", "chars")})
+    out["split"] = build["split"]
+    out["build"] = {k: build[k] for k in ("max_tokens", "stopped_early", "chunks", "chunk_chars")}
     return out

@@ -1,7 +1,9 @@
-"""Tokenizers: train a byte-level BPE on the training documents, or load one (file or hub name).
+"""Tokenizers: train a byte-level BPE on a bounded sample of the training documents, or load one.
 
-Trained tokenizers are cached as <cache>/tokenizers/bpe-v<vocab>-<split fingerprint>.json, so a
-second run with the same corpus, split and vocab size reuses the file. `<|endoftext|>` is the
+Trained tokenizers are cached as <cache>/tokenizers/bpe-v<vocab>-<hash of key>.json (key = source,
+split and sample limits), so a second run with the same inputs and vocab size reuses the file. The
+sample (`sample_texts`) is the first training documents up to a document / byte limit, streamed into
+`train_from_iterator`, so a huge source never has to fit in memory. `<|endoftext|>` is the
 document separator / EOS (DESIGN.md).
 """
 from __future__ import annotations
@@ -37,6 +39,23 @@ def train_bpe(texts: Iterable[str], vocab_size: int, eos_token: str = EOS_TOKEN)
     return tok
 
 
+def sample_texts(texts: Iterable[str], max_docs: int | None = None, max_bytes: int | None = None) -> Iterator[str]:
+    """The first texts, stopping before max_docs documents or max_bytes UTF-8 bytes are exceeded
+    (the document that crosses max_bytes is cut at the limit, so a tiny limit still yields text)."""
+    n_bytes = 0
+    for i, text in enumerate(texts):
+        if max_docs is not None and i >= max_docs:
+            return
+        size = len(text.encode())
+        if max_bytes is not None and n_bytes + size > max_bytes:
+            rest = text.encode()[: max_bytes - n_bytes].decode("utf-8", errors="ignore")
+            if rest:
+                yield rest
+            return
+        n_bytes += size
+        yield text
+
+
 def tokenizer_fingerprint(tok: Tokenizer) -> str:
     return hashlib.sha256(tok.to_str().encode()).hexdigest()
 
@@ -56,8 +75,13 @@ def trained_tokenizer(texts: Iterable[str], vocab_size: int, key: str, cache_dir
     path = Path(cache_dir) / "tokenizers" / f"bpe-v{vocab_size}-{tag}.json"
     if path.exists():
         return Tokenizer.from_file(str(path)), path
-    tok = train_bpe(texts, vocab_size, eos_token)
-    _save_atomic(tok, path)
+    from .build import file_lock  # ranks of a node wait for the first trainer instead of all training
+
+    with file_lock(path.with_suffix(".lock")):
+        if path.exists():
+            return Tokenizer.from_file(str(path)), path
+        tok = train_bpe(texts, vocab_size, eos_token)
+        _save_atomic(tok, path)
     return tok, path
 
 

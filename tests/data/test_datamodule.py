@@ -160,9 +160,8 @@ def test_lightning_resume_continues_exactly(txt_dir, tmp_path, where):
 def test_hub_source_offline_is_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match="max_documents must be set"):
-        DataConfig(source="hf:roneneldan/TinyStories").validate()
-    cfg = DataConfig(source="hf:roneneldan/TinyStories", max_documents=10, cache_dir=str(tmp_path))
+    DataConfig(source="hf:roneneldan/TinyStories").validate()  # streamed: no max_documents needed
+    cfg = DataConfig(source="hf:roneneldan/TinyStories", max_tokens=1000, cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="could not stream hub dataset .* offline\\? point data.source") as e:
         LMDataModule(cfg, model_vocab_size=512).prepare()
     assert "\n" not in str(e.value)
