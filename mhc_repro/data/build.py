@@ -56,11 +56,12 @@ def shards_of(out_dir: Path, manifest: dict) -> dict[str, TokenShard]:
 
 def build_shards(docs: Iterable[tuple[int, str, str]], is_val: Callable[[int, str], bool], tokenizer,
                  eos_id: int, out_dir: Path, *, max_tokens: Optional[int] = None,
-                 chunk_chars: int = CHUNK_CHARS, named_val: Optional[list[str]] = None,
+                 chunk_chars: Optional[int] = None, named_val: Optional[list[str]] = None,
                  info: Optional[dict] = None, desc: str = "tokenizing") -> dict:
     """Build (or find) out_dir/{train,val}.bin + manifest.json and return the manifest.
 
-    info (source/tokenizer fingerprints, ...) is stored in the manifest. named_val: ids that must be
+    chunk_chars: None = CHUNK_CHARS (read at call time). info (source/tokenizer fingerprints, ...) is
+    stored in the manifest. named_val: ids that must be
     among the held-out documents read (else ValueError, and nothing is kept)."""
     out_dir = Path(out_dir)
     done = load_built(out_dir)
@@ -76,7 +77,7 @@ def build_shards(docs: Iterable[tuple[int, str, str]], is_val: Callable[[int, st
             shutil.rmtree(out_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
         try:
-            manifest = _build(docs, is_val, tokenizer, eos_id, tmp, max_tokens, chunk_chars, named_val,
+            manifest = _build(docs, is_val, tokenizer, eos_id, tmp, max_tokens, chunk_chars or CHUNK_CHARS, named_val,
                               info or {}, desc)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
             os.replace(tmp, out_dir)

@@ -47,3 +47,9 @@ def txt_dir(tmp_path, docs):
     for i, text in enumerate(docs):
         (d / f"doc{i:02d}.txt").write_text(text, encoding="utf-8")
     return d
+
+
+@pytest.fixture(scope="session")
+def doc_maker():
+    """make_docs for test modules (tests/data is not a package, so they cannot import conftest)."""
+    return make_docs
