@@ -108,6 +108,12 @@ class MoEConfig:
     ``update_routing_bias()`` call (DeepSeek-V3's gamma). 0 disables balancing."""
     route_scale: float = 1.0
     """Multiplier on the routed gates (DeepSeek-V3's ``route_scale``)."""
+    dispatch: Literal["auto", "loop", "bmm", "grouped"] = "auto"
+    """How the routed experts run (all exact, same result): ``"grouped"`` = one ``torch._grouped_mm``
+    per projection over the jagged per-expert groups, no host sync (bf16 on CUDA; falls back to
+    ``"bmm"`` if it raises); ``"bmm"`` = groups padded to the largest, one ``torch.bmm`` per projection
+    (one host sync per layer); ``"loop"`` = one matmul group per expert (reference, slow on GPU);
+    ``"auto"`` = ``"grouped"`` on CUDA under bf16, else ``"bmm"``."""
 
     def validate(self) -> None:
         for name in ("n_routed", "n_active_routed", "expert_width"):
@@ -122,6 +128,8 @@ class MoEConfig:
                f"moe.score_func={self.score_func!r}; allowed: 'sigmoid', 'softmax'")
         _check(self.bias_update_rate >= 0, f"moe.bias_update_rate={self.bias_update_rate}; must be >= 0")
         _check(self.route_scale > 0, f"moe.route_scale={self.route_scale}; must be > 0")
+        _check(self.dispatch in ("auto", "loop", "bmm", "grouped"),
+               f"moe.dispatch={self.dispatch!r}; allowed: 'auto', 'loop', 'bmm', 'grouped'")
 
 
 @dataclass

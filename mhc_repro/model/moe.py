@@ -7,20 +7,134 @@ Balancing: each training forward adds the number of tokens routed to every exper
 ``update_routing_bias()`` (called by the trainer after an optimizer step, outside autograd) does
 ``b += rate * sign(mean(load) - load)`` and clears ``load``. Over-loaded experts get a lower bias.
 Shared experts are one SwiGLU of width n_shared * expert_width (same function as separate experts).
-Dispatch: tokens sorted by expert, one matmul group per expert (simple and exact; no capacity drop).
+
+Dispatch (exact, no capacity drop): the (token, expert) assignments are sorted by expert, the tokens
+gathered, all routed experts run as one batched computation over weights stacked [E, ., .], and the
+results scatter-added back weighted by the gates. ``MoEConfig.dispatch`` picks the batched kernel:
+``"grouped"`` (``torch._grouped_mm`` over the jagged groups, no host sync; bf16 on CUDA), ``"bmm"``
+(groups padded to the largest one, one host sync per layer) or ``"loop"`` (one matmul group per
+expert; the reference). ``"auto"`` = grouped on CUDA in bf16, else bmm.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+import warnings
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mhc_repro.config import ModelConfig
 
 from .ffn import SwiGLU
+
+
+class StackedLinear(nn.Linear):
+    """``n`` independent bias-free linear maps in one weight [n, out_features, in_features].
+
+    A subclass of nn.Linear only so that code treating every linear alike applies to it too:
+    ``LM.reset_parameters`` (N(0, init_std); a ``down_proj`` is scaled as an output projection) and
+    the meta-device parameter count (which skips nn.Linear's default init). Not callable as a Linear.
+    """
+
+    def __init__(self, n: int, in_features: int, out_features: int) -> None:
+        nn.Module.__init__(self)
+        self.n, self.in_features, self.out_features = n, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(n, out_features, in_features))
+        self.register_parameter("bias", None)
+        self.reset_parameters()  # nn.Linear's: kaiming-uniform with fan_in = out * in; see below
+
+    def reset_parameters(self) -> None:
+        # as nn.Linear per expert (bound 1/sqrt(in)); LM.reset_parameters replaces it anyway
+        if not self.weight.is_meta:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise TypeError("StackedLinear holds weights only; ExpertBank runs them")
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, in_features={self.in_features}, out_features={self.out_features}, bias=False"
+
+
+class _ExpertView:
+    """Expert ``e`` of an ExpertBank as a SwiGLU function of views of the stacked weights (for the
+    loop dispatch, dense references and per-expert parameter counting). Not a module: its
+    ``parameters()`` are views, which optimisers must never see."""
+
+    def __init__(self, bank: "ExpertBank", e: int) -> None:
+        self.bank, self.e = bank, e
+
+    def weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        b = self.bank
+        return b.gate_proj.weight[self.e], b.up_proj.weight[self.e], b.down_proj.weight[self.e]
+
+    def parameters(self) -> Iterator[Tensor]:
+        return iter(self.weights())
+
+    def __call__(self, x: Tensor) -> Tensor:
+        g, u, d = self.weights()
+        return F.linear(F.silu(F.linear(x, g)) * F.linear(x, u), d)
+
+
+class ExpertBank(nn.Module):
+    """``n`` routed SwiGLU experts ``down(silu(gate(x)) * up(x))`` with stacked weights
+    gate_proj/up_proj [n, width, C] and down_proj [n, C, width]; ``bank[e]`` is expert e."""
+
+    def __init__(self, n: int, d_model: int, width: int) -> None:
+        super().__init__()
+        self.n = n
+        self.gate_proj = StackedLinear(n, d_model, width)
+        self.up_proj = StackedLinear(n, d_model, width)
+        self.down_proj = StackedLinear(n, width, d_model)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, e: int) -> _ExpertView:
+        if not -self.n <= e < self.n:
+            raise IndexError(f"expert index {e} out of range for {self.n} experts")
+        return _ExpertView(self, e % self.n)
+
+    # Each method below maps xs [M, C] (rows sorted by expert, counts[e] rows for expert e) to [M, C].
+    def run_loop(self, xs: Tensor, counts: Tensor) -> Tensor:
+        # One host sync. An expert with no token still runs on an empty slice, so its weights get a
+        # zero gradient instead of none (DDP needs no find_unused_parameters).
+        # unbind once: indexing the stacked weight per expert would build E full-size zero gradients
+        ws = zip(*(p.weight.unbind(0) for p in (self.gate_proj, self.up_proj, self.down_proj)))
+        return torch.cat([F.linear(F.silu(F.linear(part, g)) * F.linear(part, u), d)
+                          for (g, u, d), part in zip(ws, xs.split(counts.tolist()))])
+
+    def run_bmm(self, xs: Tensor, counts: Tensor) -> Tensor:
+        # Pad every group to the largest (one host sync for its size), then three torch.bmm calls.
+        n, m = self.n, xs.shape[0]
+        cap = int(counts.max()) if m > 0 else 0
+        expert = torch.repeat_interleave(torch.arange(n, device=xs.device), counts, output_size=m)
+        start = torch.cumsum(counts, 0) - counts
+        slot = expert * cap + torch.arange(m, device=xs.device) - start[expert]
+        buf = xs.new_zeros(n * cap, xs.shape[1]).index_copy(0, slot, xs).view(n, cap, -1)
+        wg, wu, wd = self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
+        h = F.silu(torch.bmm(buf, wg.transpose(1, 2))) * torch.bmm(buf, wu.transpose(1, 2))
+        out = torch.bmm(h, wd.transpose(1, 2))
+        return out.reshape(n * cap, -1).index_select(0, slot)
+
+    def run_grouped(self, xs: Tensor, counts: Tensor, dtype: torch.dtype) -> Tensor:
+        # Jagged groups delimited by int32 end offsets; operands cast to `dtype` (the kernel wants
+        # bf16 on CUDA); weights passed as column-major [n, in, out] views of the stacked weights.
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        wg, wu, wd = (p.weight.to(dtype).transpose(1, 2) for p in (self.gate_proj, self.up_proj, self.down_proj))
+        xs = xs.to(dtype)
+        h = F.silu(torch._grouped_mm(xs, wg, offs=offs)) * torch._grouped_mm(xs, wu, offs=offs)
+        return torch._grouped_mm(h, wd, offs=offs)
+
+
+def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return torch.promote_types(x.dtype, weight.dtype)
 
 
 class MoE(nn.Module):
@@ -29,14 +143,16 @@ class MoE(nn.Module):
         m = cfg.moe
         self.n_routed, self.k = m.n_routed, m.n_active_routed
         self.score_func, self.route_scale, self.rate = m.score_func, m.route_scale, m.bias_update_rate
+        self.dispatch = m.dispatch
         self.router = nn.Linear(cfg.d_model, m.n_routed, bias=False)
-        self.experts = nn.ModuleList(SwiGLU(cfg.d_model, m.expert_width) for _ in range(m.n_routed))
+        self.experts = ExpertBank(m.n_routed, cfg.d_model, m.expert_width)
         self.shared = SwiGLU(cfg.d_model, m.n_shared * m.expert_width) if m.n_shared > 0 else None
         # the bias is model state (a checkpointed buffer, never optimised)
         self.register_buffer("routing_bias", torch.zeros(m.n_routed))
         # Load counted since the last update: a plain int64 attribute, not a buffer, so that DDP's
         # buffer broadcast cannot overwrite a rank's own counts and model.to(bf16) cannot round them.
         self._load: Optional[Tensor] = None
+        self._grouped_failed = False  # set once torch._grouped_mm raised: use bmm from then on
 
     @property
     def load(self) -> Tensor:
@@ -55,6 +171,24 @@ class MoE(nn.Module):
             gates = gates / gates.sum(dim=-1, keepdim=True)
         return idx, gates * self.route_scale
 
+    def _run_experts(self, xs: Tensor, counts: Tensor) -> Tensor:
+        mode = self.dispatch
+        dtype = _compute_dtype(xs, self.experts.gate_proj.weight)
+        if mode == "auto":
+            grouped_ok = xs.is_cuda and dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+            mode = "grouped" if grouped_ok else "bmm"
+        if mode == "grouped" and not self._grouped_failed:
+            try:
+                return self.experts.run_grouped(xs, counts, dtype)
+            except (RuntimeError, TypeError, AttributeError, NotImplementedError) as err:
+                # unsupported device/dtype/layout or an older torch: the padded bmm computes the same
+                self._grouped_failed = True
+                warnings.warn(f"MoE grouped dispatch unavailable ({type(err).__name__}: {err}); "
+                              "using the padded bmm dispatch", RuntimeWarning, stacklevel=3)
+        if mode == "loop":
+            return self.experts.run_loop(xs, counts)
+        return self.experts.run_bmm(xs, counts)
+
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
@@ -63,19 +197,11 @@ class MoE(nn.Module):
         counts = torch.bincount(flat, minlength=self.n_routed)
         if self.training:
             self._load = counts if self._load is None else self._load + counts
-        order = torch.argsort(flat, stable=True)
+        order = torch.argsort(flat, stable=True)  # assignments grouped by expert, tokens in order
         token = order // self.k
         gate = gates.flatten()[order]
-        y = torch.zeros_like(x)
-        start = 0
-        # One host sync per layer; fine for a reference dispatch. An expert with no token still runs
-        # on an empty slice, so its weights get a zero gradient instead of none (DDP needs no
-        # find_unused_parameters, and optimizer state stays in step across experts).
-        for e, c in enumerate(counts.tolist()):
-            tok = token[start : start + c]
-            out = self.experts[e](x.index_select(0, tok)) * gate[start : start + c, None].to(x.dtype)
-            y.index_add_(0, tok, out.to(y.dtype))
-            start += c
+        out = self._run_experts(x.index_select(0, token), counts)
+        y = torch.zeros_like(x).index_add_(0, token, (out * gate[:, None].to(x.dtype)).to(x.dtype))
         if self.shared is not None:
             y = y + self.shared(x)
         return y.reshape(shape)
