@@ -24,7 +24,8 @@ def micro_overrides(tmp, corpus_dir, cache_dir, **extra) -> list[str]:
         "model.attention": "{n_heads: 2, head_dim: 16}", "model.dense_ffn_width": 64,
         "data.source": str(corpus_dir), "data.seq_len": 32, "data.batch_size": 4, "data.val_fraction": 0.2,
         "data.cache_dir": str(cache_dir), "tracking.study": "test",
-        "tracking.tracking_uri": f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+        # one store per session (creating a sqlite store runs MLflow's migrations: seconds each)
+        "tracking.tracking_uri": f"sqlite:///{cache_dir / 'mlruns' / 'mlflow.db'}",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
