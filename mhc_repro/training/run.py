@@ -185,6 +185,8 @@ def train(cfg: RunConfig, *, resume: bool = True) -> dict:
     if cfg.tracking.enabled and is_rank0:
         logger, resumed = _open_mlflow_run(cfg, run_dir, (module.params_total, module.params_active))
         logger.set_tag("data_source", str(dm.manifest.get("source", cfg.data.source or "embedded"))[:500])
+        if not resumed and (run_dir / "data_manifest.json").exists():  # corpus, split, tokenizer, token counts
+            logger.log_artifact(str(run_dir / "data_manifest.json"), "data")
 
     t = cfg.train
     step_end = StepEnd(t.val_every, t.val_batches, t.amax_every, run_dir / "diagnostics")

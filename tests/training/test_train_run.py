@@ -44,6 +44,7 @@ def test_micro_run_logs_everything(tmp_path, corpus_dir, data_cache):
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "diagnostics")}
     assert "diagnostics/amax_step0000004.png" in arts and "diagnostics/amax_step0000004.json" in arts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "config")} == {"config/config.yaml"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "data")} == {"data/data_manifest.json"}
 
     # the evaluation contract: load_lm on the run directory
     from mhc_repro.training.checkpoint import load_lm
