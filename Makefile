@@ -22,6 +22,8 @@ NODES ?= 1
 GPUS ?= 8
 DATA ?=
 MICRO_BATCH ?= 1
+# Multi-node launcher prefix, e.g. LAUNCH="srun --ntasks-per-node=8" (empty: Lightning spawns one process per GPU).
+LAUNCH ?=
 
 .PHONY: install test test-fast reproduce reproduce-3b reproduce-9b reproduce-27b reproduce-3b-1t \
         train-tiny eval report ui bench params clean-venv
@@ -40,5 +42,59 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
+MHC := $(VENV)/bin/mhc-repro
+EVAL_DATA ?=
+EVAL_ARGS ?=
+MLFLOW_PORT ?= 5000
+
 params: $(STAMP)
-	$(VENV)/bin/mhc-repro params --preset 3b
+	$(MHC) params --preset 3b
+
+# The main job: tiny baseline / HC / mHC on the bundled corpus (CPU), scored on the bundled eval
+# fixtures, then the report. Rerunning continues unfinished runs and skips finished ones.
+reproduce: $(STAMP)
+	@for s in $(SEEDS); do \
+	  $(MHC) train --config experiments/tiny/base.yaml --variants $(VARIANTS) \
+	    --set train.seed=$$s --set tracking.study=$(STUDY) || exit $$?; done
+	$(MHC) eval --study $(STUDY) --data-dir eval/fixtures --threads 1 $(EVAL_ARGS)
+	$(MHC) report --experiment $(STUDY)
+	@echo "Report: reports/$(STUDY)/README.md   MLflow UI: make ui"
+
+# Paper scale (Table 5) on GPUs. One node: Lightning starts one process per GPU. Several nodes: run
+# the same command under SLURM (srun) or torchrun on every node with MHC_NUM_NODES set; see README.
+define paper_study
+	@for s in $(SEEDS); do \
+	  MHC_NUM_NODES=$(NODES) MHC_GPUS_PER_NODE=$(GPUS) $(if $(DATA),MHC_DATA=$(DATA)) \
+	  $(LAUNCH) $(MHC) train --config experiments/$(1)/base.yaml --variants $(VARIANTS) \
+	    --set train.seed=$$s --set data.batch_size=$(MICRO_BATCH) || exit $$?; done
+	$(MHC) eval --study $(1) --device cuda $(if $(EVAL_DATA),--data-dir $(EVAL_DATA)) $(EVAL_ARGS)
+	$(MHC) report --experiment $(1)
+endef
+
+reproduce-3b: $(STAMP)
+	$(call paper_study,3b)
+reproduce-9b: $(STAMP)
+	$(call paper_study,9b)
+reproduce-27b: $(STAMP)
+	$(call paper_study,27b)
+reproduce-3b-1t: $(STAMP)
+	$(call paper_study,3b-1t)
+
+eval: $(STAMP)
+	$(MHC) eval $(if $(RUN),--run $(RUN),--study $(STUDY)) $(if $(EVAL_DATA),--data-dir $(EVAL_DATA)) $(EVAL_ARGS)
+
+report: $(STAMP)
+	$(MHC) report --experiment $(STUDY)
+
+# MLflow UI on the local store (127.0.0.1 only).
+ui: $(STAMP)
+	@mkdir -p mlruns
+	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}" \
+	  --default-artifact-root "$(CURDIR)/mlruns/artifacts" --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# Kernel benchmark (needs a CUDA GPU): fused mHC vs residual / reference, one process.
+bench: $(STAMP)
+	$(PY) benchmarks/bench_mhc.py --C 2048 2560 4096
+
+clean-venv:
+	rm -rf $(VENV)
