@@ -113,7 +113,7 @@ class MoEConfig:
     per projection over the jagged per-expert groups, no host sync (bf16 on CUDA; falls back to
     ``"bmm"`` if it raises); ``"bmm"`` = groups padded to the largest, one ``torch.bmm`` per projection
     (one host sync per layer); ``"loop"`` = one matmul group per expert (reference, slow on GPU);
-    ``"auto"`` = ``"grouped"`` on CUDA under bf16, else ``"bmm"``."""
+    ``"auto"`` = ``"grouped"`` on CUDA sm90+ (H100/H200) under bf16, else ``"bmm"``."""
 
     def validate(self) -> None:
         for name in ("n_routed", "n_active_routed", "expert_width"):

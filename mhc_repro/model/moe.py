@@ -13,7 +13,7 @@ gathered, all routed experts run as one batched computation over weights stacked
 results scatter-added back weighted by the gates. ``MoEConfig.dispatch`` picks the batched kernel:
 ``"grouped"`` (``torch._grouped_mm`` over the jagged groups, no host sync; bf16 on CUDA), ``"bmm"``
 (groups padded to the largest one, one host sync per layer) or ``"loop"`` (one matmul group per
-expert; the reference). ``"auto"`` = grouped on CUDA in bf16, else bmm.
+expert; the reference). ``"auto"`` = grouped on CUDA (sm90+) in bf16, else bmm.
 """
 
 from __future__ import annotations
@@ -101,9 +101,8 @@ class ExpertBank(nn.Module):
 
     # Each method below maps xs [M, C] (rows sorted by expert, counts[e] rows for expert e) to [M, C].
     def run_loop(self, xs: Tensor, counts: Tensor) -> Tensor:
-        # One host sync. An expert with no token still runs on an empty slice, so its weights get a
-        # zero gradient instead of none (DDP needs no find_unused_parameters).
-        # unbind once: indexing the stacked weight per expert would build E full-size zero gradients
+        # One host sync (the split sizes). An expert with no token runs on an empty slice. Weights are
+        # unbound once: indexing them per expert would build n full-size zero gradients in backward.
         ws = zip(*(p.weight.unbind(0) for p in (self.gate_proj, self.up_proj, self.down_proj)))
         return torch.cat([F.linear(F.silu(F.linear(part, g)) * F.linear(part, u), d)
                           for (g, u, d), part in zip(ws, xs.split(counts.tolist()))])
@@ -115,20 +114,32 @@ class ExpertBank(nn.Module):
         expert = torch.repeat_interleave(torch.arange(n, device=xs.device), counts, output_size=m)
         start = torch.cumsum(counts, 0) - counts
         slot = expert * cap + torch.arange(m, device=xs.device) - start[expert]
-        buf = xs.new_zeros(n * cap, xs.shape[1]).index_copy(0, slot, xs).view(n, cap, -1)
+        buf = xs.new_zeros(n * cap, xs.shape[1]).index_copy(0, slot, xs).view(n, cap, xs.shape[1])
         wg, wu, wd = self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
         h = F.silu(torch.bmm(buf, wg.transpose(1, 2))) * torch.bmm(buf, wu.transpose(1, 2))
         out = torch.bmm(h, wd.transpose(1, 2))
-        return out.reshape(n * cap, -1).index_select(0, slot)
+        return out.reshape(n * cap, xs.shape[1]).index_select(0, slot)
 
-    def run_grouped(self, xs: Tensor, counts: Tensor, dtype: torch.dtype) -> Tensor:
-        # Jagged groups delimited by int32 end offsets; operands cast to `dtype` (the kernel wants
-        # bf16 on CUDA); weights passed as column-major [n, in, out] views of the stacked weights.
-        offs = torch.cumsum(counts, 0).to(torch.int32)
+    def run_grouped(self, xs: Tensor, counts: Tensor, dtype: torch.dtype, align: int = 8) -> Tensor:
+        # Jagged groups delimited by int32 end offsets, operands cast to `dtype` (the CUDA kernel wants
+        # bf16), weights as column-major [n, in, out] views. Each group is zero-padded to a multiple of
+        # `align` rows (16-byte TMA alignment of group starts in bf16) and to at least `align` rows: an
+        # empty group is a K=0 problem in the weight-gradient GEMM, which hung CUTLASS (pytorch#152668).
+        # The buffer size has a static bound (no host sync); the last group takes the slack, so every
+        # row is defined. Zero rows add nothing to outputs or gradients: the result is exact.
+        n, m = self.n, xs.shape[0]
+        padded = (counts.clamp(min=1) + align - 1) // align * align
+        ends = torch.cumsum(padded, 0)
+        start = ends - padded
+        total = m + n * align  # >= ends[-1]: a group of c rows grows by < align, an empty one by align
+        ends[-1] = total
+        expert = torch.repeat_interleave(torch.arange(n, device=xs.device), counts, output_size=m)
+        slot = start[expert] + torch.arange(m, device=xs.device) - (torch.cumsum(counts, 0) - counts)[expert]
+        buf = xs.new_zeros(total, xs.shape[1], dtype=dtype).index_copy(0, slot, xs.to(dtype))
+        offs = ends.to(torch.int32)
         wg, wu, wd = (p.weight.to(dtype).transpose(1, 2) for p in (self.gate_proj, self.up_proj, self.down_proj))
-        xs = xs.to(dtype)
-        h = F.silu(torch._grouped_mm(xs, wg, offs=offs)) * torch._grouped_mm(xs, wu, offs=offs)
-        return torch._grouped_mm(h, wd, offs=offs)
+        h = F.silu(torch._grouped_mm(buf, wg, offs=offs)) * torch._grouped_mm(buf, wu, offs=offs)
+        return torch._grouped_mm(h, wd, offs=offs).index_select(0, slot)
 
 
 def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
@@ -175,7 +186,9 @@ class MoE(nn.Module):
         mode = self.dispatch
         dtype = _compute_dtype(xs, self.experts.gate_proj.weight)
         if mode == "auto":
-            grouped_ok = xs.is_cuda and dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+            # the CUTLASS grouped kernel is for sm90+; elsewhere torch loops over the groups
+            grouped_ok = (xs.is_cuda and dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+                          and torch.cuda.get_device_capability(xs.device) >= (9, 0))
             mode = "grouped" if grouped_ok else "bmm"
         if mode == "grouped" and not self._grouped_failed:
             try:
@@ -194,7 +207,8 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])
         idx, gates = self.route(x)
         flat = idx.flatten()
-        counts = torch.bincount(flat, minlength=self.n_routed)
+        # = bincount, which on CUDA reads max(flat) back to the host; index_add_ needs no sync
+        counts = flat.new_zeros(self.n_routed).index_add_(0, flat, torch.ones_like(flat))
         if self.training:
             self._load = counts if self._load is None else self._load + counts
         order = torch.argsort(flat, stable=True)  # assignments grouped by expert, tokens in order

@@ -130,6 +130,15 @@ def test_grouped_failure_falls_back_to_bmm(monkeypatch):
     assert not torch.allclose(moe(x), y)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_no_tokens(mode):
+    moe = _moe(mode)
+    x = torch.randn(0, 16, requires_grad=True)
+    y = moe(x)
+    y.sum().backward()
+    assert y.shape == (0, 16) and moe.load.sum() == 0 and not moe._grouped_failed
+
+
 def test_auto_on_cpu_is_bmm_and_bad_dispatch_rejected():
     moe = _moe("auto")
     moe.experts.run_grouped = lambda *a: (_ for _ in ()).throw(AssertionError("grouped used on CPU fp32"))
@@ -152,3 +161,29 @@ def test_stacked_experts_keep_init_groups_and_counts():
     assert c["total"] - c["embedding"] - c["active"] == 3 * (8 - 2) * per_expert
     with pytest.raises(TypeError, match="weights only"):
         ex.gate_proj(torch.randn(2, 128))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_dispatches_agree():
+    """3B-like routing (64 experts, top-6) under bf16 autocast: grouped (if the kernel runs here),
+    bmm and loop give the same outputs and gradients up to bf16 rounding."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=256, ffn="moe", moe=MoEConfig(n_routed=64, n_active_routed=6, n_shared=2,
+                      expert_width=128, dispatch="loop"))
+    ref = MoE(cfg).cuda().train()
+    x = torch.randn(2048, 256, device="cuda")
+    results = {}
+    for mode in ("loop", "bmm", "grouped"):
+        ref.dispatch, ref._grouped_failed = mode, False
+        ref.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = ref(xi)
+        y.float().square().mean().backward()
+        results[mode] = (y.float(), xi.grad, ref.experts.down_proj.weight.grad, ref._grouped_failed)
+    for mode in ("bmm", "grouped"):
+        for got, want in zip(results[mode][:3], results["loop"][:3]):
+            assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 2e-2, mode
+    if torch.cuda.get_device_capability() >= (9, 0):
+        assert not results["grouped"][3], "torch._grouped_mm fell back on an sm90+ GPU"
