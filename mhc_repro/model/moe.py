@@ -193,6 +193,8 @@ class MoE(nn.Module):
         if mode == "grouped" and not self._grouped_failed:
             try:
                 return self.experts.run_grouped(xs, counts, dtype)
+            except torch.OutOfMemoryError:
+                raise  # not a kernel limitation (and bmm's padding needs more memory)
             except (RuntimeError, TypeError, AttributeError, NotImplementedError) as err:
                 # unsupported device/dtype/layout or an older torch: the padded bmm computes the same
                 self._grouped_failed = True
