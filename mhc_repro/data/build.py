@@ -32,13 +32,18 @@ MAX_LISTED_VAL_DOCS = 1000  # the manifest lists at most this many held-out ids 
 
 
 @contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock on `path` (created if absent); blocks until the holder releases it."""
+def file_lock(path: Path) -> Iterator[bool]:
+    """Exclusive lock on `path` (created if absent); blocks until the holder releases it. Yields False
+    where the filesystem cannot lock (some network mounts): callers then rely on atomic renames only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -67,20 +72,26 @@ def build_shards(docs: Iterable[tuple[int, str, str]], is_val: Callable[[int, st
     done = load_built(out_dir)
     if done is not None:
         return done
-    with file_lock(out_dir.parent / f"{out_dir.name}.lock"):
+    with file_lock(out_dir.parent / f"{out_dir.name}.lock") as locked:
         done = load_built(out_dir)  # another process finished it while we waited
         if done is not None:
             return done
-        for stale in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):  # left by a killed build
-            shutil.rmtree(stale, ignore_errors=True)
-        if out_dir.exists():  # a directory without manifest.json is not a build: never trust it
-            shutil.rmtree(out_dir)
+        if locked:  # no other builder can be running: whatever is here was left by a killed build
+            for stale in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if out_dir.exists():  # a directory without manifest.json is not a build: never trust it
+                shutil.rmtree(out_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
         try:
             manifest = _build(docs, is_val, tokenizer, eos_id, tmp, max_tokens, chunk_chars or CHUNK_CHARS, named_val,
                               info or {}, desc)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            os.replace(tmp, out_dir)
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:  # without a lock another builder may have committed first: use its build
+                if load_built(out_dir) is None:
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

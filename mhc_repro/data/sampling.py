@@ -53,7 +53,8 @@ class ResumableSampler(Sampler[int]):
             self.epoch, self.consumed = self.epoch + 1, 0
         perm = self.permutation(self.epoch).view(-1, self.world_size, self.batch_size)
         start = self.consumed // self.global_batch
-        yield from perm[start:, self.rank].reshape(-1).tolist()
+        for batch in perm[start:, self.rank]:  # batch by batch: no Python list of the whole epoch
+            yield from batch.tolist()
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,

@@ -195,3 +195,55 @@ def test_datamodule_budget_and_crash_then_clean_rebuild(tmp_path, monkeypatch, d
 def test_budget_options_are_validated(kw, match):
     with pytest.raises(ValueError, match=match):
         DataConfig(**kw).validate()
+
+
+def test_hub_source_is_streamed_lazily_and_cached(tmp_path, monkeypatch, doc_maker):
+    """A fake hub stream: read lazily up to the budget, sampled for the BPE, not opened on a cache hit."""
+    import datasets
+
+    texts = doc_maker(200, sentences_per_doc=8, seed=11)
+    opened, pulled = [], []
+
+    def fake_load_dataset(name, config=None, split=None, streaming=False, **kw):
+        opened.append((name, config, split, streaming))
+
+        def rows():
+            for i, t in enumerate(texts):
+                pulled.append(i)
+                yield {"text": "" if i == 3 else t}
+        return rows()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(build, "CHUNK_CHARS", 2000)   # a chunk is tiny next to the source, as at scale
+    cfg = DataConfig(source="hf:org/web:sample", vocab_size=300, seq_len=16, batch_size=2, val_fraction=0.1,
+                     max_tokens=5000, tokenizer_sample_docs=20, cache_dir=str(tmp_path / "cache"))
+    dm = LMDataModule(cfg, model_vocab_size=300).prepare()
+    assert opened == [("org/web", "sample", "train", True)] * 2          # BPE sample pass + build pass
+    sample_pass = pulled.index(0, 1)                                     # rows read before the 2nd open
+    assert sample_pass <= 25                                             # ~20 training docs, not the source
+    assert len(pulled) - sample_pass < 60                                # the build stopped at the budget
+    m = dm.manifest
+    assert m["kind"] == "hub" and m["build"]["stopped_early"] and m["tokens"]["train"] > 5000
+    assert m["split"]["rule"] == "hash" and "train#3" not in m["split"]["val_docs"]
+    opened.clear()
+    again = LMDataModule(cfg, model_vocab_size=300).prepare()
+    assert opened == [] and again.manifest == m                          # cache hit: the hub is not touched
+
+
+def test_build_without_file_locks_still_commits_once(tok, tmp_path, monkeypatch):
+    """Filesystems without flock: a builder that loses the final rename adopts the winner's build."""
+    def no_flock(*a):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(build.fcntl, "flock", no_flock)
+    out = tmp_path / "k"
+    first = build_shards(stream(), EVERY_5TH, tok, eos_id(tok), out)
+    real, calls = build.load_built, []
+
+    def committed_meanwhile(d):  # the first two checks miss the build another process commits meanwhile
+        calls.append(d)
+        return None if len(calls) <= 2 else real(d)
+
+    monkeypatch.setattr(build, "load_built", committed_meanwhile)
+    second = build_shards(stream(), EVERY_5TH, tok, eos_id(tok), out)   # races: builds, then finds `out` taken
+    assert second == first and sorted(p.name for p in tmp_path.iterdir()) == ["k", "k.lock"]
