@@ -26,7 +26,7 @@ MICRO_BATCH ?= 1
 LAUNCH ?=
 
 .PHONY: install test test-fast reproduce reproduce-3b reproduce-9b reproduce-27b reproduce-3b-1t \
-        train-tiny eval report ui bench params clean-venv
+        ablation eval report ui bench params clean-venv
 
 install: $(STAMP)
 
@@ -59,6 +59,14 @@ reproduce: $(STAMP)
 	$(MHC) eval --study $(STUDY) --data-dir eval/fixtures --threads 1 $(EVAL_ARGS)
 	$(MHC) report --experiment $(STUDY)
 	@echo "Report: reports/$(STUDY)/README.md   MLflow UI: make ui"
+
+# Table 1 ablation on the tiny study: mHC with H_res only and H_res + H_pre (the full mHC and the
+# baseline come from `make reproduce`); the report then adds the ablation table.
+ablation: $(STAMP)
+	@for s in $(SEEDS); do for a in res res+pre; do \
+	  $(MHC) train --config experiments/tiny/base.yaml --variants mhc --set train.ablation=$$a \
+	    --set train.seed=$$s --set tracking.study=$(STUDY) || exit $$?; done; done
+	$(MHC) report --experiment $(STUDY)
 
 # Paper scale (Table 5) on GPUs. One node: Lightning starts one process per GPU. Several nodes: run
 # the same command under SLURM (srun) or torchrun on every node with MHC_NUM_NODES set; see README.
