@@ -64,6 +64,23 @@ class StreamResidual(nn.Module):
         if self.capture:
             self.last_h_res = h_res.detach().float().reshape(*lead, self.n, self.n)
 
+    def _check_shape(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[-2] != self.n or x.shape[-1] != self.d_model:
+            raise ValueError(f"{type(self).__name__} expects x [B, T, n={self.n}, C={self.d_model}]; "
+                             f"got shape {tuple(x.shape)}")
+
+    def _mix(self, x3: Tensor, lead: tuple[int, ...], h_pre: Tensor, h_post: Tensor, h_res: Tensor,
+             branch: Branch, ops) -> Tensor:
+        """``x_out[i] = Σ_j H_res[i,j] x[j] + H_post[i] F(Σ_j H_pre[j] x[j])`` on x3 [N, n, C] with
+        [N, ...] fp32 coefficients; the stream ops run outside autocast, the branch under the caller's."""
+        self._record(h_res, lead)
+        c = x3.shape[-1]
+        with torch.autocast(device_type=x3.device.type, enabled=False):
+            branch_in = ops.mhc_pre(x3, h_pre)
+        f = branch(branch_in.reshape(*lead, c))
+        with torch.autocast(device_type=x3.device.type, enabled=False):
+            return ops.mhc_post_res(x3, f.reshape(-1, c).contiguous(), h_post, h_res)
+
 
 @contextlib.contextmanager
 def capture_h_res(module: nn.Module) -> Iterator[list[StreamResidual]]:

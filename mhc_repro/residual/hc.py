@@ -53,20 +53,10 @@ class HyperConnection(StreamResidual):
         return h_pre, h_post, h_res
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        if x.dim() != 4 or x.shape[-2] != self.n or x.shape[-1] != self.d_model:
-            raise ValueError(f"HyperConnection expects x [B, T, n={self.n}, C={self.d_model}]; "
-                             f"got shape {tuple(x.shape)}")
+        self._check_shape(x)
         lead, n, c = tuple(x.shape[:-2]), self.n, self.d_model
         num = math.prod(lead)
-        ops = self.ops(x.device)
         h_pre, h_post, h_res = self.coefficients(x)
-        h_pre, h_post = h_pre.reshape(num, n).contiguous(), h_post.reshape(num, n).contiguous()
-        h_res = h_res.reshape(num, n, n).contiguous()
-        self._record(h_res, lead)
-        x3 = x.reshape(num, n, c)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            branch_in = ops.mhc_pre(x3, h_pre)
-        f = branch(branch_in.reshape(*lead, c))
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            out = ops.mhc_post_res(x3, f.reshape(num, c).contiguous(), h_post, h_res)
-        return out.reshape(x.shape)
+        return self._mix(x.reshape(num, n, c), lead, h_pre.reshape(num, n).contiguous(),
+                         h_post.reshape(num, n).contiguous(), h_res.reshape(num, n, n).contiguous(),
+                         branch, self.ops(x.device)).reshape(x.shape)
