@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from . import shards
 from .shards import ShardWriter, TokenShard, token_dtype
 
 CHUNK_CHARS = 8 << 20       # text per encode_batch call: ~1000 pieces of 8 KB keep every core busy
+LOG_EVERY_S = 300          # without a terminal (tqdm off), print one progress line this often
 MAX_LISTED_VAL_DOCS = 1000  # the manifest lists at most this many held-out ids (counts are exact)
 
 
@@ -113,6 +115,7 @@ def _build(docs, is_val, tokenizer, eos_id, tmp: Path, max_tokens, chunk_chars, 
     stats = {"chunks": 0, "max_chunk_docs": 0, "max_chunk_chars": 0}
     stopped = False
     bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, desc=desc, disable=None, mininterval=5)
+    last_log = [t0]
 
     def flush() -> bool:
         """Tokenise and write the chunk; True once the training file passed max_tokens."""
@@ -138,6 +141,11 @@ def _build(docs, is_val, tokenizer, eos_id, tmp: Path, max_tokens, chunk_chars, 
             w.flush()
         shown = writers["train"].num_tokens + (writers["val"].num_tokens if max_tokens is None else 0)
         bar.update(shown - bar.n)  # the bar counts toward the budget when there is one
+        if bar.disable and time.perf_counter() - last_log[0] > LOG_EVERY_S:  # batch jobs: a plain line
+            last_log[0] = time.perf_counter()
+            print(f"[mhc-repro data] {desc}: {writers['train'].num_tokens:,} train + {writers['val'].num_tokens:,} "
+                  f"val tokens{f' of {max_tokens:,}' if max_tokens else ''}, "
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         chunk.clear()
         chunk_size = 0
         return hit
