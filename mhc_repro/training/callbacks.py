@@ -165,7 +165,8 @@ class StepCheckpoint(L.Callback):
     """``checkpoints/step{k:07d}.ckpt`` every ``every`` steps and at the last step (keeps the newest
     ``keep``), and ``step{k:07d}-exception.ckpt`` on an exception other than a non-finite loss, when the
     state is at an optimizer-step boundary (the partial gradients of an interrupted accumulation are not
-    saved, so resuming from a mid-accumulation state could not be exact: the last periodic one is kept)."""
+    saved, so resuming from a mid-accumulation state could not be exact: the last periodic one is kept);
+    exception checkpoints only in single-process runs. Under FSDP2 a checkpoint is a directory of shards."""
 
     def __init__(self, ckpt_dir: Path, every: int, step_end: StepEnd, keep: int = 1) -> None:
         self.dir, self.every, self.keep, self.step_end = ckpt_dir, every, keep, step_end
@@ -195,6 +196,10 @@ class StepCheckpoint(L.Callback):
         step = trainer.global_step
         if isinstance(exception, NonFiniteLossError) or step == 0 or self._saved_step() >= step:
             return
+        if trainer.world_size > 1:
+            # the exception may have hit this rank alone; saving is a collective (FSDP2) or ends in a
+            # barrier (DDP) that the other ranks would never join: resume from the last periodic one
+            return
         started = self.step_end.micro_since_step
         if started > 1:  # mid-accumulation: not resumable exactly
             return
@@ -222,7 +227,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     best: Optional[tuple[int, int, Path]] = None
     for p in ckpt_dir.glob("step*.ckpt") if ckpt_dir.is_dir() else []:
         m = CKPT_RE.match(p.name)
-        if m:
+        # a sharded (FSDP2) checkpoint directory is complete once rank 0 has written meta.pt after the shards
+        if m and (p.is_file() or (p / "meta.pt").is_file()):
             key = (int(m.group(1)), 0 if m.group(2) else 1, p)
             best = key if best is None or key[:2] > best[:2] else best
     return best[2] if best else None

@@ -1,6 +1,7 @@
 """Checkpoints -> models, without Lightning (DESIGN.md: training -> evaluation contract).
 
-``load_lm(path)`` accepts a run directory (its newest checkpoint is used) or a ``.ckpt`` file and
+``load_lm(path)`` accepts a run directory (its newest checkpoint is used) or a ``.ckpt`` (a file, or the
+directory of shards that FSDP2 runs write, consolidated in memory) and
 returns ``(LM, ModelConfig, tokenizers.Tokenizer)``. The model config comes from the checkpoint's
 ``hyper_parameters["config"]["model"]``; the tokenizer from ``tokenizer.json`` in the run directory.
 """
@@ -33,9 +34,27 @@ def resolve_checkpoint(path: Union[str, Path]) -> tuple[Path, Path]:
     raise FileNotFoundError(f"{str(p)!r} is neither a run directory (with checkpoints/) nor a .ckpt file")
 
 
-def load_checkpoint_dict(ckpt: Path) -> dict:
+def load_checkpoint_dict(ckpt: Path, *, optimizer: bool = False) -> dict:
+    """The checkpoint as one dict on CPU. A sharded FSDP2 checkpoint (a ``step*.ckpt`` directory of
+    torch.distributed.checkpoint shards plus Lightning's ``meta.pt``) is consolidated in memory without a
+    process group: full ``state_dict`` (keys prefixed ``model.``) and, if asked, ``optimizer_0``."""
     # our checkpoints hold only tensors and plain containers (the config is a dict), so weights_only works
-    return torch.load(ckpt, map_location="cpu", weights_only=True)
+    if not ckpt.is_dir():
+        return torch.load(ckpt, map_location="cpu", weights_only=True)
+    meta = ckpt / "meta.pt"
+    if not meta.is_file():
+        raise FileNotFoundError(f"sharded checkpoint {str(ckpt)!r} has no meta.pt (incomplete save?)")
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict  # as Lightning's consolidation
+
+    state: dict = {}
+    keys = {"state_dict", "optimizer_0"} if optimizer else {"state_dict"}
+    # the public dcp.load fills a copy of the (empty) dict it is given; the private loader fills ours
+    _load_state_dict(state, storage_reader=FileSystemReader(str(ckpt)),
+                     planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True)
+    state.update(torch.load(meta, map_location="cpu", weights_only=True))
+    return state
 
 
 def load_lm(path: Union[str, Path], device: Union[str, torch.device] = "cpu",

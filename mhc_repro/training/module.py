@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
@@ -55,6 +56,15 @@ def flops_per_token(cfg: ModelConfig, n_active: int, seq_len: int) -> float:
     qk = a.head_dim + (a.rope_dim if a.kind == "mla" else 0)
     attn = 6 * cfg.n_blocks * a.n_heads * (qk + a.v_dim) * seq_len  # = 12 L H Q T when qk = v dim
     return 6.0 * n_active + attn
+
+
+def all_ranks_finite(value: Tensor) -> bool:
+    """True when ``value`` is finite on every rank: a rank that stopped alone would leave the others
+    waiting in the next collective (the gradient all-reduce / reduce-scatter) until the timeout."""
+    ok = torch.isfinite(value.detach()).all().to(torch.int32).reshape(1)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
 
 
 class LMModule(L.LightningModule):
@@ -119,10 +129,11 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss, ntok = self._loss(batch)
-        if not torch.isfinite(loss):
+        if not all_ranks_finite(loss):
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at step {self.global_step + 1}: run stopped before "
-                "the optimizer step; the last good checkpoint is kept (lower train.lr or enable train.grad_clip)")
+                f"non-finite training loss ({loss.item()} on rank {self.global_rank}) at step {self.global_step + 1}: "
+                "run stopped before the optimizer step; the last good checkpoint is kept (lower train.lr or "
+                "enable train.grad_clip)")
         self.train_loss.update(loss.detach())
         self._tokens_seen += ntok * self.trainer.world_size
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
@@ -135,6 +146,8 @@ class LMModule(L.LightningModule):
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm=clip if clip > 0 else float("inf"), foreach=True)
         if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
             norm = norm.full_tensor()
+        # the norm is global (DDP: all-reduced grads; FSDP2: reduced over shards), so every rank
+        # takes the same branch below
         self._grad_norm = float(norm)
         if not math.isfinite(self._grad_norm):
             raise NonFiniteLossError(

@@ -101,9 +101,9 @@ def _precision(cfg: RunConfig) -> str:
 
 def _strategy(cfg: RunConfig):
     if cfg.train.strategy == "fsdp":
-        from lightning.pytorch.strategies import ModelParallelStrategy
+        from mhc_repro.training.fsdp import FSDP2Strategy
 
-        return ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1)
+        return FSDP2Strategy()
     return cfg.train.strategy
 
 
@@ -153,15 +153,15 @@ def train(cfg: RunConfig, *, resume: bool = True) -> dict:
                                "tracking.run_name (--set tracking.run_name=...) or delete that directory")
     resolved = cfg.to_dict()
     cfg_file = run_dir / "config.yaml"
+    is_rank0 = _is_global_rank_zero()
     if cfg_file.exists():
-        if not resume:
+        if not resume and is_rank0:  # other ranks start after rank 0 wrote config.yaml (Lightning's launcher)
             raise ValueError(f"run directory {str(run_dir)!r} holds an unfinished run and resume is off; "
                              "delete it or pick another tracking.run_name")
         diff = _first_difference(yaml.safe_load(cfg_file.read_text()), resolved)
         if diff:
             raise ValueError(f"run directory {str(run_dir)!r} holds a run with another config ({diff}); "
                              "pick another tracking.run_name or delete that directory")
-    is_rank0 = _is_global_rank_zero()
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     if is_rank0 and not cfg_file.exists():
         cfg_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
