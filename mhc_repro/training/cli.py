@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from mhc_repro.training.compose import build_config, dump_config
     from mhc_repro.training.module import NonFiniteLossError
-    from mhc_repro.training.run import RunFinishedError, train
+    from mhc_repro.training.run import RunFinishedError, is_global_rank_zero, train
 
     if args.variant and args.variants:
         raise ValueError("--variant and --variants are exclusive; use one of them")
@@ -58,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
         except NonFiniteLossError as err:
             print(f"mhc-repro train: stopped: {err}", file=sys.stderr)
             return 3
-    for s in summaries:
+    # Lightning's launcher reruns this command on ranks > 0: only global rank 0 reports
+    for s in summaries if is_global_rank_zero() else []:
         print(json.dumps({k: s[k] for k in ("experiment", "run_name", "steps", "final_train_loss",
                                              "final_val_loss", "train_seconds", "run_dir")}))
     return 0

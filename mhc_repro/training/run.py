@@ -63,7 +63,7 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> Optional[str]:
     return None if a == b else f"{prefix[:-1]}: {a!r} (run dir) vs {b!r} (now)"
 
 
-def _is_global_rank_zero() -> bool:
+def is_global_rank_zero() -> bool:
     """Before the Trainer exists: torchrun sets RANK, SLURM sets SLURM_PROCID, Lightning's own launcher
     sets NODE_RANK/LOCAL_RANK in the processes it spawns."""
     env = os.environ
@@ -153,7 +153,7 @@ def train(cfg: RunConfig, *, resume: bool = True) -> dict:
                                "tracking.run_name (--set tracking.run_name=...) or delete that directory")
     resolved = cfg.to_dict()
     cfg_file = run_dir / "config.yaml"
-    is_rank0 = _is_global_rank_zero()
+    is_rank0 = is_global_rank_zero()
     if cfg_file.exists():
         if not resume and is_rank0:  # other ranks start after rank 0 wrote config.yaml (Lightning's launcher)
             raise ValueError(f"run directory {str(run_dir)!r} holds an unfinished run and resume is off; "

@@ -1,7 +1,7 @@
 """Two-process CPU training (gloo) through the real CLI, Lightning launching rank 1 itself: DDP and FSDP2
 (FSDP2Strategy: Lightning's ModelParallelStrategy, mesh (2, 1)) on a micro tiny-moe (MLA + MoE) mHC model.
 
-Checked: one MLflow run with a gap-free step history, DDP == one process on the same global batch, FSDP2
+Checked: a two-variant study in one launch, one MLflow run per variant with a gap-free step history, DDP == one process on the same global batch, FSDP2
 == DDP, an FSDP2 run SIGKILLed on every rank resumes from its sharded checkpoint directory exactly, and
 ``load_lm`` reads that directory.
 """
@@ -53,16 +53,16 @@ def _overrides(root, corpus_dir, data_cache, strategy, name, **extra):
         **MOE, "train.strategy": strategy, "train.devices": 2, "tracking.run_name": name, **extra})
 
 
-def _cli(overrides, cwd, script=None, **env_extra):
+def _cli(overrides, cwd, script=None, args=(), **env_extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MHC_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))}
     env.update(PYTHONPATH=str(REPO), **env_extra)
     head = [sys.executable, str(script)] if script else [sys.executable, "-m", "mhc_repro.cli"]
     sets = [a for o in overrides for a in ("--set", o)]
-    return subprocess.run([*head, "train", *sets], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run([*head, "train", *sets, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
-def _one_run(client, uri, name):
-    exp = client.get_experiment_by_name("test")
+def _one_run(client, experiment, name):
+    exp = client.get_experiment_by_name(experiment)
     runs = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == name]
     assert len(runs) == 1, [r.info.run_id for r in runs]  # rank 1 must not open a second run
     return runs[0]
@@ -74,11 +74,16 @@ def _history(client, run_id, key):
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, corpus_dir, data_cache):
+    """A study of two variants in one 2-process launch (as `make reproduce-3b` does): rank 1 runs the
+    whole CLI too, so both ranks go through the variants in step; the second fit spawns nothing."""
     root = tmp_path_factory.mktemp("ddp")
-    over = _overrides(root, corpus_dir, data_cache, "ddp", "ddp")
-    proc = _cli(over, root)
+    over = [o for o in _overrides(root, corpus_dir, data_cache, "ddp", "x", **{"tracking.study": "ddp-study"})
+            if not o.startswith(("tracking.run_name=", "train.variant="))]  # --set would beat --variants
+    proc = _cli(over, root, args=("--variants", "residual", "mhc"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "runs" / "test" / "ddp", over
+    assert (root / "runs" / "ddp-study" / "residual-s0" / "finished.json").exists()
+    assert proc.stdout.count('"run_name"') == 2  # one summary per variant: rank 1 (same stdout) stays quiet
+    return root / "runs" / "ddp-study" / "mhc-s0", over
 
 
 def test_ddp_two_processes_one_run_and_matches_one_process(ddp_run, tmp_path, corpus_dir, data_cache):
@@ -90,7 +95,7 @@ def test_ddp_two_processes_one_run_and_matches_one_process(ddp_run, tmp_path, co
     assert (run_dir / "checkpoints" / f"step{STEPS:07d}.ckpt").is_file()  # DDP: one file, rank 0
     uri = dict(o.split("=", 1) for o in over)["tracking.tracking_uri"]
     client = MlflowClient(uri)
-    run = _one_run(client, uri, "ddp")
+    run = _one_run(client, "ddp-study", "mhc-s0")
     assert run.info.status == "FINISHED"
     loss = _history(client, run.info.run_id, "train/loss")
     assert [s for s, _ in loss] == list(range(1, STEPS + 1)) and all(math.isfinite(v) for _, v in loss)
@@ -132,7 +137,7 @@ def test_fsdp2_kill9_resumes_from_sharded_checkpoint(ddp_run, tmp_path, corpus_d
 
     uri = dict(o.split("=", 1) for o in over)["tracking.tracking_uri"]
     client = MlflowClient(uri)
-    run = _one_run(client, uri, "fsdp")
+    run = _one_run(client, "test", "fsdp")
     assert run.info.status == "FINISHED"
     for key in ("train/loss", "train/grad_norm", "train/tokens"):
         assert [s for s, _ in _history(client, run.info.run_id, key)] == list(range(1, STEPS + 1)), key
