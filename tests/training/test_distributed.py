@@ -149,3 +149,24 @@ def test_fsdp2_kill9_resumes_from_sharded_checkpoint(ddp_run, tmp_path, corpus_d
     assert a.keys() == b.keys() and cfg.moe.n_routed == 4 and tok is not None
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
     assert a["blocks.1.ffn.routing_bias"].abs().sum() > 0  # the all-reduced MoE balancing ran
+
+
+def _finite_worker(rank, init_file, out_dir):
+    import torch.distributed as dist
+
+    from mhc_repro.training.module import all_ranks_finite
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        loss = torch.tensor(float("nan") if rank == 0 else 1.0)
+        Path(out_dir, f"r{rank}").write_text(f"{all_ranks_finite(loss)} {all_ranks_finite(torch.tensor(2.0))}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_non_finite_on_one_rank_stops_every_rank(tmp_path):
+    """A NaN on rank 0 alone must make rank 1 stop too (else it would hang in the next all-reduce)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_finite_worker, args=(str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"r{r}").read_text() for r in (0, 1)] == ["False True", "False True"]
