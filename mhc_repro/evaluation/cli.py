@@ -39,9 +39,9 @@ def _run_id_next_to(run_dir: Path) -> Optional[str]:
 def resolve_target(spec: str, tracking_uri: Optional[str] = None) -> Target:
     """A run directory, a ``.ckpt`` (its run directory's MLflow id is picked up) or an MLflow run id."""
     p = Path(spec)
-    if p.is_dir():
+    if p.is_dir() and p.suffix != ".ckpt":  # a run directory (FSDP2 checkpoints are *.ckpt directories)
         return Target(str(p.resolve()), _run_id_next_to(p))
-    if p.is_file():
+    if p.exists():
         run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
         return Target(str(p.resolve()), _run_id_next_to(run_dir))
     if RUN_ID.match(spec):
