@@ -1,8 +1,14 @@
 """Loss curves of a small mHC LM trained with the fused Triton kernels vs the reference ops.
 
-Same seed, same init, same batches; only ``residual.backend`` differs. Without CUDA it runs the
-kernels through the Triton interpreter on CPU (fp32), so the two curves should agree to float
-rounding that grows slowly with training (chaotic divergence), far inside bf16 noise.
+Same seed, same init, same batches; only ``residual.backend`` (and the kernels' projection
+precision) differs. Without CUDA it runs the kernels through the Triton interpreter on CPU (fp32), so
+the two curves should agree to float rounding that grows slowly with training (chaotic divergence).
+
+On CUDA, ``--dtypes fp32 bf16-mixed bf16-true`` trains each backend in each precision: fp32; autocast
+bf16 with fp32 weights (the training recipe's "bf16-mixed": the stream stays fp32, the kernels use
+tf32 projections); and bf16 weights and stream ("bf16-true": the kernels' bf16 path, with both
+projection precisions). "bf16 noise" is measured in the same run: the gap between the reference in
+fp32 and the reference in bf16, which the fused-vs-reference gap is compared with.
 
     PYTHONPATH=. python benchmarks/train_parity.py --steps 200 --out reports/kernels/train_parity.json
 """
@@ -37,20 +43,24 @@ def batches(vocab: int, batch: int, seq: int, steps: int, seed: int):
         yield tok
 
 
-def train(backend: str, args, device) -> list[float]:
+def train(backend: str, args, device, dtype: str = "fp32", precision: str = "bf16x2") -> list[float]:
     base = get_preset("tiny")
     cfg = dataclasses.replace(base, vocab_size=args.vocab, d_model=args.d_model, n_blocks=args.blocks,
                               max_seq_len=args.seq, dense_ffn_width=2 * args.d_model,
                               attention=dataclasses.replace(base.attention, n_heads=2, head_dim=args.d_model // 2))
-    cfg = with_variant(cfg, "mhc", n=args.n, backend=backend)
+    cfg = with_variant(cfg, "mhc", n=args.n, backend=backend, kernel_precision=precision)
     torch.manual_seed(args.seed)
     model = LM(cfg.validate()).to(device)
+    if dtype == "bf16-true":
+        model = model.to(torch.bfloat16)
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=args.lr, betas=(0.9, 0.95))
     losses = []
     for tok in batches(args.vocab, args.batch, args.seq, args.steps, args.seed + 1):
         tok = tok.to(device)
-        logits = model(tok[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tok[:, 1:].reshape(-1))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16-mixed"):
+            logits = model(tok[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                                 tok[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -69,20 +79,40 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16-mixed", "bf16-true"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    res = dict(args=vars(args), device=str(device), interpreter=os.environ.get("TRITON_INTERPRET") == "1")
-    for backend in ("reference", "triton"):
+    res = dict(args=vars(args), device=str(device), interpreter=os.environ.get("TRITON_INTERPRET") == "1",
+               gpu=torch.cuda.get_device_name() if device.type == "cuda" else None, curves={})
+    runs = [(d, "reference", "bf16x2") for d in args.dtypes] + [(d, "triton", "bf16x2") for d in args.dtypes]
+    runs += [("bf16-true", "triton", "bf16")] if "bf16-true" in args.dtypes else []
+    for dtype, backend, prec in runs:
+        key = f"{dtype}/{backend}" + (f"/{prec}" if dtype == "bf16-true" and backend == "triton" else "")
         t0 = time.time()
-        res[backend] = train(backend, args, device)
-        res[f"{backend}_s"] = time.time() - t0
-        print(f"{backend}: {res[f'{backend}_s']:.0f}s, loss {res[backend][0]:.4f} -> {res[backend][-1]:.4f}", flush=True)
-    d = [abs(a - b) for a, b in zip(res["reference"], res["triton"])]
-    res["max_abs_diff"], res["final_abs_diff"] = max(d), d[-1]
-    print(f"max |loss_ref - loss_triton| over {args.steps} steps: {max(d):.2e} (final {d[-1]:.2e})")
-    for s in range(0, args.steps, max(1, args.steps // 10)):
-        print(f"step {s:4d}  ref {res['reference'][s]:.5f}  triton {res['triton'][s]:.5f}")
+        res["curves"][key] = losses = train(backend, args, device, dtype, prec)
+        res.setdefault("seconds", {})[key] = time.time() - t0
+        print(f"{key:28s} {time.time() - t0:5.0f}s  loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
+    cur = res["curves"]
+
+    def gap(a: str, b: str) -> dict:
+        d = [abs(u - v) for u, v in zip(cur[a], cur[b])]
+        tail = d[len(d) // 2:]
+        return dict(max=max(d), final=d[-1], mean_second_half=sum(tail) / len(tail))
+
+    res["gaps"] = gaps = {}
+    for dtype in args.dtypes:
+        for key in [k for k in cur if k.startswith(dtype + "/triton")]:
+            gaps[f"{key} vs {dtype}/reference"] = gap(key, f"{dtype}/reference")
+        if dtype != "fp32" and "fp32" in args.dtypes:
+            gaps[f"bf16 noise: {dtype}/reference vs fp32/reference"] = gap(f"{dtype}/reference", "fp32/reference")
+    print(f"\n|Δloss| over {args.steps} steps           max      final    mean(2nd half)")
+    for k, v in gaps.items():
+        print(f"{k:55s} {v['max']:.2e} {v['final']:.2e} {v['mean_second_half']:.2e}")
+    keys = list(cur)
+    print("\nstep  " + "  ".join(f"{k[:22]:>22s}" for k in keys))
+    for s in sorted(set(range(0, args.steps, max(1, args.steps // 10))) | {args.steps - 1}):
+        print(f"{s:4d}  " + "  ".join(f"{cur[k][s]:22.5f}" for k in keys))
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out, "w") as fh:

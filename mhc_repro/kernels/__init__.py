@@ -24,13 +24,16 @@ def _reference_ops() -> SimpleNamespace:
     )
 
 
-def _triton_ops() -> SimpleNamespace:
+def _triton_ops(precision: str | None) -> SimpleNamespace:
     from mhc_repro.kernels import fused  # noqa: F401  (imports triton; fails cleanly without it)
 
-    return fused.ops()
+    return fused.ops(precision)
 
 
-def get_mhc_ops(backend: str = "auto", device: torch.device | str | None = None) -> SimpleNamespace:
+def get_mhc_ops(backend: str = "auto", device: torch.device | str | None = None,
+                precision: str | None = None) -> SimpleNamespace:
+    """``precision``: projection operands of the fused kernels on a bf16 stream ("bf16x2" | "bf16";
+    None = the kernels' default); the reference ops are exact fp32 and ignore it."""
     if backend not in BACKENDS:
         raise ValueError(f"mHC backend {backend!r} is unknown; allowed: {', '.join(BACKENDS)}")
     on_cuda = device is not None and torch.device(device).type == "cuda"
@@ -38,7 +41,7 @@ def get_mhc_ops(backend: str = "auto", device: torch.device | str | None = None)
         return _reference_ops()
     if backend == "auto":
         try:
-            return _triton_ops()
+            return _triton_ops(precision)
         except ImportError:
             return _reference_ops()
-    return _triton_ops()
+    return _triton_ops(precision)

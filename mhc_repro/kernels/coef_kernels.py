@@ -28,41 +28,50 @@ def _mma(a, b, INTERP: tl.constexpr):
 
 
 @triton.jit
-def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M,
+def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
-             SPLIT: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr):
+             SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr):
+    # Grid (token blocks, K splits): split s covers K range [s·k_per_split, (s+1)·k_per_split) and
+    # writes its partial m / Σv² to slot s of [splits, N, M] / [splits, N] (summed by the caller:
+    # deterministic, no atomics). More programs in flight when N alone does not fill the device.
     # RELOAD: load the tile a second time (from L2) for Σv², so the first load feeds only the MMAs.
-    # SPLIT (bf16 stream): v is exact in bf16 and φ = φ_hi + φ_lo (two bf16 parts), so two bf16 MMAs
-    # give ~16-bit-mantissa products straight from the loaded tiles (no fp32 staging of v).
+    # SPLIT (bf16 stream): bf16 MMAs straight from the loaded tiles (no fp32 staging of v); with LO
+    # φ = φ_hi + φ_lo (two bf16 parts, two MMAs: ~16-bit-mantissa products), without LO φ is
+    # rounded to bf16 (one MMA, PAPER.md's "bf16 inputs, fp32 accumulate").
     # Otherwise (fp32 stream): one fp32 dot at PREC (tf32 on tensor cores by default).
     pid = tl.program_id(0)
+    sp = tl.program_id(1)
     t = pid * BN + tl.arange(0, BN)
     tm = t < N
     cols = tl.arange(0, MP)
     cm = cols < M
     acc = tl.zeros((BN, MP), dtype=tl.float32)
     ss = tl.zeros((BN,), dtype=tl.float32)
-    for k0 in range(0, K, BK):
+    k_lo = sp * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    for k0 in range(k_lo, k_hi, BK):
         k = k0 + tl.arange(0, BK)
-        km = k < K
+        km = k < k_hi
         xo = t[:, None].to(tl.int64) * K + k[None, :]
         xm = tm[:, None] & km[None, :]
         v = tl.load(x_ptr + xo, mask=xm, other=0.0)
-        vf = v.to(tl.float32)
         if RELOAD:
             vs = tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
             ss += tl.sum(vs * vs, axis=1)
         else:
+            vf = v.to(tl.float32)
             ss += tl.sum(vf * vf, axis=1)
         po = k[:, None] * M + cols[None, :]
         pm = km[:, None] & cm[None, :]
         if SPLIT:
             acc += _mma(v, tl.load(phi_ptr + po, mask=pm, other=0.0), INTERP)
-            acc += _mma(v, tl.load(phi_lo_ptr + po, mask=pm, other=0.0), INTERP)
+            if LO:
+                acc += _mma(v, tl.load(phi_lo_ptr + po, mask=pm, other=0.0), INTERP)
         else:
-            acc += tl.dot(vf, tl.load(phi_ptr + po, mask=pm, other=0.0), input_precision=PREC)
-    tl.store(m_ptr + t[:, None] * M + cols[None, :], acc, mask=tm[:, None] & cm[None, :])
-    tl.store(ss_ptr + t, ss, mask=tm)
+            acc += tl.dot(v.to(tl.float32), tl.load(phi_ptr + po, mask=pm, other=0.0), input_precision=PREC)
+    out = sp.to(tl.int64) * N
+    tl.store(m_ptr + (out + t[:, None]) * M + cols[None, :], acc, mask=tm[:, None] & cm[None, :])
+    tl.store(ss_ptr + out + t, ss, mask=tm)
 
 
 @triton.jit
@@ -182,7 +191,7 @@ def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, s
 @triton.jit
 def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
-             SPLIT: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr):
+             SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr):
     kb = tl.program_id(0)
     sp = tl.program_id(1)
     k = kb * BK + tl.arange(0, BK)
@@ -192,7 +201,7 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
     po = k[:, None] * M + cols[None, :]
     pm = km[:, None] & cm[None, :]
     pt = tl.trans(tl.load(phi_ptr + po, mask=pm, other=0.0))  # [MP, BK]
-    if SPLIT:
+    if SPLIT and LO:
         pt_lo = tl.trans(tl.load(phi_lo_ptr + po, mask=pm, other=0.0))
     acc = tl.zeros((BK, MP), dtype=tl.float32)
     lo = sp * tok_per_split
@@ -205,13 +214,18 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
         v = tl.load(x_ptr + xo, mask=xm, other=0.0)
         dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
         c = tl.load(c_ptr + t, mask=tm, other=0.0)
-        if SPLIT:
+        if SPLIT and LO:
             # bf16 MMAs with hi/lo splits of the fp32 operands (dm, φ): ~16-bit-mantissa products.
             dm_hi = dm.to(tl.bfloat16)
             dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
             dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
             vt = tl.trans(v)
             acc += _mma(vt, dm_hi, INTERP) + _mma(vt, dm_lo, INTERP)
+        elif SPLIT:
+            # bf16 operands (dm and φ rounded once), fp32 accumulate: one MMA each.
+            dm_hi = dm.to(tl.bfloat16)
+            dv = _mma(dm_hi, pt, INTERP)
+            acc += _mma(tl.trans(v), dm_hi, INTERP)
         else:
             dv = tl.dot(dm, pt, input_precision=PREC)
             acc += tl.dot(tl.trans(v), dm, input_precision=PREC)

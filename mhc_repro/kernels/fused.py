@@ -12,6 +12,7 @@ that is how CI checks them against the reference.
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import torch
@@ -25,12 +26,20 @@ from . import stream_kernels as sk
 # allows tf32 for φ); "ieee" gives full fp32 products at several times the cost. A bf16 stream uses
 # bf16 MMAs on φ's hi/lo bf16 parts instead (≈16-bit products), see coef_kernels.proj_fwd.
 DOT_PRECISION = "tf32"
-_SINKHORN_BT = 32  # tokens per program in the coefficient epilogue
-# Projection tiles (BN tokens, BK, num_stages, RELOAD: a second, L2-hit load of the stream tile for
-# the elementwise term), forward and backward; benchmarks/bench_mhc.py --sweep times alternatives.
-_PROJ_FWD = (64, 128, 4, False)
-_PROJ_BWD = (32, 256, 3, False)
-_PRB_BT, _PRB_BC, _PRB_WARPS = 4, 128, 4  # post_res backward tiles
+# Projection operands on a bf16 stream: "bf16x2" = φ (and dm in the backward) as bf16 hi + lo parts,
+# two or three MMAs, ≈ fp32 products; "bf16" = rounded once to bf16, one MMA (PAPER.md §5's "bf16
+# inputs, fp32 accumulate"). Chosen per call (ResidualConfig.kernel_precision); this is the default.
+PROJ_PRECISIONS = ("bf16x2", "bf16")
+PROJ_PRECISION = "bf16x2"
+_SINKHORN = (32, 4)  # coefficient epilogue / Sinkhorn backward: (tokens per program, num_warps)
+# Projection tiles; benchmarks/bench_mhc.py --sweep times alternatives on the device.
+# forward (BN tokens, BK, num_stages, RELOAD, num_warps, K splits); backward (BN, BK, stages, RELOAD,
+# num_warps). RELOAD: a second, L2-hit load of the stream tile for the elementwise term.
+_PROJ_FWD = (64, 128, 4, False, 4, 1)
+_PROJ_BWD = (32, 256, 3, False, 4)
+# post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
+# partial reductions summed afterwards), BT tokens, BC channels, num_warps.
+_PRB = ("loop", 4, 128, 4)
 
 
 def _p2(v: int, lo: int = 1) -> int:
@@ -52,37 +61,49 @@ def _n_sm(device: torch.device) -> int:
 
 
 # ---------------------------------------------------------------- coefficients (kernels 1-3)
-def _phi_parts(phi: Tensor, x: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """φ as the kernels read it: bf16 hi/lo parts for a bf16 stream, else fp32 (lo unused)."""
+def _check_precision(precision: str) -> None:
+    _check(precision in PROJ_PRECISIONS,
+           f"kernel projection precision {precision!r} is unknown; allowed: {', '.join(PROJ_PRECISIONS)}")
+
+
+def _phi_parts(phi: Tensor, x: Tensor, precision: str) -> tuple[Tensor, Tensor, bool, bool]:
+    """φ as the kernels read it: (hi, lo, SPLIT, LO). bf16 stream: bf16 hi (+ lo with "bf16x2");
+    fp32 stream: fp32 φ (tf32 products at DOT_PRECISION), lo unused."""
     p = phi.float().contiguous()
     if x.dtype == torch.bfloat16:
         hi = p.to(torch.bfloat16)
-        return hi, (p - hi.float()).to(torch.bfloat16), True
-    return p, p, False
+        if precision == "bf16":
+            return hi, hi, True, False
+        return hi, (p - hi.float()).to(torch.bfloat16), True, True
+    return p, p, False, False
 
 
-def _proj_tiles(cfg, K: int, M: int, split: bool) -> tuple[int, int, int, bool]:
-    """(BN, BK, num_stages, RELOAD). Wide φ tiles (n >= 5: M padded to >= 64) need smaller tiles: the
+def _proj_tiles(cfg, K: int, M: int, split: bool) -> tuple:
+    """cfg with BK capped at K. Wide φ tiles (n >= 5: M padded to >= 64) need smaller tiles: the
     n <= 4 ones ask for more shared memory than an H200 has once φ's tile is 128 columns wide."""
-    bn, bk, stages, reload = cfg
+    bn, bk, stages, reload, *rest = cfg
     if _p2(M, 16) > 32:
         # fp32 stream: the tiles that passed the GPU parity tests at n = 8 (run 1 in
         # reports/kernels/RESULTS.md). bf16 stream (φ read as two bf16 parts): half the K tile.
         bn, bk, stages, reload = (32, 64, 3, False) if split else (32, 128, 3, False)
-    return bn, min(bk, _p2(K, 16)), stages, reload
+    return (bn, min(bk, _p2(K, 16)), stages, reload, *rest)
 
 
-def launch_proj_fwd(x: Tensor, phi: Tensor, M: int) -> tuple[Tensor, Tensor]:
-    """m = x·φ [N, M] and Σ x² [N] (fp32) in one pass over x [N, K]."""
+def launch_proj_fwd(x: Tensor, phi: Tensor, M: int, precision: str = PROJ_PRECISION) -> tuple[Tensor, Tensor]:
+    """m = x·φ [N, M] and Σ x² [N] (fp32) in one pass over x [N, K] (K split over programs)."""
     N, K = x.shape
-    m = torch.empty(N, M, device=x.device, dtype=torch.float32)
-    ss = torch.empty(N, device=x.device, dtype=torch.float32)
-    p_hi, p_lo, split = _phi_parts(phi, x)
-    bn, bk, stages, reload = _proj_tiles(_PROJ_FWD, K, M, split)
-    ck.proj_fwd[(triton.cdiv(N, bn),)](
-        x, p_hi, p_lo, m, ss, N, K, M, BN=bn, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION,
-        SPLIT=split, INTERP=_interpreted(), RELOAD=reload, num_stages=stages)
-    return m, ss
+    p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
+    bn, bk, stages, reload, warps, ksplit = _proj_tiles(_PROJ_FWD, K, M, split)
+    k_per = triton.cdiv(triton.cdiv(K, ksplit), bk) * bk
+    ksplit = triton.cdiv(K, k_per)
+    m = torch.empty(ksplit, N, M, device=x.device, dtype=torch.float32)
+    ss = torch.empty(ksplit, N, device=x.device, dtype=torch.float32)
+    ck.proj_fwd[(triton.cdiv(N, bn), ksplit)](
+        x, p_hi, p_lo, m, ss, N, K, M, k_per, BN=bn, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION,
+        SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload, num_stages=stages, num_warps=warps)
+    if ksplit == 1:
+        return m[0], ss[0]
+    return m.sum(0), ss.sum(0)
 
 
 def launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps):
@@ -90,9 +111,10 @@ def launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps):
     f32 = dict(device=m.device, dtype=torch.float32)
     h_pre, h_post, h_res = torch.empty(N, n, **f32), torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
     r = torch.empty(N, **f32)
-    ck.coef_fwd[(triton.cdiv(N, _SINKHORN_BT),)](
+    bt, warps = _SINKHORN
+    ck.coef_fwd[(triton.cdiv(N, bt),)](
         m, ss, alpha.float().contiguous(), bias.float().contiguous(), h_pre, h_post, h_res, r,
-        N, 1.0 / K, rms_eps, eps, t_max, n=n, NP=_np(n), BT=_SINKHORN_BT)
+        N, 1.0 / K, rms_eps, eps, t_max, n=n, NP=_np(n), BT=bt, num_warps=warps)
     return h_pre, h_post, h_res, r
 
 
@@ -100,7 +122,7 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps):
     """Sinkhorn backward (recomputed) + epilogue backward: dh~ [N, M], dm [N, M], c [N], α partials [N, 3]."""
     N, M = m.shape
     f32 = dict(device=m.device, dtype=torch.float32)
-    NP, BT = _np(n), _SINKHORN_BT
+    NP, (BT, warps) = _np(n), _SINKHORN
     n_prog = triton.cdiv(N, BT)
     dht, dm = torch.empty(N, M, **f32), torch.empty(N, M, **f32)
     c, da = torch.empty(N, **f32), torch.empty(N, 3, **f32)
@@ -108,16 +130,17 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps):
     ck.coef_bwd[(n_prog,)](
         m, r, alpha.float().contiguous(), bias.float().contiguous(),
         g_pre.float().contiguous(), g_post.float().contiguous(), g_res.float().contiguous(),
-        scratch, dht, dm, c, da, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT)
+        scratch, dht, dm, c, da, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT, num_warps=warps)
     return dht, dm, c, da
 
 
-def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
+                    precision: str = PROJ_PRECISION) -> tuple[Tensor, Tensor]:
     """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32), one pass over x, dφ from per-split partials."""
     N, K = x.shape
     M = dm.shape[1]
-    p_hi, p_lo, split = _phi_parts(phi, x)
-    bn, bk, stages, reload = _proj_tiles(_PROJ_BWD, K, M, split)
+    p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
+    bn, bk, stages, reload, warps = _proj_tiles(_PROJ_BWD, K, M, split)
     n_kb = triton.cdiv(K, bk)
     # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
     splits = max(1, min(triton.cdiv(N, bn), triton.cdiv(4 * _n_sm(x.device), n_kb)))
@@ -127,26 +150,27 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor) -> tuple[Tens
     dx = torch.empty_like(x)
     ck.proj_bwd[(n_kb, splits)](
         x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, BN=bn, BK=bk, MP=_p2(M, 16),
-        PREC=DOT_PRECISION, SPLIT=split, INTERP=_interpreted(), RELOAD=reload, num_stages=stages)
+        PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload, num_stages=stages,
+        num_warps=warps)
     return dx, part.sum(0)
 
 
 @torch.library.custom_op("mhc_repro::coefficients", mutates_args=())
 def _coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int,
-                  eps: float, rms_eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                  eps: float, rms_eps: float, precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     x = x_flat.contiguous()
     N, K = x.shape
     M = n * n + 2 * n
     if N == 0:
         e = lambda *s: x.new_empty(s, dtype=torch.float32)  # noqa: E731
         return e(0, n), e(0, n), e(0, n, n), e(0, M), e(0)
-    m, ss = launch_proj_fwd(x, phi, M)
+    m, ss = launch_proj_fwd(x, phi, M, precision)
     h_pre, h_post, h_res, r = launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps)
     return h_pre, h_post, h_res, m, r
 
 
 @_coefficients.register_fake
-def _(x_flat, phi, alpha, bias, n, t_max, eps, rms_eps):
+def _(x_flat, phi, alpha, bias, n, t_max, eps, rms_eps, precision):
     N = x_flat.shape[0]
     e = lambda *s: x_flat.new_empty(s, dtype=torch.float32)  # noqa: E731
     return e(N, n), e(N, n), e(N, n, n), e(N, n * n + 2 * n), e(N)
@@ -155,38 +179,38 @@ def _(x_flat, phi, alpha, bias, n, t_max, eps, rms_eps):
 @torch.library.custom_op("mhc_repro::coefficients_bwd", mutates_args=())
 def _coefficients_bwd(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, m: Tensor, r: Tensor,
                       g_pre: Tensor, g_post: Tensor, g_res: Tensor, n: int, t_max: int,
-                      eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      eps: float, precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x = x_flat.contiguous()
     N, K = x.shape
     if N == 0:
         return torch.zeros_like(x), torch.zeros_like(phi), torch.zeros_like(alpha), torch.zeros_like(bias)
     dht, dm, c, da = launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps)
-    dx, dphi = launch_proj_bwd(x, phi, dm, c)
+    dx, dphi = launch_proj_bwd(x, phi, dm, c, precision)
     return dx, dphi.to(phi.dtype), da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
 
 
 @_coefficients_bwd.register_fake
-def _(x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps):
+def _(x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps, precision):
     return torch.empty_like(x_flat), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
 def _coef_setup(ctx, inputs, output):
-    x_flat, phi, alpha, bias, n, t_max, eps, _ = inputs
+    x_flat, phi, alpha, bias, n, t_max, eps, _, precision = inputs
     ctx.save_for_backward(x_flat, phi, alpha, bias, output[3], output[4])
-    ctx.cfg = (n, t_max, eps)
+    ctx.cfg = (n, t_max, eps, precision)
 
 
 def _coef_backward(ctx, g_pre, g_post, g_res, _g_m, _g_r):
     x_flat, phi, alpha, bias, m, r = ctx.saved_tensors
-    n, t_max, eps = ctx.cfg
+    n, t_max, eps, precision = ctx.cfg
     N = x_flat.shape[0]
     z = lambda *s: torch.zeros(s, device=x_flat.device, dtype=torch.float32)  # noqa: E731
     g_pre = z(N, n) if g_pre is None else g_pre
     g_post = z(N, n) if g_post is None else g_post
     g_res = z(N, n, n) if g_res is None else g_res
     dx, dphi, dalpha, dbias = torch.ops.mhc_repro.coefficients_bwd(
-        x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps)
-    return dx, dphi, dalpha, dbias, None, None, None, None
+        x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps, precision)
+    return dx, dphi, dalpha, dbias, None, None, None, None, None
 
 
 _coefficients.register_autograd(_coef_backward, setup_context=_coef_setup)
@@ -291,11 +315,19 @@ def _post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
     f32 = dict(device=x.device, dtype=torch.float32)
     dx, df = torch.empty_like(x), torch.empty(N, C, device=x.device, dtype=f.dtype)
     dhp, dhr = torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
-    bt, bc = _PRB_BT, min(_PRB_BC, _p2(C, 16))
+    mode, bt, bc, warps = _PRB
+    bc = min(bc, _p2(C, 16))
     if N > 0:
-        sk.post_res_bwd[(triton.cdiv(N, bt),)](
-            x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(),
-            dx, df, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=_PRB_WARPS)
+        args = (x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(), dx, df)
+        if mode == "split":
+            chunks = triton.cdiv(C, bc)
+            php, phr = torch.empty(chunks, N, n, **f32), torch.empty(chunks, N, n, n, **f32)
+            sk.post_res_bwd_split[(triton.cdiv(N, bt), chunks)](
+                *args, php, phr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps)
+            dhp, dhr = php.sum(0), phr.sum(0)
+        else:
+            sk.post_res_bwd[(triton.cdiv(N, bt),)](
+                *args, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps)
     return dx, df, dhp.to(h_post.dtype), dhr.to(h_res.dtype)
 
 
@@ -323,8 +355,12 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def mhc_coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int = 20,
-                     eps: float = 1e-6, rms_eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor]:
-    """(H_pre [N, n], H_post [N, n], H_res [N, n, n]) in fp32; see residual.mhc_ops.mhc_coefficients."""
+                     eps: float = 1e-6, rms_eps: float = 1e-6, *,
+                     precision: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(H_pre [N, n], H_post [N, n], H_res [N, n, n]) in fp32; see residual.mhc_ops.mhc_coefficients.
+    ``precision``: projection operands on a bf16 stream (PROJ_PRECISIONS; None = PROJ_PRECISION)."""
+    precision = PROJ_PRECISION if precision is None else precision
+    _check_precision(precision)
     M = n * n + 2 * n
     _check(n >= 1, f"mHC n={n} is invalid; it must be an integer >= 1")
     _check(t_max >= 1, f"sinkhorn t_max={t_max} is invalid; it must be an integer >= 1")
@@ -335,7 +371,8 @@ def mhc_coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n
     _check(alpha.numel() == 3, f"alpha has {alpha.numel()} elements; expected 3 (pre, post, res)")
     _check(bias.numel() == M, f"bias has {bias.numel()} elements; expected n*n+2n = {M}")
     h_pre, h_post, h_res, _, _ = torch.ops.mhc_repro.coefficients(
-        x_flat, phi, alpha.reshape(3), bias.reshape(M), int(n), int(t_max), float(eps), float(rms_eps))
+        x_flat, phi, alpha.reshape(3), bias.reshape(M), int(n), int(t_max), float(eps), float(rms_eps),
+        precision)
     return h_pre, h_post, h_res
 
 
@@ -356,6 +393,10 @@ def mhc_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
     return torch.ops.mhc_repro.post_res(x, f, h_post, h_res)
 
 
-def ops() -> SimpleNamespace:
-    return SimpleNamespace(name="triton", mhc_coefficients=mhc_coefficients, mhc_pre=mhc_pre,
-                           mhc_post_res=mhc_post_res)
+def ops(precision: str | None = None) -> SimpleNamespace:
+    """The three mHC functions; ``precision`` (None = PROJ_PRECISION at call time) is bound into
+    mhc_coefficients so the namespace keeps the reference signatures."""
+    if precision is not None:
+        _check_precision(precision)
+    coef = functools.partial(mhc_coefficients, precision=precision)
+    return SimpleNamespace(name="triton", mhc_coefficients=coef, mhc_pre=mhc_pre, mhc_post_res=mhc_post_res)

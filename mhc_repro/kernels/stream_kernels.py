@@ -54,40 +54,76 @@ def post_res_fwd(x_ptr, f_ptr, hp_ptr, hr_ptr, out_ptr, N, C,
 
 
 @triton.jit
-def post_res_bwd(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C,
-                 n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    t = tl.program_id(0) * BT + tl.arange(0, BT)
+def _post_res_bwd_chunk(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, t, c0, N, C,
+                        n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """One [BT tokens, BC channels] chunk: stores dx = H_resᵀ g and df = Σ_i H_post[i] g[i], returns
+    this chunk's parts of dH_res [BT, NP(i), NP(j)] and dH_post [BT, NP]."""
     tm = t < N
     t64 = t.to(tl.int64)
     j = tl.arange(0, NP)
     m2 = tm[:, None] & (j < n)[None, :]
     i3 = tl.arange(0, NP)[None, :, None]
+    c = c0 + tl.arange(0, BC)
+    cm = c < C
+    msk = tm[:, None] & cm[None, :]
+    o3 = (t64[:, None, None] * n + j[None, :, None]) * C + c[None, None, :]
+    m3 = m2[:, :, None] & cm[None, None, :]
+    x3 = tl.load(x_ptr + o3, mask=m3, other=0.0).to(tl.float32)  # [token, j, c]
+    f = tl.load(f_ptr + t64[:, None] * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
+    dx = tl.zeros((BT, NP, BC), dtype=tl.float32)
+    df = tl.zeros((BT, BC), dtype=tl.float32)
+    dh = tl.zeros((BT, NP, NP), dtype=tl.float32)
+    dhp = tl.zeros((BT, NP), dtype=tl.float32)
+    for i in tl.static_range(n):
+        gi = tl.load(g_ptr + (t64[:, None] * n + i) * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
+        hrow = tl.load(hr_ptr + t[:, None] * (n * n) + i * n + j[None, :], mask=m2, other=0.0)
+        dx += hrow[:, :, None] * gi[:, None, :]
+        df += tl.load(hp_ptr + t * n + i, mask=tm, other=0.0)[:, None] * gi
+        part = tl.sum(x3 * gi[:, None, :], axis=2)  # [token, j]
+        dh += tl.where(i3 == i, part[:, None, :], 0.0)
+        dhp += tl.where(j[None, :] == i, tl.sum(gi * f, axis=1)[:, None], 0.0)
+    tl.store(dx_ptr + o3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
+    tl.store(df_ptr + t64[:, None] * C + c[None, :], df.to(df_ptr.dtype.element_ty), mask=msk)
+    return dh, dhp
+
+
+@triton.jit
+def _store_dh(dhp_ptr, dhr_ptr, t, N, dh, dhp, n: tl.constexpr, NP: tl.constexpr):
+    tm = t < N
+    j = tl.arange(0, NP)
+    i3 = tl.arange(0, NP)[None, :, None]
+    jj = tl.arange(0, NP)[None, None, :]
+    tl.store(dhp_ptr + t[:, None] * n + j[None, :], dhp, mask=tm[:, None] & (j < n)[None, :])
+    tl.store(dhr_ptr + t[:, None, None] * (n * n) + i3 * n + jj, dh,
+             mask=tm[:, None, None] & (i3 < n) & (jj < n))
+
+
+@triton.jit
+def post_res_bwd(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C,
+                 n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    # Token-owning programs loop over C: the per-token reductions stay in registers.
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
     dh = tl.zeros((BT, NP, NP), dtype=tl.float32)  # [token, i, j]
     dhp = tl.zeros((BT, NP), dtype=tl.float32)
     for c0 in range(0, C, BC):
-        c = c0 + tl.arange(0, BC)
-        cm = c < C
-        msk = tm[:, None] & cm[None, :]
-        o3 = (t64[:, None, None] * n + j[None, :, None]) * C + c[None, None, :]
-        m3 = m2[:, :, None] & cm[None, None, :]
-        x3 = tl.load(x_ptr + o3, mask=m3, other=0.0).to(tl.float32)  # [token, j, c]
-        f = tl.load(f_ptr + t64[:, None] * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
-        dx = tl.zeros((BT, NP, BC), dtype=tl.float32)
-        df = tl.zeros((BT, BC), dtype=tl.float32)
-        for i in tl.static_range(n):
-            gi = tl.load(g_ptr + (t64[:, None] * n + i) * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
-            hrow = tl.load(hr_ptr + t[:, None] * (n * n) + i * n + j[None, :], mask=m2, other=0.0)
-            dx += hrow[:, :, None] * gi[:, None, :]
-            df += tl.load(hp_ptr + t * n + i, mask=tm, other=0.0)[:, None] * gi
-            part = tl.sum(x3 * gi[:, None, :], axis=2)  # [token, j]
-            dh += tl.where(i3 == i, part[:, None, :], 0.0)
-            dhp += tl.where(j[None, :] == i, tl.sum(gi * f, axis=1)[:, None], 0.0)
-        tl.store(dx_ptr + o3, dx.to(dx_ptr.dtype.element_ty), mask=m3)
-        tl.store(df_ptr + t64[:, None] * C + c[None, :], df.to(df_ptr.dtype.element_ty), mask=msk)
-    tl.store(dhp_ptr + t[:, None] * n + j[None, :], dhp, mask=m2)
-    jj = tl.arange(0, NP)[None, None, :]
-    tl.store(dhr_ptr + t[:, None, None] * (n * n) + i3 * n + jj, dh,
-             mask=tm[:, None, None] & (i3 < n) & (jj < n))
+        pdh, pdhp = _post_res_bwd_chunk(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, t, c0, N, C,
+                                        n, NP, BT, BC)
+        dh += pdh
+        dhp += pdhp
+    _store_dh(dhp_ptr, dhr_ptr, t, N, dh, dhp, n, NP)
+
+
+@triton.jit
+def post_res_bwd_split(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C,
+                       n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    # 2-D grid (tokens, C chunks), no loop: each program writes its chunk's partial reductions to
+    # slot program_id(1) of [chunks, N, n(, n)]; the caller sums the slots (deterministic, no atomics).
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    ch = tl.program_id(1)
+    dh, dhp = _post_res_bwd_chunk(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, t, ch * BC, N, C,
+                                  n, NP, BT, BC)
+    o = ch.to(tl.int64) * N
+    _store_dh(dhp_ptr + o * n, dhr_ptr + o * (n * n), t, N, dh, dhp, n, NP)
 
 
 @triton.jit

@@ -49,7 +49,7 @@ class StreamResidual(nn.Module):
 
     def ops(self, device: torch.device):
         """The mHC stream operators for ``cfg.backend`` on ``device`` (``get_mhc_ops``), cached."""
-        key = (self.cfg.backend, device.type)
+        key = (self.cfg.backend, device.type, self.cfg.kernel_precision)
         if key not in _OPS:
             from mhc_repro.kernels import get_mhc_ops
 

@@ -53,7 +53,7 @@ def test_opcheck(fused, device, op):
     args = {
         "pre": (x, h_pre),
         "post_res": (x, torch.randn(N, C, device=device), h_post, h_res),
-        "coefficients": (x.reshape(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6),
+        "coefficients": (x.reshape(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6, "bf16x2"),
     }[op]
     args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
     torch.library.opcheck(getattr(torch.ops.mhc_repro, op).default, args,

@@ -1,0 +1,68 @@
+"""Every tile / precision variant the benchmark sweep may pick computes the same thing.
+
+The sweep (benchmarks/bench_mhc.py --sweep) swaps module-level tiles in ``fused``; each variant must
+match the fp64 reference like the defaults do, so a faster choice cannot be a wrong one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .test_fused_parity import REF, _compare, _inputs, _run
+
+VARIANTS = {
+    "proj K split 3": dict(_PROJ_FWD=(16, 32, 2, False, 4, 3)),
+    "proj reload, 2 warps": dict(_PROJ_FWD=(16, 32, 2, True, 2, 1), _PROJ_BWD=(16, 32, 2, True, 2)),
+    "post_res_bwd split": dict(_PRB=("split", 4, 32, 4)),
+    "post_res_bwd split odd": dict(_PRB=("split", 2, 16, 2)),
+    "sinkhorn 8 tokens, 1 warp": dict(_SINKHORN=(8, 1)),
+}
+
+
+@pytest.fixture
+def patched(fused, monkeypatch, request):
+    for k, v in VARIANTS[request.param].items():
+        monkeypatch.setattr(fused, k, v)
+    return fused
+
+
+@pytest.mark.parametrize("patched", list(VARIANTS), indirect=True)
+@pytest.mark.parametrize("N,n,C", [(37, 4, 67), (11, 3, 40)])
+def test_variant_matches_fp64_reference(patched, device, N, n, C):
+    inp = _inputs(N, n, C, torch.float32, device, seed=N + n)
+    got = _run(patched.ops(), inp, n, t_max=20, upcast=False)
+    ref = _run(REF, inp, n, t_max=20, upcast=True)
+    _compare(got, ref, tol=2e-5 if device == "cpu" else 5e-3)
+
+
+@pytest.mark.parametrize("N,n,C", [(33, 4, 80), (9, 8, 40)])
+def test_bf16_precision_matches_reference(fused, device, N, n, C):
+    """precision="bf16": φ and dm rounded once to bf16 (one MMA each) — close to the reference within
+    bf16 rounding, and visibly less exact than "bf16x2" (so the switch really changes the kernels)."""
+    inp = _inputs(N, n, C, torch.bfloat16, device, seed=5 * N + n)
+    ref64 = _run(REF, inp, n, t_max=20, upcast=True)
+    got = _run(fused.ops("bf16"), inp, n, t_max=20, upcast=False)
+    _compare(got, _run(REF, inp, n, t_max=20, upcast=False), tol=2e-2)
+    _compare(got[:3], ref64[:3], tol=5e-3)
+
+    def err(a, b):
+        return ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm()).item()
+
+    x2 = _run(fused.ops("bf16x2"), inp, n, t_max=20, upcast=False)
+    e1 = max(err(a, b) for a, b in zip(got[:3], ref64[:3]))
+    e2 = max(err(a, b) for a, b in zip(x2[:3], ref64[:3]))
+    assert e2 < e1, f"bf16x2 coefficients (err {e2:.2e}) should be more exact than bf16 ({e1:.2e})"
+
+
+def test_bad_precision_raises(fused):
+    with pytest.raises(ValueError, match="precision 'fp8' is unknown; allowed: bf16x2, bf16"):
+        fused.ops("fp8")
+
+
+def test_precision_choices_agree_with_config(fused):
+    from mhc_repro.residual.config import KERNEL_PRECISIONS, ResidualConfig
+
+    assert tuple(KERNEL_PRECISIONS) == tuple(fused.PROJ_PRECISIONS)
+    with pytest.raises(ValueError, match="residual.kernel_precision='fp8' is unknown"):
+        ResidualConfig(kind="mhc", kernel_precision="fp8").validate()
