@@ -15,6 +15,8 @@ PHI_INITS = ("normal", "zeros")
 BIAS_INITS = ("zeros", "hc")
 COLLAPSES = ("sum", "mean", "learned")
 BACKENDS = ("auto", "reference", "triton")
+RECOMPUTES = ("none", "stream")
+KERNEL_PRECISIONS = ("bf16x2", "bf16")  # = mhc_repro.kernels.fused.PROJ_PRECISIONS (tested)
 
 
 @dataclass
@@ -79,6 +81,28 @@ class ResidualConfig:
     backend: str = "auto"
     """mHC operator implementation: "auto" (Triton on CUDA, reference elsewhere), "reference", "triton"."""
 
+    recompute: str = "none"
+    """The paper's memory-saving recomputation (PAPER.md §5): "none" or "stream". "stream" runs each
+    transformer block under selective activation checkpointing (``mhc_repro.residual.recompute``):
+    matmul, attention and mHC-coefficient outputs are kept; the stream ops (apply H_pre, the H_res/H_post
+    merge) and the cheap elementwise ops around them (norms, RoPE, activations) are re-run in backward.
+    Per block only its input stream (n·C per token) is stored; the middle stream and the branch inputs
+    are not. The recompute unit is one block (L_r = 2 sub-layers), not the paper's
+    L_r ≈ sqrt(nL/(n+2)) layers: that optimum balances the stored block inputs against the peak of one
+    recomputed segment when whole segments are recomputed; with matmul/attention outputs cached the
+    recomputed part is small, so the segment input is the only stream stored and the shortest segment
+    (one block, the natural checkpoint unit of the LM) is the simplest. Meant for the fused (triton)
+    backend; on the reference backend the same policy recomputes the reference ops except their
+    projection matmul. Costs ~one extra stream-op pass per step; no effect on the math (gradients match
+    "none"). ``model.activation_checkpointing`` (full recompute) takes precedence when on."""
+
+    kernel_precision: str = "bf16x2"
+    """Operands of the fused kernels' projection v·φ (and its backward) on a bf16 stream: "bf16x2"
+    (φ and dm as bf16 hi + lo parts, ≈ fp32 products; the default, closest to the fp32 reference) or
+    "bf16" (rounded once to bf16, one MMA, fp32 accumulate: PAPER.md §5's "bf16 inputs", faster). fp32
+    streams always use tf32; the reference backend is always exact fp32. [open: the paper does not
+    say which it used]"""
+
     def __post_init__(self) -> None:
         if self.kind == "residual":
             self.n = 1  # Pre-Norm residual has one stream by definition
@@ -113,7 +137,9 @@ class ResidualConfig:
         choice("phi_init", self.phi_init, PHI_INITS)
         choice("bias_init", self.bias_init, BIAS_INITS)
         choice("collapse", self.collapse, COLLAPSES)
+        choice("kernel_precision", self.kernel_precision, KERNEL_PRECISIONS)
         choice("backend", self.backend, BACKENDS)
+        choice("recompute", self.recompute, RECOMPUTES)
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             raise ValueError(f"residual.n={self.n!r} is invalid; it must be an integer >= 1")
         if self.kind == "residual" and self.n != 1:
