@@ -1,9 +1,11 @@
 """mHC overhead benchmark: fwd+bwd of a stack of Llama-style blocks, one process, same inputs.
 
 Variants (each at every C): plain residual (eager, compiled), reference mHC (eager, compiled), fused
-Triton mHC (eager, compiled); the `hyper-connections` package is reported as skipped when it is not
-importable. Then every fused kernel alone, its achieved GB/s against a device-to-device copy measured
-in the same run.
+Triton mHC (eager, compiled), the `hyper-connections` package's mHC (variant hc_pkg: optional extra
+`.[bench]`, see hc_package.py; recorded as skipped when not importable), fused mHC with the paper's
+recomputation (variant mhc_fused_rc: each block under mhc_repro.residual.recompute.checkpoint_block,
+residual.recompute="stream"). Then every fused kernel alone,
+its achieved GB/s against a device-to-device copy measured in the same run.
 
     PYTHONPATH=. python benchmarks/bench_mhc.py --C 2048 2560 4096 --tokens 16384 --out reports/kernels/bench.json
 
@@ -101,13 +103,40 @@ class Block(nn.Module):
         return self._mhc(x, 1, lambda h: self.ffn(self.n2(h)))
 
 
+def _hc_package():
+    """benchmarks/hc_package.py (importable without the package; see _hc_pkg_version)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import hc_package
+
+    return hc_package
+
+
+def _hc_pkg_version():
+    """Installed `hyper-connections` version, or None when it is not importable."""
+    return _hc_package().hc_package_version()
+
+
+PRECISION = ["bf16x2"]  # --precision, for variant mhc_fused
+
+
 def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
-    ops = None if kind == "residual" else get_mhc_ops("reference" if kind == "mhc_ref" else "triton", device)
+    if kind == "hc_pkg":  # the hyper-connections package's mHC (optional extra)
+        blocks = _hc_package().build_hc_package_blocks(c, n, n_blocks, device, RMSNorm, Attention, SwiGLU)
+        return blocks, [torch.compile(b, dynamic=False) if compiled else b for b in blocks]
+    prec = "bf16" if kind == "mhc_fused_bf16" else PRECISION[0]
+    ops = None if kind == "residual" else get_mhc_ops("reference" if kind == "mhc_ref" else "triton", device, prec)
     torch.manual_seed(0)
     blocks = nn.ModuleList([Block(c, n if ops else 1, ops) for _ in range(n_blocks)]).to(device)
     for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
         if not name.split(".")[-1] in ("phi", "alpha", "bias"):
             p.data = p.data.to(torch.bfloat16)
+    if kind == "mhc_fused_rc":  # PAPER §5 recomputation: each block under the mHC recompute policy
+        from mhc_repro.residual.recompute import checkpoint_block
+
+        for b in blocks:
+            b.forward = lambda x, f=b.forward: checkpoint_block(f, x)
     fns = [torch.compile(b, dynamic=False) if compiled else b for b in blocks]
     return blocks, fns
 
@@ -129,6 +158,8 @@ def time_cuda(fn, warmup: int, iters: int) -> float:
 
 
 def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
+    if kind == "hc_pkg" and _hc_pkg_version() is None:
+        return dict(error="hyper-connections not importable: skipped")
     blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
     params = list(blocks.parameters())
     n_streams = 1 if kind == "residual" else n
@@ -163,7 +194,7 @@ def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
 
 
 # ---------------------------------------------------------------- single kernels vs copy bandwidth
-def bench_kernels(c, n, N, device, copy_gbs):
+def bench_kernels(c, n, N, device, copy_gbs, precision):
     from triton.testing import do_bench
 
     from mhc_repro.kernels import fused  # noqa: F401  (registers torch.ops.mhc_repro.*)
@@ -175,25 +206,26 @@ def bench_kernels(c, n, N, device, copy_gbs):
     f, db = torch.randn(N, c, **bf), torch.randn(N, c, **bf)
     phi = torch.randn(n * c, M, device=device) * 0.01
     alpha, bias = torch.rand(3, device=device), torch.randn(M, device=device)
-    hp, hq, hr, m, r = O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6)
+    hp, hq, hr, m, r = O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6, precision)
     e = 2 * N * c  # bytes of one [N, C] bf16 tensor
     small = N * 4 * (3 * M + 2 * n + n * n + 2)
     cases = {
-        "coefficients (proj+sumsq, epilogue)": (lambda: O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6), n * e + small),
-        "coefficients_bwd (sinkhorn bwd, dv, dphi)": (lambda: O.coefficients_bwd(x.view(N, -1), phi, alpha, bias, m, r, hp, hq, hr, n, 20, 1e-6), 2 * n * e + small),
+        f"coefficients [{precision}] (proj+sumsq, epilogue)": (lambda: O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6, precision), n * e + small),
+        f"coefficients_bwd [{precision}] (sinkhorn bwd, dv, dphi)": (lambda: O.coefficients_bwd(x.view(N, -1), phi, alpha, bias, m, r, hp, hq, hr, n, 20, 1e-6, precision), 2 * n * e + small),
         "pre": (lambda: O.pre(x, hp), (n + 1) * e),
         "pre_bwd": (lambda: O.pre_bwd(x, hp, db), (2 * n + 1) * e),
         "pre_bwd_dh (compiled path)": (lambda: O.pre_bwd_dh(x, db), (n + 1) * e),
         "post_res": (lambda: O.post_res(x, f, hq, hr), (2 * n + 1) * e),
         "post_res_bwd": (lambda: O.post_res_bwd(x, f, hq, hr, g), (3 * n + 2) * e),
     }
-    # The four coefficient kernels alone (the two ops above are these pairs).
-    cases["  proj_fwd (v·φ + Σv²)"] = (lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M), n * e + N * 4 * (M + 1))
+    # The four coefficient kernels alone (the two ops above are these pairs), both precisions.
     ss = x.float().pow(2).sum((1, 2))
     cases["  coef_fwd (epilogue + Sinkhorn)"] = (lambda: fused.launch_coef_fwd(m, ss, alpha, bias, n, n * c, 20, 1e-6, 1e-6), small)
     cases["  coef_bwd (Sinkhorn bwd recomputed)"] = (lambda: fused.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6), small)
     _, dm, cc, _ = fused.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6)
-    cases["  proj_bwd (dv, dφ partials)"] = (lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc), 2 * n * e)
+    for p in fused.PROJ_PRECISIONS:
+        cases[f"  proj_fwd [{p}] (v·φ + Σv²)"] = (lambda p=p: fused.launch_proj_fwd(x.view(N, -1), phi, M, p), n * e + N * 4 * (M + 1))
+        cases[f"  proj_bwd [{p}] (dv, dφ partials)"] = (lambda p=p: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p), 2 * n * e)
     rows = []
     for name, (fn, nbytes) in cases.items():
         ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
@@ -202,8 +234,22 @@ def bench_kernels(c, n, N, device, copy_gbs):
     return rows
 
 
-def sweep_configs(c, n, N, device):
-    """Time projection and post_res-backward tile choices; returns rows and the fastest of each."""
+# Candidate tiles for --sweep (module constants of mhc_repro.kernels.fused; see its comments).
+SWEEP = {
+    "_PROJ_FWD": [(64, 128, 4, False, 4, 1), (64, 128, 4, False, 8, 1), (128, 64, 4, False, 8, 1),
+                  (128, 128, 3, False, 8, 1), (64, 128, 3, False, 4, 2), (64, 128, 4, False, 4, 4),
+                  (32, 256, 3, False, 4, 2), (32, 128, 4, False, 4, 4), (64, 256, 3, False, 8, 2),
+                  (64, 128, 4, True, 4, 2)],
+    "_PROJ_BWD": [(32, 256, 3, False, 4), (16, 256, 2, True, 4), (16, 256, 3, False, 4), (32, 128, 3, False, 4),
+                  (64, 128, 3, False, 8), (32, 256, 3, False, 8), (16, 512, 2, False, 8), (64, 64, 4, False, 4)],
+    "_PRB": [("loop", 4, 128, 4), ("split", 4, 128, 4), ("split", 2, 256, 4), ("split", 8, 128, 8),
+             ("split", 4, 256, 8), ("split", 1, 512, 4), ("split", 2, 128, 2)],
+    "_SINKHORN": [(32, 4), (16, 2), (8, 1), (64, 4), (16, 4), (8, 2)],
+}
+
+
+def sweep_configs(c, n, N, device, precision):
+    """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each."""
     from triton.testing import do_bench
 
     from mhc_repro.kernels import fused
@@ -213,54 +259,38 @@ def sweep_configs(c, n, N, device):
     M = n * n + 2 * n
     x, g, f = torch.randn(N, n, c, **bf), torch.randn(N, n, c, **bf), torch.randn(N, c, **bf)
     phi = torch.randn(n * c, M, device=device) * 0.01
+    alpha, bias = torch.rand(3, device=device), torch.randn(M, device=device)
     dm, cc = torch.randn(N, M, device=device) * 1e-3, torch.randn(N, device=device) * 1e-3
     hq, hr = torch.rand(N, n, device=device), torch.rand(N, n, n, device=device)
-    rows, best = [], {}
-    names = ("_PROJ_FWD", "_PROJ_BWD", "_PRB_BT", "_PRB_BC", "_PRB_WARPS")
-    saved = {k: getattr(fused, k) for k in names}
+    m = torch.randn(N, M, device=device)
+    r = 1 + torch.rand(N, device=device)
+    ops = {
+        "_PROJ_FWD": lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M, precision),
+        "_PROJ_BWD": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
+        "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
+        "_SINKHORN": lambda: (fused.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
+                              + fused.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),
+    }
 
     def rel(a, b):
         return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
-    # Outputs of the default tiles: a swept configuration must reproduce them to be eligible.
-    ref_f = fused.launch_proj_fwd(x.view(N, -1), phi, M)
-    ref_b = fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc)
-    ref_p = O.post_res_bwd(x, f, hq, hr, g)
-    for bn, bk, st, rl in [(64, 128, 4, False), (64, 128, 4, True), (32, 256, 3, False), (32, 256, 3, True),
-                           (32, 128, 2, True), (16, 256, 2, True)]:
-        fused._PROJ_FWD = fused._PROJ_BWD = (bn, bk, st, rl)
-        cfg = f"proj BN={bn} BK={bk} st={st} reload={rl}"
-        try:
-            tf = do_bench(lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M), return_mode="median")
-            tb = do_bench(lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc), return_mode="median")
-        except Exception as exc:  # a tile that does not fit (shared memory) is just skipped
-            rows.append(dict(C=c, cfg=cfg, error=str(exc)[:200]))
-            continue
-        err = max(max(rel(a, b) for a, b in zip(fused.launch_proj_fwd(x.view(N, -1), phi, M), ref_f)),
-                  max(rel(a, b) for a, b in zip(fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc), ref_b)))
-        rows.append(dict(C=c, cfg=cfg, fwd_us=1e3 * tf, bwd_us=1e3 * tb, rel_err_vs_default=err))
-        if err > 1e-3:
-            continue
-        if tf < best.get("proj_fwd", (1e9,))[0]:
-            best["proj_fwd"] = (tf, bn, bk, st, rl)
-        if tb < best.get("proj_bwd", (1e9,))[0]:
-            best["proj_bwd"] = (tb, bn, bk, st, rl)
-    for bt, bc, w in [(4, 128, 4), (2, 256, 4), (8, 128, 8), (4, 256, 8)]:
-        fused._PRB_BT, fused._PRB_BC, fused._PRB_WARPS = bt, bc, w
-        cfg = f"post_res_bwd BT={bt} BC={bc} warps={w}"
-        try:
-            tb = do_bench(lambda: O.post_res_bwd(x, f, hq, hr, g), return_mode="median")
-        except Exception as exc:
-            rows.append(dict(C=c, cfg=cfg, error=str(exc)[:200]))
-            continue
-        err = max(rel(a, b) for a, b in zip(O.post_res_bwd(x, f, hq, hr, g), ref_p))
-        rows.append(dict(C=c, cfg=cfg, bwd_us=1e3 * tb, rel_err_vs_default=err))
-        if err > 1e-3:
-            continue
-        if tb < best.get("prb", (1e9,))[0]:
-            best["prb"] = (tb, bt, bc, w)
-    for k, v in saved.items():
-        setattr(fused, k, v)
+    rows, best = [], {}
+    for name, cands in SWEEP.items():
+        saved = getattr(fused, name)
+        ref = ops[name]()  # outputs of the default tiles: a candidate must reproduce them
+        for cand in cands:
+            setattr(fused, name, cand)
+            try:
+                us = 1e3 * do_bench(ops[name], return_mode="median")
+                err = max(rel(a, b) for a, b in zip(ops[name](), ref))
+            except Exception as exc:  # a tile that does not fit (shared memory) is just skipped
+                rows.append(dict(C=c, op=name, cfg=cand, error=str(exc)[:200]))
+                continue
+            rows.append(dict(C=c, op=name, cfg=cand, us=us, rel_err_vs_default=err))
+            if err <= 1e-3 and us < best.get(name, (1e9,))[0]:
+                best[name] = (us, cand)
+        setattr(fused, name, saved)
     return rows, best
 
 
@@ -281,24 +311,24 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
     ap.add_argument("--blocks-large", type=int, default=2)
-    ap.add_argument("--variants", nargs="+", default=["residual", "mhc_ref", "mhc_fused"])
+    ap.add_argument("--variants", nargs="+",
+                    default=["residual", "mhc_ref", "mhc_fused", "mhc_fused_bf16", "mhc_fused_rc", "hc_pkg"])
     ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip remaining stack runs after this")
     ap.add_argument("--sweep", action="store_true", help="sweep kernel tiles first, keep the fastest")
+    ap.add_argument("--precision", default="bf16x2", choices=["bf16x2", "bf16"],
+                    help="projection operands of variant mhc_fused (mhc_fused_bf16 is always bf16)")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
+    PRECISION[0] = args.precision
     t_start = time.time()
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                triton=__import__("triton").__version__, commit=args.commit, argv=sys.argv, stack=[], kernels=[])
-    try:
-        import hyper_connections  # noqa: F401
-        res["hyper_connections"] = "importable, not wired in this script"
-    except ImportError:
-        res["hyper_connections"] = "not importable: skipped"
+    res["hyper_connections"] = _hc_pkg_version() or "not importable: skipped"
     res["copy_gb_s"] = copy_gbs = copy_bandwidth(dev)
     print(f"copy bandwidth (read+write): {copy_gbs:.0f} GB/s", flush=True)
 
@@ -311,20 +341,16 @@ def main() -> None:
     if args.sweep:
         from mhc_repro.kernels import fused
 
-        rows, best = sweep_configs(args.C[0], args.n, args.tokens, dev)
+        rows, best = sweep_configs(args.C[0], args.n, args.tokens, dev, args.precision)
         res["sweep"] = rows
         for r in rows:
             print(json.dumps(r), flush=True)
-        if "proj_fwd" in best:
-            fused._PROJ_FWD = tuple(best["proj_fwd"][1:])
-        if "proj_bwd" in best:
-            fused._PROJ_BWD = tuple(best["proj_bwd"][1:])
-        if "prb" in best:
-            fused._PRB_BT, fused._PRB_BC, fused._PRB_WARPS = best["prb"][1:]
+        for name, (_, cand) in best.items():
+            setattr(fused, name, cand)
         res["chosen"] = best
         print("chosen:", res["chosen"], flush=True)
     for c in args.C:
-        res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs)
+        res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs, args.precision)
         dump()
     for c in args.C:
         nb = args.blocks if c < 4096 else args.blocks_large

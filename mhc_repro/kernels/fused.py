@@ -393,10 +393,19 @@ def mhc_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
     return torch.ops.mhc_repro.post_res(x, f, h_post, h_res)
 
 
+def _namespace(precision: str | None) -> SimpleNamespace:
+    coef = functools.partial(mhc_coefficients, precision=precision)
+    return SimpleNamespace(name="triton", mhc_coefficients=coef, mhc_pre=mhc_pre, mhc_post_res=mhc_post_res)
+
+
+# Built once at import: ops() is then a dict lookup, which torch.compile traces without a graph break
+# (building the namespace inside a traced region would break the graph).
+_OPS = {p: _namespace(p) for p in (None, *PROJ_PRECISIONS)}
+
+
 def ops(precision: str | None = None) -> SimpleNamespace:
     """The three mHC functions; ``precision`` (None = PROJ_PRECISION at call time) is bound into
     mhc_coefficients so the namespace keeps the reference signatures."""
-    if precision is not None:
+    if precision not in _OPS:
         _check_precision(precision)
-    coef = functools.partial(mhc_coefficients, precision=precision)
-    return SimpleNamespace(name="triton", mhc_coefficients=coef, mhc_pre=mhc_pre, mhc_post_res=mhc_post_res)
+    return _OPS[precision]

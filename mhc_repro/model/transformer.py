@@ -10,6 +10,11 @@ Init: every linear/embedding weight ~ N(0, init_std); the output projections of 
 (sqrt(n) for HC, per the HC paper; 1 for the residual baseline and for mHC, whose H_post starts at 1
 and whose H_res is near-identity, so the branch contributes as in Pre-Norm). The residual modules
 initialise their own parameters; this module does not touch them.
+
+Memory: ``activation_checkpointing`` recomputes each whole block in backward; otherwise
+``residual.recompute="stream"`` runs each block under the mHC selective recompute policy
+(``mhc_repro.residual.recompute``, PAPER.md §5; applied in ``Block.forward``). Both apply only to
+forwards with grad enabled and no KV cache.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mhc_repro.config import ModelConfig
 from mhc_repro.residual.base import StreamCollapse, StreamResidual, build_residual, capture_h_res, expand_streams
+from mhc_repro.residual.recompute import checkpoint_block
 
 from .attention import build_attention
 from .cache import KVCache, LayerKV
@@ -44,9 +50,18 @@ class Block(nn.Module):
         self.ffn = MoE(cfg) if cfg.is_moe_block(index) else SwiGLU(d, cfg.dense_ffn_width)
         self.attn_residual = build_residual(cfg.residual, 2 * index, d, eps)
         self.ffn_residual = build_residual(cfg.residual, 2 * index + 1, d, eps)
+        # PAPER.md §5 recomputation (residual.recompute="stream"); full checkpointing (LM) wins over it.
+        # Applied here, inside forward, so that block.compile() traces the checkpoint and its policy.
+        self.recompute_stream = cfg.residual.recompute == "stream" and not cfg.activation_checkpointing
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
                 kv: Optional[LayerKV] = None, start: int = 0) -> Tensor:
+        if self.recompute_stream and kv is None and torch.is_grad_enabled():
+            return checkpoint_block(self._sublayers, x, rope, mask)
+        return self._sublayers(x, rope, mask, kv, start)
+
+    def _sublayers(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
+                   kv: Optional[LayerKV] = None, start: int = 0) -> Tensor:
         x = self.attn_residual(x, lambda h: self.attn(self.attn_norm(h), rope, mask, kv, start))
         return self.ffn_residual(x, lambda h: self.ffn(self.ffn_norm(h)))
 

@@ -87,14 +87,14 @@ class ResidualConfig:
     matmul, attention and mHC-coefficient outputs are kept; the stream ops (apply H_pre, the H_res/H_post
     merge) and the cheap elementwise ops around them (norms, RoPE, activations) are re-run in backward.
     Per block only its input stream (n·C per token) is stored; the middle stream and the branch inputs
-    are not. The recompute unit is one block (L_r = 2 sub-layers), not the paper's
-    L_r ≈ sqrt(nL/(n+2)) layers: that optimum balances the stored block inputs against the peak of one
-    recomputed segment when whole segments are recomputed; with matmul/attention outputs cached the
-    recomputed part is small, so the segment input is the only stream stored and the shortest segment
-    (one block, the natural checkpoint unit of the LM) is the simplest. Meant for the fused (triton)
-    backend; on the reference backend the same policy recomputes the reference ops except their
-    projection matmul. Costs ~one extra stream-op pass per step; no effect on the math (gradients match
-    "none"). ``model.activation_checkpointing`` (full recompute) takes precedence when on."""
+    are not. The recompute unit is one block (L_r = 2 sub-layers), not the paper's optimum
+    L_r ≈ sqrt(nL/(n+2)) (≈ 6 sub-layers at 27B): a block is the LM's checkpoint (and FSDP) unit, and
+    the gap is small next to the matmul/attention outputs every sub-layer keeps (27B, n = 4, L = 60:
+    stored + one segment's recomputed streams ≈ 132·C per token at L_r = 2 vs ≈ 76·C at the optimum).
+    Meant for the fused (triton) backend; on the reference backend the same policy recomputes the
+    reference ops except their projection matmul. Costs one extra pass of the stream ops and the
+    elementwise ops per step; gradients are those of "none". ``model.activation_checkpointing``
+    (full recompute) takes precedence when on. Training only (no effect with a KV cache or no grad)."""
 
     kernel_precision: str = "bf16x2"
     """Operands of the fused kernels' projection v·φ (and its backward) on a bf16 stream: "bf16x2"

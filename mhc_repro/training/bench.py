@@ -130,6 +130,7 @@ def bench_variant(args, variant: str) -> dict:
         "build_s": build_s, "fit_wall_s": wall, "precision": precision, "compile": args.compile,
         "activation_checkpointing": args.activation_checkpointing,
         "residual_backend": cfg.model.residual.backend,
+        "residual_recompute": cfg.model.residual.recompute,
     }
     if gpu:
         out["peak_mem_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -28,7 +28,8 @@ from mhc_repro.training.module import LMModule, NonFiniteLossError
 # Keys that may differ when resuming (they do not change the math of the run).
 RESUME_FREE_KEYS = {"train.progress_bar", "train.torch_threads", "train.devices", "train.num_nodes",
                     "train.out_dir", "train.compile", "tracking.enabled", "tracking.tracking_uri", "data.num_workers",
-                    "data.cache_dir", "model.residual.backend", "model.activation_checkpointing"}
+                    "data.cache_dir", "model.residual.backend", "model.activation_checkpointing",
+                    "model.residual.recompute"}
 
 
 class RunFinishedError(ValueError):

@@ -23,6 +23,7 @@ def test_residual_forces_one_stream():
     ("n", 0, "residual.n=0"),
     ("collapse", "max", "residual.collapse='max'"),
     ("backend", "cuda", "residual.backend='cuda'"),
+    ("recompute", "blocks", "residual.recompute='blocks'"),
     ("phi_init", "xavier", "residual.phi_init"),
     ("bias_init", "ones", "residual.bias_init"),
     ("sinkhorn_iters", 0, "residual.sinkhorn_iters=0"),

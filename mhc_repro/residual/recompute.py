@@ -1,0 +1,88 @@
+"""The paper's memory-saving recomputation for mHC (PAPER.md §5), as selective activation checkpointing.
+
+"Discard mHC intermediates after forward, re-run only the mHC kernels in backward; store the stream
+input once per block of L_r layers." Here the recompute unit is one transformer block (two sub-layers,
+attention and FFN): ``checkpoint_block`` runs the block under ``torch.utils.checkpoint`` (non-reentrant)
+with a selective-activation-checkpoint (SAC) policy that
+
+- saves (MUST_SAVE) the outputs of the expensive ops: dense matmuls (``mm``, ``addmm``, ``_scaled_mm``,
+  ``_grouped_mm``, and ``bmm`` except the mHC stream mixes, see below), the attention kernels, and
+  the fused mHC coefficient op ``mhc_repro.coefficients`` (projection + Sinkhorn; its outputs are
+  O(n²) per token, tiny);
+- recomputes (PREFER_RECOMPUTE) everything else, in particular the fused stream ops
+  ``mhc_repro.pre`` (branch input) and ``mhc_repro.post_res`` (the n·C stream after each sub-layer),
+  and everything cheap and elementwise around them (RMSNorm, RoPE, SwiGLU's activation, views).
+
+So in backward the block is re-run with every matmul / attention / coefficient result taken from the
+cache, and only the stream kernels and elementwise ops run again. What stays in memory per block: its
+input stream (n·C per token, kept by the checkpoint as its argument), and the matmul / attention
+outputs; what is no longer stored: the middle stream (output of the attention sub-layer's post_res,
+n·C per token), both pre outputs and the norm/activation intermediates.
+
+Why the policy is a *save list* rather than "recompute only pre / post_res": SAC caches the output of
+every op it is told to save, views included, and a cached view of the middle stream (the reshapes
+around the mHC ops are views) keeps the whole stream alive; caching elementwise outputs that autograd
+would never have saved also costs memory. Recomputing all non-matmul ops avoids both.
+
+Reference backend (pure PyTorch mHC ops): the same policy applies op by op. The reference stream ops
+are einsums that lower to ``bmm`` with a contraction over the n streams; such bmm (contraction size
+<= ``STREAM_MIX_MAX_K``) are recomputed, so the stream is not kept through them. Of the reference
+coefficient path only its projection ``v @ phi`` (a ``mm``, output [N, n²+2n]) is saved; the RMS, the
+sigmoids and the Sinkhorn iterations (all on O(n²) per-token tensors except the RMS, which reads the
+stream once) are recomputed. Every other ``bmm`` (e.g. the MoE padded-bmm expert dispatch) is saved.
+
+Side effects of a block's forward run twice (as under plain activation checkpointing): the MoE load
+counts double, which the sign-based routing-bias update ignores.
+
+Framework-free: only torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+RECOMPUTE_MODES = ("none", "stream")
+
+# A bmm whose contraction is this small is a stream mix (the reference mHC einsums contract over the n
+# streams or none at all), not a model matmul: recompute it.
+STREAM_MIX_MAX_K = 16
+
+# Ops whose outputs are kept (by qualified name, so the custom op need not be registered to import this).
+SAVE_OPS = frozenset({
+    "aten::mm", "aten::addmm", "aten::_scaled_mm", "aten::_grouped_mm", "aten::_scaled_grouped_mm",
+    "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention",
+    "aten::_scaled_dot_product_fused_attention_overrideable",
+    "aten::_flash_attention_forward", "aten::_efficient_attention_forward",
+    "mhc_repro::coefficients",
+})
+
+
+def _op_name(func: Any) -> str:
+    schema = getattr(func, "_schema", None)
+    return schema.name if schema is not None else str(func)
+
+
+def recompute_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+    """SAC policy of ``recompute="stream"``: save matmuls, attention and the mHC coefficients; recompute
+    the rest (the mHC stream ops ``pre`` / ``post_res`` among them)."""
+    name = _op_name(func)
+    if name in SAVE_OPS:
+        return CheckpointPolicy.MUST_SAVE
+    if name == "aten::bmm" and len(args) >= 2 and args[0].shape[-1] > STREAM_MIX_MAX_K:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def mhc_recompute_context() -> Callable[[], tuple]:
+    """The ``context_fn`` for ``torch.utils.checkpoint.checkpoint`` that applies ``recompute_policy``."""
+    return functools.partial(create_selective_checkpoint_contexts, recompute_policy)
+
+
+def checkpoint_block(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` under non-reentrant checkpointing with the mHC recompute policy."""
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=mhc_recompute_context(), **kwargs)

@@ -1,0 +1,199 @@
+"""residual.recompute="stream" (PAPER.md §5 recomputation as selective activation checkpointing):
+same gradients as "none", fewer activations kept for backward, works under torch.compile, one-line
+config errors. The Triton backend runs on CPU through the interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 without CUDA), so the shapes are tiny."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from mhc_repro.model import LM
+from mhc_repro.presets import get_preset, with_variant
+from mhc_repro.residual import ResidualConfig
+from mhc_repro.residual.recompute import RECOMPUTE_MODES, checkpoint_block, recompute_policy
+
+BLOCKS, B, T, C, N_STREAMS = 2, 1, 8, 32, 4
+STREAM_BYTES = B * T * N_STREAMS * C * 4  # one fp32 stream state [B, T, n, C]
+
+
+def _cpu_triton() -> None:
+    """The Triton backend on CPU tensors needs the interpreter (set without CUDA by tests/conftest.py)."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)")
+
+
+def _lm(backend: str, recompute: str, n_blocks: int = BLOCKS, **model) -> LM:
+    cfg = with_variant(get_preset("tiny"), "mhc", backend=backend, recompute=recompute)
+    cfg.vocab_size, cfg.d_model, cfg.n_blocks, cfg.dense_ffn_width = 64, C, n_blocks, 64
+    cfg.attention.n_heads, cfg.attention.head_dim = 2, 16
+    for k, v in model.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(0)
+    return LM(cfg.validate())
+
+
+class _Produced(TorchDispatchMode):
+    """Records a weak reference to the storage of every tensor an op produces (SAC's caching mode and
+    checkpoint recomputation included, since this mode sits below them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[tuple[StorageWeakRef, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.refs.append((StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes()))
+        return out
+
+    def alive(self, exclude) -> list[int]:
+        """nbytes of each distinct storage produced in the forward and still alive, ``exclude`` aside."""
+        gc.collect()  # the Triton interpreter leaves reference cycles holding its last launch's args
+        skip = {StorageWeakRef(t.untyped_storage()).cdata for t in exclude}
+        seen, sizes = set(), []
+        for ref, nbytes in self.refs:
+            if not ref.expired() and ref.cdata not in seen and ref.cdata not in skip:
+                seen.add(ref.cdata)
+                sizes.append(nbytes)
+        return sizes
+
+
+def _run(backend: str, recompute: str, **model) -> dict:
+    """One forward + backward: the storages kept alive for backward after the forward, and the grads.
+
+    Kept for backward = produced by an op during the forward and still alive once only the loss is
+    held: autograd's saved tensors, SAC's cache, the checkpoints' inputs. ``saved_tensors_hooks``
+    alone cannot measure it: inside a checkpointed region checkpoint installs its own hooks (an outer
+    hook sees only what is saved outside the blocks), and SAC's cache is not a saved tensor at all.
+    Without recomputation the two agree (checked in test_fewer_activations_kept)."""
+    m = _lm(backend, recompute, **model)
+    idx = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(1))
+    params = {StorageWeakRef(p.untyped_storage()).cdata for p in m.parameters()}
+    hooked: dict[int, int] = {}
+
+    def pack(t):
+        ref = StorageWeakRef(t.untyped_storage())
+        if ref.cdata not in params:
+            hooked[ref.cdata] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _Produced() as produced:
+        loss = m(idx).pow(2).mean()
+    kept = produced.alive(exclude=[loss, *m.parameters(), *m.buffers()])
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in m.named_parameters()}
+    return {"kept": kept, "hooked": sum(hooked.values()), "idx_bytes": idx.nbytes, "grads": grads}
+
+
+@pytest.fixture(scope="module", params=["triton", "reference"])
+def runs(request):
+    if request.param == "triton":
+        _cpu_triton()
+    return {mode: _run(request.param, mode) for mode in RECOMPUTE_MODES}
+
+
+def test_same_gradients(runs):
+    ga, gb = runs["none"]["grads"], runs["stream"]["grads"]
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        torch.testing.assert_close(gb[name], ga[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_fewer_activations_kept(runs):
+    none, stream = sum(runs["none"]["kept"]), sum(runs["stream"]["kept"])
+    streams = {mode: runs[mode]["kept"].count(STREAM_BYTES) for mode in RECOMPUTE_MODES}
+    # "none": every sub-layer keeps its input stream (the last sub-layer's output is not needed);
+    # "stream": only each block's input stream, kept once by the checkpoint.
+    assert streams == {"none": 2 * BLOCKS, "stream": BLOCKS}, streams
+    assert none - stream >= BLOCKS * STREAM_BYTES, (none, stream)  # at least the middle streams
+    # the measure is sound: without checkpointing it equals what autograd saves (+ the token ids)
+    assert runs["none"]["hooked"] == none + runs["none"]["idx_bytes"]
+    print(f"kept for backward: none {none} B, stream {stream} B ({stream / none:.2f}x)")
+
+
+def test_full_checkpointing_takes_precedence():
+    m = _lm("reference", "stream", n_blocks=1, activation_checkpointing=True)
+    assert not m.blocks[0].recompute_stream
+    kept = _run("reference", "stream", n_blocks=1, activation_checkpointing=True)["kept"]
+    assert kept.count(STREAM_BYTES) == 1  # the block input only, nothing inside the block
+
+
+def test_inference_paths_unchanged():
+    m = _lm("reference", "stream", n_blocks=1).eval()
+    idx = torch.randint(0, 64, (B, T))
+    with torch.no_grad():
+        full = m(idx)
+        cache = m.new_cache(B, T)
+        inc = torch.cat([m(idx[:, :5], cache=cache), m(idx[:, 5:], cache=cache)], dim=1)
+    torch.testing.assert_close(inc, full, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_block_recomputes_stream_ops():
+    """Each block compiled in place (as training.compile does), aot_eager: the checkpoint and its
+    policy are traced, the backward graph re-runs the middle stream's post_res and both pre ops, and
+    the gradients match eager without recomputation."""
+    _cpu_triton()
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.debugging import aot_eager
+
+    bw_graphs = []
+
+    def capture_bw(gm, example_inputs):
+        bw_graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    def backend(gm, example_inputs):
+        return aot_eager(gm, example_inputs, bw_compiler=capture_bw)
+
+    ref = _run("triton", "none", n_blocks=1)["grads"]
+    m = _lm("triton", "stream", n_blocks=1)
+    torch._dynamo.reset()  # cold: the ops are resolved inside the traced code (no graph break allowed)
+    m.blocks[0].compile(backend=backend, fullgraph=True)
+    idx = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(1))
+    m(idx).pow(2).mean().backward()
+    torch._dynamo.reset()
+    for name, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, ref[name], rtol=1e-5, atol=1e-6, msg=name)
+    (bw,) = bw_graphs
+    targets = [str(n.target) for n in bw.graph.nodes if n.op == "call_function"]
+    assert targets.count("mhc_repro.post_res.default") == 1  # the middle stream, re-run
+    assert targets.count("mhc_repro.pre.default") == 2
+    assert targets.count("mhc_repro.coefficients.default") == 0  # saved, not re-run
+
+
+def test_checkpoint_block_is_usable_alone():
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(3, 8, requires_grad=True)
+    y = checkpoint_block(lambda t: torch.tanh(lin(t)) * 2, x)
+    y.sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    (torch.tanh(lin(x2)) * 2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_policy_saves_matmuls_and_coefficients_only():
+    from torch.utils.checkpoint import CheckpointPolicy as P
+
+    a = torch.randn(4, 3, 32)
+    assert recompute_policy(None, torch.ops.aten.mm.default) == P.MUST_SAVE
+    assert recompute_policy(None, torch.ops.aten.add.Tensor) == P.PREFER_RECOMPUTE
+    assert recompute_policy(None, torch.ops.aten.view.default) == P.PREFER_RECOMPUTE
+    assert recompute_policy(None, torch.ops.aten.bmm.default, a, a.transpose(1, 2)) == P.MUST_SAVE
+    mix = torch.randn(4, 3, 4)  # contraction over n = 4 streams: the reference mHC einsum
+    assert recompute_policy(None, torch.ops.aten.bmm.default, mix, torch.randn(4, 4, 32)) == P.PREFER_RECOMPUTE
+
+
+def test_bad_value_one_line_error():
+    with pytest.raises(ValueError) as err:
+        ResidualConfig(recompute="blocks").validate()
+    msg = str(err.value)
+    assert "residual.recompute='blocks'" in msg and "none, stream" in msg and "\n" not in msg
