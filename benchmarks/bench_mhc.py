@@ -236,15 +236,15 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
 
 # Candidate tiles for --sweep (module constants of mhc_repro.kernels.fused; see its comments).
 SWEEP = {
-    "_PROJ_FWD": [(64, 128, 4, False, 4, 1), (64, 128, 4, False, 8, 1), (128, 64, 4, False, 8, 1),
-                  (128, 128, 3, False, 8, 1), (64, 128, 3, False, 4, 2), (64, 128, 4, False, 4, 4),
-                  (32, 256, 3, False, 4, 2), (32, 128, 4, False, 4, 4), (64, 256, 3, False, 8, 2),
-                  (64, 128, 4, True, 4, 2)],
-    "_PROJ_BWD": [(32, 256, 3, False, 4), (16, 256, 2, True, 4), (16, 256, 3, False, 4), (32, 128, 3, False, 4),
-                  (64, 128, 3, False, 8), (32, 256, 3, False, 8), (16, 512, 2, False, 8), (64, 64, 4, False, 4)],
-    "_PRB": [("loop", 4, 128, 4), ("split", 4, 128, 4), ("split", 2, 256, 4), ("split", 8, 128, 8),
-             ("split", 4, 256, 8), ("split", 1, 512, 4), ("split", 2, 128, 2)],
-    "_SINKHORN": [(32, 4), (16, 2), (8, 1), (64, 4), (16, 4), (8, 2)],
+    "_PROJ_FWD": [(128, 128, 3, False, 8, 1), (64, 128, 4, False, 8, 1), (128, 64, 4, False, 8, 1),
+                  (128, 128, 4, False, 8, 1), (256, 64, 3, False, 8, 1), (128, 256, 2, False, 8, 1),
+                  (128, 128, 3, False, 4, 1), (128, 128, 3, False, 8, 2), (64, 256, 3, False, 8, 1)],
+    "_PROJ_BWD": [(16, 256, 3, False, 4, False), (16, 256, 3, False, 4, True), (32, 256, 3, False, 4, True),
+                  (16, 512, 2, False, 8, True), (16, 256, 4, False, 4, True), (32, 128, 3, False, 4, True),
+                  (64, 128, 3, False, 8, True), (16, 128, 4, False, 4, True), (16, 512, 2, False, 8, False)],
+    "_PRB": [("split", 2, 128, 2), ("loop", 4, 128, 4), ("mma", 16, 128, 4), ("mma", 16, 256, 4),
+             ("mma", 32, 128, 4), ("mma", 32, 64, 4), ("mma", 16, 64, 2), ("mma", 64, 64, 8)],
+    "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
 }
 
 

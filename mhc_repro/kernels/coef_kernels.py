@@ -191,7 +191,10 @@ def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, s
 @triton.jit
 def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
-             SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr):
+             SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr,
+             TRANS: tl.constexpr):
+    # TRANS: accumulate dφᵀ = dmᵀ·v ([MP, BK]; the stream tile is the MMA's B operand as loaded)
+    # instead of dφ = vᵀ·dm ([BK, MP]; needs the big tile transposed); stored transposed at the end.
     kb = tl.program_id(0)
     sp = tl.program_id(1)
     k = kb * BK + tl.arange(0, BK)
@@ -203,7 +206,10 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
     pt = tl.trans(tl.load(phi_ptr + po, mask=pm, other=0.0))  # [MP, BK]
     if SPLIT and LO:
         pt_lo = tl.trans(tl.load(phi_lo_ptr + po, mask=pm, other=0.0))
-    acc = tl.zeros((BK, MP), dtype=tl.float32)
+    if TRANS:
+        acc = tl.zeros((MP, BK), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BK, MP), dtype=tl.float32)
     lo = sp * tok_per_split
     hi = tl.minimum(lo + tok_per_split, N)
     for t0 in range(lo, hi, BN):
@@ -219,19 +225,32 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
             dm_hi = dm.to(tl.bfloat16)
             dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
             dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
-            vt = tl.trans(v)
-            acc += _mma(vt, dm_hi, INTERP) + _mma(vt, dm_lo, INTERP)
+            if TRANS:
+                acc += _mma(tl.trans(dm_hi), v, INTERP) + _mma(tl.trans(dm_lo), v, INTERP)
+            else:
+                vt = tl.trans(v)
+                acc += _mma(vt, dm_hi, INTERP) + _mma(vt, dm_lo, INTERP)
         elif SPLIT:
             # bf16 operands (dm and φ rounded once), fp32 accumulate: one MMA each.
             dm_hi = dm.to(tl.bfloat16)
             dv = _mma(dm_hi, pt, INTERP)
-            acc += _mma(tl.trans(v), dm_hi, INTERP)
+            if TRANS:
+                acc += _mma(tl.trans(dm_hi), v, INTERP)
+            else:
+                acc += _mma(tl.trans(v), dm_hi, INTERP)
         else:
             dv = tl.dot(dm, pt, input_precision=PREC)
-            acc += tl.dot(tl.trans(v), dm, input_precision=PREC)
+            if TRANS:
+                acc += tl.dot(tl.trans(dm), v.to(tl.float32), input_precision=PREC)
+            else:
+                acc += tl.dot(tl.trans(v), dm, input_precision=PREC)
         if RELOAD:
             dv += c[:, None] * tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
         else:
             dv += c[:, None] * v.to(tl.float32)
         tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
-    tl.store(dphi_ptr + sp.to(tl.int64) * K * M + po, acc, mask=pm)
+    if TRANS:
+        tl.store(dphi_ptr + sp.to(tl.int64) * K * M + k[None, :] * M + cols[:, None], acc,
+                 mask=km[None, :] & cm[:, None])
+    else:
+        tl.store(dphi_ptr + sp.to(tl.int64) * K * M + po, acc, mask=pm)

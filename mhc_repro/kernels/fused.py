@@ -31,15 +31,18 @@ DOT_PRECISION = "tf32"
 # inputs, fp32 accumulate"). Chosen per call (ResidualConfig.kernel_precision); this is the default.
 PROJ_PRECISIONS = ("bf16x2", "bf16")
 PROJ_PRECISION = "bf16x2"
-_SINKHORN = (32, 4)  # coefficient epilogue / Sinkhorn backward: (tokens per program, num_warps)
+_SINKHORN = (64, 4)  # coefficient epilogue / Sinkhorn backward: (tokens per program, num_warps)
+# Defaults = the fastest of the sweep in reports/kernels/run4 (H200, C = 2048, 16k tokens).
 # Projection tiles; benchmarks/bench_mhc.py --sweep times alternatives on the device.
 # forward (BN tokens, BK, num_stages, RELOAD, num_warps, K splits); backward (BN, BK, stages, RELOAD,
-# num_warps). RELOAD: a second, L2-hit load of the stream tile for the elementwise term.
-_PROJ_FWD = (64, 128, 4, False, 4, 1)
-_PROJ_BWD = (32, 256, 3, False, 4)
+# num_warps, TRANS: accumulate dφᵀ so the stream tile needs no transpose). RELOAD: a second, L2-hit
+# load of the stream tile for the elementwise term.
+_PROJ_FWD = (128, 128, 3, False, 8, 1)
+_PROJ_BWD = (16, 256, 3, False, 4, False)
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
-# partial reductions summed afterwards), BT tokens, BC channels, num_warps.
-_PRB = ("loop", 4, 128, 4)
+# partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
+# [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps.
+_PRB = ("split", 2, 128, 2)
 
 
 def _p2(v: int, lo: int = 1) -> int:
@@ -140,7 +143,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     N, K = x.shape
     M = dm.shape[1]
     p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
-    bn, bk, stages, reload, warps = _proj_tiles(_PROJ_BWD, K, M, split)
+    bn, bk, stages, reload, warps, trans = _proj_tiles(_PROJ_BWD, K, M, split)
     n_kb = triton.cdiv(K, bk)
     # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
     splits = max(1, min(triton.cdiv(N, bn), triton.cdiv(4 * _n_sm(x.device), n_kb)))
@@ -150,8 +153,8 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     dx = torch.empty_like(x)
     ck.proj_bwd[(n_kb, splits)](
         x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, BN=bn, BK=bk, MP=_p2(M, 16),
-        PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload, num_stages=stages,
-        num_warps=warps)
+        PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload, TRANS=trans,
+        num_stages=stages, num_warps=warps)
     return dx, part.sum(0)
 
 
@@ -319,7 +322,12 @@ def _post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
     bc = min(bc, _p2(C, 16))
     if N > 0:
         args = (x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(), dx, df)
-        if mode == "split":
+        if mode == "mma":  # bt = target rows (token, stream) per program
+            bt = max(1, bt // n)
+            sk.post_res_bwd_mma[(triton.cdiv(N, bt),)](
+                *args, dhp, dhr, N, C, n=n, BT=bt, R=_p2(bt * n, 16), TP=_p2(bt, 16), BC=max(bc, 16),
+                HILO=x.dtype == torch.bfloat16, INTERP=_interpreted(), num_warps=warps)
+        elif mode == "split":
             chunks = triton.cdiv(C, bc)
             php, phr = torch.empty(chunks, N, n, **f32), torch.empty(chunks, N, n, n, **f32)
             sk.post_res_bwd_split[(triton.cdiv(N, bt), chunks)](

@@ -127,6 +127,74 @@ def post_res_bwd_split(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_
 
 
 @triton.jit
+def _mma_any(a, b, HILO: tl.constexpr, INTERP: tl.constexpr):
+    # a: fp32 coefficients, b: stream tile. bf16 stream (HILO): a = a_hi + a_lo as two bf16 MMAs
+    # (~16-bit products, fp32 accumulate). fp32 stream: full fp32 products. The interpreter
+    # mishandles bf16 dot operands, so there everything is fp32.
+    if INTERP or not HILO:
+        return tl.dot(a, b.to(tl.float32), input_precision="ieee")
+    else:
+        a_hi = a.to(tl.bfloat16)
+        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+        return tl.dot(a_hi, b) + tl.dot(a_lo, b)
+
+
+@triton.jit
+def _mma_tt(a, b, HILO: tl.constexpr, INTERP: tl.constexpr):
+    # a·bᵀ of two stream tiles (exact products in fp32, fp32 accumulate).
+    if INTERP or not HILO:
+        return tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision="ieee")
+    else:
+        return tl.dot(a, tl.trans(b))
+
+
+@triton.jit
+def post_res_bwd_mma(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C,
+                     n: tl.constexpr, BT: tl.constexpr, R: tl.constexpr, TP: tl.constexpr, BC: tl.constexpr,
+                     HILO: tl.constexpr, INTERP: tl.constexpr):
+    # BT tokens = R rows (token, stream) of the [N·n, C] stream matrix (R = pow2 >= max(16, BT·n),
+    # TP = pow2 >= max(16, BT) token slots). Per C chunk everything is an MMA on [R, BC] tiles, so the
+    # reductions over C ride on the MMA's K dimension instead of cross-lane sums:
+    #   dx = Hbd·G, Hbd[(t,j), (t,i)] = H_res[t,i,j] (block-diagonal [R, R]);
+    #   df = Pbd·G, Pbd[t, (t,i)] = H_post[t,i] ([TP, R]);
+    #   dH_res += G·Xᵀ (its diagonal blocks), dH_post += G·Fᵀ (entries ((t,i), t)).
+    t0 = tl.program_id(0) * BT
+    r = tl.arange(0, R)
+    rt = t0 + r // n
+    rs = r % n
+    rv = (r < BT * n) & (rt < N)
+    row = t0.to(tl.int64) * n + r
+    s = tl.arange(0, TP)
+    st = t0 + s
+    sv = (s < BT) & (st < N)
+    same = (r[:, None] // n) == (r[None, :] // n)
+    hb = tl.load(hr_ptr + rt[:, None] * (n * n) + rs[None, :] * n + rs[:, None],
+                 mask=same & rv[:, None] & rv[None, :], other=0.0)
+    own = (r[None, :] // n) == s[:, None]
+    pb = tl.load(hp_ptr + rt[None, :] * n + rs[None, :], mask=own & rv[None, :] & sv[:, None], other=0.0)
+    acc_h = tl.zeros((R, R), dtype=tl.float32)
+    acc_p = tl.zeros((R, TP), dtype=tl.float32)
+    for c0 in range(0, C, BC):
+        c = c0 + tl.arange(0, BC)
+        cm = c < C
+        m2 = rv[:, None] & cm[None, :]
+        mf = sv[:, None] & cm[None, :]
+        ro = row[:, None] * C + c[None, :]
+        fo = st.to(tl.int64)[:, None] * C + c[None, :]
+        g = tl.load(g_ptr + ro, mask=m2, other=0.0)
+        x = tl.load(x_ptr + ro, mask=m2, other=0.0)
+        f = tl.load(f_ptr + fo, mask=mf, other=0.0)
+        tl.store(dx_ptr + ro, _mma_any(hb, g, HILO, INTERP).to(dx_ptr.dtype.element_ty), mask=m2)
+        tl.store(df_ptr + fo, _mma_any(pb, g, HILO, INTERP).to(df_ptr.dtype.element_ty), mask=mf)
+        acc_h += _mma_tt(g, x, HILO, INTERP)
+        acc_p += _mma_tt(g, f, HILO, INTERP)
+    tl.store(dhr_ptr + rt[:, None] * (n * n) + rs[:, None] * n + rs[None, :], acc_h,
+             mask=same & rv[:, None] & rv[None, :])
+    tl.store(dhp_ptr + rt[:, None] * n + rs[:, None] + 0 * s[None, :], acc_p,
+             mask=((r[:, None] // n) == s[None, :]) & rv[:, None] & sv[None, :])
+
+
+@triton.jit
 def pre_bwd(x_ptr, h_ptr, g_ptr, dx_ptr, dh_ptr, N, C,
             n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, WRITE_DX: tl.constexpr):
     t = tl.program_id(0) * BT + tl.arange(0, BT)

@@ -13,7 +13,10 @@ from .test_fused_parity import REF, _compare, _inputs, _run
 
 VARIANTS = {
     "proj K split 3": dict(_PROJ_FWD=(16, 32, 2, False, 4, 3)),
-    "proj reload, 2 warps": dict(_PROJ_FWD=(16, 32, 2, True, 2, 1), _PROJ_BWD=(16, 32, 2, True, 2)),
+    "proj reload, 2 warps": dict(_PROJ_FWD=(16, 32, 2, True, 2, 1), _PROJ_BWD=(16, 32, 2, True, 2, False)),
+    "proj bwd dphi transposed": dict(_PROJ_BWD=(16, 32, 2, False, 4, True)),
+    "post_res_bwd mma": dict(_PRB=("mma", 16, 32, 4)),
+    "post_res_bwd mma 32 rows": dict(_PRB=("mma", 32, 16, 4)),
     "post_res_bwd split": dict(_PRB=("split", 4, 32, 4)),
     "post_res_bwd split odd": dict(_PRB=("split", 2, 16, 2)),
     "sinkhorn 8 tokens, 1 warp": dict(_SINKHORN=(8, 1)),
@@ -66,3 +69,12 @@ def test_precision_choices_agree_with_config(fused):
     assert tuple(KERNEL_PRECISIONS) == tuple(fused.PROJ_PRECISIONS)
     with pytest.raises(ValueError, match="residual.kernel_precision='fp8' is unknown"):
         ResidualConfig(kind="mhc", kernel_precision="fp8").validate()
+
+
+@pytest.mark.parametrize("patched", list(VARIANTS), indirect=True)
+def test_variant_bf16_stream(patched, device):
+    """bf16 stream: on CUDA the bf16 MMA paths (hi/lo coefficient splits) of every variant."""
+    N, n, C = 33, 4, 80
+    inp = _inputs(N, n, C, torch.bfloat16, device, seed=17)
+    got = _run(patched.ops(), inp, n, t_max=20, upcast=False)
+    _compare(got, _run(REF, inp, n, t_max=20, upcast=False), tol=2e-2)
