@@ -43,6 +43,10 @@ _PROJ_BWD = (16, 256, 3, False, 4, False)
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps.
 _PRB = ("split", 2, 128, 2)
+# Under torch.compile: post_res's backward leaves dx = H_resᵀ g as an expression for Inductor to fuse
+# into the sum of the stream's gradient parts (the kernel then only reduces and writes df), instead of
+# writing dx and reading it back. Needs _PRB mode "mma" (other modes write dx anyway).
+LAZY_RES_DX = False
 
 
 def _p2(v: int, lo: int = 1) -> int:
@@ -310,9 +314,8 @@ def _(x, f, h_post, h_res):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("mhc_repro::post_res_bwd", mutates_args=())
-def _post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
-                  g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _launch_post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, g: Tensor,
+                         write_dx: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x = x.contiguous()
     N, n, C = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
@@ -326,7 +329,7 @@ def _post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
             bt = max(1, bt // n)
             sk.post_res_bwd_mma[(triton.cdiv(N, bt),)](
                 *args, dhp, dhr, N, C, n=n, BT=bt, R=_p2(bt * n, 16), TP=_p2(bt, 16), BC=max(bc, 16),
-                HILO=x.dtype == torch.bfloat16, INTERP=_interpreted(), num_warps=warps)
+                HILO=x.dtype == torch.bfloat16, INTERP=_interpreted(), WRITE_DX=write_dx, num_warps=warps)
         elif mode == "split":
             chunks = triton.cdiv(C, bc)
             php, phr = torch.empty(chunks, N, n, **f32), torch.empty(chunks, N, n, n, **f32)
@@ -337,6 +340,24 @@ def _post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
             sk.post_res_bwd[(triton.cdiv(N, bt),)](
                 *args, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps)
     return dx, df, dhp.to(h_post.dtype), dhr.to(h_res.dtype)
+
+
+@torch.library.custom_op("mhc_repro::post_res_bwd", mutates_args=())
+def _post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
+                  g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _launch_post_res_bwd(x, f, h_post, h_res, g, True)
+
+
+@torch.library.custom_op("mhc_repro::post_res_bwd_red", mutates_args=())
+def _post_res_bwd_red(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
+                      g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """post_res_bwd without dx (df, dH_post, dH_res); dx only skipped in mode "mma"."""
+    return _launch_post_res_bwd(x, f, h_post, h_res, g, False)[1:]
+
+
+@_post_res_bwd_red.register_fake
+def _(x, f, h_post, h_res, g):
+    return torch.empty_like(f), torch.empty_like(h_post), torch.empty_like(h_res)
 
 
 @_post_res_bwd.register_fake
@@ -350,6 +371,10 @@ def _post_res_setup(ctx, inputs, output):
 
 def _post_res_backward(ctx, g):
     x, f, h_post, h_res = ctx.saved_tensors
+    if LAZY_RES_DX and torch.compiler.is_compiling():
+        df, dhp, dhr = torch.ops.mhc_repro.post_res_bwd_red(x, f, h_post, h_res, g)
+        dx = (h_res.float().unsqueeze(-1) * g.float().unsqueeze(2)).sum(1).to(x.dtype)  # Σ_i H[i,j] g[i]
+        return dx, df, dhp, dhr
     return torch.ops.mhc_repro.post_res_bwd(x, f, h_post, h_res, g)
 
 

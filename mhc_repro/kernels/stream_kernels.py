@@ -151,7 +151,7 @@ def _mma_tt(a, b, HILO: tl.constexpr, INTERP: tl.constexpr):
 @triton.jit
 def post_res_bwd_mma(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C,
                      n: tl.constexpr, BT: tl.constexpr, R: tl.constexpr, TP: tl.constexpr, BC: tl.constexpr,
-                     HILO: tl.constexpr, INTERP: tl.constexpr):
+                     HILO: tl.constexpr, INTERP: tl.constexpr, WRITE_DX: tl.constexpr):
     # BT tokens = R rows (token, stream) of the [N·n, C] stream matrix (R = pow2 >= max(16, BT·n),
     # TP = pow2 >= max(16, BT) token slots). Per C chunk everything is an MMA on [R, BC] tiles, so the
     # reductions over C ride on the MMA's K dimension instead of cross-lane sums:
@@ -184,7 +184,8 @@ def post_res_bwd_mma(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_pt
         g = tl.load(g_ptr + ro, mask=m2, other=0.0)
         x = tl.load(x_ptr + ro, mask=m2, other=0.0)
         f = tl.load(f_ptr + fo, mask=mf, other=0.0)
-        tl.store(dx_ptr + ro, _mma_any(hb, g, HILO, INTERP).to(dx_ptr.dtype.element_ty), mask=m2)
+        if WRITE_DX:  # else the caller forms H_resᵀ g itself (fused into the stream-gradient sum)
+            tl.store(dx_ptr + ro, _mma_any(hb, g, HILO, INTERP).to(dx_ptr.dtype.element_ty), mask=m2)
         tl.store(df_ptr + fo, _mma_any(pb, g, HILO, INTERP).to(df_ptr.dtype.element_ty), mask=mf)
         acc_h += _mma_tt(g, x, HILO, INTERP)
         acc_p += _mma_tt(g, f, HILO, INTERP)

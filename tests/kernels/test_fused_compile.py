@@ -58,3 +58,22 @@ def test_opcheck(fused, device, op):
     args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
     torch.library.opcheck(getattr(torch.ops.mhc_repro, op).default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("mode", ["mma", "split"])
+def test_lazy_residual_gradient_under_compile(fused, device, monkeypatch, mode):
+    """LAZY_RES_DX: post_res's backward leaves H_resᵀ g to the compiler; gradients unchanged."""
+    monkeypatch.setattr(fused, "LAZY_RES_DX", True)
+    monkeypatch.setattr(fused, "_PRB", (mode, 16, 32, 4))
+    ops = fused.ops()
+    backend = "aot_eager" if device == "cpu" else "inductor"
+    torch._dynamo.reset()
+    fn = torch.compile(lambda *a: _sublayer(ops, *a), backend=backend, fullgraph=True)
+    a, b = _leaves(device, seed=3), _leaves(device, seed=3)
+    ya, yb = _sublayer(ops, *a), fn(*b)
+    w = torch.randn_like(ya)
+    ga = torch.autograd.grad((ya * w).sum(), a)
+    gb = torch.autograd.grad((yb * w).sum(), b)
+    torch._dynamo.reset()
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
