@@ -128,13 +128,14 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
         blocks = _hc_package().build_hc_package_blocks(c, n, n_blocks, device, RMSNorm, Attention, SwiGLU)
         return blocks, [torch.compile(b, dynamic=False) if compiled else b for b in blocks]
     prec = "bf16" if kind.startswith("mhc_fused_bf16") else PRECISION[0]
-    ops = None if kind == "residual" else get_mhc_ops("reference" if kind == "mhc_ref" else "triton", device, prec)
+    ops = None if kind.startswith("residual") else get_mhc_ops("reference" if kind == "mhc_ref" else "triton", device, prec)
     torch.manual_seed(0)
     blocks = nn.ModuleList([Block(c, n if ops else 1, ops) for _ in range(n_blocks)]).to(device)
     for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
         if not name.split(".")[-1] in ("phi", "alpha", "bias"):
             p.data = p.data.to(torch.bfloat16)
-    if kind == "mhc_fused_rc":  # PAPER §5 recomputation: each block under the mHC recompute policy
+    if kind.endswith("_rc"):  # PAPER §5 recomputation: each block under the mHC recompute policy
+        # (residual_rc: the plain residual under the same policy, for a like-with-like memory ratio)
         from mhc_repro.residual.recompute import checkpoint_block
 
         for b in blocks:
@@ -185,7 +186,7 @@ def lazy_residual_gradient(on: bool):
 def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
     params = list(blocks.parameters())
-    n_streams = 1 if kind == "residual" else n
+    n_streams = 1 if kind.startswith("residual") else n
 
     def step():
         for p in params:
