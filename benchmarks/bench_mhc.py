@@ -134,12 +134,14 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
         if not name.split(".")[-1] in ("phi", "alpha", "bias"):
             p.data = p.data.to(torch.bfloat16)
-    if kind.endswith("_rc"):  # PAPER §5 recomputation: each block under the mHC recompute policy
+    if kind.endswith("_rc") or kind.endswith("_rcops"):  # PAPER §5 recomputation: each block under
+        # the mHC recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run)
         # (residual_rc: the plain residual under the same policy, for a like-with-like memory ratio)
         from mhc_repro.residual.recompute import checkpoint_block
 
         for b in blocks:
-            b.forward = lambda x, f=b.forward: checkpoint_block(f, x)
+            mode = "stream-ops" if kind.endswith("_rcops") else "stream"
+            b.forward = lambda x, f=b.forward, mode=mode: checkpoint_block(f, x, mode=mode)
     fns = [torch.compile(b, dynamic=False) if compiled else b for b in blocks]
     return blocks, fns
 
@@ -269,10 +271,11 @@ SWEEP = {
     "_PRB": [("split", 2, 128, 2), ("loop", 4, 128, 4), ("mma", 16, 128, 4), ("mma", 16, 256, 4),
              ("mma", 32, 128, 4), ("mma", 32, 64, 4), ("mma", 16, 64, 2), ("mma", 64, 64, 8)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
+    "_PROJ_BWD_DX": [None, (64, 128, 4), (32, 256, 4), (128, 128, 8), (64, 256, 8), (16, 512, 4)],
 }
 
 
-def sweep_configs(c, n, N, device, precision):
+def sweep_configs(c, n, N, device, precision, only=()):
     """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each."""
     from triton.testing import do_bench
 
@@ -291,6 +294,7 @@ def sweep_configs(c, n, N, device, precision):
     ops = {
         "_PROJ_FWD": lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "_PROJ_BWD": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
+        "_PROJ_BWD_DX": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_SINKHORN": lambda: (fused.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + fused.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),
@@ -301,6 +305,8 @@ def sweep_configs(c, n, N, device, precision):
 
     rows, best = [], {}
     for name, cands in SWEEP.items():
+        if only and name not in only:
+            continue
         saved = getattr(fused, name)
         ref = ops[name]()  # outputs of the default tiles: a candidate must reproduce them
         for cand in cands:
@@ -344,6 +350,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip remaining stack runs after this")
     ap.add_argument("--sweep", action="store_true", help="sweep kernel tiles first, keep the fastest")
+    ap.add_argument("--sweep-only", nargs="*", default=(), help="sweep only these SWEEP entries")
+    ap.add_argument("--no-kernels", action="store_true", help="skip the per-kernel GB/s table")
     ap.add_argument("--precision", default="bf16x2", choices=["bf16x2", "bf16"],
                     help="projection operands of variant mhc_fused (mhc_fused_bf16 is always bf16)")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
@@ -367,7 +375,7 @@ def main() -> None:
     if args.sweep:
         from mhc_repro.kernels import fused
 
-        rows, best = sweep_configs(args.C[0], args.n, args.tokens, dev, args.precision)
+        rows, best = sweep_configs(args.C[0], args.n, args.tokens, dev, args.precision, args.sweep_only)
         res["sweep"] = rows
         for r in rows:
             print(json.dumps(r), flush=True)
@@ -377,7 +385,7 @@ def main() -> None:
         LAZY_PRB[0] = best.get("_PRB_mma", (0, LAZY_PRB[0]))[1]
         res["chosen"] = best
         print("chosen:", res["chosen"], flush=True)
-    for c in args.C:
+    for c in [] if args.no_kernels else args.C:
         res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs, args.precision)
         dump()
     for c in args.C:

@@ -52,12 +52,13 @@ class Block(nn.Module):
         self.ffn_residual = build_residual(cfg.residual, 2 * index + 1, d, eps)
         # PAPER.md §5 recomputation (residual.recompute="stream"); full checkpointing (LM) wins over it.
         # Applied here, inside forward, so that block.compile() traces the checkpoint and its policy.
-        self.recompute_stream = cfg.residual.recompute == "stream" and not cfg.activation_checkpointing
+        self.recompute_stream = cfg.residual.recompute != "none" and not cfg.activation_checkpointing
+        self.recompute_mode = cfg.residual.recompute
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
                 kv: Optional[LayerKV] = None, start: int = 0) -> Tensor:
         if self.recompute_stream and kv is None and torch.is_grad_enabled():
-            return checkpoint_block(self._sublayers, x, rope, mask)
+            return checkpoint_block(self._sublayers, x, rope, mask, mode=self.recompute_mode)
         return self._sublayers(x, rope, mask, kv, start)
 
     def _sublayers(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],

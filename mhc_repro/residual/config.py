@@ -15,7 +15,7 @@ PHI_INITS = ("normal", "zeros")
 BIAS_INITS = ("zeros", "hc")
 COLLAPSES = ("sum", "mean", "learned")
 BACKENDS = ("auto", "reference", "triton")
-RECOMPUTES = ("none", "stream")
+RECOMPUTES = ("none", "stream", "stream-ops")
 KERNEL_PRECISIONS = ("bf16x2", "bf16")  # = mhc_repro.kernels.fused.PROJ_PRECISIONS (tested)
 
 
@@ -93,7 +93,10 @@ class ResidualConfig:
     stored + one segment's recomputed streams ≈ 132·C per token at L_r = 2 vs ≈ 76·C at the optimum).
     Meant for the fused (triton) backend; on the reference backend the same policy recomputes the
     reference ops except their projection matmul. Costs one extra pass of the stream ops and the
-    elementwise ops per step; gradients are those of "none". ``model.activation_checkpointing``
+    elementwise ops per step; gradients are those of "none". "stream-ops" (for compiled blocks) forces
+    only the two stream ops to be re-run and leaves every other op to torch.compile's partitioner:
+    less recompute than "stream", less memory saved (in eager mode it saves less than "none": use
+    "stream" there). ``model.activation_checkpointing``
     (full recompute) takes precedence when on. Training only (no effect with a KV cache or no grad)."""
 
     kernel_precision: str = "bf16x2"

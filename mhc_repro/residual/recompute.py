@@ -45,7 +45,10 @@ from typing import Any, Callable
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-RECOMPUTE_MODES = ("none", "stream")
+RECOMPUTE_MODES = ("none", "stream", "stream-ops")
+
+# mode "stream-ops": only these are forced to be recomputed; the rest is left to the compiler.
+STREAM_OPS = frozenset({"mhc_repro::pre", "mhc_repro::post_res"})
 
 # A bmm whose contraction is this small is a stream mix (the reference mHC einsums contract over the n
 # streams or none at all), not a model matmul: recompute it.
@@ -78,11 +81,27 @@ def recompute_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def mhc_recompute_context() -> Callable[[], tuple]:
-    """The ``context_fn`` for ``torch.utils.checkpoint.checkpoint`` that applies ``recompute_policy``."""
-    return functools.partial(create_selective_checkpoint_contexts, recompute_policy)
+def stream_ops_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+    """SAC policy of ``recompute="stream-ops"`` (meant for torch.compile): the mHC stream ops must be
+    re-run, matmuls / attention / coefficients must be saved, everything else is PREFER_SAVE, which
+    under torch.compile leaves it to the partitioner (it keeps only what the backward needs, as without
+    checkpointing). In eager mode PREFER_SAVE caches every output: there use "stream"."""
+    name = _op_name(func)
+    if name in STREAM_OPS:
+        return CheckpointPolicy.MUST_RECOMPUTE
+    if name in SAVE_OPS:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_SAVE
 
 
-def checkpoint_block(fn: Callable, *args, **kwargs):
-    """``fn(*args, **kwargs)`` under non-reentrant checkpointing with the mHC recompute policy."""
-    return checkpoint(fn, *args, use_reentrant=False, context_fn=mhc_recompute_context(), **kwargs)
+POLICIES = {"stream": recompute_policy, "stream-ops": stream_ops_policy}
+
+
+def mhc_recompute_context(mode: str = "stream") -> Callable[[], tuple]:
+    """The ``context_fn`` for ``torch.utils.checkpoint.checkpoint`` that applies the policy of ``mode``."""
+    return functools.partial(create_selective_checkpoint_contexts, POLICIES[mode])
+
+
+def checkpoint_block(fn: Callable, *args, mode: str = "stream", **kwargs):
+    """``fn(*args, **kwargs)`` under non-reentrant checkpointing with the mHC recompute policy of ``mode``."""
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=mhc_recompute_context(mode), **kwargs)
