@@ -271,7 +271,6 @@ SWEEP = {
     "_PRB": [("split", 2, 128, 2), ("loop", 4, 128, 4), ("mma", 16, 128, 4), ("mma", 16, 256, 4),
              ("mma", 32, 128, 4), ("mma", 32, 64, 4), ("mma", 16, 64, 2), ("mma", 64, 64, 8)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
-    "_PROJ_BWD_DX": [None, (64, 128, 4), (32, 256, 4), (128, 128, 8), (64, 256, 8), (16, 512, 4)],
 }
 
 
@@ -294,7 +293,6 @@ def sweep_configs(c, n, N, device, precision, only=()):
     ops = {
         "_PROJ_FWD": lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "_PROJ_BWD": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
-        "_PROJ_BWD_DX": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_SINKHORN": lambda: (fused.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + fused.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),

@@ -192,8 +192,7 @@ def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, s
 def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
              SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr,
-             TRANS: tl.constexpr, WRITE_DX: tl.constexpr):
-    # WRITE_DX = False: only the dφ partials (dx then comes from proj_bwd_dx, a separate streaming pass).
+             TRANS: tl.constexpr):
     # TRANS: accumulate dφᵀ = dmᵀ·v ([MP, BK]; the stream tile is the MMA's B operand as loaded)
     # instead of dφ = vᵀ·dm ([BK, MP]; needs the big tile transposed); stored transposed at the end.
     kb = tl.program_id(0)
@@ -245,46 +244,14 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
                 acc += tl.dot(tl.trans(dm), v.to(tl.float32), input_precision=PREC)
             else:
                 acc += tl.dot(tl.trans(v), dm, input_precision=PREC)
-        if WRITE_DX:
-            if RELOAD:
-                dv += c[:, None] * tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
-            else:
-                dv += c[:, None] * v.to(tl.float32)
-            tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
+        if RELOAD:
+            dv += c[:, None] * tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
+        else:
+            dv += c[:, None] * v.to(tl.float32)
+        tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
     if TRANS:
         tl.store(dphi_ptr + sp.to(tl.int64) * K * M + k[None, :] * M + cols[:, None], acc,
                  mask=km[None, :] & cm[:, None])
     else:
         tl.store(dphi_ptr + sp.to(tl.int64) * K * M + po, acc, mask=pm)
 
-
-@triton.jit
-def proj_bwd_dx(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, N, K, M,
-                BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
-                SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr):
-    # dx = dm·φᵀ + c·v on a 2-D (tokens, K) grid: a pure streaming pass (reads v, writes dx), the
-    # dφ reduction being left to proj_bwd(WRITE_DX=False).
-    t = tl.program_id(0) * BN + tl.arange(0, BN)
-    k = tl.program_id(1) * BK + tl.arange(0, BK)
-    tm = t < N
-    km = k < K
-    cols = tl.arange(0, MP)
-    cm = cols < M
-    po = k[:, None] * M + cols[None, :]
-    pm = km[:, None] & cm[None, :]
-    pt = tl.trans(tl.load(phi_ptr + po, mask=pm, other=0.0))  # [MP, BK]
-    dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
-    if SPLIT and LO:
-        dm_hi = dm.to(tl.bfloat16)
-        dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
-        pt_lo = tl.trans(tl.load(phi_lo_ptr + po, mask=pm, other=0.0))
-        dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
-    elif SPLIT:
-        dv = _mma(dm.to(tl.bfloat16), pt, INTERP)
-    else:
-        dv = tl.dot(dm, pt, input_precision=PREC)
-    xo = t[:, None].to(tl.int64) * K + k[None, :]
-    xm = tm[:, None] & km[None, :]
-    c = tl.load(c_ptr + t, mask=tm, other=0.0)
-    dv += c[:, None] * tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
-    tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)

@@ -39,9 +39,6 @@ _SINKHORN = (64, 4)  # coefficient epilogue / Sinkhorn backward: (tokens per pro
 # load of the stream tile for the elementwise term.
 _PROJ_FWD = (128, 128, 3, False, 8, 1)
 _PROJ_BWD = (16, 256, 3, False, 4, False)
-# None: proj_bwd writes dx in the same pass as the dφ partials. (BN, BK, num_warps): dx in a separate
-# streaming pass (proj_bwd_dx, 2-D grid) and proj_bwd only reduces dφ (reads the stream twice).
-_PROJ_BWD_DX = None
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps.
@@ -158,17 +155,10 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     splits = max(1, triton.cdiv(N, tok))
     part = torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
-    sep = _PROJ_BWD_DX
     ck.proj_bwd[(n_kb, splits)](
         x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, BN=bn, BK=bk, MP=_p2(M, 16),
         PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload, TRANS=trans,
-        WRITE_DX=sep is None, num_stages=stages, num_warps=warps)
-    if sep is not None:
-        bn2, bk2, warps2 = sep
-        bk2 = min(bk2, _p2(K, 16))
-        ck.proj_bwd_dx[(triton.cdiv(N, bn2), triton.cdiv(K, bk2))](
-            x, p_hi, p_lo, dm, c, dx, N, K, M, BN=bn2, BK=bk2, MP=_p2(M, 16), PREC=DOT_PRECISION,
-            SPLIT=split, LO=lo, INTERP=_interpreted(), num_warps=warps2)
+        num_stages=stages, num_warps=warps)
     return dx, part.sum(0)
 
 
