@@ -12,7 +12,7 @@ and whose H_res is near-identity, so the branch contributes as in Pre-Norm). The
 initialise their own parameters; this module does not touch them.
 
 Memory: ``activation_checkpointing`` recomputes each whole block in backward; otherwise
-``residual.recompute="stream"`` runs each block under the mHC selective recompute policy
+``residual.recompute`` ("stream" / "stream-ops") runs each block under an mHC selective recompute policy
 (``mhc_repro.residual.recompute``, PAPER.md §5; applied in ``Block.forward``). Both apply only to
 forwards with grad enabled and no KV cache.
 """
@@ -50,7 +50,7 @@ class Block(nn.Module):
         self.ffn = MoE(cfg) if cfg.is_moe_block(index) else SwiGLU(d, cfg.dense_ffn_width)
         self.attn_residual = build_residual(cfg.residual, 2 * index, d, eps)
         self.ffn_residual = build_residual(cfg.residual, 2 * index + 1, d, eps)
-        # PAPER.md §5 recomputation (residual.recompute="stream"); full checkpointing (LM) wins over it.
+        # PAPER.md §5 recomputation (residual.recompute != "none"); full checkpointing (LM) wins over it.
         # Applied here, inside forward, so that block.compile() traces the checkpoint and its policy.
         self.recompute_stream = cfg.residual.recompute != "none" and not cfg.activation_checkpointing
         self.recompute_mode = cfg.residual.recompute
