@@ -79,7 +79,7 @@ class Block(nn.Module):
     def __init__(self, c: int, n: int = 1, ops=None):
         super().__init__()
         self.n1, self.attn, self.n2, self.ffn = RMSNorm(c), Attention(c), RMSNorm(c), SwiGLU(c)
-        self.n, self.ops = n, ops
+        self.n, self.ops, self.linked = n, ops, False
         if ops is not None:
             M = n * n + 2 * n
             self.phi = nn.Parameter(torch.randn(2, n * c, M) * (0.02 / (n * c) ** 0.5))
@@ -91,6 +91,10 @@ class Block(nn.Module):
     def _mhc(self, x, i, branch):
         B, T, n, C = x.shape
         x3 = x.reshape(B * T, n, C)
+        if self.linked:  # one stream-gradient buffer (mhc_repro/kernels/linked.py)
+            b, hq, hr, xl = self.ops.mhc_pre_linked(x3, self.phi[i], self.alpha[i], self.bias[i], n)
+            f = branch(b.view(B, T, C))
+            return self.ops.mhc_post_res_linked(xl, f.reshape(B * T, C), hq, hr).view(B, T, n, C)
         hp, hq, hr = self.ops.mhc_coefficients(x3.reshape(B * T, n * C), self.phi[i], self.alpha[i],
                                                self.bias[i], n)
         f = branch(self.ops.mhc_pre(x3, hp).view(B, T, C))
@@ -134,6 +138,8 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
         if not name.split(".")[-1] in ("phi", "alpha", "bias"):
             p.data = p.data.to(torch.bfloat16)
+    for b in blocks:
+        b.linked = "_linked" in kind  # *_linked: the linked sub-layer pair
     if kind.endswith("_rc") or kind.endswith("_rcops"):  # PAPER §5 recomputation: each block under
         # the mHC recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run)
         # (residual_rc: the plain residual under the same policy, for a like-with-like memory ratio)
@@ -342,7 +348,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
     ap.add_argument("--blocks-large", type=int, default=2)
     ap.add_argument("--variants", nargs="+",
-                    default=["residual", "mhc_ref", "mhc_fused", "mhc_fused_bf16", "mhc_fused_rc", "hc_pkg"])
+                    default=["residual", "mhc_ref", "mhc_fused", "mhc_fused_bf16", "mhc_fused_linked",
+                             "mhc_fused_rc", "hc_pkg"])
     ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)

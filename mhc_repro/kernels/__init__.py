@@ -21,6 +21,8 @@ def _reference_ops() -> SimpleNamespace:
         mhc_coefficients=mhc_ops.mhc_coefficients,
         mhc_pre=mhc_ops.mhc_pre,
         mhc_post_res=mhc_ops.mhc_post_res,
+        mhc_pre_linked=mhc_ops.mhc_pre_linked,
+        mhc_post_res_linked=mhc_ops.mhc_post_res_linked,
     )
 
 

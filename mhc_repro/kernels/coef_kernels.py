@@ -190,9 +190,13 @@ def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, s
 
 @triton.jit
 def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split,
+             g_ptr, hres_ptr, hpre_ptr, din_ptr, C,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
              SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr,
-             TRANS: tl.constexpr):
+             TRANS: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr):
+    # LINK (the linked sub-layer, fused.mhc_pre_linked): dx also gets the other two stream-gradient
+    # parts, H_resᵀ g + h_pre ⊗ d_in (g: the gradient of the sub-layer's output stream), so the whole
+    # stream gradient is written once. Column k of the flat stream is stream k // C, channel k % C.
     # TRANS: accumulate dφᵀ = dmᵀ·v ([MP, BK]; the stream tile is the MMA's B operand as loaded)
     # instead of dφ = vᵀ·dm ([BK, MP]; needs the big tile transposed); stored transposed at the end.
     kb = tl.program_id(0)
@@ -248,6 +252,16 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
             dv += c[:, None] * tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
         else:
             dv += c[:, None] * v.to(tl.float32)
+        if LINK:
+            js = k // C
+            ch = k % C
+            t64 = t.to(tl.int64)[:, None]
+            hp = tl.load(hpre_ptr + t[:, None] * n + js[None, :], mask=xm, other=0.0)
+            dv += hp * tl.load(din_ptr + t64 * C + ch[None, :], mask=xm, other=0.0).to(tl.float32)
+            for i in tl.static_range(n):
+                hr = tl.load(hres_ptr + t[:, None] * (n * n) + i * n + js[None, :], mask=xm, other=0.0)
+                gi = tl.load(g_ptr + (t64 * n + i) * C + ch[None, :], mask=xm, other=0.0)
+                dv += hr * gi.to(tl.float32)
         tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
     if TRANS:
         tl.store(dphi_ptr + sp.to(tl.int64) * K * M + k[None, :] * M + cols[:, None], acc,

@@ -142,8 +142,10 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps):
 
 
 def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
-                    precision: str = PROJ_PRECISION) -> tuple[Tensor, Tensor]:
-    """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32), one pass over x, dφ from per-split partials."""
+                    precision: str = PROJ_PRECISION, link: tuple | None = None) -> tuple[Tensor, Tensor]:
+    """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32), one pass over x, dφ from per-split partials.
+    ``link = (g [N, n, C], h_res [N, n, n], h_pre [N, n], d_in [N, C])`` adds H_resᵀ g + h_pre ⊗ d_in
+    to dx (the linked sub-layer's single stream-gradient pass)."""
     N, K = x.shape
     M = dm.shape[1]
     p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
@@ -155,10 +157,16 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     splits = max(1, triton.cdiv(N, tok))
     part = torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
+    if link is None:
+        g, h_res, h_pre, d_in, n, C = x, c, c, x, 1, K  # unused (LINK=False)
+    else:
+        g, h_res, h_pre, d_in = (t.contiguous() for t in link)
+        n, C = g.shape[1], g.shape[2]
+        h_res, h_pre = h_res.float(), h_pre.float()
     ck.proj_bwd[(n_kb, splits)](
-        x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, BN=bn, BK=bk, MP=_p2(M, 16),
-        PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload, TRANS=trans,
-        num_stages=stages, num_warps=warps)
+        x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
+        MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
+        TRANS=trans, LINK=link is not None, n=n, num_stages=stages, num_warps=warps)
     return dx, part.sum(0)
 
 
@@ -395,6 +403,15 @@ def mhc_coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n
     precision = PROJ_PRECISION if precision is None else precision
     _check_precision(precision)
     M = n * n + 2 * n
+    _check_coefficient_args(x_flat, phi, alpha, bias, n, t_max)
+    h_pre, h_post, h_res, _, _ = torch.ops.mhc_repro.coefficients(
+        x_flat, phi, alpha.reshape(3), bias.reshape(M), int(n), int(t_max), float(eps), float(rms_eps),
+        precision)
+    return h_pre, h_post, h_res
+
+
+def _check_coefficient_args(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int) -> None:
+    M = n * n + 2 * n
     _check(n >= 1, f"mHC n={n} is invalid; it must be an integer >= 1")
     _check(t_max >= 1, f"sinkhorn t_max={t_max} is invalid; it must be an integer >= 1")
     _check(x_flat.dim() == 2 and x_flat.shape[1] % n == 0,
@@ -403,10 +420,6 @@ def mhc_coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n
            f"phi shape {tuple(phi.shape)} is invalid; expected {(x_flat.shape[1], M)}")
     _check(alpha.numel() == 3, f"alpha has {alpha.numel()} elements; expected 3 (pre, post, res)")
     _check(bias.numel() == M, f"bias has {bias.numel()} elements; expected n*n+2n = {M}")
-    h_pre, h_post, h_res, _, _ = torch.ops.mhc_repro.coefficients(
-        x_flat, phi, alpha.reshape(3), bias.reshape(M), int(n), int(t_max), float(eps), float(rms_eps),
-        precision)
-    return h_pre, h_post, h_res
 
 
 def mhc_pre(x: Tensor, h_pre: Tensor) -> Tensor:
@@ -418,17 +431,26 @@ def mhc_pre(x: Tensor, h_pre: Tensor) -> Tensor:
 
 def mhc_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
     """``x_out[i] = sum_j H_res[i, j] x[j] + H_post[i] f``: [N, n, C] in x.dtype."""
+    _check_post_res_args(x, f, h_post, h_res)
+    return torch.ops.mhc_repro.post_res(x, f, h_post, h_res)
+
+
+def _check_post_res_args(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> None:
     N, n, C = x.shape if x.dim() == 3 else (None, None, None)
     _check(N is not None and tuple(f.shape) == (N, C) and tuple(h_post.shape) == (N, n)
            and tuple(h_res.shape) == (N, n, n),
            f"mhc_post_res shapes x={tuple(x.shape)} f={tuple(f.shape)} h_post={tuple(h_post.shape)} "
            f"h_res={tuple(h_res.shape)} are invalid; expected [N,n,C], [N,C], [N,n], [N,n,n]")
-    return torch.ops.mhc_repro.post_res(x, f, h_post, h_res)
 
 
 def _namespace(precision: str | None) -> SimpleNamespace:
-    coef = functools.partial(mhc_coefficients, precision=precision)
-    return SimpleNamespace(name="triton", mhc_coefficients=coef, mhc_pre=mhc_pre, mhc_post_res=mhc_post_res)
+    from . import linked  # the linked sub-layer pair (imports this module)
+
+    return SimpleNamespace(
+        name="triton", mhc_coefficients=functools.partial(mhc_coefficients, precision=precision),
+        mhc_pre=mhc_pre, mhc_post_res=mhc_post_res,
+        mhc_pre_linked=functools.partial(linked.mhc_pre_linked, precision=precision),
+        mhc_post_res_linked=linked.mhc_post_res_linked)
 
 
 # Built once at import: ops() is then a dict lookup, which torch.compile traces without a graph break

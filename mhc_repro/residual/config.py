@@ -16,7 +16,8 @@ BIAS_INITS = ("zeros", "hc")
 COLLAPSES = ("sum", "mean", "learned")
 BACKENDS = ("auto", "reference", "triton")
 RECOMPUTES = ("none", "stream", "stream-ops")
-KERNEL_PRECISIONS = ("bf16x2", "bf16")  # = mhc_repro.kernels.fused.PROJ_PRECISIONS (tested)
+KERNEL_PRECISIONS = ("bf16x2", "bf16")
+SUBLAYER_OPS = ("three", "linked")  # = mhc_repro.kernels.fused.PROJ_PRECISIONS (tested)
 
 
 @dataclass
@@ -106,6 +107,12 @@ class ResidualConfig:
     streams always use tf32; the reference backend is always exact fp32. [open: the paper does not
     say which it used]"""
 
+    sublayer_ops: str = "three"
+    """How the mHC sub-layer is split into operators: "three" (coefficients, pre, post_res — the
+    measured default) or "linked" (``mhc_pre_linked`` / ``mhc_post_res_linked``: split at the branch,
+    the fused backward writes the stream gradient once instead of three summed parts; same values
+    and gradients, not yet timed on a GPU). Only with all three maps on (ablations use "three")."""
+
     def __post_init__(self) -> None:
         if self.kind == "residual":
             self.n = 1  # Pre-Norm residual has one stream by definition
@@ -141,6 +148,7 @@ class ResidualConfig:
         choice("bias_init", self.bias_init, BIAS_INITS)
         choice("collapse", self.collapse, COLLAPSES)
         choice("kernel_precision", self.kernel_precision, KERNEL_PRECISIONS)
+        choice("sublayer_ops", self.sublayer_ops, SUBLAYER_OPS)
         choice("backend", self.backend, BACKENDS)
         choice("recompute", self.recompute, RECOMPUTES)
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:

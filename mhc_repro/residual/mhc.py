@@ -67,5 +67,21 @@ class ManifoldHyperConnection(StreamResidual):
         lead, n, c = tuple(x.shape[:-2]), self.n, self.d_model
         ops = self.ops(x.device)
         x3 = x.reshape(math.prod(lead), n, c)
+        cfg = self.cfg
+        if cfg.sublayer_ops == "linked" and cfg.use_h_pre and cfg.use_h_post and cfg.use_h_res:
+            return self._linked(x3, lead, branch, ops).reshape(x.shape)
         h_pre, h_post, h_res = self.coefficients(x3.reshape(-1, n * c), ops)
         return self._mix(x3, lead, h_pre, h_post, h_res, branch, ops).reshape(x.shape)
+
+    def _linked(self, x3: Tensor, lead: tuple[int, ...], branch: Branch, ops) -> Tensor:
+        """The same sub-layer through the linked pair (cfg.sublayer_ops="linked")."""
+        cfg, c = self.cfg, self.d_model
+        off = dict(device_type=x3.device.type, enabled=False)
+        with torch.autocast(**off):
+            branch_in, h_post, h_res, x_link = ops.mhc_pre_linked(
+                x3, self.phi, self.alpha, self.bias, self.n, cfg.sinkhorn_iters, cfg.sinkhorn_eps,
+                self.norm_eps)
+        self._record(h_res, lead)
+        f = branch(branch_in.reshape(*lead, c))
+        with torch.autocast(**off):
+            return ops.mhc_post_res_linked(x_link, f.reshape(-1, c).contiguous(), h_post, h_res)

@@ -4,7 +4,9 @@ Shapes: ``N`` tokens, ``n`` streams, ``C`` hidden size. The stream state is ``x:
 GPU), flattened stream-major to ``v: [N, n*C]`` for the coefficient projection. Everything that
 produces a coefficient runs in fp32 (PAPER.md §1, precision).
 
-``mhc_repro.kernels`` implements the same three functions with Triton and is tested against these.
+``mhc_repro.kernels`` implements the same three functions with Triton and is tested against these,
+plus the linked pair (``mhc_pre_linked`` / ``mhc_post_res_linked``: the same sub-layer split at the
+branch, one stream-gradient buffer in the fused version), defined here from the three.
 """
 
 from __future__ import annotations
@@ -64,3 +66,17 @@ def mhc_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
     out = torch.einsum("nij,njc->nic", h_res.to(xa.dtype), xa)
     out = out + h_post.to(xa.dtype).unsqueeze(-1) * f.to(xa.dtype).unsqueeze(1)
     return out.to(x.dtype)
+
+
+def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int = 20,
+                   eps: float = 1e-6, rms_eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(branch_in, H_post, H_res, x_link): coefficients + pre of x [N, n, C]; x_link = x, to be passed
+    to ``mhc_post_res_linked`` (the fused version routes the stream gradient through it)."""
+    N, _, C = x.shape
+    h_pre, h_post, h_res = mhc_coefficients(x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps)
+    return mhc_pre(x, h_pre), h_post, h_res, x
+
+
+def mhc_post_res_linked(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
+    """``mhc_post_res`` on the x_link of ``mhc_pre_linked``."""
+    return mhc_post_res(x_link, f, h_post, h_res)

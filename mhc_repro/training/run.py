@@ -29,7 +29,8 @@ from mhc_repro.training.module import LMModule, NonFiniteLossError
 RESUME_FREE_KEYS = {"train.progress_bar", "train.torch_threads", "train.devices", "train.num_nodes",
                     "train.out_dir", "train.compile", "tracking.enabled", "tracking.tracking_uri", "data.num_workers",
                     "data.cache_dir", "model.residual.backend", "model.activation_checkpointing",
-                    "model.residual.recompute", "model.residual.kernel_precision"}
+                    "model.residual.recompute", "model.residual.kernel_precision",
+                    "model.residual.sublayer_ops"}
 
 
 class RunFinishedError(ValueError):

@@ -1,0 +1,103 @@
+"""The linked sub-layer pair (kernels/linked.py: one stream-gradient buffer) vs the fp64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mhc_repro.residual import mhc_ops
+
+from .test_fused_parity import NAMES, _compare, _inputs, _run
+
+
+def _run_linked(ops, inp, n: int, upcast: bool, t_max: int = 20):
+    """Same sub-layer and cotangents as test_fused_parity._run, through the linked pair."""
+    conv = (lambda t: t.double()) if upcast else (lambda t: t)
+    leaves = {k: conv(inp[k]).detach().requires_grad_() for k in ("x", "phi", "alpha", "bias", "f")}
+    x, f = leaves["x"], leaves["f"]
+    b, h_post, h_res, x_link = ops.mhc_pre_linked(x, leaves["phi"], leaves["alpha"], leaves["bias"], n, t_max)
+    y = ops.mhc_post_res_linked(x_link, f * b.to(f.dtype), h_post, h_res)
+    outs = [h_post, h_res, b, y]
+    loss = sum((o.double() * conv(w).double()).sum() for o, w in zip(outs, inp["w"][1:]))
+    grads = torch.autograd.grad(loss, [leaves[k] for k in ("x", "phi", "alpha", "bias", "f")])
+    return [o.detach() for o in outs] + list(grads)
+
+
+def _no_pre_cotangent(inp):
+    out = dict(inp)
+    out["w"] = [torch.zeros_like(inp["w"][0])] + inp["w"][1:]  # H_pre is not an output of the pair
+    return out
+
+
+LINKED_NAMES = NAMES[1:]
+
+
+@pytest.mark.parametrize("N,n,C", [(37, 4, 67), (5, 1, 33), (19, 2, 48), (11, 8, 24), (45, 3, 16)])
+def test_linked_matches_fp64_reference(fused, device, N, n, C):
+    inp = _no_pre_cotangent(_inputs(N, n, C, torch.float32, device, seed=3 * N + n))
+    got = _run_linked(fused.ops(), inp, n, upcast=False)
+    ref = _run(mhc_ops, inp, n, t_max=20, upcast=True)[1:]  # the three reference ops, H_pre dropped
+    for name, a, b in zip(LINKED_NAMES, got, ref):
+        assert a.shape == b.shape, name
+    _compare_named(got, ref, tol=2e-5 if device == "cpu" else 5e-3)
+
+
+def _compare_named(got, ref, tol):
+    import tests.kernels.test_fused_parity as P
+
+    saved = P.NAMES
+    P.NAMES = LINKED_NAMES
+    try:
+        _compare(got, ref, tol)
+    finally:
+        P.NAMES = saved
+
+
+def test_linked_reference_pair_equals_three_ops(device):
+    inp = _no_pre_cotangent(_inputs(13, 4, 24, torch.float64, device, seed=1))
+    got = _run_linked(mhc_ops, inp, 4, upcast=False)
+    ref = _run(mhc_ops, inp, 4, t_max=20, upcast=False)[1:]
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_linked_bf16_stream(fused, device):
+    inp = _no_pre_cotangent(_inputs(33, 4, 80, torch.bfloat16, device, seed=9))
+    got = _run_linked(fused.ops(), inp, 4, upcast=False)
+    ref = _run(mhc_ops, inp, 4, t_max=20, upcast=False)[1:]
+    _compare_named(got, ref, tol=2e-2)
+
+
+def test_linked_deterministic_and_compiles(fused, device):
+    inp = _no_pre_cotangent(_inputs(29, 4, 40, torch.float32, device, seed=4))
+    a = _run_linked(fused.ops(), inp, 4, upcast=False)
+    b = _run_linked(fused.ops(), inp, 4, upcast=False)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    ops = fused.ops()
+    backend = "aot_eager" if device == "cpu" else "inductor"
+
+    def sub(x, phi, alpha, bias, fw):
+        b_, hq, hr, xl = ops.mhc_pre_linked(x, phi, alpha, bias, 4)
+        return ops.mhc_post_res_linked(xl, torch.tanh(b_ * fw), hq, hr)
+
+    torch._dynamo.reset()
+    fn = torch.compile(sub, backend=backend, fullgraph=True)
+    g = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(13, 4, 24, generator=g), 0.1 * torch.randn(96, 24, generator=g),
+              0.5 + torch.rand(3, generator=g), 0.1 * torch.randn(24, generator=g), torch.randn(24, generator=g)]
+    la = [t.to(device).requires_grad_() for t in leaves]
+    lb = [t.to(device).requires_grad_() for t in leaves]
+    ya, yb = sub(*la), fn(*lb)
+    w = torch.randn_like(ya)
+    for u, v in zip(torch.autograd.grad((ya * w).sum(), la), torch.autograd.grad((yb * w).sum(), lb)):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_linked_bad_shapes(fused):
+    x = torch.zeros(4, 2, 8)
+    with pytest.raises(ValueError, match="mhc_pre_linked x shape"):
+        fused.ops().mhc_pre_linked(x, torch.zeros(16, 8), torch.zeros(3), torch.zeros(8), 3)
+    with pytest.raises(ValueError, match="mhc_post_res shapes"):
+        fused.ops().mhc_post_res_linked(x, torch.zeros(4, 9), torch.zeros(4, 2), torch.zeros(4, 2, 2))

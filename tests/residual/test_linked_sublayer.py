@@ -1,0 +1,57 @@
+"""ResidualConfig.sublayer_ops="linked": the LM gives the same loss and gradients as "three"."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mhc_repro.model.transformer import LM
+from mhc_repro.presets import get_preset, with_variant
+
+
+
+def _cpu_triton() -> None:
+    """The Triton backend on CPU tensors needs the interpreter (set without CUDA by tests/conftest.py)."""
+    import os
+
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)")
+
+
+def _grads(backend: str, sublayer_ops: str, recompute: str = "none", **res) -> tuple[float, dict]:
+    cfg = with_variant(get_preset("tiny"), "mhc", backend=backend, sublayer_ops=sublayer_ops,
+                       recompute=recompute, **res)
+    cfg.vocab_size, cfg.d_model, cfg.n_blocks, cfg.dense_ffn_width = 64, 32, 2, 64
+    cfg.attention.n_heads, cfg.attention.head_dim = 2, 16
+    torch.manual_seed(0)
+    m = LM(cfg.validate())
+    idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+    loss = torch.nn.functional.cross_entropy(m(idx).flatten(0, 1), idx.flatten())
+    loss.backward()
+    return loss.item(), {k: p.grad.clone() for k, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("backend,recompute", [("reference", "none"), ("triton", "none"), ("triton", "stream")])
+def test_linked_equals_three_ops(backend, recompute):
+    if backend == "triton":
+        _cpu_triton()
+    la, ga = _grads(backend, "three")
+    lb, gb = _grads(backend, "linked", recompute)
+    assert abs(la - lb) < 1e-6
+    for k in ga:
+        torch.testing.assert_close(gb[k], ga[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_linked_falls_back_for_ablations():
+    # H_pre off: the linked pair would compute the learned H_pre; the module must use the three ops.
+    la, ga = _grads("reference", "three", use_h_pre=False)
+    lb, gb = _grads("reference", "linked", use_h_pre=False)
+    assert la == lb
+
+
+def test_bad_sublayer_ops():
+    from mhc_repro.residual.config import ResidualConfig
+
+    with pytest.raises(ValueError, match="residual.sublayer_ops='two' is unknown; allowed: three, linked"):
+        ResidualConfig(kind="mhc", sublayer_ops="two").validate()
