@@ -1,0 +1,65 @@
+"""Memory-traffic floors of the mHC sub-layer designs, against a measured benchmark run.
+
+Counts HBM traffic per sub-layer in units of one [N, C] stream-dtype tensor (n = 4 streams), turns it
+into time at the copy bandwidth measured in the run, and prints the stack ratio each design would reach
+with every kernel at a given fraction of copy (the Sinkhorn kernels, latency-bound, at their measured
+time). The residual's step time is the run's compiled residual.
+
+    python reports/kernels/traffic_floor.py reports/kernels/run6_a893aaf_bench.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+N_STREAMS = 4
+
+# Units read + written per sub-layer (forward + backward), n = 4. See RESULTS.md for the derivation.
+DESIGNS = {
+    "three ops (today)": {
+        "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5, "proj_bwd": 8,
+        "stream-gradient sum (Inductor)": 13},
+    "linked (one gradient buffer; sublayer_ops='linked')": {
+        "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
+        "proj_bwd + H_resᵀg + h_pre⊗d_in (one dx pass)": 13},
+    "linked + fused forward (coefficients + pre, L2 re-read)": {
+        "coefficients + pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
+        "proj_bwd + H_resᵀg + h_pre⊗d_in (one dx pass)": 13},
+    # Not implemented: post_res of layer l fused with the projection of layer l+1 (x_{l+1} never
+    # re-read for it), backward recomputing x_{l+1} from x_l and f_l instead of reading it.
+    "cross-layer fused (not implemented)": {
+        "post_res_l + proj_{l+1}": 9, "pre": 5, "backward pass 1 (reductions)": 6,
+        "backward pass 2 (dx, df, dφ)": 15},
+}
+
+
+def main(path: str, fractions=(1.0, 0.85, 0.7)) -> None:
+    r = json.load(open(path))
+    tokens = 16384
+    copy = r["copy_gb_s"] * 1e9
+    sink_us = {k["C"]: 0.0 for k in r["kernels"]}
+    for k in r["kernels"]:
+        if k["kernel"].strip().startswith(("coef_fwd", "coef_bwd")):
+            sink_us[k["C"]] += 1e3 * k["ms"]
+    print(f"{path}: copy {r['copy_gb_s']:.0f} GB/s; Sinkhorn kernels at their measured time")
+    for s in r["stack"]:
+        if s.get("variant") != "residual" or s.get("mode") != "compiled" or "ms" not in s:
+            continue
+        c, blocks = s["C"], s["blocks"]
+        unit_us = 2 * tokens * c / copy * 1e6  # one bf16 [N, C] tensor
+        sub = 2 * blocks
+        print(f"\nC = {c}: residual {s['ms']:.2f} ms, {sub} sub-layers, one unit = {unit_us:.1f} µs")
+        for name, parts in DESIGNS.items():
+            units = sum(parts.values())
+            ratios = []
+            for f in fractions:
+                per_sub = units * unit_us / f + sink_us.get(c, 45.0)
+                ratios.append(1 + sub * per_sub / 1e3 / s["ms"])
+            cols = "  ".join(f"{100 * f:.0f}% copy: {x:.3f}x" for f, x in zip(fractions, ratios))
+            print(f"  {name:58s} {units:3d} units   {cols}")
+
+
+if __name__ == "__main__":
+    for p in sys.argv[1:]:
+        main(p)
