@@ -103,7 +103,7 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
     F._check_precision(precision)
     F._check(x.dim() == 3 and x.shape[1] == n,
              f"mhc_pre_linked x shape {tuple(x.shape)} is invalid; expected [N, n={n}, C]")
-    F._check_coefficient_args(x.reshape(x.shape[0], -1), phi, alpha, bias, n, t_max)
+    F._check_coefficient_args(x.reshape(x.shape[0], n * x.shape[2]), phi, alpha, bias, n, t_max)
     return _PreLinked.apply(x.contiguous(), phi, alpha.reshape(3), bias.reshape(-1), int(n), int(t_max),
                             float(eps), float(rms_eps), precision)
 

@@ -101,3 +101,23 @@ def test_linked_bad_shapes(fused):
         fused.ops().mhc_pre_linked(x, torch.zeros(16, 8), torch.zeros(3), torch.zeros(8), 3)
     with pytest.raises(ValueError, match="mhc_post_res shapes"):
         fused.ops().mhc_post_res_linked(x, torch.zeros(4, 9), torch.zeros(4, 2), torch.zeros(4, 2, 2))
+
+
+def test_linked_zero_tokens_and_non_contiguous(fused, device):
+    ops = fused.ops()
+    n, C = 4, 8
+    phi = torch.randn(n * C, n * n + 2 * n, device=device, requires_grad=True)
+    a = torch.rand(3, device=device, requires_grad=True)
+    b = torch.randn(n * n + 2 * n, device=device, requires_grad=True)
+    x = torch.randn(0, n, C, device=device, requires_grad=True)
+    bi, hq, hr, xl = ops.mhc_pre_linked(x, phi, a, b, n)
+    ops.mhc_post_res_linked(xl, bi, hq, hr).sum().backward()
+    assert x.grad.shape == x.shape and float(phi.grad.abs().sum()) == 0.0
+    xt = torch.randn(6, C, n, device=device).transpose(1, 2).requires_grad_()  # [6, n, C], strided
+    xc = xt.detach().contiguous().requires_grad_()
+    outs = []
+    for v in (xt, xc):
+        bi, hq, hr, xl = ops.mhc_pre_linked(v, phi, a, b, n)
+        ops.mhc_post_res_linked(xl, bi, hq, hr).pow(2).sum().backward()
+        outs.append(v.grad)
+    torch.testing.assert_close(outs[0], outs[1])
