@@ -27,20 +27,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mhc_repro.data.synthetic import bigram_batches  # noqa: E402
 from mhc_repro.model.transformer import LM  # noqa: E402
 from mhc_repro.presets import get_preset, with_variant  # noqa: E402
-
-
-def batches(vocab: int, batch: int, seq: int, steps: int, seed: int):
-    """Tokens from a fixed random bigram chain: learnable, so the loss falls well below log(vocab)."""
-    g = torch.Generator().manual_seed(seed)
-    trans = torch.softmax(3.0 * torch.randn(vocab, vocab, generator=g), -1)
-    for _ in range(steps):
-        tok = torch.empty(batch, seq + 1, dtype=torch.long)
-        tok[:, 0] = torch.randint(0, vocab, (batch,), generator=g)
-        for t in range(seq):
-            tok[:, t + 1] = torch.multinomial(trans[tok[:, t]], 1, generator=g).squeeze(1)
-        yield tok
 
 
 def train(backend: str, args, device, dtype: str = "fp32", precision: str = "bf16x2") -> list[float]:
@@ -55,7 +44,7 @@ def train(backend: str, args, device, dtype: str = "fp32", precision: str = "bf1
         model = model.to(torch.bfloat16)
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=args.lr, betas=(0.9, 0.95))
     losses = []
-    for tok in batches(args.vocab, args.batch, args.seq, args.steps, args.seed + 1):
+    for tok in bigram_batches(args.vocab, args.batch, args.seq, args.steps, args.seed + 1):
         tok = tok.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16-mixed"):
             logits = model(tok[:, :-1])

@@ -7,9 +7,18 @@
 
 import os
 
+import pytest
 import torch
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def triton_cpu() -> None:
+    """Skip unless the fused Triton kernels can run on CPU tensors here (Triton installed, interpreter on)."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (set above when CUDA is absent)")

@@ -42,8 +42,8 @@ def _run(ops, inp, n: int, t_max: int, upcast: bool):
     return [o.detach() for o in outs] + list(grads)
 
 
-def _compare(got, ref, tol: float):
-    for name, a, b in zip(NAMES, got, ref):
+def _compare(got, ref, tol: float, names=NAMES):
+    for name, a, b in zip(names, got, ref):
         assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
         assert torch.isfinite(a).all(), f"{name}: non-finite values"
         err = ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm().clamp_min(1e-30)).item()

@@ -39,18 +39,7 @@ def test_linked_matches_fp64_reference(fused, device, N, n, C):
     ref = _run(mhc_ops, inp, n, t_max=20, upcast=True)[1:]  # the three reference ops, H_pre dropped
     for name, a, b in zip(LINKED_NAMES, got, ref):
         assert a.shape == b.shape, name
-    _compare_named(got, ref, tol=2e-5 if device == "cpu" else 5e-3)
-
-
-def _compare_named(got, ref, tol):
-    import tests.kernels.test_fused_parity as P
-
-    saved = P.NAMES
-    P.NAMES = LINKED_NAMES
-    try:
-        _compare(got, ref, tol)
-    finally:
-        P.NAMES = saved
+    _compare(got, ref, names=LINKED_NAMES, tol=2e-5 if device == "cpu" else 5e-3)
 
 
 def test_linked_reference_pair_equals_three_ops(device):
@@ -65,7 +54,7 @@ def test_linked_bf16_stream(fused, device):
     inp = _no_pre_cotangent(_inputs(33, 4, 80, torch.bfloat16, device, seed=9))
     got = _run_linked(fused.ops(), inp, 4, upcast=False)
     ref = _run(mhc_ops, inp, 4, t_max=20, upcast=False)[1:]
-    _compare_named(got, ref, tol=2e-2)
+    _compare(got, ref, names=LINKED_NAMES, tol=2e-2)
 
 
 def test_linked_deterministic_and_compiles(fused, device):

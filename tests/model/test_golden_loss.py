@@ -14,24 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mhc_repro.data.synthetic import bigram_batches
 from mhc_repro.model.transformer import LM
 from mhc_repro.presets import get_preset, with_variant
 
 GOLDEN = Path(__file__).parent / "golden" / "loss_curves.json"
 STEPS, VOCAB, SEQ, BATCH = 25, 64, 16, 4
 UPDATE = os.environ.get("MHC_UPDATE_GOLDEN") == "1"
-
-
-def _batches(steps: int):
-    """A fixed random bigram chain: learnable, so the curve falls well below log(vocab)."""
-    g = torch.Generator().manual_seed(1)
-    trans = torch.softmax(3.0 * torch.randn(VOCAB, VOCAB, generator=g), -1)
-    for _ in range(steps):
-        tok = torch.empty(BATCH, SEQ + 1, dtype=torch.long)
-        tok[:, 0] = torch.randint(0, VOCAB, (BATCH,), generator=g)
-        for t in range(SEQ):
-            tok[:, t + 1] = torch.multinomial(trans[tok[:, t]], 1, generator=g).squeeze(1)
-        yield tok
 
 
 def _curve(variant: str, steps: int = STEPS, **residual) -> list[float]:
@@ -42,7 +31,7 @@ def _curve(variant: str, steps: int = STEPS, **residual) -> list[float]:
     model = LM(cfg.validate())
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=3e-3, betas=(0.9, 0.95))
     losses = []
-    for tok in _batches(steps):
+    for tok in bigram_batches(VOCAB, BATCH, SEQ, steps, seed=1):
         loss = F.cross_entropy(model(tok[:, :-1]).flatten(0, 1), tok[:, 1:].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -76,10 +65,7 @@ def test_variants_differ(golden):
     assert golden["residual"] != golden["hc"] != golden["mhc"] != golden["residual"]
 
 
-def test_fused_kernels_reproduce_mhc_curve(golden):
-    pytest.importorskip("triton")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the fused kernels on CPU need TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)")
+def test_fused_kernels_reproduce_mhc_curve(golden, triton_cpu):
     # 4 steps: the interpreter is slow (~3 s a step); linked vs three is checked in tests/residual.
     got = _curve("mhc", steps=4, backend="triton")
     for step, (a, b) in enumerate(zip(got, golden["mhc"][:4])):

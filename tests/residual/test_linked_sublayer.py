@@ -10,15 +10,6 @@ from mhc_repro.presets import get_preset, with_variant
 
 
 
-def _cpu_triton() -> None:
-    """The Triton backend on CPU tensors needs the interpreter (set without CUDA by tests/conftest.py)."""
-    import os
-
-    pytest.importorskip("triton")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)")
-
-
 def _grads(backend: str, sublayer_ops: str, recompute: str = "none", **res) -> tuple[float, dict]:
     cfg = with_variant(get_preset("tiny"), "mhc", backend=backend, sublayer_ops=sublayer_ops,
                        recompute=recompute, **res)
@@ -33,9 +24,9 @@ def _grads(backend: str, sublayer_ops: str, recompute: str = "none", **res) -> t
 
 
 @pytest.mark.parametrize("backend,recompute", [("reference", "none"), ("triton", "none"), ("triton", "stream")])
-def test_linked_equals_three_ops(backend, recompute):
+def test_linked_equals_three_ops(backend, recompute, request):
     if backend == "triton":
-        _cpu_triton()
+        request.getfixturevalue("triton_cpu")
     la, ga = _grads(backend, "three")
     lb, gb = _grads(backend, "linked", recompute)
     assert abs(la - lb) < 1e-6

@@ -6,7 +6,6 @@ TRITON_INTERPRET=1 without CUDA), so the shapes are tiny."""
 from __future__ import annotations
 
 import gc
-import os
 
 import pytest
 import torch
@@ -21,13 +20,6 @@ from mhc_repro.residual.recompute import RECOMPUTE_MODES, checkpoint_block, reco
 
 BLOCKS, B, T, C, N_STREAMS = 2, 1, 8, 32, 4
 STREAM_BYTES = B * T * N_STREAMS * C * 4  # one fp32 stream state [B, T, n, C]
-
-
-def _cpu_triton() -> None:
-    """The Triton backend on CPU tensors needs the interpreter (set without CUDA by tests/conftest.py)."""
-    pytest.importorskip("triton")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)")
 
 
 def _lm(backend: str, recompute: str, n_blocks: int = BLOCKS, **model) -> LM:
@@ -97,7 +89,7 @@ def _run(backend: str, recompute: str, **model) -> dict:
 @pytest.fixture(scope="module", params=["triton", "reference"])
 def runs(request):
     if request.param == "triton":
-        _cpu_triton()
+        request.getfixturevalue("triton_cpu")
     return {mode: _run(request.param, mode) for mode in RECOMPUTE_MODES}
 
 
@@ -139,11 +131,10 @@ def test_inference_paths_unchanged():
 
 
 @pytest.mark.parametrize("mode", ["stream", "stream-ops"])
-def test_compiled_block_recomputes_stream_ops(mode):
+def test_compiled_block_recomputes_stream_ops(mode, triton_cpu):
     """Each block compiled in place (as training.compile does), aot_eager: the checkpoint and its
     policy are traced, the backward graph re-runs the middle stream's post_res and both pre ops, and
     the gradients match eager without recomputation."""
-    _cpu_triton()
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.debugging import aot_eager
 
