@@ -258,6 +258,18 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     for p in fused.PROJ_PRECISIONS:
         cases[f"  proj_fwd [{p}] (v·φ + Σv²)"] = (lambda p=p: fused.launch_proj_fwd(x.view(N, -1), phi, M, p), n * e + N * 4 * (M + 1))
         cases[f"  proj_bwd [{p}] (dv, dφ partials)"] = (lambda p=p: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p), 2 * n * e)
+    # The linked pair's two backward kernels (kernels/linked.py): the single stream-gradient pass
+    # (dx = H_resᵀg + h_pre⊗d_in + dm·φᵀ + c·v, dφ) and post_res's reduction-only backward.
+    for p in fused.PROJ_PRECISIONS:
+        cases[f"  proj_bwd linked [{p}] (all of dx, dφ)"] = (
+            lambda p=p: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, link=(g, hr, hp, db)), (3 * n + 1) * e)
+    cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
+    # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
+    xf, phb = x.view(N, -1), phi.to(torch.bfloat16)
+    cases["  ref: cuBLAS v·φ (bf16, no Σv²)"] = (lambda: xf @ phb, n * e + N * 4 * M)
+    cases["  ref: cuBLAS vᵀ·dm (bf16 dφ alone)"] = (lambda: xf.t() @ dm.to(torch.bfloat16), n * e)
+    sumsq = torch.compile(lambda v: v.float().square().sum(-1))
+    cases["  ref: Inductor Σv² alone"] = (lambda: sumsq(xf), n * e)
     rows = []
     for name, (fn, nbytes) in cases.items():
         ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
