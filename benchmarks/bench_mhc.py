@@ -282,10 +282,15 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
 SWEEP = {
     "_PROJ_FWD": [(128, 128, 3, False, 8, 1), (64, 128, 4, False, 8, 1), (128, 64, 4, False, 8, 1),
                   (128, 128, 4, False, 8, 1), (256, 64, 3, False, 8, 1), (128, 256, 2, False, 8, 1),
-                  (128, 128, 3, False, 4, 1), (128, 128, 3, False, 8, 2), (64, 256, 3, False, 8, 1)],
+                  (128, 128, 3, False, 4, 1), (128, 128, 3, False, 8, 2), (64, 256, 3, False, 8, 1),
+                  (128, 128, 3, "diag", 8, 1), (64, 128, 4, "diag", 4, 1), (64, 128, 3, "diag", 8, 1),
+                  (128, 64, 4, "diag", 8, 1), (64, 256, 3, "diag", 8, 1)],
     "_PROJ_BWD": [(16, 256, 3, False, 4, False), (16, 256, 3, False, 4, True), (32, 256, 3, False, 4, True),
                   (16, 512, 2, False, 8, True), (16, 256, 4, False, 4, True), (32, 128, 3, False, 4, True),
                   (64, 128, 3, False, 8, True), (16, 128, 4, False, 4, True), (16, 512, 2, False, 8, False)],
+    "_PROJ_BWD_GEMM": [None, (32, 256, 256, 3, 4), (64, 128, 256, 3, 4), (16, 256, 256, 3, 4),
+                       (32, 256, 1024, 3, 4), (64, 256, 512, 3, 8), (128, 128, 512, 3, 8), (32, 128, 512, 3, 4),
+                       (64, 64, 64, 1, 4)],
     "_PRB": [("split", 2, 128, 2), ("loop", 4, 128, 4), ("mma", 16, 128, 4), ("mma", 16, 256, 4),
              ("mma", 32, 128, 4), ("mma", 32, 64, 4), ("mma", 16, 64, 2), ("mma", 64, 64, 8)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
@@ -311,6 +316,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
     ops = {
         "_PROJ_FWD": lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "_PROJ_BWD": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
+        "_PROJ_BWD_GEMM": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_SINKHORN": lambda: (fused.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + fused.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),

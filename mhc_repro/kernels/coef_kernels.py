@@ -30,11 +30,14 @@ def _mma(a, b, INTERP: tl.constexpr):
 @triton.jit
 def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
-             SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr):
+             SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, SS: tl.constexpr):
     # Grid (token blocks, K splits): split s covers K range [s·k_per_split, (s+1)·k_per_split) and
     # writes its partial m / Σv² to slot s of [splits, N, M] / [splits, N] (summed by the caller:
     # deterministic, no atomics). More programs in flight when N alone does not fill the device.
-    # RELOAD: load the tile a second time (from L2) for Σv², so the first load feeds only the MMAs.
+    # SS, how Σv² is formed: "reg" from the loaded tile in registers; "reload" from a second (L2-hit)
+    # load, so the first feeds only the MMAs; "diag" (bf16 stream only) as the diagonal of v·vᵀ
+    # accumulated on the tensor cores (exact bf16 products, fp32 sums) — the tile then feeds nothing
+    # but MMAs, which lets it stay in shared memory, at BN² extra MMA work per tile.
     # SPLIT (bf16 stream): bf16 MMAs straight from the loaded tiles (no fp32 staging of v); with LO
     # φ = φ_hi + φ_lo (two bf16 parts, two MMAs: ~16-bit-mantissa products), without LO φ is
     # rounded to bf16 (one MMA, PAPER.md's "bf16 inputs, fp32 accumulate").
@@ -47,6 +50,8 @@ def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
     cm = cols < M
     acc = tl.zeros((BN, MP), dtype=tl.float32)
     ss = tl.zeros((BN,), dtype=tl.float32)
+    if SS == "diag":
+        gram = tl.zeros((BN, BN), dtype=tl.float32)
     k_lo = sp * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
     for k0 in range(k_lo, k_hi, BK):
@@ -55,7 +60,9 @@ def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
         xo = t[:, None].to(tl.int64) * K + k[None, :]
         xm = tm[:, None] & km[None, :]
         v = tl.load(x_ptr + xo, mask=xm, other=0.0)
-        if RELOAD:
+        if SS == "diag":
+            gram += _mma(v, tl.trans(v), INTERP)
+        elif SS == "reload":
             vs = tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
             ss += tl.sum(vs * vs, axis=1)
         else:
@@ -69,6 +76,9 @@ def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
                 acc += _mma(v, tl.load(phi_lo_ptr + po, mask=pm, other=0.0), INTERP)
         else:
             acc += tl.dot(v.to(tl.float32), tl.load(phi_ptr + po, mask=pm, other=0.0), input_precision=PREC)
+    if SS == "diag":
+        eye = tl.arange(0, BN)[:, None] == tl.arange(0, BN)[None, :]
+        ss = tl.sum(tl.where(eye, gram, 0.0), axis=1)
     out = sp.to(tl.int64) * N
     tl.store(m_ptr + (out + t[:, None]) * M + cols[None, :], acc, mask=tm[:, None] & cm[None, :])
     tl.store(ss_ptr + out + t, ss, mask=tm)
@@ -193,10 +203,14 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
              g_ptr, hres_ptr, hpre_ptr, din_ptr, C,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
              SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr,
-             TRANS: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr):
+             TRANS: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, DPHI: tl.constexpr,
+             ALIGNED: tl.constexpr):
     # LINK (the linked sub-layer, fused.mhc_pre_linked): dx also gets the other two stream-gradient
     # parts, H_resᵀ g + h_pre ⊗ d_in (g: the gradient of the sub-layer's output stream), so the whole
     # stream gradient is written once. Column k of the flat stream is stream k // C, channel k % C.
+    # ALIGNED (C % BK == 0): a K tile lies inside one stream, so the coefficients are per-token
+    # vectors; otherwise each column's stream is looked up (k // C), a slow gather.
+    # DPHI=False: dx only (dφ is then a separate GEMM, fused.launch_proj_bwd).
     # TRANS: accumulate dφᵀ = dmᵀ·v ([MP, BK]; the stream tile is the MMA's B operand as loaded)
     # instead of dφ = vᵀ·dm ([BK, MP]; needs the big tile transposed); stored transposed at the end.
     kb = tl.program_id(0)
@@ -229,7 +243,9 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
             dm_hi = dm.to(tl.bfloat16)
             dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
             dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
-            if TRANS:
+            if not DPHI:
+                pass
+            elif TRANS:
                 acc += _mma(tl.trans(dm_hi), v, INTERP) + _mma(tl.trans(dm_lo), v, INTERP)
             else:
                 vt = tl.trans(v)
@@ -238,13 +254,17 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
             # bf16 operands (dm and φ rounded once), fp32 accumulate: one MMA each.
             dm_hi = dm.to(tl.bfloat16)
             dv = _mma(dm_hi, pt, INTERP)
-            if TRANS:
+            if not DPHI:
+                pass
+            elif TRANS:
                 acc += _mma(tl.trans(dm_hi), v, INTERP)
             else:
                 acc += _mma(tl.trans(v), dm_hi, INTERP)
         else:
             dv = tl.dot(dm, pt, input_precision=PREC)
-            if TRANS:
+            if not DPHI:
+                pass
+            elif TRANS:
                 acc += tl.dot(tl.trans(dm), v.to(tl.float32), input_precision=PREC)
             else:
                 acc += tl.dot(tl.trans(v), dm, input_precision=PREC)
@@ -253,17 +273,27 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
         else:
             dv += c[:, None] * v.to(tl.float32)
         if LINK:
-            js = k // C
-            ch = k % C
             t64 = t.to(tl.int64)[:, None]
-            hp = tl.load(hpre_ptr + t[:, None] * n + js[None, :], mask=xm, other=0.0)
+            if ALIGNED:
+                j0 = (kb * BK) // C
+                ch = k - j0 * C
+                hp = tl.load(hpre_ptr + t * n + j0, mask=tm, other=0.0)[:, None]
+            else:
+                js = k // C
+                ch = k % C
+                hp = tl.load(hpre_ptr + t[:, None] * n + js[None, :], mask=xm, other=0.0)
             dv += hp * tl.load(din_ptr + t64 * C + ch[None, :], mask=xm, other=0.0).to(tl.float32)
             for i in tl.static_range(n):
-                hr = tl.load(hres_ptr + t[:, None] * (n * n) + i * n + js[None, :], mask=xm, other=0.0)
+                if ALIGNED:
+                    hr = tl.load(hres_ptr + t * (n * n) + i * n + j0, mask=tm, other=0.0)[:, None]
+                else:
+                    hr = tl.load(hres_ptr + t[:, None] * (n * n) + i * n + js[None, :], mask=xm, other=0.0)
                 gi = tl.load(g_ptr + (t64 * n + i) * C + ch[None, :], mask=xm, other=0.0)
                 dv += hr * gi.to(tl.float32)
         tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
-    if TRANS:
+    if not DPHI:
+        pass
+    elif TRANS:
         tl.store(dphi_ptr + sp.to(tl.int64) * K * M + k[None, :] * M + cols[:, None], acc,
                  mask=km[None, :] & cm[:, None])
     else:

@@ -36,9 +36,15 @@ _SINKHORN = (64, 4)  # coefficient epilogue / Sinkhorn backward: (tokens per pro
 # Projection tiles; benchmarks/bench_mhc.py --sweep times alternatives on the device.
 # forward (BN tokens, BK, num_stages, RELOAD, num_warps, K splits); backward (BN, BK, stages, RELOAD,
 # num_warps, TRANS: accumulate dφᵀ so the stream tile needs no transpose). RELOAD: a second, L2-hit
-# load of the stream tile for the elementwise term.
+# load of the stream tile for the elementwise term; forward only, RELOAD="diag": Σv² as the diagonal
+# of v·vᵀ on the tensor cores (bf16 stream; see coef_kernels.proj_fwd).
 _PROJ_FWD = (128, 128, 3, False, 8, 1)
 _PROJ_BWD = (16, 256, 3, False, 4, False)
+# Projection backward split in two: None = dφ partials reduced inside the dx kernel (_PROJ_BWD);
+# (BN, BK, tokens per program, stages, warps) = a dx-only streaming kernel plus dφ = vᵀ·dm as one
+# cuBLAS GEMM with fp32 output (deterministic, no partials): reads the stream twice, but both passes
+# run near copy speed (run 8: cuBLAS vᵀ·dm alone 80 µs at 79 % of copy vs the fused kernel's 33-38 %).
+_PROJ_BWD_GEMM = None
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps.
@@ -101,13 +107,14 @@ def launch_proj_fwd(x: Tensor, phi: Tensor, M: int, precision: str = PROJ_PRECIS
     N, K = x.shape
     p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
     bn, bk, stages, reload, warps, ksplit = _proj_tiles(_PROJ_FWD, K, M, split)
+    ss_mode = "reload" if reload is True else ("diag" if reload == "diag" and split else "reg")
     k_per = triton.cdiv(triton.cdiv(K, ksplit), bk) * bk
     ksplit = triton.cdiv(K, k_per)
     m = torch.empty(ksplit, N, M, device=x.device, dtype=torch.float32)
     ss = torch.empty(ksplit, N, device=x.device, dtype=torch.float32)
     ck.proj_fwd[(triton.cdiv(N, bn), ksplit)](
         x, p_hi, p_lo, m, ss, N, K, M, k_per, BN=bn, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION,
-        SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload, num_stages=stages, num_warps=warps)
+        SPLIT=split, LO=lo, INTERP=_interpreted(), SS=ss_mode, num_stages=stages, num_warps=warps)
     if ksplit == 1:
         return m[0], ss[0]
     return m.sum(0), ss.sum(0)
@@ -149,13 +156,20 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     N, K = x.shape
     M = dm.shape[1]
     p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
-    bn, bk, stages, reload, warps, trans = _proj_tiles(_PROJ_BWD, K, M, split)
+    gemm = _PROJ_BWD_GEMM is not None and _p2(M, 16) <= 32
+    if gemm:  # dx-only kernel; dφ below as one GEMM
+        bn, bk, tok, stages, warps = _PROJ_BWD_GEMM
+        bk, reload, trans = min(bk, _p2(K, 16)), False, False
+        tok = triton.cdiv(tok, bn) * bn
+        splits = triton.cdiv(N, tok)
+    else:
+        bn, bk, stages, reload, warps, trans = _proj_tiles(_PROJ_BWD, K, M, split)
+        # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
+        splits = max(1, min(triton.cdiv(N, bn), triton.cdiv(4 * _n_sm(x.device), triton.cdiv(K, bk))))
+        tok = triton.cdiv(triton.cdiv(N, splits), bn) * bn
+        splits = max(1, triton.cdiv(N, tok))
     n_kb = triton.cdiv(K, bk)
-    # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
-    splits = max(1, min(triton.cdiv(N, bn), triton.cdiv(4 * _n_sm(x.device), n_kb)))
-    tok = triton.cdiv(triton.cdiv(N, splits), bn) * bn
-    splits = max(1, triton.cdiv(N, tok))
-    part = torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)
+    part = dm if gemm else torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
     if link is None:
         g, h_res, h_pre, d_in, n, C = x, c, c, x, 1, K  # unused (LINK=False)
@@ -166,8 +180,26 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     ck.proj_bwd[(n_kb, splits)](
         x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
         MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
-        TRANS=trans, LINK=link is not None, n=n, num_stages=stages, num_warps=warps)
-    return dx, part.sum(0)
+        TRANS=trans, LINK=link is not None, n=n, DPHI=not gemm, ALIGNED=C % bk == 0,
+        num_stages=stages, num_warps=warps)
+    return dx, (_dphi_gemm(x, dm, precision) if gemm else part.sum(0))
+
+
+def _dphi_gemm(x: Tensor, dm: Tensor, precision: str) -> Tensor:
+    """dφ = xᵀ·dm [K, M] in fp32 as one GEMM. bf16 stream on CUDA: bf16 operands with fp32 output
+    (dm as hi + lo bf16 parts for "bf16x2", like the kernels); elsewhere in fp32."""
+    if x.dtype != torch.bfloat16:
+        return x.t().float() @ dm.float()
+    hi = dm.to(torch.bfloat16)
+    if precision == "bf16":
+        ops = hi
+    else:
+        ops = torch.cat([hi, (dm - hi.float()).to(torch.bfloat16)], 1)
+    if x.is_cuda:
+        out = torch.mm(x.t(), ops, out_dtype=torch.float32)
+    else:
+        out = x.t().float() @ ops.float()
+    return out if precision == "bf16" else out[:, :dm.shape[1]] + out[:, dm.shape[1]:]
 
 
 @torch.library.custom_op("mhc_repro::coefficients", mutates_args=())

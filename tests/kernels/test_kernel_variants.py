@@ -15,6 +15,8 @@ VARIANTS = {
     "proj K split 3": dict(_PROJ_FWD=(16, 32, 2, False, 4, 3)),
     "proj reload, 2 warps": dict(_PROJ_FWD=(16, 32, 2, True, 2, 1), _PROJ_BWD=(16, 32, 2, True, 2, False)),
     "proj bwd dphi transposed": dict(_PROJ_BWD=(16, 32, 2, False, 4, True)),
+    "proj fwd sumsq on tensor cores": dict(_PROJ_FWD=(16, 32, 2, "diag", 4, 1)),
+    "proj bwd dx kernel + dphi gemm": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4)),
     "post_res_bwd mma": dict(_PRB=("mma", 16, 32, 4)),
     "post_res_bwd mma 32 rows": dict(_PRB=("mma", 32, 16, 4)),
     "post_res_bwd split": dict(_PRB=("split", 4, 32, 4)),

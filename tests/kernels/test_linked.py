@@ -42,6 +42,29 @@ def test_linked_matches_fp64_reference(fused, device, N, n, C):
     _compare(got, ref, names=LINKED_NAMES, tol=2e-5 if device == "cpu" else 5e-3)
 
 
+# Tiles for which a K tile lies inside one stream (C % BK == 0: the per-token coefficient path of
+# proj_bwd's LINK) at C = 48 and 16, with the dφ reduction fused or as a separate GEMM.
+ALIGNED_TILES = {"fused dphi": dict(_PROJ_BWD=(16, 16, 2, False, 4, False)),
+                 "dphi gemm": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4)),
+                 "dphi gemm, unaligned": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4))}
+
+
+@pytest.mark.parametrize("tiles", list(ALIGNED_TILES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linked_tile_variants(fused, device, monkeypatch, tiles, dtype):
+    for k, v in ALIGNED_TILES[tiles].items():
+        monkeypatch.setattr(fused, k, v)
+    for N, n, C in [(37, 2, 48), (19, 4, 16)]:
+        inp = _no_pre_cotangent(_inputs(N, n, C, dtype, device, seed=N + C))
+        got = _run_linked(fused.ops(), inp, n, upcast=False)
+        if dtype == torch.float32:
+            ref = _run(mhc_ops, inp, n, t_max=20, upcast=True)[1:]
+            _compare(got, ref, names=LINKED_NAMES, tol=2e-5 if device == "cpu" else 5e-3)
+        else:
+            ref = _run(mhc_ops, inp, n, t_max=20, upcast=False)[1:]
+            _compare(got, ref, names=LINKED_NAMES, tol=2e-2)
+
+
 def test_linked_reference_pair_equals_three_ops(device):
     inp = _no_pre_cotangent(_inputs(13, 4, 24, torch.float64, device, seed=1))
     got = _run_linked(mhc_ops, inp, 4, upcast=False)
