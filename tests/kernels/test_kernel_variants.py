@@ -13,8 +13,11 @@ from .test_fused_parity import REF, _compare, _inputs, _run
 
 VARIANTS = {
     "proj K split 3": dict(_PROJ_FWD=(16, 32, 2, False, 4, 3)),
-    "proj reload, 2 warps": dict(_PROJ_FWD=(16, 32, 2, True, 2, 1), _PROJ_BWD=(16, 32, 2, True, 2, False)),
-    "proj bwd dphi transposed": dict(_PROJ_BWD=(16, 32, 2, False, 4, True)),
+    "proj reload, 2 warps": dict(_PROJ_FWD=(16, 32, 2, True, 2, 1), _PROJ_BWD=(16, 32, 2, True, 2, False),
+                                 _PROJ_BWD_GEMM=None),
+    "proj bwd dphi fused": dict(_PROJ_BWD=(16, 32, 2, False, 4, False), _PROJ_BWD_GEMM=None),
+    "proj bwd dphi transposed": dict(_PROJ_BWD=(16, 32, 2, False, 4, True), _PROJ_BWD_GEMM=None),
+    "proj fwd sumsq in registers": dict(_PROJ_FWD=(16, 32, 2, False, 4, 1)),
     "proj fwd sumsq on tensor cores": dict(_PROJ_FWD=(16, 32, 2, "diag", 4, 1)),
     "proj bwd dx kernel + dphi gemm": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4)),
     "post_res_bwd mma": dict(_PRB=("mma", 16, 32, 4)),
