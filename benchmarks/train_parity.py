@@ -37,7 +37,8 @@ def train(backend: str, args, device, dtype: str = "fp32", precision: str = "bf1
     cfg = dataclasses.replace(base, vocab_size=args.vocab, d_model=args.d_model, n_blocks=args.blocks,
                               max_seq_len=args.seq, dense_ffn_width=2 * args.d_model,
                               attention=dataclasses.replace(base.attention, n_heads=2, head_dim=args.d_model // 2))
-    cfg = with_variant(cfg, "mhc", n=args.n, backend=backend, kernel_precision=precision)
+    cfg = with_variant(cfg, "mhc", n=args.n, backend=backend, kernel_precision=precision,
+                       sublayer_ops=args.sublayer_ops)
     torch.manual_seed(args.seed)
     model = LM(cfg.validate()).to(device)
     if dtype == "bf16-true":
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16-mixed", "bf16-true"])
+    ap.add_argument("--sublayer-ops", default="three", choices=["three", "linked"],
+                    help="residual.sublayer_ops of both backends (the reference has the same two forms)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -49,15 +49,19 @@ def launch_linked_dx(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor, g: Tensor, h
     """dx = H_resᵀ g + h_pre ⊗ d_in + dm·φᵀ + c·x [N, n, C] in one pass (linked_kernels.linked_dx)."""
     N, n, C = x.shape
     M = dm.shape[1]
-    p_hi, p_lo, split, lo = F._phi_parts(phi, x, precision)
-    bn, bk, tok, stages, warps = F._LINKED_DX if F._p2(M, 16) <= 32 else (16, 32, 256, 2, 4)
-    bk = min(bk, F._p2(C, 16))
-    tok = triton.cdiv(tok, bn) * bn
+    # φ as [n, M, C] (contiguous along channels: the kernel's B operand), in the kernels' precision.
+    p_hi, p_lo, _, lo = F._phi_parts(phi.reshape(n, C, M).transpose(1, 2).reshape(n * M, C), x, precision)
+    rows, bc, tok, stages, warps = F._LINKED_DX
+    bt = max(1, rows // n)
+    bc = min(bc, F._p2(C, 16))
+    tok = triton.cdiv(tok, bt) * bt
     dx = torch.empty_like(x)
-    lk.linked_dx[(triton.cdiv(C, bk), triton.cdiv(N, tok))](
-        x, p_hi, p_lo, dm, c, g.contiguous(), h_res.float().contiguous(), h_pre.float().contiguous(),
-        d_in.contiguous(), dx, N, C, M, tok, n=n, NP=F._np(n), BN=bn, BK=bk, MP=F._p2(M, 16),
-        PREC=F.DOT_PRECISION, SPLIT=split, LO=lo, INTERP=F._interpreted(), num_stages=stages, num_warps=warps)
+    MP = F._p2(M, 16)
+    lk.linked_dx[(triton.cdiv(C, bc), triton.cdiv(N, tok))](
+        x, p_hi, p_lo, dm, c, g.contiguous(), h_res.float().contiguous(),
+        h_pre.float().contiguous(), d_in.contiguous(), dx, N, C, M, tok, n=n, BT=bt, R=F._p2(bt * n, 16),
+        TP=F._p2(bt, 16), MP=MP, QP=F._np(n) * MP, BC=max(bc, 16), HILO=x.dtype == torch.bfloat16,
+        PREC=F.DOT_PRECISION, LO=lo, INTERP=F._interpreted(), num_stages=stages, num_warps=warps)
     return dx
 
 

@@ -3,10 +3,16 @@
     dx[t, j] = Σ_i H_res[t, i, j] g[t, i] + h_pre[t, j] d_in[t] + (dm[t] · φᵀ)[j] + c[t] x[t, j]
 
 (g: gradient of the sub-layer's output stream, d_in: of the branch input, dm / c: of the projection
-and of the RMS factor.) One program owns a channel chunk and a run of tokens; per token tile it loads
-the n incoming gradient rows g[t, :, chunk] and d_in[t, chunk] once and writes all n output streams
-from them, so every input byte is read once (a per-stream program would read g n times). dφ is not
-reduced here: it is one GEMM (fused._dphi_gemm).
+and of the RMS factor.) Like ``stream_kernels.post_res_bwd_mma`` it works on rows (token, stream) of
+the [N·n, C] stream matrix, so every term but c·x is one MMA on [rows, channels] tiles and each input
+byte is read once:
+
+    dx = Hbd·G + Pd·D + A·B + c ⊙ X,
+    Hbd[(t,j), (t,i)] = H_res[t,i,j]           (block-diagonal, [R, R])
+    Pd[(t,j), t]      = h_pre[t,j]              ([R, TP]; D = d_in rows)
+    A[(t,j), (j,m)]   = dm[t,m]                 ([R, NP·MP]; B[(j,m), c] = φ[j·C + c, m])
+
+A program owns one channel chunk (B loaded once) and a run of tokens. dφ is one GEMM (fused._dphi_gemm).
 """
 
 from __future__ import annotations
@@ -15,54 +21,61 @@ import triton
 import triton.language as tl
 
 from .coef_kernels import _mma
+from .stream_kernels import _mma_any
 
 
 @triton.jit
-def linked_dx(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, g_ptr, hres_ptr, hpre_ptr, din_ptr, dx_ptr,
+def linked_dx(x_ptr, phit_ptr, phit_lo_ptr, dm_ptr, c_ptr, g_ptr, hres_ptr, hpre_ptr, din_ptr, dx_ptr,
               N, C, M, tok_per_prog,
-              n: tl.constexpr, NP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr,
-              PREC: tl.constexpr, SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr):
-    # SPLIT / LO / PREC: as coef_kernels.proj_bwd (bf16 stream: bf16 MMAs, with LO hi + lo parts of
-    # dm and φ; fp32 stream: one dot at PREC).
+              n: tl.constexpr, BT: tl.constexpr, R: tl.constexpr, TP: tl.constexpr, MP: tl.constexpr,
+              QP: tl.constexpr, BC: tl.constexpr, HILO: tl.constexpr, PREC: tl.constexpr,
+              LO: tl.constexpr, INTERP: tl.constexpr):
+    # phit: φ rearranged as [n, M, C] (B above, contiguous along channels); bf16 stream: bf16 (with
+    # LO its hi / lo parts, A split likewise: ≈ fp32 products), fp32 stream: fp32 at PREC.
+    # HILO: bf16 stream (coefficient matrices as hi + lo bf16 MMAs, as post_res_bwd_mma).
     cb = tl.program_id(0)
     sp = tl.program_id(1)
-    ch = cb * BK + tl.arange(0, BK)
+    ch = cb * BC + tl.arange(0, BC)
     chm = ch < C
-    cols = tl.arange(0, MP)
-    colm = cols < M
-    ii = tl.arange(0, NP)
-    im = ii < n
+    q = tl.arange(0, QP)
+    qj = q // MP
+    qm = q % MP
+    qv = (qj < n) & (qm < M)
+    bo = (qj[:, None] * M + qm[:, None]).to(tl.int64) * C + ch[None, :]
+    bm = qv[:, None] & chm[None, :]
+    b_hi = tl.load(phit_ptr + bo, mask=bm, other=0.0)
+    if LO:
+        b_lo = tl.load(phit_lo_ptr + bo, mask=bm, other=0.0)
+    r = tl.arange(0, R)
+    rs = r % n
+    s = tl.arange(0, TP)
+    same = (r[:, None] // n) == (r[None, :] // n)
+    own = (r[:, None] // n) == s[None, :]
     lo = sp * tok_per_prog
     hi = tl.minimum(lo + tok_per_prog, N)
-    for t0 in range(lo, hi, BN):
-        t = t0 + tl.arange(0, BN)
-        tm = t < hi
-        t64 = t.to(tl.int64)
-        m2 = tm[:, None] & chm[None, :]
-        dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & colm[None, :], other=0.0)
-        if SPLIT:
-            dm_hi = dm.to(tl.bfloat16)
+    for t0 in range(lo, hi, BT):
+        rt = t0 + r // n
+        rv = (r < BT * n) & (rt < hi)
+        st = t0 + s
+        sv = (s < BT) & (st < hi)
+        hb = tl.load(hres_ptr + rt[:, None] * (n * n) + rs[None, :] * n + rs[:, None],
+                     mask=same & rv[:, None] & rv[None, :], other=0.0)
+        pd = tl.load(hpre_ptr + rt[:, None] * n + rs[:, None] + 0 * s[None, :],
+                     mask=own & rv[:, None] & sv[None, :], other=0.0)
+        a = tl.load(dm_ptr + rt[:, None] * M + qm[None, :],
+                    mask=(qj[None, :] == rs[:, None]) & qv[None, :] & rv[:, None], other=0.0)
+        c = tl.load(c_ptr + rt, mask=rv, other=0.0)
+        ro = (t0 * n + r).to(tl.int64)[:, None] * C + ch[None, :]
+        m2 = rv[:, None] & chm[None, :]
+        g = tl.load(g_ptr + ro, mask=m2, other=0.0)
+        x = tl.load(x_ptr + ro, mask=m2, other=0.0)
+        d = tl.load(din_ptr + st.to(tl.int64)[:, None] * C + ch[None, :], mask=sv[:, None] & chm[None, :], other=0.0)
+        dv = _mma_any(hb, g, HILO, INTERP) + _mma_any(pd, d, HILO, INTERP) + c[:, None] * x.to(tl.float32)
+        if HILO:
+            a_hi = a.to(tl.bfloat16)
+            dv += _mma(a_hi, b_hi, INTERP)
             if LO:
-                dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
-        c = tl.load(c_ptr + t, mask=tm, other=0.0)
-        d_in = tl.load(din_ptr + t64[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
-        # g[t, i, chunk] for every incoming stream i: [BN, NP, BK], read once for all n outputs.
-        g3 = tl.load(g_ptr + (t64[:, None, None] * n + ii[None, :, None]) * C + ch[None, None, :],
-                     mask=tm[:, None, None] & im[None, :, None] & chm[None, None, :], other=0.0)
-        for j in tl.static_range(n):
-            k = j * C + ch
-            xo = (t64[:, None] * n + j) * C + ch[None, :]
-            v = tl.load(x_ptr + xo, mask=m2, other=0.0).to(tl.float32)
-            po = k[None, :] * M + cols[:, None]  # φ[k, :]ᵀ as [MP, BK]
-            pm = chm[None, :] & colm[:, None]
-            pt = tl.load(phi_ptr + po, mask=pm, other=0.0)
-            if SPLIT:
-                dv = _mma(dm_hi, pt, INTERP)
-                if LO:
-                    dv += _mma(dm_lo, pt, INTERP) + _mma(dm_hi, tl.load(phi_lo_ptr + po, mask=pm, other=0.0), INTERP)
-            else:
-                dv = tl.dot(dm, pt, input_precision=PREC)
-            hr = tl.load(hres_ptr + t[:, None] * (n * n) + ii[None, :] * n + j, mask=tm[:, None] & im[None, :], other=0.0)
-            hp = tl.load(hpre_ptr + t * n + j, mask=tm, other=0.0)
-            dv += tl.sum(hr[:, :, None] * g3.to(tl.float32), axis=1) + hp[:, None] * d_in + c[:, None] * v
-            tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=m2)
+                dv += _mma((a - a_hi.to(tl.float32)).to(tl.bfloat16), b_hi, INTERP) + _mma(a_hi, b_lo, INTERP)
+        else:
+            dv += tl.dot(a, b_hi, input_precision=PREC)
+        tl.store(dx_ptr + ro, dv.to(dx_ptr.dtype.element_ty), mask=m2)
