@@ -3,16 +3,12 @@
     dx[t, j] = Σ_i H_res[t, i, j] g[t, i] + h_pre[t, j] d_in[t] + (dm[t] · φᵀ)[j] + c[t] x[t, j]
 
 (g: gradient of the sub-layer's output stream, d_in: of the branch input, dm / c: of the projection
-and of the RMS factor.) Like ``stream_kernels.post_res_bwd_mma`` it works on rows (token, stream) of
-the [N·n, C] stream matrix, so every term but c·x is one MMA on [rows, channels] tiles and each input
-byte is read once:
-
-    dx = Hbd·G + Pd·D + A·B + c ⊙ X,
-    Hbd[(t,j), (t,i)] = H_res[t,i,j]           (block-diagonal, [R, R])
-    Pd[(t,j), t]      = h_pre[t,j]              ([R, TP]; D = d_in rows)
-    A[(t,j), (j,m)]   = dm[t,m]                 ([R, NP·MP]; B[(j,m), c] = φ[j·C + c, m])
-
-A program owns one channel chunk (B loaded once) and a run of tokens. dφ is one GEMM (fused._dphi_gemm).
+and of the RMS factor.) A program owns one channel chunk [c0, c0 + BK) of every stream and a run of
+tokens. Its tiles are [tokens, (stream j, channel)] (W = NP·BK columns), so the projection term is one
+MMA, dm [BN, MP] · B [MP, W] with B[m, (j, c)] = φ[j·C + c, m] loaded once per program, and every
+other term is elementwise on the same tile. The n stream rows of g and the row of d_in that a token
+needs are re-read per output stream from L1 within the tile, so each byte comes from DRAM once.
+dφ is one GEMM (fused._dphi_gemm).
 """
 
 from __future__ import annotations
@@ -21,61 +17,50 @@ import triton
 import triton.language as tl
 
 from .coef_kernels import _mma
-from .stream_kernels import _mma_any
 
 
 @triton.jit
 def linked_dx(x_ptr, phit_ptr, phit_lo_ptr, dm_ptr, c_ptr, g_ptr, hres_ptr, hpre_ptr, din_ptr, dx_ptr,
               N, C, M, tok_per_prog,
-              n: tl.constexpr, BT: tl.constexpr, R: tl.constexpr, TP: tl.constexpr, MP: tl.constexpr,
-              QP: tl.constexpr, BC: tl.constexpr, HILO: tl.constexpr, PREC: tl.constexpr,
-              LO: tl.constexpr, INTERP: tl.constexpr):
-    # phit: φ rearranged as [n, M, C] (B above, contiguous along channels); bf16 stream: bf16 (with
-    # LO its hi / lo parts, A split likewise: ≈ fp32 products), fp32 stream: fp32 at PREC.
-    # HILO: bf16 stream (coefficient matrices as hi + lo bf16 MMAs, as post_res_bwd_mma).
+              n: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, W: tl.constexpr, MP: tl.constexpr,
+              PREC: tl.constexpr, SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr):
+    # phit: φ as [n, M, C] (B's rows contiguous along channels). SPLIT (bf16 stream): bf16 MMAs, with
+    # LO dm and φ as hi + lo parts (≈ fp32 products); fp32 stream: one dot at PREC.
     cb = tl.program_id(0)
     sp = tl.program_id(1)
-    ch = cb * BC + tl.arange(0, BC)
-    chm = ch < C
-    q = tl.arange(0, QP)
-    qj = q // MP
-    qm = q % MP
-    qv = (qj < n) & (qm < M)
-    bo = (qj[:, None] * M + qm[:, None]).to(tl.int64) * C + ch[None, :]
-    bm = qv[:, None] & chm[None, :]
+    w = tl.arange(0, W)
+    wj = w // BK
+    wc = cb * BK + w % BK
+    wm = (wj < n) & (wc < C)
+    cols = tl.arange(0, MP)
+    colm = cols < M
+    bo = (wj[None, :] * M + cols[:, None]).to(tl.int64) * C + wc[None, :]
+    bm = colm[:, None] & wm[None, :]
     b_hi = tl.load(phit_ptr + bo, mask=bm, other=0.0)
     if LO:
         b_lo = tl.load(phit_lo_ptr + bo, mask=bm, other=0.0)
-    r = tl.arange(0, R)
-    rs = r % n
-    s = tl.arange(0, TP)
-    same = (r[:, None] // n) == (r[None, :] // n)
-    own = (r[:, None] // n) == s[None, :]
     lo = sp * tok_per_prog
     hi = tl.minimum(lo + tok_per_prog, N)
-    for t0 in range(lo, hi, BT):
-        rt = t0 + r // n
-        rv = (r < BT * n) & (rt < hi)
-        st = t0 + s
-        sv = (s < BT) & (st < hi)
-        hb = tl.load(hres_ptr + rt[:, None] * (n * n) + rs[None, :] * n + rs[:, None],
-                     mask=same & rv[:, None] & rv[None, :], other=0.0)
-        pd = tl.load(hpre_ptr + rt[:, None] * n + rs[:, None] + 0 * s[None, :],
-                     mask=own & rv[:, None] & sv[None, :], other=0.0)
-        a = tl.load(dm_ptr + rt[:, None] * M + qm[None, :],
-                    mask=(qj[None, :] == rs[:, None]) & qv[None, :] & rv[:, None], other=0.0)
-        c = tl.load(c_ptr + rt, mask=rv, other=0.0)
-        ro = (t0 * n + r).to(tl.int64)[:, None] * C + ch[None, :]
-        m2 = rv[:, None] & chm[None, :]
-        g = tl.load(g_ptr + ro, mask=m2, other=0.0)
-        x = tl.load(x_ptr + ro, mask=m2, other=0.0)
-        d = tl.load(din_ptr + st.to(tl.int64)[:, None] * C + ch[None, :], mask=sv[:, None] & chm[None, :], other=0.0)
-        dv = _mma_any(hb, g, HILO, INTERP) + _mma_any(pd, d, HILO, INTERP) + c[:, None] * x.to(tl.float32)
-        if HILO:
-            a_hi = a.to(tl.bfloat16)
-            dv += _mma(a_hi, b_hi, INTERP)
+    for t0 in range(lo, hi, BN):
+        t = t0 + tl.arange(0, BN)
+        tm = t < hi
+        t64 = t.to(tl.int64)[:, None]
+        m2 = tm[:, None] & wm[None, :]
+        dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & colm[None, :], other=0.0)
+        if SPLIT:
+            dm_hi = dm.to(tl.bfloat16)
+            dv = _mma(dm_hi, b_hi, INTERP)
             if LO:
-                dv += _mma((a - a_hi.to(tl.float32)).to(tl.bfloat16), b_hi, INTERP) + _mma(a_hi, b_lo, INTERP)
+                dv += _mma((dm - dm_hi.to(tl.float32)).to(tl.bfloat16), b_hi, INTERP) + _mma(dm_hi, b_lo, INTERP)
         else:
-            dv += tl.dot(a, b_hi, input_precision=PREC)
-        tl.store(dx_ptr + ro, dv.to(dx_ptr.dtype.element_ty), mask=m2)
+            dv = tl.dot(dm, b_hi, input_precision=PREC)
+        xo = (t64 * n + wj[None, :]) * C + wc[None, :]
+        c = tl.load(c_ptr + t, mask=tm, other=0.0)
+        dv += c[:, None] * tl.load(x_ptr + xo, mask=m2, other=0.0).to(tl.float32)
+        hp = tl.load(hpre_ptr + t[:, None] * n + wj[None, :], mask=m2, other=0.0)
+        dv += hp * tl.load(din_ptr + t64 * C + wc[None, :], mask=m2, other=0.0).to(tl.float32)
+        for i in tl.static_range(n):
+            hr = tl.load(hres_ptr + t[:, None] * (n * n) + i * n + wj[None, :], mask=m2, other=0.0)
+            gi = tl.load(g_ptr + (t64 * n + i) * C + wc[None, :], mask=m2, other=0.0)
+            dv += hr * gi.to(tl.float32)
+        tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=m2)
