@@ -45,9 +45,10 @@ _PROJ_BWD = (16, 256, 3, False, 4, False)
 # cuBLAS GEMM with fp32 output (deterministic, no partials): reads the stream twice, but both passes
 # run near copy speed (run 8: cuBLAS vᵀ·dm alone 80 µs at 79 % of copy vs the fused kernel's 33-38 %).
 _PROJ_BWD_GEMM = (64, 128, 256, 3, 4)  # run 9 sweep: 285 vs 387 µs (bf16x2), 239 vs 328 (bf16)
-# The linked sub-layer's stream-gradient pass (linked_kernels.linked_dx): (BN tokens, BK channels
-# per stream, tokens per program, stages, warps).
-_LINKED_DX = (32, 64, 256, 3, 4)
+# The linked sub-layer's stream-gradient pass (linked_kernels.linked_dx): (BN tokens, BK channels,
+# tokens per program, stages, warps). Run 10's sweep: 777 µs (bf16x2, C = 2048) — 27-38 % of copy;
+# two other layouts measured slower (runs 11, 12; reports/kernels/RESULTS.md).
+_LINKED_DX = (32, 64, 512, 3, 4)
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps.

@@ -49,17 +49,14 @@ def launch_linked_dx(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor, g: Tensor, h
     """dx = H_resᵀ g + h_pre ⊗ d_in + dm·φᵀ + c·x [N, n, C] in one pass (linked_kernels.linked_dx)."""
     N, n, C = x.shape
     M = dm.shape[1]
-    # φ as [n, M, C] (contiguous along channels: the kernel's B operand), in the kernels' precision.
-    p_hi, p_lo, split, lo = F._phi_parts(phi.reshape(n, C, M).transpose(1, 2).reshape(n * M, C), x, precision)
-    MP = F._p2(M, 16)
-    # n > 4 (MP > 32): small tiles, so B (MP x NP·BK) and the [BN, NP·BK] tiles fit.
-    bn, bk, tok, stages, warps = F._LINKED_DX if MP <= 32 else (16, 16, 64, 2, 4)
+    p_hi, p_lo, split, lo = F._phi_parts(phi, x, precision)
+    bn, bk, tok, stages, warps = F._LINKED_DX if F._p2(M, 16) <= 32 else (16, 32, 256, 2, 4)
     bk = min(bk, F._p2(C, 16))
     tok = triton.cdiv(tok, bn) * bn
     dx = torch.empty_like(x)
     lk.linked_dx[(triton.cdiv(C, bk), triton.cdiv(N, tok))](
         x, p_hi, p_lo, dm, c, g.contiguous(), h_res.float().contiguous(), h_pre.float().contiguous(),
-        d_in.contiguous(), dx, N, C, M, tok, n=n, BN=bn, BK=bk, W=F._np(n) * bk, MP=MP,
+        d_in.contiguous(), dx, N, C, M, tok, n=n, NP=F._np(n), BN=bn, BK=bk, MP=F._p2(M, 16),
         PREC=F.DOT_PRECISION, SPLIT=split, LO=lo, INTERP=F._interpreted(), num_stages=stages, num_warps=warps)
     return dx
 

@@ -44,7 +44,7 @@ def test_linked_matches_fp64_reference(fused, device, N, n, C):
 
 # Tiles of the stream-gradient pass (linked_kernels.linked_dx): channel chunks that divide C or not,
 # token runs shorter / longer than a tile, and the fused-dφ projection backward of the three-op path.
-LINKED_TILES = {"16 tokens x 16, 32 per program": dict(_LINKED_DX=(16, 16, 32, 2, 4)),
+LINKED_TILES = {"16 tokens x 16 channels, 32 per program": dict(_LINKED_DX=(16, 16, 32, 2, 4)),
                 "32 x 32, 16 per program, 2 warps": dict(_LINKED_DX=(32, 32, 16, 1, 2)),
                 "16 x 64, 64 per program": dict(_LINKED_DX=(16, 64, 64, 3, 4))}
 
