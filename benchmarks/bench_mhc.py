@@ -260,11 +260,10 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
         cases[f"  proj_bwd [{p}] (dv, dφ partials)"] = (lambda p=p: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p), 2 * n * e)
     # The linked pair's two backward kernels (kernels/linked.py): the single stream-gradient pass
     # (dx = H_resᵀg + h_pre⊗d_in + dm·φᵀ + c·v, dφ) and post_res's reduction-only backward.
-    from mhc_repro.kernels import linked
-
     for p in fused.PROJ_PRECISIONS:
-        cases[f"  linked_dx [{p}] (all of dx)"] = (
-            lambda p=p: linked.launch_linked_dx(x, phi, dm, cc, g, hr, hp, db, p), (3 * n + 1) * e)
+        cases[f"  proj_bwd linked [{p}] (all of dx, dφ)"] = (
+            lambda p=p: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, link=(g, hr, hp, db)),
+            (3 * n + 1 + (n if fused._PROJ_BWD_GEMM else 0)) * e)
         cases[f"  dφ GEMM [{p}]"] = (lambda p=p: fused._dphi_gemm(x.view(N, -1), dm, p), n * e)
     cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
     # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
@@ -294,8 +293,6 @@ SWEEP = {
     "_PROJ_BWD_GEMM": [None, (32, 256, 256, 3, 4), (64, 128, 256, 3, 4), (16, 256, 256, 3, 4),
                        (32, 256, 1024, 3, 4), (64, 256, 512, 3, 8), (128, 128, 512, 3, 8), (32, 128, 512, 3, 4),
                        (64, 64, 64, 1, 4)],
-    "_LINKED_DX": [(32, 64, 512, 3, 4), (32, 64, 256, 3, 4), (64, 64, 256, 3, 4), (16, 64, 256, 3, 2),
-                   (32, 128, 256, 3, 4), (64, 128, 512, 3, 8)],
     "_PRB": [("split", 2, 128, 2), ("loop", 4, 128, 4), ("mma", 16, 128, 4), ("mma", 16, 256, 4),
              ("mma", 32, 128, 4), ("mma", 32, 64, 4), ("mma", 16, 64, 2), ("mma", 64, 64, 8)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
@@ -306,7 +303,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
     """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each."""
     from triton.testing import do_bench
 
-    from mhc_repro.kernels import fused, linked
+    from mhc_repro.kernels import fused
 
     O = torch.ops.mhc_repro
     bf = dict(device=device, dtype=torch.bfloat16)
@@ -322,7 +319,6 @@ def sweep_configs(c, n, N, device, precision, only=()):
         "_PROJ_FWD": lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "_PROJ_BWD": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
         "_PROJ_BWD_GEMM": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
-        "_LINKED_DX": lambda: (linked.launch_linked_dx(x, phi, dm, cc, g, hr, hq, f, precision),),
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_SINKHORN": lambda: (fused.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + fused.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),

@@ -200,9 +200,16 @@ def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, s
 
 @triton.jit
 def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split,
+             g_ptr, hres_ptr, hpre_ptr, din_ptr, C,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
              SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr,
-             TRANS: tl.constexpr, DPHI: tl.constexpr):
+             TRANS: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, DPHI: tl.constexpr,
+             ALIGNED: tl.constexpr):
+    # LINK (the linked sub-layer, fused.mhc_pre_linked): dx also gets the other two stream-gradient
+    # parts, H_resᵀ g + h_pre ⊗ d_in (g: the gradient of the sub-layer's output stream), so the whole
+    # stream gradient is written once. Column k of the flat stream is stream k // C, channel k % C.
+    # ALIGNED (C % BK == 0): a K tile lies inside one stream, so the coefficients are per-token
+    # vectors; otherwise each column's stream is looked up (k // C), a slow gather.
     # DPHI=False: dx only (dφ is then a separate GEMM, fused.launch_proj_bwd).
     # TRANS: accumulate dφᵀ = dmᵀ·v ([MP, BK]; the stream tile is the MMA's B operand as loaded)
     # instead of dφ = vᵀ·dm ([BK, MP]; needs the big tile transposed); stored transposed at the end.
@@ -265,6 +272,24 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
             dv += c[:, None] * tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
         else:
             dv += c[:, None] * v.to(tl.float32)
+        if LINK:
+            t64 = t.to(tl.int64)[:, None]
+            if ALIGNED:
+                j0 = (kb * BK) // C
+                ch = k - j0 * C
+                hp = tl.load(hpre_ptr + t * n + j0, mask=tm, other=0.0)[:, None]
+            else:
+                js = k // C
+                ch = k % C
+                hp = tl.load(hpre_ptr + t[:, None] * n + js[None, :], mask=xm, other=0.0)
+            dv += hp * tl.load(din_ptr + t64 * C + ch[None, :], mask=xm, other=0.0).to(tl.float32)
+            for i in tl.static_range(n):
+                if ALIGNED:
+                    hr = tl.load(hres_ptr + t * (n * n) + i * n + j0, mask=tm, other=0.0)[:, None]
+                else:
+                    hr = tl.load(hres_ptr + t[:, None] * (n * n) + i * n + js[None, :], mask=xm, other=0.0)
+                gi = tl.load(g_ptr + (t64 * n + i) * C + ch[None, :], mask=xm, other=0.0)
+                dv += hr * gi.to(tl.float32)
         tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
     if not DPHI:
         pass

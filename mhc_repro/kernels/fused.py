@@ -45,10 +45,6 @@ _PROJ_BWD = (16, 256, 3, False, 4, False)
 # cuBLAS GEMM with fp32 output (deterministic, no partials): reads the stream twice, but both passes
 # run near copy speed (run 8: cuBLAS vᵀ·dm alone 80 µs at 79 % of copy vs the fused kernel's 33-38 %).
 _PROJ_BWD_GEMM = (64, 128, 256, 3, 4)  # run 9 sweep: 285 vs 387 µs (bf16x2), 239 vs 328 (bf16)
-# The linked sub-layer's stream-gradient pass (linked_kernels.linked_dx): (BN tokens, BK channels,
-# tokens per program, stages, warps). Run 10's sweep: 777 µs (bf16x2, C = 2048) — 27-38 % of copy;
-# two other layouts measured slower (runs 11, 12; reports/kernels/RESULTS.md).
-_LINKED_DX = (32, 64, 512, 3, 4)
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps.
@@ -153,9 +149,11 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps):
 
 
 def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
-                    precision: str = PROJ_PRECISION) -> tuple[Tensor, Tensor]:
-    """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32): with _PROJ_BWD_GEMM a dx pass plus one GEMM,
-    otherwise one pass over x with dφ from per-split partials."""
+                    precision: str = PROJ_PRECISION, link: tuple | None = None) -> tuple[Tensor, Tensor]:
+    """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32): with _PROJ_BWD_GEMM (n <= 4) a dx pass plus one GEMM,
+    otherwise one pass over x with dφ from per-split partials.
+    ``link = (g [N, n, C], h_res [N, n, n], h_pre [N, n], d_in [N, C])`` adds H_resᵀ g + h_pre ⊗ d_in
+    to dx (the linked sub-layer's single stream-gradient pass)."""
     N, K = x.shape
     M = dm.shape[1]
     p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
@@ -174,10 +172,17 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     n_kb = triton.cdiv(K, bk)
     part = dm if gemm else torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
+    if link is None:
+        g, h_res, h_pre, d_in, n, C = x, c, c, x, 1, K  # unused (LINK=False)
+    else:
+        g, h_res, h_pre, d_in = (t.contiguous() for t in link)
+        n, C = g.shape[1], g.shape[2]
+        h_res, h_pre = h_res.float(), h_pre.float()
     ck.proj_bwd[(n_kb, splits)](
-        x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, BN=bn, BK=bk,
+        x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
         MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
-        TRANS=trans, DPHI=not gemm, num_stages=stages, num_warps=warps)
+        TRANS=trans, LINK=link is not None, n=n, DPHI=not gemm, ALIGNED=C % bk == 0,
+        num_stages=stages, num_warps=warps)
     return dx, (_dphi_gemm(x, dm, precision) if gemm else part.sum(0))
 
 

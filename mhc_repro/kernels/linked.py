@@ -10,9 +10,17 @@ written as an [N, n, C] tensor (or left to Inductor) and summed by autograd. Her
 splits the sub-layer at the branch instead. ``x_link`` is a view of x that only the post op consumes.
 The post op's backward hands its incoming gradient g through to ``x_link`` unchanged (no dx pass)
 and only reduces dH_post, dH_res and df. The pre op's backward then writes
-dx = H_resᵀ g + h_pre ⊗ d_in + dm·φᵀ + c·x in a single pass (``linked_kernels.linked_dx``) and
-reduces dφ = xᵀ·dm as one GEMM. Backward traffic per sub-layer: ≈ 28 units of [N, C] against
-40 for the three-op path.
+dx = H_resᵀ g + h_pre ⊗ d_in + dm·φᵀ + c·x in one pass over x (``coef_kernels.proj_bwd`` with LINK;
+dφ is then one GEMM, or reduced in the same pass when ``fused._PROJ_BWD_GEMM`` is None or n > 4).
+
+Backward stream traffic per sub-layer: ≈ 28 units of [N, C] (32 with the dφ GEMM's second read of
+x) against 40 for the three-op path with Inductor's gradient sum.
+
+Measured (H200, reports/kernels/RESULTS.md run 9): the LINK pass plus the dφ GEMM takes 525 / 596 µs
+("bf16" / "bf16x2") at C = 2048 and 16k tokens. The pass is slow because each program owns one
+stream's K stripe and so reads every g row n times (≈ 28 units moved instead of 13), and the pair is
+no faster than the three ops (stack within ±1 %, runs 9-10). Two kernels that read g once per token
+(runs 10-12, commits 500b8e4, 707e536, 84919ad) measured slower still and were not kept.
 
 Contract: ``x_link`` may only be passed to ``mhc_post_res_linked`` (its "gradient" is g before the
 H_resᵀ transpose). Same values and gradients as the three reference functions (tests).
@@ -21,11 +29,9 @@ H_resᵀ transpose). Same values and gradients as the three reference functions 
 from __future__ import annotations
 
 import torch
-import triton
 from torch import Tensor
 
 from . import fused as F
-from . import linked_kernels as lk
 
 
 @torch.library.custom_op("mhc_repro::pre_linked_bwd", mutates_args=())
@@ -39,26 +45,8 @@ def _pre_linked_bwd(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: 
         return torch.zeros_like(x), torch.zeros_like(phi), torch.zeros_like(alpha), torch.zeros_like(bias)
     g_pre = torch.ops.mhc_repro.pre_bwd_dh(x, d_in)
     dht, dm, c, da = F.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps)
-    dx = launch_linked_dx(x, phi, dm, c, g_link, h_res, h_pre, d_in, precision)
-    dphi = F._dphi_gemm(x.view(N, n * C), dm, precision)
-    return dx, dphi.to(phi.dtype), da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
-
-
-def launch_linked_dx(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor, g: Tensor, h_res: Tensor,
-                     h_pre: Tensor, d_in: Tensor, precision: str) -> Tensor:
-    """dx = H_resᵀ g + h_pre ⊗ d_in + dm·φᵀ + c·x [N, n, C] in one pass (linked_kernels.linked_dx)."""
-    N, n, C = x.shape
-    M = dm.shape[1]
-    p_hi, p_lo, split, lo = F._phi_parts(phi, x, precision)
-    bn, bk, tok, stages, warps = F._LINKED_DX if F._p2(M, 16) <= 32 else (16, 32, 256, 2, 4)
-    bk = min(bk, F._p2(C, 16))
-    tok = triton.cdiv(tok, bn) * bn
-    dx = torch.empty_like(x)
-    lk.linked_dx[(triton.cdiv(C, bk), triton.cdiv(N, tok))](
-        x, p_hi, p_lo, dm, c, g.contiguous(), h_res.float().contiguous(), h_pre.float().contiguous(),
-        d_in.contiguous(), dx, N, C, M, tok, n=n, NP=F._np(n), BN=bn, BK=bk, MP=F._p2(M, 16),
-        PREC=F.DOT_PRECISION, SPLIT=split, LO=lo, INTERP=F._interpreted(), num_stages=stages, num_warps=warps)
-    return dx
+    dx, dphi = F.launch_proj_bwd(x.view(N, n * C), phi, dm, c, precision, link=(g_link, h_res, h_pre, d_in))
+    return dx.view(N, n, C), dphi.to(phi.dtype), da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
 
 
 @_pre_linked_bwd.register_fake

@@ -42,17 +42,18 @@ def test_linked_matches_fp64_reference(fused, device, N, n, C):
     _compare(got, ref, names=LINKED_NAMES, tol=2e-5 if device == "cpu" else 5e-3)
 
 
-# Tiles of the stream-gradient pass (linked_kernels.linked_dx): channel chunks that divide C or not,
-# token runs shorter / longer than a tile, and the fused-dφ projection backward of the three-op path.
-LINKED_TILES = {"16 tokens x 16 channels, 32 per program": dict(_LINKED_DX=(16, 16, 32, 2, 4)),
-                "32 x 32, 16 per program, 2 warps": dict(_LINKED_DX=(32, 32, 16, 1, 2)),
-                "16 x 64, 64 per program": dict(_LINKED_DX=(16, 64, 64, 3, 4))}
+# Tiles for which a K tile lies inside one stream (C % BK == 0: the per-token coefficient path of
+# proj_bwd's LINK) at C = 48 and 16, with the dφ reduction fused or as a separate GEMM.
+ALIGNED_TILES = {"fused dphi": dict(_PROJ_BWD=(16, 16, 2, False, 4, False), _PROJ_BWD_GEMM=None),
+                 "fused dphi, unaligned": dict(_PROJ_BWD=(16, 32, 2, False, 4, False), _PROJ_BWD_GEMM=None),
+                 "dphi gemm": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4)),
+                 "dphi gemm, unaligned": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4))}
 
 
-@pytest.mark.parametrize("tiles", list(LINKED_TILES))
+@pytest.mark.parametrize("tiles", list(ALIGNED_TILES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linked_tile_variants(fused, device, monkeypatch, tiles, dtype):
-    for k, v in LINKED_TILES[tiles].items():
+    for k, v in ALIGNED_TILES[tiles].items():
         monkeypatch.setattr(fused, k, v)
     for N, n, C in [(37, 2, 48), (19, 4, 16)]:
         inp = _no_pre_cotangent(_inputs(N, n, C, dtype, device, seed=N + C))
