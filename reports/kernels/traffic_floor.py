@@ -17,12 +17,18 @@ N_STREAMS = 4
 
 # Units read + written per sub-layer (forward + backward), n = 4. See RESULTS.md for the derivation.
 DESIGNS = {
-    "three ops (today)": {
+    "three ops, dφ in the dx pass": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5, "proj_bwd": 8,
         "stream-gradient sum (Inductor)": 13},
+    "three ops, dφ as a GEMM (today's default)": {
+        "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5, "proj_bwd dx": 8,
+        "dφ GEMM": 4, "stream-gradient sum (Inductor)": 13},
     "linked (one gradient buffer; sublayer_ops='linked')": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
         "proj_bwd + H_resᵀg + h_pre⊗d_in (one dx pass)": 13},
+    "linked as implemented (g read n times, dφ GEMM)": {
+        "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
+        "LINK dx pass (x, g ×n, d_in ×n, dx)": 28, "dφ GEMM": 4},
     "linked + fused forward (coefficients + pre, L2 re-read)": {
         "coefficients + pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
         "proj_bwd + H_resᵀg + h_pre⊗d_in (one dx pass)": 13},
