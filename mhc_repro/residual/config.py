@@ -111,7 +111,8 @@ class ResidualConfig:
     """How the mHC sub-layer is split into operators: "three" (coefficients, pre, post_res — the
     measured default) or "linked" (``mhc_pre_linked`` / ``mhc_post_res_linked``: split at the branch,
     the fused backward writes the stream gradient once instead of three summed parts; same values
-    and gradients, not yet timed on a GPU). Only with all three maps on (ablations use "three")."""
+    and gradients; on an H200 within ±1 % of "three", reports/kernels/RESULTS.md). Only with all
+    three maps on (ablations use "three")."""
 
     def __post_init__(self) -> None:
         if self.kind == "residual":
