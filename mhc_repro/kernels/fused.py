@@ -32,7 +32,7 @@ DOT_PRECISION = "tf32"
 PROJ_PRECISIONS = ("bf16x2", "bf16")
 PROJ_PRECISION = "bf16x2"
 _SINKHORN = (64, 4)  # coefficient epilogue / Sinkhorn backward: (tokens per program, num_warps)
-# Defaults = the fastest of the sweep in reports/kernels/run4 (H200, C = 2048, 16k tokens).
+# Defaults = the fastest of the sweeps in reports/kernels/run4, run5 and run9 (H200, C = 2048, 16k tokens).
 # Projection tiles; benchmarks/bench_mhc.py --sweep times alternatives on the device.
 # forward (BN tokens, BK, num_stages, RELOAD, num_warps, K splits); backward (BN, BK, stages, RELOAD,
 # num_warps, TRANS: accumulate dφᵀ so the stream tile needs no transpose). RELOAD: a second, L2-hit
