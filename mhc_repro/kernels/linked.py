@@ -19,7 +19,7 @@ x) against 40 for the three-op path with Inductor's gradient sum.
 Measured (H200, reports/kernels/RESULTS.md run 9): the LINK pass plus the dφ GEMM takes 525 / 596 µs
 ("bf16" / "bf16x2") at C = 2048 and 16k tokens. The pass is slow because each program owns one
 stream's K stripe and so reads every g row n times (≈ 28 units moved instead of 13), and the pair is
-no faster than the three ops (stack within ±1 %, runs 9-10). Two kernels that read g once per token
+no faster than the three ops (stack within ±1 %, runs 9-10). Three kernels that read g once per token
 (runs 10-12, commits 500b8e4, 707e536, 84919ad) measured slower still and were not kept.
 
 Contract: ``x_link`` may only be passed to ``mhc_post_res_linked`` (its "gradient" is g before the
