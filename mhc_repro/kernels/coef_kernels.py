@@ -243,30 +243,24 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
             dm_hi = dm.to(tl.bfloat16)
             dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
             dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
-            if not DPHI:
-                pass
-            elif TRANS:
+            if DPHI and TRANS:
                 acc += _mma(tl.trans(dm_hi), v, INTERP) + _mma(tl.trans(dm_lo), v, INTERP)
-            else:
+            elif DPHI:
                 vt = tl.trans(v)
                 acc += _mma(vt, dm_hi, INTERP) + _mma(vt, dm_lo, INTERP)
         elif SPLIT:
             # bf16 operands (dm and φ rounded once), fp32 accumulate: one MMA each.
             dm_hi = dm.to(tl.bfloat16)
             dv = _mma(dm_hi, pt, INTERP)
-            if not DPHI:
-                pass
-            elif TRANS:
+            if DPHI and TRANS:
                 acc += _mma(tl.trans(dm_hi), v, INTERP)
-            else:
+            elif DPHI:
                 acc += _mma(tl.trans(v), dm_hi, INTERP)
         else:
             dv = tl.dot(dm, pt, input_precision=PREC)
-            if not DPHI:
-                pass
-            elif TRANS:
+            if DPHI and TRANS:
                 acc += tl.dot(tl.trans(dm), v.to(tl.float32), input_precision=PREC)
-            else:
+            elif DPHI:
                 acc += tl.dot(tl.trans(v), dm, input_precision=PREC)
         if RELOAD:
             dv += c[:, None] * tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
@@ -291,11 +285,9 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
                 gi = tl.load(g_ptr + (t64 * n + i) * C + ch[None, :], mask=xm, other=0.0)
                 dv += hr * gi.to(tl.float32)
         tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
-    if not DPHI:
-        pass
-    elif TRANS:
+    if DPHI and TRANS:
         tl.store(dphi_ptr + sp.to(tl.int64) * K * M + k[None, :] * M + cols[:, None], acc,
                  mask=km[None, :] & cm[:, None])
-    else:
+    elif DPHI:
         tl.store(dphi_ptr + sp.to(tl.int64) * K * M + po, acc, mask=pm)
 

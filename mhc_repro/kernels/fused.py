@@ -170,7 +170,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
         tok = triton.cdiv(triton.cdiv(N, splits), bn) * bn
         splits = max(1, triton.cdiv(N, tok))
     n_kb = triton.cdiv(K, bk)
-    part = dm if gemm else torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)
+    part = dm if gemm else torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)  # dm: unused (DPHI=False)
     dx = torch.empty_like(x)
     if link is None:
         g, h_res, h_pre, d_in, n, C = x, c, c, x, 1, K  # unused (LINK=False)
