@@ -124,7 +124,7 @@ def _hc_pkg_version():
 
 
 PRECISION = ["bf16x2"]  # --precision, for variant mhc_fused
-LAZY_PRB = [("mma", 16, 128, 4)]  # post_res backward tiles of the *_lazy variants (fastest "mma" of --sweep)
+LAZY_PRB = [("mma", 16, 128, 4, 3)]  # post_res backward tiles of the *_lazy variants (fastest "mma" of --sweep)
 
 
 def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
@@ -171,8 +171,21 @@ def time_cuda(fn, warmup: int, iters: int) -> float:
 def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     if kind == "hc_pkg" and _hc_pkg_version() is None:
         return dict(error="hyper-connections not importable: skipped")
-    with lazy_residual_gradient(kind.endswith("_lazy")):
+    with lazy_residual_gradient(kind.endswith("_lazy")), link_mode("gather" if "_gather" in kind else None):
         return _bench_stack(kind.removesuffix("_lazy"), compiled, c, n, n_blocks, x0, dout, args)
+
+
+@contextlib.contextmanager
+def link_mode(mode):
+    """*_linked_gather variants: the linked pair with LINK_MODE "gather" (default: linked.LINK_MODE)."""
+    from mhc_repro.kernels import linked
+
+    saved = linked.LINK_MODE
+    linked.LINK_MODE = mode or saved
+    try:
+        yield
+    finally:
+        linked.LINK_MODE = saved
 
 
 @contextlib.contextmanager
@@ -260,12 +273,15 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
         # dφ as a GEMM (_PROJ_BWD_GEMM) reads the stream a second time.
         cases[f"  proj_bwd [{p}] (dv, dφ)"] = (lambda p=p: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p),
                                                (3 if fused._PROJ_BWD_GEMM else 2) * n * e)
-    # The linked pair's two backward kernels (kernels/linked.py): the single stream-gradient pass
-    # (dx = H_resᵀg + h_pre⊗d_in + dm·φᵀ + c·v, dφ) and post_res's reduction-only backward.
+    # The linked pair's backward kernels (kernels/linked.py): the single stream-gradient pass
+    # (dx = [H_resᵀ]g + h_pre⊗d_in + dm·φᵀ + c·v, dφ: LINK_MODE "gather" forms H_resᵀg from g, "add"
+    # adds post_res_bwd's dx) and, for "gather", post_res's reduction-only backward.
     for p in fused.PROJ_PRECISIONS:
-        cases[f"  proj_bwd linked [{p}] (all of dx, dφ)"] = (
-            lambda p=p: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, link=(g, hr, hp, db)),
-            (3 * n + 1 + (n if fused._PROJ_BWD_GEMM else 0)) * e)
+        for lm in fused.LINK_MODES:
+            cases[f"  proj_bwd linked {lm} [{p}] (all of dx, dφ)"] = (
+                lambda p=p, lm=lm: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, link=(g, hr, hp, db),
+                                                         link_mode=lm),
+                (3 * n + 1 + (n if fused._PROJ_BWD_GEMM else 0)) * e)
         cases[f"  dφ GEMM [{p}]"] = (lambda p=p: fused._dphi_gemm(x.view(N, -1), dm, p), n * e)
     cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
     # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
@@ -298,8 +314,10 @@ SWEEP = {
     "_PROJ_BWD_GEMM": [None, (32, 256, 256, 3, 4), (64, 128, 256, 3, 4), (16, 256, 256, 3, 4),
                        (32, 256, 1024, 3, 4), (64, 256, 512, 3, 8), (128, 128, 512, 3, 8), (32, 128, 512, 3, 4),
                        (64, 64, 64, 1, 4)],
-    "_PRB": [("split", 2, 128, 2), ("loop", 4, 128, 4), ("mma", 16, 128, 4), ("mma", 16, 256, 4),
-             ("mma", 32, 128, 4), ("mma", 32, 64, 4), ("mma", 16, 64, 2), ("mma", 64, 64, 8)],
+    "_PRB": [("split", 2, 128, 2, 3), ("loop", 4, 128, 4, 3), ("mma", 16, 128, 4, 3), ("mma", 16, 256, 4, 3),
+             ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
+             ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
+             ("mma", 16, 64, 4, 4), ("mma", 32, 64, 4, 4), ("mma", 16, 32, 1, 4), ("mma", 16, 128, 2, 4)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
 }
 
@@ -323,7 +341,10 @@ def sweep_configs(c, n, N, device, precision, only=()):
     ops = {
         "_PROJ_FWD": lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "_PROJ_BWD": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
-        "_PROJ_BWD_GEMM": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
+        # both users of these tiles: the three-op dx pass and the linked pair's ("add") pass
+        "_PROJ_BWD_GEMM": lambda: (fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
+                                   + fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
+                                                           link=(g, hr, hq, f), link_mode="add")),
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_SINKHORN": lambda: (fused.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + fused.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),

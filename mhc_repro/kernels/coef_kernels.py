@@ -205,9 +205,11 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
              SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr,
              TRANS: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, DPHI: tl.constexpr,
              ALIGNED: tl.constexpr):
-    # LINK (the linked sub-layer, fused.mhc_pre_linked): dx also gets the other two stream-gradient
-    # parts, H_resᵀ g + h_pre ⊗ d_in (g: the gradient of the sub-layer's output stream), so the whole
-    # stream gradient is written once. Column k of the flat stream is stream k // C, channel k % C.
+    # LINK (the linked sub-layer, kernels.linked): dx also gets the other two stream-gradient parts,
+    # so the whole stream gradient is written once. Column k of the flat stream is stream k // C,
+    # channel k % C. LINK=1 ("gather"): + H_resᵀ g + h_pre ⊗ d_in (g: the gradient of the sub-layer's
+    # output stream, each g row read n times); LINK=2 ("add"): + g + h_pre ⊗ d_in where g is already
+    # H_resᵀ g (written by post_res_bwd), read once at the stream tile's own offsets.
     # ALIGNED (C % BK == 0): a K tile lies inside one stream, so the coefficients are per-token
     # vectors; otherwise each column's stream is looked up (k // C), a slow gather.
     # DPHI=False: dx only (dφ is then a separate GEMM, fused.launch_proj_bwd).
@@ -277,13 +279,16 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
                 ch = k % C
                 hp = tl.load(hpre_ptr + t[:, None] * n + js[None, :], mask=xm, other=0.0)
             dv += hp * tl.load(din_ptr + t64 * C + ch[None, :], mask=xm, other=0.0).to(tl.float32)
-            for i in tl.static_range(n):
-                if ALIGNED:
-                    hr = tl.load(hres_ptr + t * (n * n) + i * n + j0, mask=tm, other=0.0)[:, None]
-                else:
-                    hr = tl.load(hres_ptr + t[:, None] * (n * n) + i * n + js[None, :], mask=xm, other=0.0)
-                gi = tl.load(g_ptr + (t64 * n + i) * C + ch[None, :], mask=xm, other=0.0)
-                dv += hr * gi.to(tl.float32)
+            if LINK == 2:
+                dv += tl.load(g_ptr + xo, mask=xm, other=0.0).to(tl.float32)
+            else:
+                for i in tl.static_range(n):
+                    if ALIGNED:
+                        hr = tl.load(hres_ptr + t * (n * n) + i * n + j0, mask=tm, other=0.0)[:, None]
+                    else:
+                        hr = tl.load(hres_ptr + t[:, None] * (n * n) + i * n + js[None, :], mask=xm, other=0.0)
+                    gi = tl.load(g_ptr + (t64 * n + i) * C + ch[None, :], mask=xm, other=0.0)
+                    dv += hr * gi.to(tl.float32)
         tl.store(dx_ptr + xo, dv.to(dx_ptr.dtype.element_ty), mask=xm)
     if DPHI and TRANS:
         tl.store(dphi_ptr + sp.to(tl.int64) * K * M + k[None, :] * M + cols[:, None], acc,

@@ -47,12 +47,16 @@ _PROJ_BWD = (16, 256, 3, False, 4, False)
 _PROJ_BWD_GEMM = (64, 128, 256, 3, 4)  # run 9 sweep: 285 vs 387 µs (bf16x2), 239 vs 328 (bf16)
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
-# [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps.
-_PRB = ("mma", 16, 64, 2)  # run 5 sweep: 284 µs vs 377 ("split") / 425 ("loop") at C = 2048
+# [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
+_PRB = ("mma", 16, 64, 2, 3)  # run 5 sweep: 284 µs vs 377 ("split") / 425 ("loop") at C = 2048
 # Under torch.compile: post_res's backward leaves dx = H_resᵀ g as an expression for Inductor to fuse
 # into the sum of the stream's gradient parts (the kernel then only reduces and writes df), instead of
 # writing dx and reading it back. Needs _PRB mode "mma" (other modes write dx anyway).
 LAZY_RES_DX = False
+# How the linked sub-layer (kernels.linked) forms the post_res part of the stream gradient in the
+# projection's dx pass: "gather" = H_resᵀ g inside the pass (post_res_bwd skips dx, the pass reads
+# each g row n times); "add" = post_res_bwd writes H_resᵀ g as usual and the pass adds it once.
+LINK_MODES = ("gather", "add")
 
 
 def _p2(v: int, lo: int = 1) -> int:
@@ -149,11 +153,13 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps):
 
 
 def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
-                    precision: str = PROJ_PRECISION, link: tuple | None = None) -> tuple[Tensor, Tensor]:
+                    precision: str = PROJ_PRECISION, link: tuple | None = None,
+                    link_mode: str = "gather") -> tuple[Tensor, Tensor]:
     """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32): with _PROJ_BWD_GEMM (n <= 4) a dx pass plus one GEMM,
     otherwise one pass over x with dφ from per-split partials.
-    ``link = (g [N, n, C], h_res [N, n, n], h_pre [N, n], d_in [N, C])`` adds H_resᵀ g + h_pre ⊗ d_in
-    to dx (the linked sub-layer's single stream-gradient pass)."""
+    ``link = (g [N, n, C], h_res [N, n, n], h_pre [N, n], d_in [N, C])`` adds the other two stream
+    gradients to dx (the linked sub-layer's single stream-gradient pass): link_mode "gather" adds
+    H_resᵀ g + h_pre ⊗ d_in, "add" adds g + h_pre ⊗ d_in (g then already H_resᵀ g; h_res unused)."""
     N, K = x.shape
     M = dm.shape[1]
     p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
@@ -173,7 +179,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     part = dm if gemm else torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)  # dm: unused (DPHI=False)
     dx = torch.empty_like(x)
     if link is None:
-        g, h_res, h_pre, d_in, n, C = x, c, c, x, 1, K  # unused (LINK=False)
+        g, h_res, h_pre, d_in, n, C = x, c, c, x, 1, K  # unused (LINK=0)
     else:
         g, h_res, h_pre, d_in = (t.contiguous() for t in link)
         n, C = g.shape[1], g.shape[2]
@@ -181,7 +187,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     ck.proj_bwd[(n_kb, splits)](
         x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
         MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
-        TRANS=trans, LINK=link is not None, n=n, DPHI=not gemm, ALIGNED=C % bk == 0,
+        TRANS=trans, LINK=0 if link is None else LINK_MODES.index(link_mode) + 1, n=n, DPHI=not gemm, ALIGNED=C % bk == 0,
         num_stages=stages, num_warps=warps)
     return dx, (_dphi_gemm(x, dm, precision) if gemm else part.sum(0))
 
@@ -362,7 +368,7 @@ def _launch_post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, g:
     f32 = dict(device=x.device, dtype=torch.float32)
     dx, df = torch.empty_like(x), torch.empty(N, C, device=x.device, dtype=f.dtype)
     dhp, dhr = torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
-    mode, bt, bc, warps = _PRB
+    mode, bt, bc, warps, stages = _PRB
     bc = min(bc, _p2(C, 16))
     if N > 0:
         args = (x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(), dx, df)
@@ -370,16 +376,17 @@ def _launch_post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, g:
             bt = max(1, bt // n)
             sk.post_res_bwd_mma[(triton.cdiv(N, bt),)](
                 *args, dhp, dhr, N, C, n=n, BT=bt, R=_p2(bt * n, 16), TP=_p2(bt, 16), BC=max(bc, 16),
-                HILO=x.dtype == torch.bfloat16, INTERP=_interpreted(), WRITE_DX=write_dx, num_warps=warps)
+                HILO=x.dtype == torch.bfloat16, INTERP=_interpreted(), WRITE_DX=write_dx, num_warps=warps,
+                num_stages=stages)
         elif mode == "split":
             chunks = triton.cdiv(C, bc)
             php, phr = torch.empty(chunks, N, n, **f32), torch.empty(chunks, N, n, n, **f32)
             sk.post_res_bwd_split[(triton.cdiv(N, bt), chunks)](
-                *args, php, phr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps)
+                *args, php, phr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
             dhp, dhr = php.sum(0), phr.sum(0)
         else:
             sk.post_res_bwd[(triton.cdiv(N, bt),)](
-                *args, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps)
+                *args, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
     return dx, df, dhp.to(h_post.dtype), dhr.to(h_res.dtype)
 
 

@@ -8,22 +8,22 @@ written as an [N, n, C] tensor (or left to Inductor) and summed by autograd. Her
     x_out = mhc_post_res_linked(x_link, f, h_post, h_res)
 
 splits the sub-layer at the branch instead. ``x_link`` is a view of x that only the post op consumes.
-The post op's backward hands its incoming gradient g through to ``x_link`` unchanged (no dx pass)
-and only reduces dH_post, dH_res and df. The pre op's backward then writes
-dx = H_resᵀ g + h_pre ⊗ d_in + dm·φᵀ + c·x in one pass over x (``coef_kernels.proj_bwd`` with LINK;
-dφ is then one GEMM, or reduced in the same pass when ``fused._PROJ_BWD_GEMM`` is None or n > 4).
+The pre op's backward writes the whole dx = (post_res part) + h_pre ⊗ d_in + dm·φᵀ + c·x in one
+pass over x (``coef_kernels.proj_bwd`` with LINK; dφ is then one GEMM, or reduced in the same pass
+when ``fused._PROJ_BWD_GEMM`` is None or n > 4). The post_res part, by ``LINK_MODE``:
 
-Backward stream traffic per sub-layer: ≈ 28 units of [N, C] (32 with the dφ GEMM's second read of
-x) against 40 for the three-op path with Inductor's gradient sum.
+- "add": the post op's backward is the ordinary post_res_bwd; its dx = H_resᵀ g is the gradient of
+  ``x_link`` and the pass adds it, read once at the stream tile's own offsets. Backward stream
+  traffic per sub-layer ≈ 36 units of [N, C] (the dφ GEMM's second read of x included) against 44
+  for the three ops with Inductor's gradient sum (which reads two [N, n, C] parts and writes a third).
+- "gather": the post op hands g through to ``x_link`` unchanged (skipping its dx write) and the pass
+  forms H_resᵀ g itself. Each program owns one stream's K stripe, so every g row is read n times
+  (≈ 47 units moved for 32 needed). Measured (H200, reports/kernels/RESULTS.md run 9): LINK pass
+  + dφ GEMM 525 / 596 µs ("bf16" / "bf16x2") at C = 2048, 16k tokens; stack within ±1 % of the
+  three ops. Three kernels that read g once (runs 10-12) were slower still and were not kept.
 
-Measured (H200, reports/kernels/RESULTS.md run 9): the LINK pass plus the dφ GEMM takes 525 / 596 µs
-("bf16" / "bf16x2") at C = 2048 and 16k tokens. The pass is slow because each program owns one
-stream's K stripe and so reads every g row n times (≈ 28 units moved instead of 13), and the pair is
-no faster than the three ops (stack within ±1 %, runs 9-10). Three kernels that read g once per token
-(runs 10-12, commits 500b8e4, 707e536, 84919ad) measured slower still and were not kept.
-
-Contract: ``x_link`` may only be passed to ``mhc_post_res_linked`` (its "gradient" is g before the
-H_resᵀ transpose). Same values and gradients as the three reference functions (tests).
+Contract: ``x_link`` may only be passed to ``mhc_post_res_linked`` (with "gather" its "gradient" is
+g before the H_resᵀ transpose). Same values and gradients as the three reference functions (tests).
 """
 
 from __future__ import annotations
@@ -33,24 +33,28 @@ from torch import Tensor
 
 from . import fused as F
 
+LINK_MODE = "add"  # one of fused.LINK_MODES; read when the pair runs forward
+
 
 @torch.library.custom_op("mhc_repro::pre_linked_bwd", mutates_args=())
 def _pre_linked_bwd(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
                     m: Tensor, r: Tensor, d_in: Tensor, g_post: Tensor, g_res: Tensor, g_link: Tensor,
                     n: int, t_max: int, eps: float,
-                    precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                    precision: str, link_mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x = x.contiguous()
     N, _, C = x.shape
     if N == 0:
         return torch.zeros_like(x), torch.zeros_like(phi), torch.zeros_like(alpha), torch.zeros_like(bias)
     g_pre = torch.ops.mhc_repro.pre_bwd_dh(x, d_in)
     dht, dm, c, da = F.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps)
-    dx, dphi = F.launch_proj_bwd(x.view(N, n * C), phi, dm, c, precision, link=(g_link, h_res, h_pre, d_in))
+    dx, dphi = F.launch_proj_bwd(x.view(N, n * C), phi, dm, c, precision, link=(g_link, h_res, h_pre, d_in),
+                                  link_mode=link_mode)
     return dx.view(N, n, C), dphi.to(phi.dtype), da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
 
 
 @_pre_linked_bwd.register_fake
-def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision):
+def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision,
+      link_mode):
     return torch.empty_like(x), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
@@ -62,13 +66,13 @@ class _PreLinked(torch.autograd.Function):
             x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps, precision)
         branch_in = torch.ops.mhc_repro.pre(x, h_pre)
         ctx.save_for_backward(x, phi, alpha, bias, h_pre, h_res, m, r)
-        ctx.cfg = (n, t_max, eps, precision)
+        ctx.cfg = (n, t_max, eps, precision, LINK_MODE)
         return branch_in, h_post, h_res, x.view_as(x)
 
     @staticmethod
     def backward(ctx, d_in, g_post, g_res, g_link):
         x, phi, alpha, bias, h_pre, h_res, m, r = ctx.saved_tensors
-        n, t_max, eps, precision = ctx.cfg
+        n, t_max, eps, precision, link_mode = ctx.cfg
         zero = torch.zeros_like
         d_in = zero(x[:, 0]) if d_in is None else d_in
         g_post = zero(h_pre) if g_post is None else g_post
@@ -76,7 +80,7 @@ class _PreLinked(torch.autograd.Function):
         g_link = zero(x) if g_link is None else g_link
         dx, dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd(
             x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post.float(), g_res.float(), g_link,
-            n, t_max, eps, precision)
+            n, t_max, eps, precision, link_mode)
         return dx, dphi, dalpha, dbias, None, None, None, None, None
 
 
@@ -92,10 +96,13 @@ def _(x_link, f, h_post, h_res):
 
 def _post_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
+    ctx.link_mode = LINK_MODE
 
 
 def _post_backward(ctx, g):
     x, f, h_post, h_res = ctx.saved_tensors
+    if ctx.link_mode == "add":  # dx = H_resᵀ g, added in _PreLinked.backward's dx pass
+        return torch.ops.mhc_repro.post_res_bwd(x, f, h_post, h_res, g)
     df, dhp, dhr = torch.ops.mhc_repro.post_res_bwd_red(x, f, h_post, h_res, g)
     return g, df, dhp, dhr  # g unchanged: _PreLinked.backward applies H_resᵀ in its dx pass
 
@@ -109,6 +116,8 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
     """(branch_in [N, C], H_post [N, n], H_res [N, n, n], x_link) from x [N, n, C]; see the module."""
     precision = F.PROJ_PRECISION if precision is None else precision
     F._check_precision(precision)
+    F._check(LINK_MODE in F.LINK_MODES,
+             f"linked LINK_MODE {LINK_MODE!r} is unknown; allowed: {', '.join(F.LINK_MODES)}")
     F._check(x.dim() == 3 and x.shape[1] == n,
              f"mhc_pre_linked x shape {tuple(x.shape)} is invalid; expected [N, n={n}, C]")
     F._check_coefficient_args(x.reshape(x.shape[0], n * x.shape[2]), phi, alpha, bias, n, t_max)

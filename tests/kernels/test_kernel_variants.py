@@ -20,10 +20,10 @@ VARIANTS = {
     "proj fwd sumsq in registers": dict(_PROJ_FWD=(16, 32, 2, False, 4, 1)),
     "proj fwd sumsq on tensor cores": dict(_PROJ_FWD=(16, 32, 2, "diag", 4, 1)),
     "proj bwd dx kernel + dphi gemm": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4)),
-    "post_res_bwd mma": dict(_PRB=("mma", 16, 32, 4)),
-    "post_res_bwd mma 32 rows": dict(_PRB=("mma", 32, 16, 4)),
-    "post_res_bwd split": dict(_PRB=("split", 4, 32, 4)),
-    "post_res_bwd split odd": dict(_PRB=("split", 2, 16, 2)),
+    "post_res_bwd mma": dict(_PRB=("mma", 16, 32, 4, 2)),
+    "post_res_bwd mma 32 rows": dict(_PRB=("mma", 32, 16, 4, 4)),
+    "post_res_bwd split": dict(_PRB=("split", 4, 32, 4, 3)),
+    "post_res_bwd split odd": dict(_PRB=("split", 2, 16, 2, 3)),
     "sinkhorn 8 tokens, 1 warp": dict(_SINKHORN=(8, 1)),
 }
 

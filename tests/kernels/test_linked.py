@@ -32,6 +32,15 @@ def _no_pre_cotangent(inp):
 LINKED_NAMES = NAMES[1:]
 
 
+@pytest.fixture(params=["add", "gather"], autouse=True)
+def link_mode(request, monkeypatch):
+    """Every test runs with both ways of forming the post_res part of the stream gradient."""
+    from mhc_repro.kernels import linked
+
+    monkeypatch.setattr(linked, "LINK_MODE", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("N,n,C", [(37, 4, 67), (5, 1, 33), (19, 2, 48), (11, 8, 24), (45, 3, 16)])
 def test_linked_matches_fp64_reference(fused, device, N, n, C):
     inp = _no_pre_cotangent(_inputs(N, n, C, torch.float32, device, seed=3 * N + n))
@@ -114,6 +123,14 @@ def test_linked_bad_shapes(fused):
         fused.ops().mhc_pre_linked(x, torch.zeros(16, 8), torch.zeros(3), torch.zeros(8), 3)
     with pytest.raises(ValueError, match="mhc_post_res shapes"):
         fused.ops().mhc_post_res_linked(x, torch.zeros(4, 9), torch.zeros(4, 2), torch.zeros(4, 2, 2))
+
+
+def test_linked_bad_link_mode(fused, monkeypatch):
+    from mhc_repro.kernels import linked
+
+    monkeypatch.setattr(linked, "LINK_MODE", "scatter")
+    with pytest.raises(ValueError, match="LINK_MODE 'scatter' is unknown; allowed: gather, add"):
+        fused.ops().mhc_pre_linked(torch.zeros(4, 2, 8), torch.zeros(16, 8), torch.zeros(3), torch.zeros(8), 2)
 
 
 def test_linked_zero_tokens_and_non_contiguous(fused, device):
