@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16-mixed", "bf16-true"])
-    ap.add_argument("--sublayer-ops", default="three", choices=["three", "linked"],
+    ap.add_argument("--sublayer-ops", default="linked", choices=["linked", "three"],
                     help="residual.sublayer_ops of both backends (the reference has the same two forms)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

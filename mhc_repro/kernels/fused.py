@@ -48,7 +48,7 @@ _PROJ_BWD_GEMM = (64, 128, 256, 3, 4)  # run 9 sweep: 285 vs 387 µs (bf16x2), 2
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
-_PRB = ("mma", 16, 64, 2, 3)  # run 5 sweep: 284 µs vs 377 ("split") / 425 ("loop") at C = 2048
+_PRB = ("mma", 16, 64, 2, 5)  # run 13 sweep: 253 µs (87 % of copy) vs 283 with 3 stages, 371 "split", 418 "loop"
 # Under torch.compile: post_res's backward leaves dx = H_resᵀ g as an expression for Inductor to fuse
 # into the sum of the stream's gradient parts (the kernel then only reduces and writes df), instead of
 # writing dx and reading it back. Needs _PRB mode "mma" (other modes write dx anyway).

@@ -17,7 +17,7 @@ COLLAPSES = ("sum", "mean", "learned")
 BACKENDS = ("auto", "reference", "triton")
 RECOMPUTES = ("none", "stream", "stream-ops")
 KERNEL_PRECISIONS = ("bf16x2", "bf16")
-SUBLAYER_OPS = ("three", "linked")  # = mhc_repro.kernels.fused.PROJ_PRECISIONS (tested)
+SUBLAYER_OPS = ("three", "linked")
 
 
 @dataclass
@@ -107,12 +107,13 @@ class ResidualConfig:
     streams always use tf32; the reference backend is always exact fp32. [open: the paper does not
     say which it used]"""
 
-    sublayer_ops: str = "three"
-    """How the mHC sub-layer is split into operators: "three" (coefficients, pre, post_res — the
-    measured default) or "linked" (``mhc_pre_linked`` / ``mhc_post_res_linked``: split at the branch,
-    the fused backward writes the stream gradient once instead of three summed parts; same values
-    and gradients; on an H200 within ±1 % of "three", reports/kernels/RESULTS.md). Only with all
-    three maps on (ablations use "three")."""
+    sublayer_ops: str = "linked"
+    """How the mHC sub-layer is split into operators: "linked" (``mhc_pre_linked`` /
+    ``mhc_post_res_linked``: split at the branch; the fused backward adds post_res's stream gradient
+    inside the projection's dx pass and writes the stream gradient once; the default: on an H200
+    1.5-4 % faster than "three" at C = 2048, reports/kernels/RESULTS.md run 13) or "three"
+    (coefficients, pre, post_res; autograd / Inductor sums the three stream-gradient parts). Same
+    values and gradients. Only with all three maps on (ablations always use "three")."""
 
     def __post_init__(self) -> None:
         if self.kind == "residual":

@@ -23,7 +23,7 @@ def _grads(backend: str, sublayer_ops: str, recompute: str = "none", **res) -> t
     return loss.item(), {k: p.grad.clone() for k, p in m.named_parameters()}
 
 
-@pytest.mark.parametrize("backend,recompute", [("reference", "none"), ("triton", "none"), ("triton", "stream")])
+@pytest.mark.parametrize("backend,recompute", [("reference", "none"), ("triton", "none"), ("triton", "stream"), ("triton", "stream-ops")])
 def test_linked_equals_three_ops(backend, recompute, request):
     if backend == "triton":
         request.getfixturevalue("triton_cpu")
