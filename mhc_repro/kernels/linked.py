@@ -31,8 +31,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import fused as F
-
 LINK_MODE = "add"  # one of fused.LINK_MODES; read when the pair runs forward
 
 
@@ -129,3 +127,8 @@ def mhc_post_res_linked(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor
     """``x_out[i] = Σ_j H_res[i, j] x[j] + H_post[i] f`` with x_link from ``mhc_pre_linked``."""
     F._check_post_res_args(x_link, f, h_post, h_res)
     return torch.ops.mhc_repro.post_res_linked(x_link, f.contiguous(), h_post, h_res)
+
+
+# Imported last: fused builds its op namespaces (which reference this module's functions) at import,
+# so whichever of the two modules is imported first, the other must find these names defined.
+from . import fused as F  # noqa: E402
