@@ -20,13 +20,16 @@ DESIGNS = {
     "three ops, dφ in the dx pass": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5, "proj_bwd": 8,
         "stream-gradient sum (Inductor)": 13},
-    "three ops, dφ as a GEMM (today's default)": {
+    "three ops, dφ as a GEMM (sublayer_ops='three')": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5, "proj_bwd dx": 8,
         "dφ GEMM": 4, "stream-gradient sum (Inductor)": 13},
-    "linked (one gradient buffer; sublayer_ops='linked')": {
+    "linked, reading g once (no dx write in post_res_bwd; not reached)": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
         "proj_bwd + H_resᵀg + h_pre⊗d_in (one dx pass)": 13},
-    "linked as implemented (g read n times, dφ GEMM)": {
+    "linked, LINK_MODE='add' (today's default: post_res_bwd writes H_resᵀg, the dx pass adds it)": {
+        "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5,
+        "dx pass (x, H_resᵀg, d_in, dx)": 13, "dφ GEMM": 4},
+    "linked, LINK_MODE='gather' (g read n times, dφ GEMM)": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
         "LINK dx pass (x, g ×n, d_in ×n, dx)": 28, "dφ GEMM": 4},
     "linked + fused forward (coefficients + pre, L2 re-read)": {
@@ -63,7 +66,7 @@ def main(path: str, fractions=(1.0, 0.85, 0.7)) -> None:
                 per_sub = units * unit_us / f + sink_us.get(c, 45.0)
                 ratios.append(1 + sub * per_sub / 1e3 / s["ms"])
             cols = "  ".join(f"{100 * f:.0f}% copy: {x:.3f}x" for f, x in zip(fractions, ratios))
-            print(f"  {name:58s} {units:3d} units   {cols}")
+            print(f"  {name:90s} {units:3d} units   {cols}")
 
 
 if __name__ == "__main__":
