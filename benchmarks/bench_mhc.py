@@ -171,21 +171,23 @@ def time_cuda(fn, warmup: int, iters: int) -> float:
 def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     if kind == "hc_pkg" and _hc_pkg_version() is None:
         return dict(error="hyper-connections not importable: skipped")
-    with lazy_residual_gradient(kind.endswith("_lazy")), link_mode("gather" if "_gather" in kind else None):
+    with lazy_residual_gradient(kind.endswith("_lazy")), link_mode("gather" if "_gather" in kind else None,
+                                                                   "_copy" not in kind):
         return _bench_stack(kind.removesuffix("_lazy"), compiled, c, n, n_blocks, x0, dout, args)
 
 
 @contextlib.contextmanager
-def link_mode(mode):
-    """*_linked_gather variants: the linked pair with LINK_MODE "gather" (default: linked.LINK_MODE)."""
+def link_mode(mode, in_place: bool):
+    """*_linked_gather variants: the linked pair with LINK_MODE "gather" (default: linked.LINK_MODE);
+    *_linked*_copy: "add" into a new buffer (linked.ADD_IN_PLACE off)."""
     from mhc_repro.kernels import linked
 
-    saved = linked.LINK_MODE
-    linked.LINK_MODE = mode or saved
+    saved = linked.LINK_MODE, linked.ADD_IN_PLACE
+    linked.LINK_MODE, linked.ADD_IN_PLACE = mode or saved[0], in_place
     try:
         yield
     finally:
-        linked.LINK_MODE = saved
+        linked.LINK_MODE, linked.ADD_IN_PLACE = saved
 
 
 @contextlib.contextmanager

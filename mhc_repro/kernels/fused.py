@@ -154,12 +154,14 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps):
 
 def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
                     precision: str = PROJ_PRECISION, link: tuple | None = None,
-                    link_mode: str = "gather") -> tuple[Tensor, Tensor]:
+                    link_mode: str = "gather", out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32): with _PROJ_BWD_GEMM (n <= 4) a dx pass plus one GEMM,
     otherwise one pass over x with dφ from per-split partials.
     ``link = (g [N, n, C], h_res [N, n, n], h_pre [N, n], d_in [N, C])`` adds the other two stream
     gradients to dx (the linked sub-layer's single stream-gradient pass): link_mode "gather" adds
-    H_resᵀ g + h_pre ⊗ d_in, "add" adds g + h_pre ⊗ d_in (g then already H_resᵀ g; h_res unused)."""
+    H_resᵀ g + h_pre ⊗ d_in, "add" adds g + h_pre ⊗ d_in (g then already H_resᵀ g; h_res unused).
+    ``out``: dx's buffer ([N, K], x's dtype); with "add" it may be g itself (each element is read, then
+    overwritten, by the same program)."""
     N, K = x.shape
     M = dm.shape[1]
     p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
@@ -177,11 +179,13 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
         splits = max(1, triton.cdiv(N, tok))
     n_kb = triton.cdiv(K, bk)
     part = dm if gemm else torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)  # dm: unused (DPHI=False)
-    dx = torch.empty_like(x)
+    dx = torch.empty_like(x) if out is None else out
     if link is None:
         g, h_res, h_pre, d_in, n, C = x, c, c, x, 1, K  # unused (LINK=0)
     else:
         g, h_res, h_pre, d_in = (t.contiguous() for t in link)
+        _check(out is None or link_mode == "add" or out.data_ptr() != g.data_ptr(),
+               f"proj_bwd link_mode={link_mode!r} cannot write dx over g; only 'add' can")
         n, C = g.shape[1], g.shape[2]
         h_res, h_pre = h_res.float(), h_pre.float()
     ck.proj_bwd[(n_kb, splits)](

@@ -32,13 +32,14 @@ import torch
 from torch import Tensor
 
 LINK_MODE = "add"  # one of fused.LINK_MODES; read when the pair runs forward
+# "add": write the stream gradient over post_res_bwd's H_resᵀg buffer instead of a new one (one
+# [N, n, C] buffer less alive in the backward; Inductor re-inplaces the mutating op under compile).
+ADD_IN_PLACE = True
 
 
-@torch.library.custom_op("mhc_repro::pre_linked_bwd", mutates_args=())
-def _pre_linked_bwd(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
-                    m: Tensor, r: Tensor, d_in: Tensor, g_post: Tensor, g_res: Tensor, g_link: Tensor,
-                    n: int, t_max: int, eps: float,
-                    precision: str, link_mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps,
+                precision, link_mode, out=None):
+    """(dx, dφ, dα, dbias) of the pair; dx written into ``out`` [N, n, C] when given."""
     x = x.contiguous()
     N, _, C = x.shape
     if N == 0:
@@ -46,14 +47,39 @@ def _pre_linked_bwd(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: 
     g_pre = torch.ops.mhc_repro.pre_bwd_dh(x, d_in)
     dht, dm, c, da = F.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps)
     dx, dphi = F.launch_proj_bwd(x.view(N, n * C), phi, dm, c, precision, link=(g_link, h_res, h_pre, d_in),
-                                  link_mode=link_mode)
+                                  link_mode=link_mode, out=None if out is None else out.view(N, n * C))
     return dx.view(N, n, C), dphi.to(phi.dtype), da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
+
+
+@torch.library.custom_op("mhc_repro::pre_linked_bwd", mutates_args=())
+def _pre_linked_bwd(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
+                    m: Tensor, r: Tensor, d_in: Tensor, g_post: Tensor, g_res: Tensor, g_link: Tensor,
+                    n: int, t_max: int, eps: float,
+                    precision: str, link_mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps,
+                       precision, link_mode)
 
 
 @_pre_linked_bwd.register_fake
 def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision,
       link_mode):
     return torch.empty_like(x), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
+
+
+@torch.library.custom_op("mhc_repro::pre_linked_bwd_add_", mutates_args=("g_link",))
+def _pre_linked_bwd_add_(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
+                         m: Tensor, r: Tensor, d_in: Tensor, g_post: Tensor, g_res: Tensor, g_link: Tensor,
+                         n: int, t_max: int, eps: float, precision: str) -> tuple[Tensor, Tensor, Tensor]:
+    """LINK_MODE "add" with the stream gradient written over g_link (= H_resᵀ g, dead afterwards):
+    each element is read and then overwritten by the same program, so no second [N, n, C] buffer."""
+    _, dphi, dalpha, dbias = _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link,
+                                         n, t_max, eps, precision, "add", out=g_link)
+    return dphi, dalpha, dbias
+
+
+@_pre_linked_bwd_add_.register_fake
+def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision):
+    return torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
 class _PreLinked(torch.autograd.Function):
@@ -76,9 +102,14 @@ class _PreLinked(torch.autograd.Function):
         g_post = zero(h_pre) if g_post is None else g_post
         g_res = zero(h_res) if g_res is None else g_res
         g_link = zero(x) if g_link is None else g_link
-        dx, dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd(
-            x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post.float(), g_res.float(), g_link,
-            n, t_max, eps, precision, link_mode)
+        args = (x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post.float(), g_res.float(), g_link, n, t_max, eps,
+                precision)
+        if link_mode == "add" and ADD_IN_PLACE and g_link.dtype == x.dtype and g_link.is_contiguous():
+            # g_link is post_res_bwd's H_resᵀ g, used by nothing else (x_link's contract): overwrite it.
+            dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd_add_(*args)
+            dx = g_link
+        else:
+            dx, dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd(*args, link_mode)
         return dx, dphi, dalpha, dbias, None, None, None, None, None
 
 
