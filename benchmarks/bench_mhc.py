@@ -1,11 +1,14 @@
 """mHC overhead benchmark: fwd+bwd of a stack of Llama-style blocks, one process, same inputs.
 
-Variants (each at every C): plain residual (eager, compiled), reference mHC (eager, compiled), fused
-Triton mHC (eager, compiled), the `hyper-connections` package's mHC (variant hc_pkg: optional extra
-`.[bench]`, see hc_package.py; recorded as skipped when not importable), fused mHC with the paper's
-recomputation (variant mhc_fused_rc: each block under mhc_repro.residual.recompute.checkpoint_block,
-residual.recompute="stream"). Then every fused kernel alone,
-its achieved GB/s against a device-to-device copy measured in the same run.
+Variants (each at every C, eager and compiled): `residual` (Pre-Norm), `mhc_ref` (reference mHC),
+`hc_pkg` (the `hyper-connections` package's mHC: optional extra `.[bench]`, see hc_package.py;
+recorded as skipped when not importable) and the fused Triton mHC — `mhc_fused_linked` (the model's
+defaults: linked sub-layer, "bf16x2" projections), `mhc_fused` (the three ops). Name parts:
+`_bf16` "bf16" projections; `_linked` the linked pair (kernels/linked.py; `_gather` LINK_MODE
+"gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` each block under the paper's
+recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"); `_lazy` H_resᵀg left to
+Inductor. Then every fused kernel alone, its achieved GB/s against a device-to-device copy measured
+in the same run.
 
     PYTHONPATH=. python benchmarks/bench_mhc.py --C 2048 2560 4096 --tokens 16384 --out reports/kernels/bench.json
 
@@ -398,8 +401,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
     ap.add_argument("--blocks-large", type=int, default=2)
     ap.add_argument("--variants", nargs="+",
-                    default=["residual", "mhc_ref", "mhc_fused", "mhc_fused_bf16", "mhc_fused_linked",
-                             "mhc_fused_rc", "hc_pkg"])
+                    default=["residual", "mhc_ref", "mhc_fused_linked", "mhc_fused_bf16_linked", "mhc_fused",
+                             "mhc_fused_linked_rcops", "hc_pkg"])
     ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
