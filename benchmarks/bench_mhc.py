@@ -174,39 +174,37 @@ def time_cuda(fn, warmup: int, iters: int) -> float:
 def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     if kind == "hc_pkg" and _hc_pkg_version() is None:
         return dict(error="hyper-connections not importable: skipped")
-    with lazy_residual_gradient(kind.endswith("_lazy")), link_mode("gather" if "_gather" in kind else None,
-                                                                   "_copy" not in kind):
+    with kernel_switches(kind):
         return _bench_stack(kind.removesuffix("_lazy"), compiled, c, n, n_blocks, x0, dout, args)
 
 
 @contextlib.contextmanager
-def link_mode(mode, in_place: bool):
-    """*_linked_gather variants: the linked pair with LINK_MODE "gather" (default: linked.LINK_MODE);
-    *_linked*_copy: "add" into a new buffer (linked.ADD_IN_PLACE off)."""
-    from mhc_repro.kernels import linked
-
-    saved = linked.LINK_MODE, linked.ADD_IN_PLACE
-    linked.LINK_MODE, linked.ADD_IN_PLACE = mode or saved[0], in_place
+def patched(mod, **values):
+    """Module attributes set to ``values`` for the duration, then restored."""
+    saved = {k: getattr(mod, k) for k in values}
+    for k, v in values.items():
+        setattr(mod, k, v)
     try:
         yield
     finally:
-        linked.LINK_MODE, linked.ADD_IN_PLACE = saved
+        for k, v in saved.items():
+            setattr(mod, k, v)
 
 
-@contextlib.contextmanager
-def lazy_residual_gradient(on: bool):
-    """*_lazy variants: H_resᵀ g left to Inductor (fused.LAZY_RES_DX, only under compile)."""
-    if not on:
-        yield
-        return
-    from mhc_repro.kernels import fused
+def kernel_switches(kind: str) -> contextlib.ExitStack:
+    """The kernel module switches a variant name asks for: *_lazy H_resᵀ g left to Inductor
+    (fused.LAZY_RES_DX, only under compile); *_gather the linked pair with LINK_MODE "gather";
+    *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off)."""
+    from mhc_repro.kernels import fused, linked
 
-    saved = fused.LAZY_RES_DX, fused._PRB
-    fused.LAZY_RES_DX, fused._PRB = True, LAZY_PRB[0]
-    try:
-        yield
-    finally:
-        fused.LAZY_RES_DX, fused._PRB = saved
+    stack = contextlib.ExitStack()
+    if kind.endswith("_lazy"):
+        stack.enter_context(patched(fused, LAZY_RES_DX=True, _PRB=LAZY_PRB[0]))
+    if "_gather" in kind:
+        stack.enter_context(patched(linked, LINK_MODE="gather"))
+    if "_copy" in kind:
+        stack.enter_context(patched(linked, ADD_IN_PLACE=False))
+    return stack
 
 
 def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):

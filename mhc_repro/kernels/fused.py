@@ -191,8 +191,8 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     ck.proj_bwd[(n_kb, splits)](
         x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
         MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
-        TRANS=trans, LINK=0 if link is None else LINK_MODES.index(link_mode) + 1, n=n, DPHI=not gemm, ALIGNED=C % bk == 0,
-        num_stages=stages, num_warps=warps)
+        TRANS=trans, LINK=0 if link is None else LINK_MODES.index(link_mode) + 1, n=n, DPHI=not gemm,
+        ALIGNED=C % bk == 0, num_stages=stages, num_warps=warps)
     return dx, (_dphi_gemm(x, dm, precision) if gemm else part.sum(0))
 
 
@@ -370,9 +370,11 @@ def _launch_post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, g:
     x = x.contiguous()
     N, n, C = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
-    dx, df = torch.empty_like(x), torch.empty(N, C, device=x.device, dtype=f.dtype)
-    dhp, dhr = torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
     mode, bt, bc, warps, stages = _PRB
+    # Only mode "mma" can skip dx; then x stands in for the (never written) dx pointer.
+    dx = torch.empty_like(x) if write_dx or mode != "mma" else x
+    df = torch.empty(N, C, device=x.device, dtype=f.dtype)
+    dhp, dhr = torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
     bc = min(bc, _p2(C, 16))
     if N > 0:
         args = (x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(), dx, df)

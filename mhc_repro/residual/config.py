@@ -111,7 +111,7 @@ class ResidualConfig:
     """How the mHC sub-layer is split into operators: "linked" (``mhc_pre_linked`` /
     ``mhc_post_res_linked``: split at the branch; the fused backward adds post_res's stream gradient
     inside the projection's dx pass and writes the stream gradient once; the default: on an H200
-    1.5-4 % faster than "three" at C = 2048, reports/kernels/RESULTS.md run 13) or "three"
+    2.5-3.7 % faster than "three" at C = 2048, reports/kernels/RESULTS.md runs 13-14) or "three"
     (coefficients, pre, post_res; autograd / Inductor sums the three stream-gradient parts). Same
     values and gradients. Only with all three maps on (ablations always use "three")."""
 

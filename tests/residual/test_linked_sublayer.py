@@ -9,7 +9,6 @@ from mhc_repro.model.transformer import LM
 from mhc_repro.presets import get_preset, with_variant
 
 
-
 def _grads(backend: str, sublayer_ops: str, recompute: str = "none", **res) -> tuple[float, dict]:
     cfg = with_variant(get_preset("tiny"), "mhc", backend=backend, sublayer_ops=sublayer_ops,
                        recompute=recompute, **res)
@@ -23,7 +22,8 @@ def _grads(backend: str, sublayer_ops: str, recompute: str = "none", **res) -> t
     return loss.item(), {k: p.grad.clone() for k, p in m.named_parameters()}
 
 
-@pytest.mark.parametrize("backend,recompute", [("reference", "none"), ("triton", "none"), ("triton", "stream"), ("triton", "stream-ops")])
+@pytest.mark.parametrize("backend,recompute",
+                         [("reference", "none"), ("triton", "none"), ("triton", "stream"), ("triton", "stream-ops")])
 def test_linked_equals_three_ops(backend, recompute, request):
     if backend == "triton":
         request.getfixturevalue("triton_cpu")
