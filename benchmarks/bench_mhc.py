@@ -212,14 +212,19 @@ def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     params = list(blocks.parameters())
     n_streams = 1 if kind.startswith("residual") else n
 
-    def step():
-        for p in params:
-            p.grad = None
+    def forward():
+        # The n-stream lives only inside this function, as inside a model's forward: once collapsed
+        # it is freed (up to run 17 the benchmark held the last stream, 4 units of [N, C], through the
+        # whole backward, which a model does not; it inflated mHC's peak, not the residual's).
         x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1).contiguous()
         for f in fns:
             x = f(x)
-        out = x if n_streams == 1 else x.sum(2)
-        out.backward(dout)
+        return x if n_streams == 1 else x.sum(2)
+
+    def step():
+        for p in params:
+            p.grad = None
+        forward().backward(dout)
 
     t0 = time.time()
     step()  # compile / autotune
@@ -231,14 +236,19 @@ def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    step()
+    out = forward()  # the step, split to see whether the peak falls in the forward or the backward
+    torch.cuda.synchronize()
+    fwd_peak = torch.cuda.max_memory_allocated()
+    out.backward(dout)
+    del out
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
     del blocks, fns, params
     if compiled:
         torch._dynamo.reset()
     torch.cuda.empty_cache()
-    return dict(ms=ms, peak_gb=peak / 2**30, act_gb=(peak - base) / 2**30, first_step_s=first)
+    return dict(ms=ms, peak_gb=peak / 2**30, fwd_peak_gb=fwd_peak / 2**30, act_gb=(peak - base) / 2**30,
+                first_step_s=first)
 
 
 # ---------------------------------------------------------------- single kernels vs copy bandwidth
@@ -471,7 +481,7 @@ def main() -> None:
 def print_tables(res) -> None:
     print(f"\n{res['device']} | torch {res['torch']} | triton {res['triton']} | commit {res['commit']}")
     print(f"copy {res['copy_gb_s']:.0f} GB/s; hyper-connections: {res['hyper_connections']}")
-    print(f"{'C':>5} {'blk':>3} {'mode':9} {'variant':10} {'ms/step':>8} {'x resid':>8} {'peak GB':>8} {'x peak':>7}")
+    print(f"{'C':>5} {'blk':>3} {'mode':9} {'variant':10} {'ms/step':>8} {'x resid':>8} {'peak GB':>8} {'x peak':>7} {'fwd pk':>7}")
     base = {(r["C"], r["mode"]): r for r in res["stack"] if r["variant"] == "residual" and "ms" in r}
     for r in res["stack"]:
         if "ms" not in r:
@@ -480,7 +490,9 @@ def print_tables(res) -> None:
         b = base.get((r["C"], r["mode"]))
         rt = f"{r['ms'] / b['ms']:.3f}" if b else "-"
         rp = f"{r['peak_gb'] / b['peak_gb']:.3f}" if b else "-"
-        print(f"{r['C']:>5} {r['blocks']:>3} {r['mode']:9} {r['variant']:10} {r['ms']:8.2f} {rt:>8} {r['peak_gb']:8.2f} {rp:>7}")
+        fp = r.get("fwd_peak_gb", float("nan"))
+        print(f"{r['C']:>5} {r['blocks']:>3} {r['mode']:9} {r['variant']:10} {r['ms']:8.2f} {rt:>8} "
+              f"{r['peak_gb']:8.2f} {rp:>7} {fp:7.2f}")
     print(f"\n{'C':>5} {'kernel':44} {'us':>8} {'GB/s':>7} {'of copy':>7}")
     for k in res["kernels"]:
         print(f"{k['C']:>5} {k['kernel']:44} {1000 * k['ms']:8.1f} {k['gb_s']:7.0f} {100 * k['frac_copy']:6.1f}%")
