@@ -1,0 +1,16 @@
+"""One launch of the linked "add" dx pass and of post_res_bwd at C = 2048, 16k tokens, n = 4 (for ncu)."""
+import torch
+
+from mhc_repro.kernels import fused
+
+N, n, c = 16384, 4, 2048
+M = n * n + 2 * n
+bf = dict(device="cuda", dtype=torch.bfloat16)
+x, g, f, d_in = torch.randn(N, n, c, **bf), torch.randn(N, n, c, **bf), torch.randn(N, c, **bf), torch.randn(N, c, **bf)
+phi = torch.randn(n * c, M, device="cuda") * 0.01
+dm, cc = torch.randn(N, M, device="cuda") * 1e-3, torch.randn(N, device="cuda") * 1e-3
+hq, hr = torch.rand(N, n, device="cuda"), torch.rand(N, n, n, device="cuda")
+for _ in range(3):
+    fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, "bf16", link=(g, hr, hq, d_in), link_mode="add")
+    torch.ops.mhc_repro.post_res_bwd(x, f, hq, hr, g)
+torch.cuda.synchronize()
