@@ -1,0 +1,115 @@
+"""What is alive at the peak of one benchmark step: a CUDA memory-history replay.
+
+    PYTHONPATH=. python benchmarks/mem_peak.py --C 4096 --variants residual mhc_fused_linked_rcops --out peak.json
+
+Builds a variant exactly as bench_mhc.py does, runs one step to compile, then records the allocator's
+history over one more step and replays it: the step's peak (bytes allocated since the step began),
+whether it falls in forward or backward, and the live allocations at that moment grouped by size and
+by the innermost frame of this repository or of Inductor's generated code that allocated them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_mhc  # noqa: E402
+
+
+def _where(frames) -> str:
+    """Innermost frame from the repository, Inductor's output code or torch.autograd, else the first."""
+    for key in ("mhc_repro", "benchmarks", "torchinductor", "autograd", "checkpoint"):
+        for f in frames:
+            if key in f.get("filename", ""):
+                return f"{os.path.basename(f['filename'])}:{f['line']} {f['name']}"
+    return f"{os.path.basename(frames[0]['filename'])}:{frames[0]['line']} {frames[0]['name']}" if frames else "?"
+
+
+def replay(trace, unit: int):
+    """Peak of the allocations made during the trace and what was live then."""
+    live, cur, peak, at_peak, peak_i = {}, 0, 0, {}, -1
+    for i, e in enumerate(trace):
+        if e["action"] == "alloc":
+            live[e["addr"]] = (e["size"], _where(e.get("frames", [])))
+            cur += e["size"]
+            if cur > peak:
+                peak, at_peak, peak_i = cur, dict(live), i
+        elif e["action"] in ("free_requested", "free_completed") and e["addr"] in live:
+            cur -= live.pop(e["addr"])[0]  # memory_allocated drops at the request
+    groups = collections.defaultdict(lambda: [0, 0])
+    for size, where in at_peak.values():
+        groups[(round(size / unit, 2), where)][0] += 1
+        groups[(round(size / unit, 2), where)][1] += size
+    rows = sorted(((b, n, u, w) for (u, w), (n, b) in groups.items()), reverse=True)
+    cause = trace[peak_i] if peak_i >= 0 else {}
+    rows = [dict(gb=b / 2**30, count=n, units=u, where=w) for b, n, u, w in rows]
+    return peak, rows, _where(cause.get("frames", [])), peak_i
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--C", type=int, default=4096)
+    ap.add_argument("--blocks", type=int, default=None, help="default: bench_mhc's (4, 2 for C >= 4096)")
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--variants", nargs="+", default=["residual", "mhc_fused_linked_rcops"])
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    dev, c = torch.device("cuda"), args.C
+    nb = args.blocks or (4 if c < 4096 else 2)
+    g = torch.Generator(device=dev).manual_seed(c)
+    x0 = torch.randn(args.tokens // args.seq, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g)
+    x0.requires_grad_()
+    dout = torch.randn_like(x0)
+    unit = args.tokens * c * 2  # one bf16 [N, C] tensor
+    res = dict(C=c, blocks=nb, unit_mb=unit / 2**20, variants={})
+    for kind in args.variants:
+        with bench_mhc.kernel_switches(kind):
+            blocks, fns = bench_mhc.build(kind, c, args.n, nb, True, dev)
+            n_streams = 1 if kind.startswith("residual") else args.n
+
+            def forward():
+                x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1).contiguous()
+                for f in fns:
+                    x = f(x)
+                return x if n_streams == 1 else x.sum(2)
+
+            forward().backward(dout)  # compile
+            for p in blocks.parameters():
+                p.grad = None
+            torch.cuda.synchronize()
+            torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+            out = forward()
+            n_fwd = len(torch.cuda.memory._snapshot()["device_traces"][dev.index or 0])
+            out.backward(dout)
+            del out
+            torch.cuda.synchronize()
+            trace = torch.cuda.memory._snapshot()["device_traces"][dev.index or 0]
+            torch.cuda.memory._record_memory_history(enabled=None)
+            peak, rows, cause, peak_i = replay(trace, unit)
+            res["variants"][kind] = dict(step_peak_gb=peak / 2**30, step_peak_units=peak / unit, trigger=cause,
+                                         in_backward=peak_i >= n_fwd, live_at_peak=rows[:args.top])
+            del blocks, fns
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+        v = res["variants"][kind]
+        print(f"\n{kind}: step peak {v['step_peak_gb']:.3f} GB = {v['step_peak_units']:.1f} units of [N, C] "
+              f"({res['unit_mb']:.0f} MB), in the {'backward' if v['in_backward'] else 'forward'}; "
+              f"reached by: {v['trigger']}")
+        for r in v["live_at_peak"]:
+            print(f"  {r['gb']:7.3f} GB  {r['count']:3d} x {r['units']:6.2f} u  {r['where']}")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
