@@ -31,12 +31,16 @@ def _where(frames) -> str:
     return f"{os.path.basename(frames[0]['filename'])}:{frames[0]['line']} {frames[0]['name']}" if frames else "?"
 
 
-def replay(trace, unit: int):
-    """Peak of the allocations made during the trace and what was live then."""
+def replay(trace, unit: int, n_fwd: int | None = None):
+    """Peak of the allocations made during the trace and what was live then (with ``n_fwd``, the
+    number of events of the forward, each allocation is tagged fwd / bwd)."""
     live, cur, peak, at_peak, peak_i = {}, 0, 0, {}, -1
     for i, e in enumerate(trace):
         if e["action"] == "alloc":
-            live[e["addr"]] = (e["size"], _where(e.get("frames", [])))
+            where = _where(e.get("frames", []))
+            if n_fwd is not None:
+                where = f"[{'fwd' if i < n_fwd else 'bwd'}] {where}"
+            live[e["addr"]] = (e["size"], where)
             cur += e["size"]
             if cur > peak:
                 peak, at_peak, peak_i = cur, dict(live), i
@@ -94,7 +98,7 @@ def main() -> None:
             torch.cuda.synchronize()
             trace = torch.cuda.memory._snapshot()["device_traces"][dev.index or 0]
             torch.cuda.memory._record_memory_history(enabled=None)
-            peak, rows, cause, peak_i = replay(trace, unit)
+            peak, rows, cause, peak_i = replay(trace, unit, n_fwd)
             res["variants"][kind] = dict(step_peak_gb=peak / 2**30, step_peak_units=peak / unit, trigger=cause,
                                          in_backward=peak_i >= n_fwd, live_at_peak=rows[:args.top])
             del blocks, fns
