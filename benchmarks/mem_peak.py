@@ -40,19 +40,21 @@ def replay(trace, unit: int, n_fwd: int | None = None):
             where = _where(e.get("frames", []))
             if n_fwd is not None:
                 where = f"[{'fwd' if i < n_fwd else 'bwd'}] {where}"
-            live[e["addr"]] = (e["size"], where)
+            live[e["addr"]] = (e["size"], where, e.get("frames", []))
             cur += e["size"]
             if cur > peak:
                 peak, at_peak, peak_i = cur, dict(live), i
         elif e["action"] in ("free_requested", "free_completed") and e["addr"] in live:
             cur -= live.pop(e["addr"])[0]  # memory_allocated drops at the request
     groups = collections.defaultdict(lambda: [0, 0])
-    for size, where in at_peak.values():
+    stacks = {}
+    for size, where, frames in at_peak.values():
+        stacks.setdefault(where, [f"{os.path.basename(f['filename'])}:{f['line']} {f['name']}" for f in frames])
         groups[(round(size / unit, 2), where)][0] += 1
         groups[(round(size / unit, 2), where)][1] += size
     rows = sorted(((b, n, u, w) for (u, w), (n, b) in groups.items()), reverse=True)
     cause = trace[peak_i] if peak_i >= 0 else {}
-    rows = [dict(gb=b / 2**30, count=n, units=u, where=w) for b, n, u, w in rows]
+    rows = [dict(gb=b / 2**30, count=n, units=u, where=w, stack=stacks[w][:24]) for b, n, u, w in rows]
     return peak, rows, _where(cause.get("frames", [])), peak_i
 
 
@@ -65,6 +67,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--variants", nargs="+", default=["residual", "mhc_fused_linked_rcops"])
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--stack-for", default=None, help="print the stack of live groups whose frame has this")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev, c = torch.device("cuda"), args.C
@@ -110,6 +113,8 @@ def main() -> None:
               f"reached by: {v['trigger']}")
         for r in v["live_at_peak"]:
             print(f"  {r['gb']:7.3f} GB  {r['count']:3d} x {r['units']:6.2f} u  {r['where']}")
+            if args.stack_for and args.stack_for in r["where"]:
+                print("      " + "\n      ".join(r["stack"]))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(res, fh, indent=1)
