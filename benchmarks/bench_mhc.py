@@ -216,7 +216,8 @@ def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
         # The n-stream lives only inside this function, as inside a model's forward: once collapsed
         # it is freed (up to run 17 the benchmark held the last stream, 4 units of [N, C], through the
         # whole backward, which a model does not; it inflated mHC's peak, not the residual's).
-        x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1).contiguous()
+        # a broadcast view, as mhc_repro.residual.expand_streams returns: materialized by block 0's ops
+        x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)
         for f in fns:
             x = f(x)
         return x if n_streams == 1 else x.sum(2)

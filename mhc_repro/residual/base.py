@@ -123,10 +123,14 @@ def build_residual(cfg: ResidualConfig, layer_index: int, d_model: int, norm_eps
 
 
 def expand_streams(h: Tensor, n: int) -> Tensor:
-    """[B, T, C] -> [B, T, n, C] by replicating the embedding into every stream (HC, DeepSeek code)."""
+    """[B, T, C] -> [B, T, n, C] by replicating the embedding into every stream (HC, DeepSeek code).
+
+    Returned as a broadcast view (stride 0 over the streams): the first sub-layer materializes it
+    inside its own ops, so under the paper's recomputation (``ResidualConfig.recompute``) the first
+    block's checkpoint keeps the embedding (C per token) instead of n copies of it (n·C)."""
     if n < 1:
         raise ValueError(f"expand_streams n={n} is invalid; it must be >= 1")
-    return h.unsqueeze(-2).expand(*h.shape[:-1], n, h.shape[-1]).contiguous() if n > 1 else h.unsqueeze(-2)
+    return h.unsqueeze(-2).expand(*h.shape[:-1], n, h.shape[-1])
 
 
 class StreamCollapse(nn.Module):
