@@ -81,13 +81,24 @@ def recompute_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
+# Copies that materialize a broadcast (the first block's input: expand_streams' view of the embedding
+# copied into n streams): recomputed under "stream-ops", so the block keeps the embedding, not n copies.
+COPY_OPS = frozenset({"aten::clone", "aten::contiguous", "aten::_to_copy", "aten::copy"})
+
+
+def _is_broadcast(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.dim() > 0 and any(
+        st == 0 and sz > 1 for st, sz in zip(t.stride(), t.shape))
+
+
 def stream_ops_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
-    """SAC policy of ``recompute="stream-ops"`` (meant for torch.compile): the mHC stream ops must be
-    re-run, matmuls / attention / coefficients must be saved, everything else is PREFER_SAVE, which
-    under torch.compile leaves it to the partitioner (it keeps only what the backward needs, as without
-    checkpointing). In eager mode PREFER_SAVE caches every output: there use "stream"."""
+    """SAC policy of ``recompute="stream-ops"`` (meant for torch.compile): the mHC stream ops (and a
+    copy of a broadcast view, see COPY_OPS) must be re-run, matmuls / attention / coefficients must be
+    saved, everything else is PREFER_SAVE, which under torch.compile leaves it to the partitioner (it
+    keeps only what the backward needs, as without checkpointing). In eager mode PREFER_SAVE caches
+    every output: there use "stream"."""
     name = _op_name(func)
-    if name in STREAM_OPS:
+    if name in STREAM_OPS or (name in COPY_OPS and args and _is_broadcast(args[0])):
         return CheckpointPolicy.MUST_RECOMPUTE
     if name in SAVE_OPS:
         return CheckpointPolicy.MUST_SAVE

@@ -188,6 +188,21 @@ def test_policy_saves_matmuls_and_coefficients_only():
     assert recompute_policy(None, torch.ops.aten.bmm.default, mix, torch.randn(4, 4, 32)) == P.PREFER_RECOMPUTE
 
 
+def test_stream_ops_policy_recomputes_copies_of_broadcasts():
+    """The first block's input is expand_streams' broadcast view; its copy into n streams is re-run."""
+    from torch.utils.checkpoint import CheckpointPolicy as P
+
+    from mhc_repro.residual import expand_streams
+    from mhc_repro.residual.recompute import stream_ops_policy
+
+    view = expand_streams(torch.randn(2, 3, 8), 4)
+    aten = torch.ops.aten
+    assert stream_ops_policy(None, aten.clone.default, view) == P.MUST_RECOMPUTE
+    assert stream_ops_policy(None, aten.clone.default, view.contiguous()) == P.PREFER_SAVE
+    assert stream_ops_policy(None, aten.clone.default, torch.randn(1, 8).expand(1, 8)) == P.PREFER_SAVE
+    assert stream_ops_policy(None, aten.mm.default, torch.randn(2, 2), torch.randn(2, 2)) == P.MUST_SAVE
+
+
 def test_bad_value_one_line_error():
     with pytest.raises(ValueError) as err:
         ResidualConfig(recompute="blocks").validate()
