@@ -166,6 +166,32 @@ def test_compiled_block_recomputes_stream_ops(mode, triton_cpu):
     assert targets.count("mhc_repro.coefficients.default") == 0  # saved, not re-run
 
 
+def test_compiled_first_block_saves_no_copy_of_its_input(triton_cpu):
+    """stream-ops, compiled (aot_eager): the first block's input is expand_streams' broadcast view and
+    the n-stream copy its ops make of it is re-run in backward, not among the forward graph's saved
+    tensors (which held one [B·T, n, C] copy before the policy re-ran copies of broadcasts)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.debugging import aot_eager
+
+    fw_graphs = []
+
+    def capture_fw(gm, example_inputs):
+        fw_graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    m = _lm("triton", "stream-ops", n_blocks=2)
+    idx = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(1))
+    m(idx)  # eager first: resolves the ops outside the traced code
+    torch._dynamo.reset()
+    m.blocks[0].compile(backend=lambda gm, ex: aot_eager(gm, ex, fw_compiler=capture_fw), fullgraph=True)
+    m(idx).pow(2).mean().backward()
+    torch._dynamo.reset()
+    (fw,) = fw_graphs
+    (outs,) = [node.args[0] for node in fw.graph.nodes if node.op == "output"]
+    shapes = [tuple(o.meta["val"].shape) for o in outs if "val" in getattr(o, "meta", {})]
+    assert shapes.count((B * T, N_STREAMS, C)) == 0, shapes
+
+
 def test_checkpoint_block_is_usable_alone():
     lin = torch.nn.Linear(8, 8)
     x = torch.randn(3, 8, requires_grad=True)
