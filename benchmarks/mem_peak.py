@@ -49,7 +49,8 @@ def replay(trace, unit: int, n_fwd: int | None = None):
     groups = collections.defaultdict(lambda: [0, 0])
     stacks = {}
     for size, where, frames in at_peak.values():
-        stacks.setdefault(where, [f"{os.path.basename(f['filename'])}:{f['line']} {f['name']}" for f in frames])
+        stacks.setdefault(where, [f"{os.path.basename(f['filename'])}:{f['line']} {f['name']}" for f in frames
+                                  if f.get("filename", "").endswith(".py")])  # Python frames only
         groups[(round(size / unit, 2), where)][0] += 1
         groups[(round(size / unit, 2), where)][1] += size
     rows = sorted(((b, n, u, w) for (u, w), (n, b) in groups.items()), reverse=True)
