@@ -15,7 +15,9 @@ with a selective-activation-checkpoint (SAC) policy that
 
 So in backward the block is re-run with every matmul / attention / coefficient result taken from the
 cache, and only the stream kernels and elementwise ops run again. What stays in memory per block: its
-input stream (n·C per token, kept by the checkpoint as its argument), and the matmul / attention
+input stream (n·C per token, kept by the checkpoint as its argument; for the first block the
+embedding, C per token, since ``expand_streams`` passes a broadcast view and copies of broadcasts are
+recomputed in both modes), and the matmul / attention
 outputs; what is no longer stored: the middle stream (output of the attention sub-layer's post_res,
 n·C per token), both pre outputs and the norm/activation intermediates.
 
