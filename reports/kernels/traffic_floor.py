@@ -3,7 +3,9 @@
 Counts HBM traffic per sub-layer in units of one [N, C] stream-dtype tensor (n = 4 streams), turns it
 into time at the copy bandwidth measured in the run, and prints the stack ratio each design would reach
 with every kernel at a given fraction of copy (the Sinkhorn kernels, latency-bound, at their measured
-time). The residual's step time is the run's compiled residual.
+time). The residual's step time is the run's compiled residual. All of a design's traffic counts as
+added time, although mHC replaces the residual's own add (≈ 3 units forward): the budgets printed
+for the issue's targets are low by about that much.
 
     python reports/kernels/traffic_floor.py reports/kernels/run6_a893aaf_bench.json
 """
@@ -40,7 +42,14 @@ DESIGNS = {
     "cross-layer fused (not implemented)": {
         "post_res_l + proj_{l+1}": 9, "pre": 5, "backward pass 1 (reductions)": 6,
         "backward pass 2 (dx, df, dφ)": 15},
+    # No design goes below this: each input read once, each output written once per sub-layer.
+    # Forward reads x (n) and f (1), writes x_out (n) and the branch input (1); backward reads g (n),
+    # x (n), f and d_in, writes dx (n) and df. It ignores that the coefficients' reductions over all of
+    # C (dH from g·x, f and d_in) must finish before dx can be formed, which forces a second pass.
+    "lower bound: every tensor moved once (no design reaches it)": {
+        "forward (x, f in; x_out, branch input out)": 10, "backward (g, x, f, d_in in; dx, df out)": 15},
 }
+TARGETS = {2048: 1.10, 4096: 1.07}  # issue 6 (other C: none)
 
 
 def main(path: str, fractions=(1.0, 0.85, 0.7)) -> None:
@@ -67,6 +76,11 @@ def main(path: str, fractions=(1.0, 0.85, 0.7)) -> None:
                 ratios.append(1 + sub * per_sub / 1e3 / s["ms"])
             cols = "  ".join(f"{100 * f:.0f}% copy: {x:.3f}x" for f, x in zip(fractions, ratios))
             print(f"  {name:90s} {units:3d} units   {cols}")
+        if c in TARGETS:  # the traffic a design may move per sub-layer to reach the issue's target
+            t = TARGETS[c]
+            budget = [((t - 1) * s["ms"] * 1e3 / sub - sink_us.get(c, 45.0)) * f / unit_us for f in fractions]
+            cols = "  ".join(f"{100 * f:.0f}% copy: {u:.0f} units" for f, u in zip(fractions, budget))
+            print(f"  target {t:.2f}x allows per sub-layer: {cols}")
 
 
 if __name__ == "__main__":
