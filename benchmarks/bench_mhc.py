@@ -195,11 +195,12 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     """The kernel module switches a variant name asks for: *_lazy H_resᵀ g left to Inductor
     (fused.LAZY_RES_DX, only under compile); *_gather the linked pair with LINK_MODE "gather";
     *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off)."""
-    from mhc_repro.kernels import fused, linked
+    from mhc_repro.kernels import fused, launch, linked
 
     stack = contextlib.ExitStack()
     if kind.endswith("_lazy"):
-        stack.enter_context(patched(fused, LAZY_RES_DX=True, _PRB=LAZY_PRB[0]))
+        stack.enter_context(patched(fused, LAZY_RES_DX=True))
+        stack.enter_context(patched(launch, _PRB=LAZY_PRB[0]))
     if "_gather" in kind:
         stack.enter_context(patched(linked, LINK_MODE="gather"))
     if "_copy" in kind:
@@ -264,6 +265,7 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     from triton.testing import do_bench
 
     from mhc_repro.kernels import fused  # noqa: F401  (registers torch.ops.mhc_repro.*)
+    from mhc_repro.kernels import launch
 
     O = torch.ops.mhc_repro
     bf = dict(device=device, dtype=torch.bfloat16)
@@ -286,24 +288,24 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     }
     # The four coefficient kernels alone (the two ops above are these pairs), both precisions.
     ss = x.float().pow(2).sum((1, 2))
-    cases["  coef_fwd (epilogue + Sinkhorn)"] = (lambda: fused.launch_coef_fwd(m, ss, alpha, bias, n, n * c, 20, 1e-6, 1e-6), small)
-    cases["  coef_bwd (Sinkhorn bwd recomputed)"] = (lambda: fused.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6), small)
-    _, dm, cc, _ = fused.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6)
-    for p in fused.PROJ_PRECISIONS:
-        cases[f"  proj_fwd [{p}] (v·φ + Σv²)"] = (lambda p=p: fused.launch_proj_fwd(x.view(N, -1), phi, M, p), n * e + N * 4 * (M + 1))
+    cases["  coef_fwd (epilogue + Sinkhorn)"] = (lambda: launch.launch_coef_fwd(m, ss, alpha, bias, n, n * c, 20, 1e-6, 1e-6), small)
+    cases["  coef_bwd (Sinkhorn bwd recomputed)"] = (lambda: launch.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6), small)
+    _, dm, cc, _ = launch.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6)
+    for p in launch.PROJ_PRECISIONS:
+        cases[f"  proj_fwd [{p}] (v·φ + Σv²)"] = (lambda p=p: launch.launch_proj_fwd(x.view(N, -1), phi, M, p), n * e + N * 4 * (M + 1))
         # dφ as a GEMM (_PROJ_BWD_GEMM) reads the stream a second time.
-        cases[f"  proj_bwd [{p}] (dv, dφ)"] = (lambda p=p: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p),
-                                               (3 if fused._PROJ_BWD_GEMM else 2) * n * e)
+        cases[f"  proj_bwd [{p}] (dv, dφ)"] = (lambda p=p: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p),
+                                               (3 if launch._PROJ_BWD_GEMM else 2) * n * e)
     # The linked pair's backward kernels (kernels/linked.py): the single stream-gradient pass
     # (dx = [H_resᵀ]g + h_pre⊗d_in + dm·φᵀ + c·v, dφ: LINK_MODE "gather" forms H_resᵀg from g, "add"
     # adds post_res_bwd's dx) and, for "gather", post_res's reduction-only backward.
-    for p in fused.PROJ_PRECISIONS:
-        for lm in fused.LINK_MODES:
+    for p in launch.PROJ_PRECISIONS:
+        for lm in launch.LINK_MODES:
             cases[f"  proj_bwd linked {lm} [{p}] (all of dx, dφ)"] = (
-                lambda p=p, lm=lm: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, link=(g, hr, hp, db),
+                lambda p=p, lm=lm: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, link=(g, hr, hp, db),
                                                          link_mode=lm),
-                (3 * n + 1 + (n if fused._PROJ_BWD_GEMM else 0)) * e)
-        cases[f"  dφ GEMM [{p}]"] = (lambda p=p: fused._dphi_gemm(x.view(N, -1), dm, p), n * e)
+                (3 * n + 1 + (n if launch._PROJ_BWD_GEMM else 0)) * e)
+        cases[f"  dφ GEMM [{p}]"] = (lambda p=p: launch._dphi_gemm(x.view(N, -1), dm, p), n * e)
     cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
     # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
     xf, phb = x.view(N, -1), phi.to(torch.bfloat16)
@@ -322,7 +324,7 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     return rows
 
 
-# Candidate tiles for --sweep (module constants of mhc_repro.kernels.fused; see its comments).
+# Candidate tiles for --sweep (module constants of mhc_repro.kernels.launch; see its comments).
 SWEEP = {
     "_PROJ_FWD": [(128, 128, 3, False, 8, 1), (64, 128, 4, False, 8, 1), (128, 64, 4, False, 8, 1),
                   (128, 128, 4, False, 8, 1), (256, 64, 3, False, 8, 1), (128, 256, 2, False, 8, 1),
@@ -349,7 +351,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
     """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each."""
     from triton.testing import do_bench
 
-    from mhc_repro.kernels import fused
+    from mhc_repro.kernels import fused, launch  # noqa: F401  (fused registers torch.ops.mhc_repro.*)
 
     O = torch.ops.mhc_repro
     bf = dict(device=device, dtype=torch.bfloat16)
@@ -362,15 +364,15 @@ def sweep_configs(c, n, N, device, precision, only=()):
     m = torch.randn(N, M, device=device)
     r = 1 + torch.rand(N, device=device)
     ops = {
-        "_PROJ_FWD": lambda: fused.launch_proj_fwd(x.view(N, -1), phi, M, precision),
-        "_PROJ_BWD": lambda: fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
+        "_PROJ_FWD": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
+        "_PROJ_BWD": lambda: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
         # both users of these tiles: the three-op dx pass and the linked pair's ("add") pass
-        "_PROJ_BWD_GEMM": lambda: (fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
-                                   + fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
+        "_PROJ_BWD_GEMM": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
+                                   + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
                                                            link=(g, hr, hq, f), link_mode="add")),
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
-        "_SINKHORN": lambda: (fused.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
-                              + fused.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),
+        "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
+                              + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),
     }
 
     def rel(a, b):
@@ -380,10 +382,10 @@ def sweep_configs(c, n, N, device, precision, only=()):
     for name, cands in SWEEP.items():
         if only and name not in only:
             continue
-        saved = getattr(fused, name)
+        saved = getattr(launch, name)
         ref = ops[name]()  # outputs of the default tiles: a candidate must reproduce them
         for cand in cands:
-            setattr(fused, name, cand)
+            setattr(launch, name, cand)
             try:
                 us = 1e3 * do_bench(ops[name], return_mode="median")
                 err = max(rel(a, b) for a, b in zip(ops[name](), ref))
@@ -395,7 +397,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
                 best[name] = (us, cand)
             if name == "_PRB" and cand[0] == "mma" and err <= 1e-3 and us < best.get("_PRB_mma", (1e9,))[0]:
                 best["_PRB_mma"] = (us, cand)  # for the *_lazy variants
-        setattr(fused, name, saved)
+        setattr(launch, name, saved)
     return rows, best
 
 
@@ -447,7 +449,7 @@ def main() -> None:
                 json.dump(res, fh, indent=1)
 
     if args.sweep:
-        from mhc_repro.kernels import fused
+        from mhc_repro.kernels import launch
 
         rows, best = sweep_configs(args.C[0], args.n, args.tokens, dev, args.precision, args.sweep_only)
         res["sweep"] = rows
@@ -455,7 +457,7 @@ def main() -> None:
             print(json.dumps(r), flush=True)
         for name, (_, cand) in best.items():
             if name in SWEEP:
-                setattr(fused, name, cand)
+                setattr(launch, name, cand)
         LAZY_PRB[0] = best.get("_PRB_mma", (0, LAZY_PRB[0]))[1]
         res["chosen"] = best
         print("chosen:", res["chosen"], flush=True)

@@ -1,7 +1,7 @@
 """One launch of the linked "add" dx pass and of post_res_bwd at C = 2048, 16k tokens, n = 4 (for ncu)."""
 import torch
 
-from mhc_repro.kernels import fused
+from mhc_repro.kernels import fused, launch  # noqa: F401  (fused registers the ops)
 
 N, n, c = 16384, 4, 2048
 M = n * n + 2 * n
@@ -11,6 +11,6 @@ phi = torch.randn(n * c, M, device="cuda") * 0.01
 dm, cc = torch.randn(N, M, device="cuda") * 1e-3, torch.randn(N, device="cuda") * 1e-3
 hq, hr = torch.rand(N, n, device="cuda"), torch.rand(N, n, n, device="cuda")
 for _ in range(3):
-    fused.launch_proj_bwd(x.view(N, -1), phi, dm, cc, "bf16", link=(g, hr, hq, d_in), link_mode="add")
+    launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, "bf16", link=(g, hr, hq, d_in), link_mode="add")
     torch.ops.mhc_repro.post_res_bwd(x, f, hq, hr, g)
 torch.cuda.synchronize()

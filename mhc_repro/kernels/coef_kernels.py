@@ -212,7 +212,7 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
     # H_resᵀ g (written by post_res_bwd), read once at the stream tile's own offsets.
     # ALIGNED (C % BK == 0): a K tile lies inside one stream, so the coefficients are per-token
     # vectors; otherwise each column's stream is looked up (k // C), a slow gather.
-    # DPHI=False: dx only (dφ is then a separate GEMM, fused.launch_proj_bwd).
+    # DPHI=False: dx only (dφ is then a separate GEMM, launch.launch_proj_bwd).
     # TRANS: accumulate dφᵀ = dmᵀ·v ([MP, BK]; the stream tile is the MMA's B operand as loaded)
     # instead of dφ = vᵀ·dm ([BK, MP]; needs the big tile transposed); stored transposed at the end.
     kb = tl.program_id(0)

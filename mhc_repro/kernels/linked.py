@@ -10,7 +10,7 @@ written as an [N, n, C] tensor (or left to Inductor) and summed by autograd. Her
 splits the sub-layer at the branch instead. ``x_link`` is a view of x that only the post op consumes.
 The pre op's backward writes the whole dx = (post_res part) + h_pre ⊗ d_in + dm·φᵀ + c·x in one
 pass over x (``coef_kernels.proj_bwd`` with LINK; dφ is then one GEMM, or reduced in the same pass
-when ``fused._PROJ_BWD_GEMM`` is None or n > 4). The post_res part, by ``LINK_MODE``:
+when ``launch._PROJ_BWD_GEMM`` is None or n > 4). The post_res part, by ``LINK_MODE``:
 
 - "add": the post op's backward is the ordinary post_res_bwd; its dx = H_resᵀ g is the gradient of
   ``x_link`` and the pass adds it, read once at the stream tile's own offsets. Backward stream
@@ -33,7 +33,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-LINK_MODE = "add"  # one of fused.LINK_MODES; read when the pair runs forward
+from . import launch as L
+
+LINK_MODE = "add"  # one of launch.LINK_MODES; read when the pair runs forward
 # "add": write the stream gradient over post_res_bwd's H_resᵀg buffer instead of a new one (one
 # [N, n, C] buffer less alive in the backward; Inductor re-inplaces the mutating op under compile).
 ADD_IN_PLACE = True
@@ -47,8 +49,8 @@ def _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_
     if N == 0:
         return torch.zeros_like(x), torch.zeros_like(phi), torch.zeros_like(alpha), torch.zeros_like(bias)
     g_pre = torch.ops.mhc_repro.pre_bwd_dh(x, d_in)
-    dht, dm, c, da = F.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps)
-    dx, dphi = F.launch_proj_bwd(x.view(N, n * C), phi, dm, c, precision, link=(g_link, h_res, h_pre, d_in),
+    dht, dm, c, da = L.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps)
+    dx, dphi = L.launch_proj_bwd(x.view(N, n * C), phi, dm, c, precision, link=(g_link, h_res, h_pre, d_in),
                                   link_mode=link_mode, out=None if out is None else out.view(N, n * C))
     return dx.view(N, n, C), dphi.to(phi.dtype), da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
 
@@ -145,11 +147,11 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
                    eps: float = 1e-6, rms_eps: float = 1e-6, *,
                    precision: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(branch_in [N, C], H_post [N, n], H_res [N, n, n], x_link) from x [N, n, C]; see the module."""
-    precision = F.PROJ_PRECISION if precision is None else precision
-    F._check_precision(precision)
-    F._check(LINK_MODE in F.LINK_MODES,
-             f"linked LINK_MODE {LINK_MODE!r} is unknown; allowed: {', '.join(F.LINK_MODES)}")
-    F._check(x.dim() == 3 and x.shape[1] == n,
+    precision = L.PROJ_PRECISION if precision is None else precision
+    L._check_precision(precision)
+    L._check(LINK_MODE in L.LINK_MODES,
+             f"linked LINK_MODE {LINK_MODE!r} is unknown; allowed: {', '.join(L.LINK_MODES)}")
+    L._check(x.dim() == 3 and x.shape[1] == n,
              f"mhc_pre_linked x shape {tuple(x.shape)} is invalid; expected [N, n={n}, C]")
     F._check_coefficient_args(x.reshape(x.shape[0], n * x.shape[2]), phi, alpha, bias, n, t_max)
     return _PreLinked.apply(x.contiguous(), phi, alpha.reshape(3), bias.reshape(-1), int(n), int(t_max),

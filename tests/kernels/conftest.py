@@ -42,3 +42,11 @@ def fused():
         importlib.reload(coef_kernels)
         importlib.reload(stream_kernels)
     return mod
+
+
+@pytest.fixture(scope="session")
+def launch(fused):
+    """The module holding the launchers and their tiles (what a tile variant patches)."""
+    from mhc_repro.kernels import launch as mod
+
+    return mod

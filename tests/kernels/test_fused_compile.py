@@ -61,10 +61,10 @@ def test_opcheck(fused, device, op):
 
 
 @pytest.mark.parametrize("mode", ["mma", "split"])
-def test_lazy_residual_gradient_under_compile(fused, device, monkeypatch, mode):
+def test_lazy_residual_gradient_under_compile(fused, launch, device, monkeypatch, mode):
     """LAZY_RES_DX: post_res's backward leaves H_resᵀ g to the compiler; gradients unchanged."""
     monkeypatch.setattr(fused, "LAZY_RES_DX", True)
-    monkeypatch.setattr(fused, "_PRB", (mode, 16, 32, 4, 3))
+    monkeypatch.setattr(launch, "_PRB", (mode, 16, 32, 4, 3))
     ops = fused.ops()
     backend = "aot_eager" if device == "cpu" else "inductor"
     torch._dynamo.reset()

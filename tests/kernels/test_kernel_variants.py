@@ -1,6 +1,6 @@
 """Every tile / precision variant the benchmark sweep may pick computes the same thing.
 
-The sweep (benchmarks/bench_mhc.py --sweep) swaps module-level tiles in ``fused``; each variant must
+The sweep (benchmarks/bench_mhc.py --sweep) swaps module-level tiles in ``launch``; each variant must
 match the fp64 reference like the defaults do, so a faster choice cannot be a wrong one.
 """
 
@@ -29,9 +29,9 @@ VARIANTS = {
 
 
 @pytest.fixture
-def patched(fused, monkeypatch, request):
+def patched(fused, launch, monkeypatch, request):
     for k, v in VARIANTS[request.param].items():
-        monkeypatch.setattr(fused, k, v)
+        monkeypatch.setattr(launch, k, v)  # raises if the tile is not there: no silent no-op
     return fused
 
 
@@ -68,10 +68,10 @@ def test_bad_precision_raises(fused):
         fused.ops("fp8")
 
 
-def test_precision_choices_agree_with_config(fused):
+def test_precision_choices_agree_with_config(launch):
     from mhc_repro.residual.config import KERNEL_PRECISIONS, ResidualConfig
 
-    assert tuple(KERNEL_PRECISIONS) == tuple(fused.PROJ_PRECISIONS)
+    assert tuple(KERNEL_PRECISIONS) == tuple(launch.PROJ_PRECISIONS)
     with pytest.raises(ValueError, match="residual.kernel_precision='fp8' is unknown"):
         ResidualConfig(kind="mhc", kernel_precision="fp8").validate()
 

@@ -63,11 +63,11 @@ ALIGNED_TILES = {"fused dphi": dict(_PROJ_BWD=(16, 16, 2, False, 4, False), _PRO
 
 @pytest.mark.parametrize("tiles", list(ALIGNED_TILES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linked_tile_variants(fused, device, monkeypatch, tiles, dtype, link_mode):
+def test_linked_tile_variants(fused, launch, device, monkeypatch, tiles, dtype, link_mode):
     if link_mode == "add-copy":
         pytest.skip("same dx pass as 'add' (only its output buffer differs): covered there")
     for k, v in ALIGNED_TILES[tiles].items():
-        monkeypatch.setattr(fused, k, v)
+        monkeypatch.setattr(launch, k, v)
     for N, n, C in [(37, 2, 48), (19, 4, 16)]:
         inp = _no_pre_cotangent(_inputs(N, n, C, dtype, device, seed=N + C))
         got = _run_linked(fused.ops(), inp, n, upcast=False)
@@ -137,12 +137,12 @@ def test_linked_bad_link_mode(fused, monkeypatch):
         fused.ops().mhc_pre_linked(torch.zeros(4, 2, 8), torch.zeros(16, 8), torch.zeros(3), torch.zeros(8), 2)
 
 
-def test_gather_cannot_write_over_g(fused):
+def test_gather_cannot_write_over_g(launch):
     x, g = torch.randn(3, 8), torch.randn(3, 2, 4)
     with pytest.raises(ValueError, match="link_mode='gather' cannot write dx over g"):
-        fused.launch_proj_bwd(x, torch.randn(8, 8), torch.randn(3, 8), torch.randn(3), "bf16x2",
-                              link=(g, torch.rand(3, 2, 2), torch.rand(3, 2), torch.randn(3, 4)),
-                              link_mode="gather", out=g.view(3, 8))
+        launch.launch_proj_bwd(x, torch.randn(8, 8), torch.randn(3, 8), torch.randn(3), "bf16x2",
+                               link=(g, torch.rand(3, 2, 2), torch.rand(3, 2), torch.randn(3, 4)),
+                               link_mode="gather", out=g.view(3, 8))
 
 
 def test_linked_zero_tokens_and_non_contiguous(fused, device):

@@ -1,0 +1,277 @@
+"""Launchers of the fused mHC kernels and the tiles they use (the module constants below).
+
+Every tile and precision switch the kernels read lives here, so a benchmark sweep or a test that
+patches one (``monkeypatch.setattr(launch, "_PRB", ...)``) changes what runs. ``fused`` registers the
+launchers as ``torch.library`` custom ops; the kernels themselves are in ``coef_kernels`` and
+``stream_kernels``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from torch import Tensor
+
+from . import coef_kernels as ck
+from . import stream_kernels as sk
+
+# Projection precision for a non-bf16 (fp32) stream: tf32 operands, fp32 accumulate (PAPER.md §1
+# allows tf32 for φ); "ieee" gives full fp32 products at several times the cost. A bf16 stream uses
+# bf16 MMAs on φ's hi/lo bf16 parts instead (≈16-bit products), see coef_kernels.proj_fwd.
+DOT_PRECISION = "tf32"
+# Projection operands on a bf16 stream: "bf16x2" = φ (and dm in the backward) as bf16 hi + lo parts,
+# two or three MMAs, ≈ fp32 products; "bf16" = rounded once to bf16, one MMA (PAPER.md §5's "bf16
+# inputs, fp32 accumulate"). Chosen per call (ResidualConfig.kernel_precision); this is the default.
+PROJ_PRECISIONS = ("bf16x2", "bf16")
+PROJ_PRECISION = "bf16x2"
+_SINKHORN = (64, 4)  # coefficient epilogue / Sinkhorn backward: (tokens per program, num_warps)
+# Defaults = the fastest of the sweeps in reports/kernels/run4, run5 and run9 (H200, C = 2048, 16k tokens).
+# Projection tiles; benchmarks/bench_mhc.py --sweep times alternatives on the device.
+# forward (BN tokens, BK, num_stages, RELOAD, num_warps, K splits); backward (BN, BK, stages, RELOAD,
+# num_warps, TRANS: accumulate dφᵀ so the stream tile needs no transpose). RELOAD: a second, L2-hit
+# load of the stream tile for the elementwise term; forward only, RELOAD="diag": Σv² as the diagonal
+# of v·vᵀ on the tensor cores (bf16 stream; see coef_kernels.proj_fwd).
+_PROJ_FWD = (64, 128, 4, "diag", 4, 1)  # run 9 sweep: 153 vs 187 µs (bf16x2), 98 vs 134 (bf16)
+_PROJ_BWD = (16, 256, 3, False, 4, False)
+# Projection backward split in two: None = dφ partials reduced inside the dx kernel (_PROJ_BWD);
+# (BN, BK, tokens per program, stages, warps) = a dx-only streaming kernel plus dφ = vᵀ·dm as one
+# cuBLAS GEMM with fp32 output (deterministic, no partials): reads the stream twice, but both passes
+# run near copy speed (run 8: cuBLAS vᵀ·dm alone 80 µs at 79 % of copy vs the fused kernel's 33-38 %).
+_PROJ_BWD_GEMM = (64, 128, 256, 3, 4)  # run 9 sweep: 285 vs 387 µs (bf16x2), 239 vs 328 (bf16)
+# post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
+# partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
+# [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
+_PRB = ("mma", 16, 64, 2, 5)  # run 13 sweep: 253 µs (87 % of copy) vs 283 with 3 stages, 371 "split", 418 "loop"
+# How the linked sub-layer (kernels.linked) forms the post_res part of the stream gradient in the
+# projection's dx pass: "gather" = H_resᵀ g inside the pass (post_res_bwd skips dx, the pass reads
+# each g row n times); "add" = post_res_bwd writes H_resᵀ g as usual and the pass adds it once.
+LINK_MODES = ("gather", "add")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _p2(v: int, lo: int = 1) -> int:
+    return max(lo, triton.next_power_of_2(v))
+
+
+def _np(n: int) -> int:
+    return _p2(n, 2)
+
+
+def _interpreted() -> bool:
+    return type(ck.proj_fwd).__name__ == "InterpretedFunction"
+
+
+def _n_sm(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+# ---------------------------------------------------------------- coefficients (kernels 1-3)
+def _check_precision(precision: str) -> None:
+    _check(precision in PROJ_PRECISIONS,
+           f"kernel projection precision {precision!r} is unknown; allowed: {', '.join(PROJ_PRECISIONS)}")
+
+
+def _phi_parts(phi: Tensor, x: Tensor, precision: str) -> tuple[Tensor, Tensor, bool, bool]:
+    """φ as the kernels read it: (hi, lo, SPLIT, LO). bf16 stream: bf16 hi (+ lo with "bf16x2");
+    fp32 stream: fp32 φ (tf32 products at DOT_PRECISION), lo unused."""
+    p = phi.float().contiguous()
+    if x.dtype == torch.bfloat16:
+        hi = p.to(torch.bfloat16)
+        if precision == "bf16":
+            return hi, hi, True, False
+        return hi, (p - hi.float()).to(torch.bfloat16), True, True
+    return p, p, False, False
+
+
+def _proj_tiles(cfg, K: int, M: int, split: bool) -> tuple:
+    """cfg with BK capped at K. Wide φ tiles (n >= 5: M padded to >= 64) need smaller tiles: the
+    n <= 4 ones ask for more shared memory than an H200 has once φ's tile is 128 columns wide."""
+    bn, bk, stages, reload, *rest = cfg
+    if _p2(M, 16) > 32:
+        # fp32 stream: the tiles that passed the GPU parity tests at n = 8 (run 1 in
+        # reports/kernels/RESULTS.md). bf16 stream (φ read as two bf16 parts): half the K tile.
+        bn, bk, stages, reload = (32, 64, 3, False) if split else (32, 128, 3, False)
+    return (bn, min(bk, _p2(K, 16)), stages, reload, *rest)
+
+
+def launch_proj_fwd(x: Tensor, phi: Tensor, M: int, precision: str = PROJ_PRECISION) -> tuple[Tensor, Tensor]:
+    """m = x·φ [N, M] and Σ x² [N] (fp32) in one pass over x [N, K] (K split over programs)."""
+    N, K = x.shape
+    p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
+    bn, bk, stages, reload, warps, ksplit = _proj_tiles(_PROJ_FWD, K, M, split)
+    ss_mode = "reload" if reload is True else ("diag" if reload == "diag" and split else "reg")
+    k_per = triton.cdiv(triton.cdiv(K, ksplit), bk) * bk
+    ksplit = triton.cdiv(K, k_per)
+    m = torch.empty(ksplit, N, M, device=x.device, dtype=torch.float32)
+    ss = torch.empty(ksplit, N, device=x.device, dtype=torch.float32)
+    ck.proj_fwd[(triton.cdiv(N, bn), ksplit)](
+        x, p_hi, p_lo, m, ss, N, K, M, k_per, BN=bn, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION,
+        SPLIT=split, LO=lo, INTERP=_interpreted(), SS=ss_mode, num_stages=stages, num_warps=warps)
+    if ksplit == 1:
+        return m[0], ss[0]
+    return m.sum(0), ss.sum(0)
+
+
+def launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps):
+    N = m.shape[0]
+    f32 = dict(device=m.device, dtype=torch.float32)
+    h_pre, h_post, h_res = torch.empty(N, n, **f32), torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
+    r = torch.empty(N, **f32)
+    bt, warps = _SINKHORN
+    ck.coef_fwd[(triton.cdiv(N, bt),)](
+        m, ss, alpha.float().contiguous(), bias.float().contiguous(), h_pre, h_post, h_res, r,
+        N, 1.0 / K, rms_eps, eps, t_max, n=n, NP=_np(n), BT=bt, num_warps=warps)
+    return h_pre, h_post, h_res, r
+
+
+def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps):
+    """Sinkhorn backward (recomputed) + epilogue backward: dh~ [N, M], dm [N, M], c [N], α partials [N, 3]."""
+    N, M = m.shape
+    f32 = dict(device=m.device, dtype=torch.float32)
+    NP, (BT, warps) = _np(n), _SINKHORN
+    n_prog = triton.cdiv(N, BT)
+    dht, dm = torch.empty(N, M, **f32), torch.empty(N, M, **f32)
+    c, da = torch.empty(N, **f32), torch.empty(N, 3, **f32)
+    scratch = torch.empty(n_prog * BT * 2 * t_max * NP, **f32)
+    ck.coef_bwd[(n_prog,)](
+        m, r, alpha.float().contiguous(), bias.float().contiguous(),
+        g_pre.float().contiguous(), g_post.float().contiguous(), g_res.float().contiguous(),
+        scratch, dht, dm, c, da, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT, num_warps=warps)
+    return dht, dm, c, da
+
+
+def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
+                    precision: str = PROJ_PRECISION, link: tuple | None = None,
+                    link_mode: str = "gather", out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32): with _PROJ_BWD_GEMM (n <= 4) a dx pass plus one GEMM,
+    otherwise one pass over x with dφ from per-split partials.
+    ``link = (g [N, n, C], h_res [N, n, n], h_pre [N, n], d_in [N, C])`` adds the other two stream
+    gradients to dx (the linked sub-layer's single stream-gradient pass): link_mode "gather" adds
+    H_resᵀ g + h_pre ⊗ d_in, "add" adds g + h_pre ⊗ d_in (g then already H_resᵀ g; h_res unused).
+    ``out``: dx's buffer ([N, K], x's dtype); with "add" it may be g itself (each element is read, then
+    overwritten, by the same program)."""
+    N, K = x.shape
+    M = dm.shape[1]
+    p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
+    gemm = _PROJ_BWD_GEMM is not None and _p2(M, 16) <= 32
+    if gemm:  # dx-only kernel; dφ below as one GEMM
+        bn, bk, tok, stages, warps = _PROJ_BWD_GEMM
+        bk, reload, trans = min(bk, _p2(K, 16)), False, False
+        tok = triton.cdiv(tok, bn) * bn
+        splits = triton.cdiv(N, tok)
+    else:
+        bn, bk, stages, reload, warps, trans = _proj_tiles(_PROJ_BWD, K, M, split)
+        # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
+        splits = max(1, min(triton.cdiv(N, bn), triton.cdiv(4 * _n_sm(x.device), triton.cdiv(K, bk))))
+        tok = triton.cdiv(triton.cdiv(N, splits), bn) * bn
+        splits = max(1, triton.cdiv(N, tok))
+    n_kb = triton.cdiv(K, bk)
+    part = dm if gemm else torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)  # dm: unused (DPHI=False)
+    dx = torch.empty_like(x) if out is None else out
+    if link is None:
+        g, h_res, h_pre, d_in, n, C = x, c, c, x, 1, K  # unused (LINK=0)
+    else:
+        g, h_res, h_pre, d_in = (t.contiguous() for t in link)
+        _check(out is None or link_mode == "add" or out.data_ptr() != g.data_ptr(),
+               f"proj_bwd link_mode={link_mode!r} cannot write dx over g; only 'add' can")
+        n, C = g.shape[1], g.shape[2]
+        h_res, h_pre = h_res.float(), h_pre.float()
+    ck.proj_bwd[(n_kb, splits)](
+        x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
+        MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
+        TRANS=trans, LINK=0 if link is None else LINK_MODES.index(link_mode) + 1, n=n, DPHI=not gemm,
+        ALIGNED=C % bk == 0, num_stages=stages, num_warps=warps)
+    return dx, (_dphi_gemm(x, dm, precision) if gemm else part.sum(0))
+
+
+def _dphi_gemm(x: Tensor, dm: Tensor, precision: str) -> Tensor:
+    """dφ = xᵀ·dm [K, M] in fp32 as one GEMM. bf16 stream on CUDA: bf16 operands with fp32 output
+    (dm as hi + lo bf16 parts for "bf16x2", like the kernels); elsewhere in fp32."""
+    if x.dtype != torch.bfloat16:
+        return x.t().float() @ dm.float()
+    hi = dm.to(torch.bfloat16)
+    if precision == "bf16":
+        ops = hi
+    else:
+        ops = torch.cat([hi, (dm - hi.float()).to(torch.bfloat16)], 1)
+    if x.is_cuda:
+        out = torch.mm(x.t(), ops, out_dtype=torch.float32)
+    else:
+        out = x.t().float() @ ops.float()
+    return out if precision == "bf16" else out[:, :dm.shape[1]] + out[:, dm.shape[1]:]
+
+# ---------------------------------------------------------------- stream kernels (4, 5 and backwards)
+def launch_pre(x: Tensor, h_pre: Tensor) -> Tensor:
+    """Σ_j h_pre[j] x[j]: x [N, n, C] -> [N, C]."""
+    x = x.contiguous()
+    N, n, C = x.shape
+    out = x.new_empty(N, C)
+    bt, bc = 8, min(256, _p2(C, 16))
+    if N > 0:
+        sk.pre_fwd[(triton.cdiv(N, bt), triton.cdiv(C, bc))](
+            x, h_pre.float().contiguous(), out, N, C, n=n, BT=bt, BC=bc)
+    return out
+
+
+def launch_pre_bwd(x: Tensor, h_pre: Tensor | None, g: Tensor) -> tuple[Tensor | None, Tensor]:
+    """(dx = h_pre ⊗ g, dH_pre = Σ_c g·x_j in fp32); h_pre None: only dH_pre (dx is None)."""
+    x = x.contiguous()
+    N, n, C = x.shape
+    dh = torch.empty(N, n, device=x.device, dtype=torch.float32)
+    dx = None if h_pre is None else torch.empty_like(x)
+    bt, bc = 4, min(256, _p2(C, 16))
+    if N > 0:  # without h_pre the kernel's dx / h_pre pointers are placeholders it never touches
+        sk.pre_bwd[(triton.cdiv(N, bt),)](
+            x, dh if h_pre is None else h_pre.float().contiguous(), g.contiguous(), x if dx is None else dx,
+            dh, N, C, n=n, NP=_np(n), BT=bt, BC=bc, WRITE_DX=h_pre is not None)
+    return dx, dh
+
+
+def launch_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
+    """Σ_j H_res[i, j] x[j] + H_post[i] f: [N, n, C]."""
+    x = x.contiguous()
+    N, n, C = x.shape
+    out = torch.empty_like(x)
+    bt, bc = 4, min(256, _p2(C, 16))
+    if N > 0:
+        sk.post_res_fwd[(triton.cdiv(N, bt), triton.cdiv(C, bc))](
+            x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), out, N, C,
+            n=n, NP=_np(n), BT=bt, BC=bc)
+    return out
+
+
+def launch_post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, g: Tensor,
+                         write_dx: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x = x.contiguous()
+    N, n, C = x.shape
+    f32 = dict(device=x.device, dtype=torch.float32)
+    mode, bt, bc, warps, stages = _PRB
+    # Only mode "mma" can skip dx; then x stands in for the (never written) dx pointer.
+    dx = torch.empty_like(x) if write_dx or mode != "mma" else x
+    df = torch.empty(N, C, device=x.device, dtype=f.dtype)
+    dhp, dhr = torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
+    bc = min(bc, _p2(C, 16))
+    if N > 0:
+        args = (x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(), dx, df)
+        if mode == "mma":  # bt = target rows (token, stream) per program
+            bt = max(1, bt // n)
+            sk.post_res_bwd_mma[(triton.cdiv(N, bt),)](
+                *args, dhp, dhr, N, C, n=n, BT=bt, R=_p2(bt * n, 16), TP=_p2(bt, 16), BC=max(bc, 16),
+                HILO=x.dtype == torch.bfloat16, INTERP=_interpreted(), WRITE_DX=write_dx, num_warps=warps,
+                num_stages=stages)
+        elif mode == "split":
+            chunks = triton.cdiv(C, bc)
+            php, phr = torch.empty(chunks, N, n, **f32), torch.empty(chunks, N, n, n, **f32)
+            sk.post_res_bwd_split[(triton.cdiv(N, bt), chunks)](
+                *args, php, phr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
+            dhp, dhr = php.sum(0), phr.sum(0)
+        else:
+            sk.post_res_bwd[(triton.cdiv(N, bt),)](
+                *args, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
+    return dx, df, dhp.to(h_post.dtype), dhr.to(h_res.dtype)

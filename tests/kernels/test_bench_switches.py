@@ -1,0 +1,28 @@
+"""The benchmark's tile sweep and variant switches patch constants that the kernels really read
+(benchmarks/bench_mhc.py runs only on a GPU; a misnamed patch there would silently time the defaults)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+import bench_mhc  # noqa: E402
+
+
+def test_sweep_tables_name_launch_constants(launch):
+    for name, cands in bench_mhc.SWEEP.items():
+        assert hasattr(launch, name), name
+        default = getattr(launch, name)
+        assert default in cands, (name, default)  # the sweep re-times the default too
+
+
+def test_variant_switches_patch_and_restore(fused, launch):
+    from mhc_repro.kernels import linked
+
+    before = (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE)
+    with bench_mhc.kernel_switches("mhc_fused_lazy"):
+        assert launch._PRB == bench_mhc.LAZY_PRB[0] and fused.LAZY_RES_DX
+    with bench_mhc.kernel_switches("mhc_fused_bf16_linked_gather"):
+        assert linked.LINK_MODE == "gather"
+    with bench_mhc.kernel_switches("mhc_fused_linked_copy_rcops"):
+        assert linked.ADD_IN_PLACE is False
+    assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE) == before
