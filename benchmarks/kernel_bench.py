@@ -1,0 +1,155 @@
+"""Each fused mHC kernel alone against a device-to-device copy measured in the same run, and the tile
+sweep (candidates for the module constants of mhc_repro.kernels.launch). GPU only; used by bench_mhc.py."""
+
+from __future__ import annotations
+
+import torch
+
+
+def bench_kernels(c, n, N, device, copy_gbs, precision):
+    from triton.testing import do_bench
+
+    from mhc_repro.kernels import fused  # noqa: F401  (registers torch.ops.mhc_repro.*)
+    from mhc_repro.kernels import launch
+
+    O = torch.ops.mhc_repro
+    bf = dict(device=device, dtype=torch.bfloat16)
+    M = n * n + 2 * n
+    x, g = torch.randn(N, n, c, **bf), torch.randn(N, n, c, **bf)
+    f, db = torch.randn(N, c, **bf), torch.randn(N, c, **bf)
+    phi = torch.randn(n * c, M, device=device) * 0.01
+    alpha, bias = torch.rand(3, device=device), torch.randn(M, device=device)
+    hp, hq, hr, m, r = O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6, precision)
+    e = 2 * N * c  # bytes of one [N, C] bf16 tensor
+    small = N * 4 * (3 * M + 2 * n + n * n + 2)
+    cases = {
+        f"coefficients [{precision}] (proj+sumsq, epilogue)": (lambda: O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6, precision), n * e + small),
+        f"coefficients_bwd [{precision}] (sinkhorn bwd, dv, dphi)": (lambda: O.coefficients_bwd(x.view(N, -1), phi, alpha, bias, m, r, hp, hq, hr, n, 20, 1e-6, precision), 2 * n * e + small),
+        "pre": (lambda: O.pre(x, hp), (n + 1) * e),
+        "pre_bwd": (lambda: O.pre_bwd(x, hp, db), (2 * n + 1) * e),
+        "pre_bwd_dh (compiled path)": (lambda: O.pre_bwd_dh(x, db), (n + 1) * e),
+        "post_res": (lambda: O.post_res(x, f, hq, hr), (2 * n + 1) * e),
+        "post_res_bwd": (lambda: O.post_res_bwd(x, f, hq, hr, g), (3 * n + 2) * e),
+    }
+    # The four coefficient kernels alone (the two ops above are these pairs), both precisions.
+    ss = x.float().pow(2).sum((1, 2))
+    cases["  coef_fwd (epilogue + Sinkhorn)"] = (lambda: launch.launch_coef_fwd(m, ss, alpha, bias, n, n * c, 20, 1e-6, 1e-6), small)
+    cases["  coef_bwd (Sinkhorn bwd recomputed)"] = (lambda: launch.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6), small)
+    _, dm, cc, _ = launch.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6)
+    for p in launch.PROJ_PRECISIONS:
+        cases[f"  proj_fwd [{p}] (v·φ + Σv²)"] = (lambda p=p: launch.launch_proj_fwd(x.view(N, -1), phi, M, p), n * e + N * 4 * (M + 1))
+        # dφ as a GEMM (_PROJ_BWD_GEMM) reads the stream a second time.
+        cases[f"  proj_bwd [{p}] (dv, dφ)"] = (lambda p=p: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p),
+                                               (3 if launch._PROJ_BWD_GEMM else 2) * n * e)
+    # The linked pair's backward kernels (kernels/linked.py): the single stream-gradient pass
+    # (dx = [H_resᵀ]g + h_pre⊗d_in + dm·φᵀ + c·v, dφ: LINK_MODE "gather" forms H_resᵀg from g, "add"
+    # adds post_res_bwd's dx) and, for "gather", post_res's reduction-only backward.
+    for p in launch.PROJ_PRECISIONS:
+        for lm in launch.LINK_MODES:
+            cases[f"  proj_bwd linked {lm} [{p}] (all of dx, dφ)"] = (
+                lambda p=p, lm=lm: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, link=(g, hr, hp, db),
+                                                         link_mode=lm),
+                (3 * n + 1 + (n if launch._PROJ_BWD_GEMM else 0)) * e)
+        cases[f"  dφ GEMM [{p}]"] = (lambda p=p: launch._dphi_gemm(x.view(N, -1), dm, p), n * e)
+    cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
+    # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
+    xf, phb = x.view(N, -1), phi.to(torch.bfloat16)
+    cases["  ref: cuBLAS v·φ (bf16, no Σv²)"] = (lambda: xf @ phb, n * e + N * 4 * M)
+    cases["  ref: cuBLAS vᵀ·dm (bf16 dφ alone)"] = (lambda: xf.t() @ dm.to(torch.bfloat16), n * e)
+    sumsq = torch.compile(lambda v: v.float().square().sum(-1))
+    cases["  ref: Inductor Σv² alone"] = (lambda: sumsq(xf), n * e)
+    rows = []
+    # Warm-up: the first timed kernel otherwise runs while the clocks still ramp up (runs 11-12 read
+    # the first row 20-80 % slow).
+    do_bench(next(iter(cases.values()))[0], warmup=200, rep=500)
+    for name, (fn, nbytes) in cases.items():
+        ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
+        gbs = nbytes / ms / 1e6
+        rows.append(dict(C=c, kernel=name, ms=ms, gb_s=gbs, frac_copy=gbs / copy_gbs))
+    return rows
+
+
+# Candidate tiles for --sweep (module constants of mhc_repro.kernels.launch; see its comments).
+SWEEP = {
+    "_PROJ_FWD": [(128, 128, 3, False, 8, 1), (64, 128, 4, False, 8, 1), (128, 64, 4, False, 8, 1),
+                  (128, 128, 4, False, 8, 1), (256, 64, 3, False, 8, 1), (128, 256, 2, False, 8, 1),
+                  (128, 128, 3, False, 4, 1), (128, 128, 3, False, 8, 2), (64, 256, 3, False, 8, 1),
+                  (128, 128, 3, "diag", 8, 1), (64, 128, 4, "diag", 4, 1), (64, 128, 3, "diag", 8, 1),
+                  (128, 64, 4, "diag", 8, 1), (64, 256, 3, "diag", 8, 1), (64, 128, 5, "diag", 4, 1),
+                  (64, 64, 6, "diag", 4, 1), (32, 128, 5, "diag", 4, 1), (64, 128, 4, "diag", 8, 1)],
+    "_PROJ_BWD": [(16, 256, 3, False, 4, False), (16, 256, 3, False, 4, True), (32, 256, 3, False, 4, True),
+                  (16, 512, 2, False, 8, True), (16, 256, 4, False, 4, True), (32, 128, 3, False, 4, True),
+                  (64, 128, 3, False, 8, True), (16, 128, 4, False, 4, True), (16, 512, 2, False, 8, False)],
+    "_PROJ_BWD_GEMM": [None, (32, 256, 256, 3, 4), (64, 128, 256, 3, 4), (16, 256, 256, 3, 4),
+                       (32, 256, 1024, 3, 4), (64, 256, 512, 3, 8), (128, 128, 512, 3, 8), (32, 128, 512, 3, 4),
+                       (64, 64, 64, 1, 4), (64, 128, 256, 4, 4), (64, 128, 256, 5, 4), (32, 256, 1024, 4, 4),
+                       (32, 128, 512, 5, 4), (64, 128, 512, 4, 8)],
+    "_PRB": [("split", 2, 128, 2, 3), ("loop", 4, 128, 4, 3), ("mma", 16, 128, 4, 3), ("mma", 16, 256, 4, 3),
+             ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
+             ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
+             ("mma", 16, 64, 4, 4), ("mma", 32, 64, 4, 4), ("mma", 16, 32, 1, 4), ("mma", 16, 128, 2, 4)],
+    "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
+}
+
+
+def sweep_configs(c, n, N, device, precision, only=()):
+    """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each."""
+    from triton.testing import do_bench
+
+    from mhc_repro.kernels import fused, launch  # noqa: F401  (fused registers torch.ops.mhc_repro.*)
+
+    O = torch.ops.mhc_repro
+    bf = dict(device=device, dtype=torch.bfloat16)
+    M = n * n + 2 * n
+    x, g, f = torch.randn(N, n, c, **bf), torch.randn(N, n, c, **bf), torch.randn(N, c, **bf)
+    phi = torch.randn(n * c, M, device=device) * 0.01
+    alpha, bias = torch.rand(3, device=device), torch.randn(M, device=device)
+    dm, cc = torch.randn(N, M, device=device) * 1e-3, torch.randn(N, device=device) * 1e-3
+    hq, hr = torch.rand(N, n, device=device), torch.rand(N, n, n, device=device)
+    m = torch.randn(N, M, device=device)
+    r = 1 + torch.rand(N, device=device)
+    ops = {
+        "_PROJ_FWD": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
+        "_PROJ_BWD": lambda: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
+        # both users of these tiles: the three-op dx pass and the linked pair's ("add") pass
+        "_PROJ_BWD_GEMM": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
+                                   + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
+                                                           link=(g, hr, hq, f), link_mode="add")),
+        "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
+        "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
+                              + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),
+    }
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+    rows, best = [], {}
+    for name, cands in SWEEP.items():
+        if only and name not in only:
+            continue
+        saved = getattr(launch, name)
+        ref = ops[name]()  # outputs of the default tiles: a candidate must reproduce them
+        for cand in cands:
+            setattr(launch, name, cand)
+            try:
+                us = 1e3 * do_bench(ops[name], return_mode="median")
+                err = max(rel(a, b) for a, b in zip(ops[name](), ref))
+            except Exception as exc:  # a tile that does not fit (shared memory) is just skipped
+                rows.append(dict(C=c, op=name, cfg=cand, error=str(exc)[:200]))
+                continue
+            rows.append(dict(C=c, op=name, cfg=cand, us=us, rel_err_vs_default=err))
+            if err <= 1e-3 and us < best.get(name, (1e9,))[0]:
+                best[name] = (us, cand)
+            if name == "_PRB" and cand[0] == "mma" and err <= 1e-3 and us < best.get("_PRB_mma", (1e9,))[0]:
+                best["_PRB_mma"] = (us, cand)  # for the *_lazy variants
+        setattr(launch, name, saved)
+    return rows, best
+
+
+def copy_bandwidth(device) -> float:
+    from triton.testing import do_bench
+
+    a = torch.randn(2**29, device=device, dtype=torch.bfloat16)  # 1 GiB
+    b = torch.empty_like(a)
+    ms = do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median")
+    return 2 * a.numel() * 2 / ms / 1e6  # read + write, GB/s
