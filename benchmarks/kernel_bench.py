@@ -52,6 +52,12 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
                 (3 * n + 1 + (n if launch._PROJ_BWD_GEMM else 0)) * e)
         cases[f"  dφ GEMM [{p}]"] = (lambda p=p: launch._dphi_gemm(x.view(N, -1), dm, p), n * e)
     cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
+    # Experimental cross-layer forward (kernels/cross_layer.py): post_res + the next sub-layer's
+    # projection and Σx² in one pass; compare with the post_res row plus a proj_fwd row.
+    from mhc_repro.kernels import cross_layer
+
+    cases[f"post_res + next proj [{precision}] (cross-layer, experimental)"] = (
+        lambda: cross_layer.launch_post_res_proj(x, f, hq, hr, phi, precision), (2 * n + 1) * e + N * 4 * (M + 1))
     # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
     xf, phb = x.view(N, -1), phi.to(torch.bfloat16)
     cases["  ref: cuBLAS v·φ (bf16, no Σv²)"] = (lambda: xf @ phb, n * e + N * 4 * M)

@@ -1,0 +1,88 @@
+"""Experimental: the forward half of cross-layer fusion (docs/kernels.md, design notes). Not used by
+the model or the mHC ops; the benchmark times it against post_res + proj_fwd to see what it saves.
+
+``launch_post_res_proj(x, f, h_post, h_res, phi_next)`` writes the sub-layer's output stream
+``x_out[i] = Σ_j H_res[i, j] x[j] + H_post[i] f`` (as ``post_res``) and, from the tile it has just
+rounded to the stream dtype, the next sub-layer's projection ``m = x_out·φ_next`` and ``Σ x_out²``
+(as ``proj_fwd`` would compute them from the stored stream), so the next sub-layer's coefficients no
+longer re-read the n·C stream: 4 units of [N, C] fewer per sub-layer at n = 4. Grid (token blocks,
+C blocks); each program adds its C block's share of m and Σx² to a per-C-block partial row, summed
+by the launcher (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import launch as L
+from .coef_kernels import _mma
+
+
+@triton.jit
+def post_res_proj_fwd(x_ptr, f_ptr, hp_ptr, hr_ptr, out_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, C, M,
+                      n: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, MP: tl.constexpr,
+                      SPLIT: tl.constexpr, LO: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    cb = tl.program_id(1)
+    c = cb * BC + tl.arange(0, BC)
+    tm = t < N
+    cm = c < C
+    msk = tm[:, None] & cm[None, :]
+    t64 = t.to(tl.int64)
+    cols = tl.arange(0, MP)
+    pm = cm[:, None] & (cols < M)[None, :]
+    f = tl.load(f_ptr + t64[:, None] * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
+    acc = tl.zeros((BT, MP), dtype=tl.float32)
+    ss = tl.zeros((BT,), dtype=tl.float32)
+    for i in tl.static_range(n):
+        # output stream i; the n input tiles are re-read for every i (L1 hits after the first)
+        o = tl.load(hp_ptr + t * n + i, mask=tm, other=0.0)[:, None] * f
+        for j in tl.static_range(n):
+            xj = tl.load(x_ptr + (t64[:, None] * n + j) * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
+            o += tl.load(hr_ptr + t * (n * n) + i * n + j, mask=tm, other=0.0)[:, None] * xj
+        # masked lanes are 0 already (every load above is masked with other=0)
+        ob = o.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + (t64[:, None] * n + i) * C + c[None, :], ob, mask=msk)
+        of = ob.to(tl.float32)
+        ss += tl.sum(of * of, axis=1)
+        po = (i * C + c)[:, None] * M + cols[None, :]
+        if SPLIT:  # bf16 stream: bf16 MMAs on the rounded tile (φ as hi [+ lo] bf16 parts)
+            acc += _mma(ob, tl.load(phi_ptr + po, mask=pm, other=0.0), INTERP)
+            if LO:
+                acc += _mma(ob, tl.load(phi_lo_ptr + po, mask=pm, other=0.0), INTERP)
+        else:
+            acc += tl.dot(of, tl.load(phi_ptr + po, mask=pm, other=0.0), input_precision=PREC)
+    row = cb.to(tl.int64) * N + t64
+    tl.store(m_ptr + row[:, None] * M + cols[None, :], acc, mask=tm[:, None] & (cols < M)[None, :])
+    tl.store(ss_ptr + row, ss, mask=tm)
+
+
+# (tokens, channels, num_warps) per program; untuned (no device time was left to sweep it).
+TILES = (32, 64, 4)
+
+
+def launch_post_res_proj(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, phi_next: Tensor,
+                         precision: str = L.PROJ_PRECISION) -> tuple[Tensor, Tensor, Tensor]:
+    """(x_out [N, n, C] in x's dtype, m [N, M] fp32, Σ x_out² [N] fp32) in one pass."""
+    L._check_precision(precision)
+    x = x.contiguous()
+    N, n, C = x.shape
+    M = phi_next.shape[1]
+    L._check(tuple(phi_next.shape) == (n * C, M), f"phi_next shape {tuple(phi_next.shape)} is invalid; "
+             f"expected ({n * C}, M)")
+    bt, bc, warps = TILES
+    bc = min(bc, L._p2(C, 16))
+    n_cb = triton.cdiv(C, bc)
+    out = torch.empty_like(x)
+    m = torch.empty(n_cb, N, M, device=x.device, dtype=torch.float32)
+    ss = torch.empty(n_cb, N, device=x.device, dtype=torch.float32)
+    p_hi, p_lo, split, lo = L._phi_parts(phi_next, x, precision)
+    if N > 0:
+        post_res_proj_fwd[(triton.cdiv(N, bt), n_cb)](
+            x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), out, p_hi, p_lo, m, ss,
+            N, C, M, n=n, BT=bt, BC=bc, MP=L._p2(M, 16), SPLIT=split, LO=lo, PREC=L.DOT_PRECISION,
+            INTERP=L._interpreted(), num_warps=warps)
+    return out, m.sum(0), ss.sum(0)
