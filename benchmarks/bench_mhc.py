@@ -133,20 +133,26 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     return stack
 
 
+def stack_forward(fns, x0, n_streams: int):
+    """The stack's output from x0 [B, T, C]: streams expanded, every block, streams summed.
+
+    The n-stream lives only inside this function, as inside a model's forward: once collapsed it is
+    freed (up to run 17 the benchmark held the last stream, 4 units of [N, C], through the whole
+    backward, which a model does not; it inflated mHC's peak, not the residual's). The expansion is
+    a broadcast view, as mhc_repro.residual.expand_streams returns, materialized by block 0's ops."""
+    x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)
+    for f in fns:
+        x = f(x)
+    return x if n_streams == 1 else x.sum(2)
+
+
 def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
     params = list(blocks.parameters())
     n_streams = 1 if kind.startswith("residual") else n
 
     def forward():
-        # The n-stream lives only inside this function, as inside a model's forward: once collapsed
-        # it is freed (up to run 17 the benchmark held the last stream, 4 units of [N, C], through the
-        # whole backward, which a model does not; it inflated mHC's peak, not the residual's).
-        # a broadcast view, as mhc_repro.residual.expand_streams returns: materialized by block 0's ops
-        x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)
-        for f in fns:
-            x = f(x)
-        return x if n_streams == 1 else x.sum(2)
+        return stack_forward(fns, x0, n_streams)
 
     def step():
         for p in params:

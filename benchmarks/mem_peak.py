@@ -85,10 +85,7 @@ def main() -> None:
             n_streams = 1 if kind.startswith("residual") else args.n
 
             def forward():
-                x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)
-                for f in fns:
-                    x = f(x)
-                return x if n_streams == 1 else x.sum(2)
+                return bench_mhc.stack_forward(fns, x0, n_streams)
 
             forward().backward(dout)  # compile
             for p in blocks.parameters():
