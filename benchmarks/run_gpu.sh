@@ -11,7 +11,7 @@ if [ -d .whl ]; then
     && export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.limit --format=csv; python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
-timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -m gpu ${TEST_PATHS:-tests/kernels} 2>&1 | tee "$OUT/gpu_tests.log"
+timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -m gpu ${TEST_PATHS:-tests/kernels} 2>&1 | tee "$OUT/gpu_tests.log"
 python3 benchmarks/bench_mhc.py --commit "${GIT_COMMIT:-unknown}" --out "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
 # Loss curves, fused vs reference, in fp32 / bf16-mixed / bf16-true (set PARITY_STEPS=0 to skip).
 if [ "${PARITY_STEPS:-300}" -gt 0 ]; then
