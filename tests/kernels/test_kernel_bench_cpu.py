@@ -1,0 +1,31 @@
+"""benchmarks/kernel_bench.py's per-kernel table and tile sweep run their whole code path on CPU
+(interpreter kernels, a stand-in timer): they only ever run on the GPU otherwise, so a broken name
+there would first show up in a device call."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+from .conftest import INTERPRET
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+import kernel_bench  # noqa: E402
+
+
+@pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1 (no CUDA)")
+def test_kernel_table_and_sweep_on_cpu(fused, launch, monkeypatch):
+    import triton.testing
+
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: (fn(), 1.0)[1])
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the Inductor Σv² yardstick, eager here
+    rows = kernel_bench.bench_kernels(16, 4, 8, "cpu", 1000.0, "bf16x2")
+    names = [r["kernel"] for r in rows]
+    assert any("cross-layer" in k for k in names) and any("linked add" in k for k in names)
+    assert all(r["ms"] == 1.0 and r["gb_s"] > 0 for r in rows)
+    before = (launch._PRB, launch._SINKHORN)
+    rows, best = kernel_bench.sweep_configs(16, 4, 8, "cpu", "bf16x2", only=("_PRB", "_SINKHORN"))
+    assert {r["op"] for r in rows} == {"_PRB", "_SINKHORN"}
+    assert best["_PRB"][1] in kernel_bench.SWEEP["_PRB"] and best["_SINKHORN"][1] in kernel_bench.SWEEP["_SINKHORN"]
+    assert (launch._PRB, launch._SINKHORN) == before  # the sweep restores the defaults
