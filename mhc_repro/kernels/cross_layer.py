@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import fused, linked
 from . import launch as L
 from .coef_kernels import _mma
 
@@ -86,3 +87,43 @@ def launch_post_res_proj(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, ph
             N, C, M, n=n, BT=bt, BC=bc, MP=L._p2(M, 16), SPLIT=split, LO=lo, PREC=L.DOT_PRECISION,
             INTERP=L._interpreted(), num_warps=warps)
     return out, m.sum(0), ss.sum(0)
+
+
+# ---------------------------------------------------------------- as an op, for the linked pair
+@torch.library.custom_op("mhc_repro::post_res_proj", mutates_args=())
+def _post_res_proj(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, phi_next: Tensor,
+                   precision: str) -> tuple[Tensor, Tensor, Tensor]:
+    return launch_post_res_proj(x_link, f, h_post, h_res, phi_next, precision)
+
+
+@_post_res_proj.register_fake
+def _(x_link, f, h_post, h_res, phi_next, precision):
+    N = x_link.shape[0]
+    return torch.empty_like(x_link), x_link.new_empty(N, phi_next.shape[1], dtype=torch.float32), \
+        x_link.new_empty(N, dtype=torch.float32)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+
+
+def _backward(ctx, g, _g_m, _g_ss):
+    # m and Σx² feed only the next sub-layer's linked pre op, whose backward differentiates the
+    # projection itself (dx += dm·φᵀ + c·x, dφ = xᵀ·dm): nothing flows back through them here.
+    # x_link's gradient is H_resᵀ g, as the linked post op's with LINK_MODE "add".
+    x, f, h_post, h_res = ctx.saved_tensors
+    return (*torch.ops.mhc_repro.post_res_bwd(x, f, h_post, h_res, g), None, None)
+
+
+_post_res_proj.register_autograd(_backward, setup_context=_setup)
+
+
+def mhc_post_res_proj(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, phi_next: Tensor, *,
+                      precision: str | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """``mhc_post_res_linked`` that also returns the next sub-layer's (m, Σx²), to pass to its
+    ``mhc_pre_linked(..., stats=...)``. x_link from ``mhc_pre_linked`` with LINK_MODE "add"."""
+    precision = L.PROJ_PRECISION if precision is None else precision
+    L._check(linked.LINK_MODE == "add", f"mhc_post_res_proj needs linked LINK_MODE 'add', not {linked.LINK_MODE!r}")
+    fused._check_post_res_args(x_link, f, h_post, h_res)
+    x_out, m, ss = torch.ops.mhc_repro.post_res_proj(x_link, f.contiguous(), h_post, h_res, phi_next, precision)
+    return x_out, (m, ss)

@@ -47,3 +47,71 @@ def test_bad_phi_shape(cross):
     x = torch.zeros(3, 2, 8)
     with pytest.raises(ValueError, match=r"phi_next shape \(15, 8\) is invalid; expected \(16, M\)"):
         cross.launch_post_res_proj(x, torch.zeros(3, 8), torch.zeros(3, 2), torch.zeros(3, 2, 2), torch.zeros(15, 8))
+
+
+def _two_sublayers(x, p, stats_from_post: bool, precision="bf16x2"):
+    """Two linked sub-layers (branch: f = tanh(b)·w), the second fed by the first's post op."""
+    from mhc_repro.kernels import cross_layer, fused
+
+    ops = fused.ops(precision)
+    n = x.shape[1]
+    b, hq, hr, xl = ops.mhc_pre_linked(x, p["phi0"], p["a0"], p["b0"], n)
+    f = torch.tanh(b) * p["w0"]
+    if stats_from_post:
+        x1, stats = cross_layer.mhc_post_res_proj(xl, f, hq, hr, p["phi1"], precision=precision)
+    else:
+        x1, stats = ops.mhc_post_res_linked(xl, f, hq, hr), None
+    b, hq, hr, xl = ops.mhc_pre_linked(x1, p["phi1"], p["a1"], p["b1"], n, stats=stats)
+    return ops.mhc_post_res_linked(xl, torch.tanh(b) * p["w1"], hq, hr)
+
+
+def _params(n, C, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    M = n * n + 2 * n
+    r = lambda *s, scale=1.0: (scale * torch.randn(*s, generator=g)).to(device)  # noqa: E731
+    return dict(phi0=r(n * C, M, scale=0.5 / C**0.5), phi1=r(n * C, M, scale=0.5 / C**0.5),
+                a0=(0.5 + torch.rand(3, generator=g)).to(device), a1=(0.5 + torch.rand(3, generator=g)).to(device),
+                b0=r(M, scale=0.5), b1=r(M, scale=0.5), w0=r(C), w1=r(C))
+
+
+@pytest.mark.parametrize("N,n,C", [(37, 4, 67), (19, 2, 48), (11, 1, 16)])
+def test_linked_pair_fed_by_post_res_proj_matches(cross, device, N, n, C):
+    """Same outputs and gradients (x and every parameter of both sub-layers) as the linked pair that
+    runs its own projection: fp32 stream, interpreter / GPU kernels."""
+    torch.manual_seed(N + n)
+    x0 = torch.randn(N, n, C, device=device)
+    p0 = _params(n, C, device, seed=N * n + C)
+    runs = []
+    for fused_stats in (False, True):
+        x = x0.clone().requires_grad_()
+        p = {k: v.clone().requires_grad_() for k, v in p0.items()}
+        y = _two_sublayers(x, p, fused_stats)
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(device)
+        grads = torch.autograd.grad((y * w).sum(), [x, *p.values()])
+        runs.append([y.detach(), *grads])
+    for name, a, b in zip(["y", "x", *p0], *runs):
+        assert _rel(a, b) < 2e-4, (name, _rel(a, b))  # tf32 projections summed in another order
+
+
+def test_post_res_proj_compiles_fullgraph(cross, device):
+    from torch._dynamo.backends.debugging import aot_eager
+
+    n, C, N = 4, 32, 20
+    x = torch.randn(N, n, C, device=device, requires_grad=True)
+    p = {k: v.requires_grad_() for k, v in _params(n, C, device, seed=3).items()}
+    eager = _two_sublayers(x, p, True)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, p: _two_sublayers(x, p, True), backend=aot_eager, fullgraph=True)(x, p)
+    torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager)
+    compiled.sum().backward()
+    assert torch.isfinite(x.grad).all() and p["phi1"].grad is not None
+
+
+def test_needs_link_mode_add(cross, monkeypatch):
+    from mhc_repro.kernels import linked
+
+    monkeypatch.setattr(linked, "LINK_MODE", "gather")
+    with pytest.raises(ValueError, match="needs linked LINK_MODE 'add', not 'gather'"):
+        cross.mhc_post_res_proj(torch.zeros(3, 2, 8), torch.zeros(3, 8), torch.zeros(3, 2), torch.zeros(3, 2, 2),
+                                torch.zeros(16, 8))
