@@ -5,7 +5,8 @@ Variants (each at every C, eager and compiled): `residual` (Pre-Norm), `mhc_ref`
 recorded as skipped when not importable) and the fused Triton mHC — `mhc_fused_linked` (the model's
 defaults: linked sub-layer, "bf16x2" projections), `mhc_fused` (the three ops). Name parts:
 `_bf16` "bf16" projections; `_linked` the linked pair (kernels/linked.py; `_gather` LINK_MODE
-"gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` each block under the paper's
+"gather", `_copy` "add" into a new buffer; `_xl` the attention sub-layer's post op also forms the FFN
+sub-layer's projection, kernels/cross_layer.py, experimental); `_rc` / `_rcops` each block under the paper's
 recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"); `_lazy` H_resᵀg left to
 Inductor. Then every fused kernel alone, its achieved GB/s against a device-to-device copy measured
 in the same run.
@@ -66,8 +67,11 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
         if not name.split(".")[-1] in ("phi", "alpha", "bias"):
             p.data = p.data.to(torch.bfloat16)
+    if "_xl" in kind and "_linked" not in kind:
+        raise ValueError(f"variant {kind!r}: _xl (cross-layer projection) needs _linked")
     for b in blocks:
         b.linked = "_linked" in kind  # *_linked: the linked sub-layer pair
+        b.xl, b.precision = "_xl" in kind, prec  # *_xl: the FFN's projection formed by the attention's post op
     if kind.endswith("_rc") or kind.endswith("_rcops"):  # PAPER §5 recomputation: each block under
         # the mHC recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run)
         # (residual_rc: the plain residual under the same policy, for a like-with-like memory ratio)
