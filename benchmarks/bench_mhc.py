@@ -32,7 +32,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_bench import SWEEP, bench_kernels, copy_bandwidth, sweep_configs  # noqa: E402,F401
-from llama_blocks import Attention, Block, RMSNorm, SwiGLU  # noqa: E402,F401
+from llama_blocks import Attention, Block, RMSNorm, SwiGLU, link_blocks  # noqa: E402,F401
 
 from mhc_repro.kernels import get_mhc_ops  # noqa: E402
 
@@ -71,7 +71,8 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
         raise ValueError(f"variant {kind!r}: _xl (cross-layer projection) needs _linked")
     for b in blocks:
         b.linked = "_linked" in kind  # *_linked: the linked sub-layer pair
-        b.xl, b.precision = "_xl" in kind, prec  # *_xl: the FFN's projection formed by the attention's post op
+        b.xl, b.precision = "_xl" in kind, prec  # *_xl: each projection formed by the previous post op
+    link_blocks(blocks)
     if kind.endswith("_rc") or kind.endswith("_rcops"):  # PAPER §5 recomputation: each block under
         # the mHC recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run)
         # (residual_rc: the plain residual under the same policy, for a like-with-like memory ratio)
@@ -79,7 +80,7 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
 
         for b in blocks:
             mode = "stream-ops" if kind.endswith("_rcops") else "stream"
-            b.forward = lambda x, f=b.forward, mode=mode: checkpoint_block(f, x, mode=mode)
+            b.forward = lambda *a, f=b.forward, mode=mode: checkpoint_block(f, *a, mode=mode)
     fns = [torch.compile(b, dynamic=False) if compiled else b for b in blocks]
     return blocks, fns
 
@@ -144,9 +145,10 @@ def stack_forward(fns, x0, n_streams: int):
     freed (up to run 17 the benchmark held the last stream, 4 units of [N, C], through the whole
     backward, which a model does not; it inflated mHC's peak, not the residual's). The expansion is
     a broadcast view, as mhc_repro.residual.expand_streams returns, materialized by block 0's ops."""
-    x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)
-    for f in fns:
-        x = f(x)
+    x, carry = (x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)), ()
+    for f in fns:  # carry: the next block's (m, Σx²) from an `xl` block
+        out = f(x, *carry)
+        x, carry = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
     return x if n_streams == 1 else x.sum(2)
 
 

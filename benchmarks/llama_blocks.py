@@ -56,9 +56,11 @@ class Block(nn.Module):
     def __init__(self, c: int, n: int = 1, ops=None):
         super().__init__()
         self.n1, self.attn, self.n2, self.ffn = RMSNorm(c), Attention(c), RMSNorm(c), SwiGLU(c)
-        # linked: the linked sub-layer pair; xl (needs linked): the attention sub-layer's post op also
-        # forms the FFN sub-layer's projection (kernels/cross_layer.py), at projection `precision`
+        # linked: the linked sub-layer pair; xl (needs linked): each sub-layer's post op also forms the
+        # next sub-layer's projection (kernels/cross_layer.py) at projection `precision` — within the
+        # block, and for the next block's first sub-layer once link_blocks() has chained the blocks
         self.n, self.ops, self.linked, self.xl, self.precision = n, ops, False, False, None
+        self._next = None  # the next block (not a submodule: its parameters stay its own)
         if ops is not None:
             M = n * n + 2 * n
             self.phi = nn.Parameter(torch.randn(2, n * c, M) * (0.02 / (n * c) ** 0.5))
@@ -86,9 +88,20 @@ class Block(nn.Module):
         f = branch(self.ops.mhc_pre(x3, hp).view(B, T, C))
         return self.ops.mhc_post_res(x3, f.reshape(B * T, C), hq, hr).view(B, T, n, C), None
 
-    def forward(self, x):
+    def forward(self, x, *stats):
+        """x (and, for an `xl` block after another one, that block's (m, Σx²) for this one's first
+        sub-layer) -> x, or (x, m, Σx²) for the next block when this `xl` block has one."""
         if self.ops is None:
             x = x + self.attn(self.n1(x))
             return x + self.ffn(self.n2(x))
-        x, stats = self._mhc(x, 0, lambda h: self.attn(self.n1(h)), phi_next=self.phi[1] if self.xl else None)
-        return self._mhc(x, 1, lambda h: self.ffn(self.n2(h)), stats=stats)[0]
+        x, st = self._mhc(x, 0, lambda h: self.attn(self.n1(h)), stats=tuple(stats) or None,
+                          phi_next=self.phi[1] if self.xl else None)
+        nxt = self._next.phi[0] if self.xl and self._next is not None else None
+        x, st = self._mhc(x, 1, lambda h: self.ffn(self.n2(h)), stats=st, phi_next=nxt)
+        return x if st is None else (x, *st)
+
+
+def link_blocks(blocks) -> None:
+    """Chain `xl` blocks so each one's last post op forms the next block's first projection."""
+    for b, nxt in zip(blocks, list(blocks)[1:]):
+        object.__setattr__(b, "_next", nxt)  # a plain reference, not a registered submodule

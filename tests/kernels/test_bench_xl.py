@@ -79,3 +79,46 @@ def test_xl_block_under_stream_ops_recompute_compiled(fused, device):
         assert _rel(a, c) < 1e-5
     targets = [str(node.target) for g in bw_graphs for node in g.graph.nodes if node.op == "call_function"]
     assert targets.count("mhc_repro.post_res_proj.default") == 1  # the middle stream, re-run
+
+
+def _stack(fused, device, xl, n_blocks=2, C=32, n=4):
+    torch.manual_seed(0)
+    blocks = []
+    for _ in range(n_blocks):
+        b = llama_blocks.Block(C, n, fused.ops("bf16x2"))
+        b.attn = llama_blocks.Attention(C, head_dim=16)
+        b = b.to(device)
+        b.linked, b.xl, b.precision = True, xl, "bf16x2"
+        blocks.append(b)
+    llama_blocks.link_blocks(blocks)
+    return blocks
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_xl_stack_across_blocks_matches(fused, device, compiled):
+    """Two chained `xl` blocks (the first block's FFN post op forms the second block's first
+    projection), each compiled on its own as in the benchmark: same output and gradients."""
+    import bench_mhc
+    from torch._dynamo.backends.debugging import aot_eager
+
+    x0 = torch.randn(2, 8, 32, device=device)
+    runs = []
+    for xl in (False, True):
+        blocks = _stack(fused, device, xl)
+        torch._dynamo.reset()
+        fns = [torch.compile(b, backend=aot_eager, fullgraph=True) if compiled and xl else b for b in blocks]
+        x = x0.clone().requires_grad_()
+        y = bench_mhc.stack_forward(fns, x, 4)
+        (y * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum().backward()
+        runs.append([y.detach(), x.grad] + [p.grad for b in blocks for p in b.parameters()])
+    torch._dynamo.reset()
+    assert len(runs[0]) == len(runs[1])
+    for i, (a, c) in enumerate(zip(*runs)):
+        assert _rel(a, c) < 2e-4, (i, _rel(a, c))
+
+
+def test_link_blocks_hands_the_projection_on(fused, device):
+    blocks = _stack(fused, device, True)
+    out = blocks[0](torch.randn(2, 8, 4, 32, device=device))
+    assert isinstance(out, tuple) and len(out) == 3 and out[1].shape == (16, 24) and out[2].shape == (16,)
+    assert isinstance(blocks[1](*out), torch.Tensor)  # the last block has no next one
