@@ -95,6 +95,8 @@ SWEEP = {
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
              ("mma", 16, 64, 4, 4), ("mma", 32, 64, 4, 4), ("mma", 16, 32, 1, 4), ("mma", 16, 128, 2, 4)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
+    "_POST_RES_PROJ": [(32, 64, 4), (16, 64, 4), (16, 128, 4), (32, 128, 4), (32, 32, 2), (64, 64, 8),
+                       (64, 128, 8), (16, 256, 8)],
 }
 
 
@@ -102,7 +104,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
     """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each."""
     from triton.testing import do_bench
 
-    from mhc_repro.kernels import fused, launch  # noqa: F401  (fused registers torch.ops.mhc_repro.*)
+    from mhc_repro.kernels import cross_layer, fused, launch  # noqa: F401  (fused registers the ops)
 
     O = torch.ops.mhc_repro
     bf = dict(device=device, dtype=torch.bfloat16)
@@ -124,6 +126,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),
+        "_POST_RES_PROJ": lambda: cross_layer.launch_post_res_proj(x, f, hq, hr, phi, precision),
     }
 
     def rel(a, b):

@@ -61,10 +61,6 @@ def post_res_proj_fwd(x_ptr, f_ptr, hp_ptr, hr_ptr, out_ptr, phi_ptr, phi_lo_ptr
     tl.store(ss_ptr + row, ss, mask=tm)
 
 
-# (tokens, channels, num_warps) per program; untuned (no device time was left to sweep it).
-TILES = (32, 64, 4)
-
-
 def launch_post_res_proj(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, phi_next: Tensor,
                          precision: str = L.PROJ_PRECISION) -> tuple[Tensor, Tensor, Tensor]:
     """(x_out [N, n, C] in x's dtype, m [N, M] fp32, Σ x_out² [N] fp32) in one pass."""
@@ -74,7 +70,7 @@ def launch_post_res_proj(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, ph
     M = phi_next.shape[1]
     L._check(tuple(phi_next.shape) == (n * C, M), f"phi_next shape {tuple(phi_next.shape)} is invalid; "
              f"expected ({n * C}, M)")
-    bt, bc, warps = TILES
+    bt, bc, warps = L._POST_RES_PROJ
     bc = min(bc, L._p2(C, 16))
     n_cb = triton.cdiv(C, bc)
     out = torch.empty_like(x)

@@ -115,3 +115,29 @@ def test_needs_link_mode_add(cross, monkeypatch):
     with pytest.raises(ValueError, match="needs linked LINK_MODE 'add', not 'gather'"):
         cross.mhc_post_res_proj(torch.zeros(3, 2, 8), torch.zeros(3, 8), torch.zeros(3, 2), torch.zeros(3, 2, 2),
                                 torch.zeros(16, 8))
+
+
+SWEPT_TILES = [(32, 64, 4), (16, 64, 4), (16, 128, 4), (32, 128, 4), (32, 32, 2), (64, 64, 8), (64, 128, 8),
+               (16, 256, 8)]
+
+
+@pytest.mark.parametrize("tiles", SWEPT_TILES)
+def test_every_swept_tile_matches(cross, launch, device, monkeypatch, tiles):
+    """Each candidate the benchmark's sweep may pick (kernel_bench.SWEEP["_POST_RES_PROJ"]) is correct."""
+    monkeypatch.setattr(launch, "_POST_RES_PROJ", tiles)
+    N, n, C = 41, 4, 80
+    x, f, hp, hr, phi = _inputs(N, n, C, torch.bfloat16, device, seed=5)
+    out, m, ss = cross.launch_post_res_proj(x, f, hp, hr, phi, "bf16x2")
+    ref_out = mhc_ops.mhc_post_res(x.double(), f.double(), hp.double(), hr.double())
+    v = out.double().reshape(N, n * C)
+    assert _rel(out, ref_out) < 4e-3 and _rel(m, v @ phi.double()) < 1e-5 and _rel(ss, v.square().sum(1)) < 1e-6
+
+
+def test_swept_tiles_are_the_benchmarks():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    import kernel_bench
+
+    assert kernel_bench.SWEEP["_POST_RES_PROJ"] == SWEPT_TILES

@@ -24,8 +24,9 @@ def test_kernel_table_and_sweep_on_cpu(fused, launch, monkeypatch):
     names = [r["kernel"] for r in rows]
     assert any("cross-layer" in k for k in names) and any("linked add" in k for k in names)
     assert all(r["ms"] == 1.0 and r["gb_s"] > 0 for r in rows)
-    before = (launch._PRB, launch._SINKHORN)
-    rows, best = kernel_bench.sweep_configs(16, 4, 8, "cpu", "bf16x2", only=("_PRB", "_SINKHORN"))
-    assert {r["op"] for r in rows} == {"_PRB", "_SINKHORN"}
-    assert best["_PRB"][1] in kernel_bench.SWEEP["_PRB"] and best["_SINKHORN"][1] in kernel_bench.SWEEP["_SINKHORN"]
-    assert (launch._PRB, launch._SINKHORN) == before  # the sweep restores the defaults
+    swept = ("_PRB", "_SINKHORN", "_POST_RES_PROJ")
+    before = [getattr(launch, k) for k in swept]
+    rows, best = kernel_bench.sweep_configs(16, 4, 8, "cpu", "bf16x2", only=swept)
+    assert {r["op"] for r in rows} == set(swept)
+    assert all(best[k][1] in kernel_bench.SWEEP[k] for k in swept), best
+    assert [getattr(launch, k) for k in swept] == before  # the sweep restores the defaults
