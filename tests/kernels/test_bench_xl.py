@@ -15,16 +15,24 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-def test_xl_block_matches_linked_block(fused, device):
-    C, n = 32, 4
-    x0 = torch.randn(2, 8, n, C, device=device)
-    runs = []
-    for xl in (False, True):
-        torch.manual_seed(0)
+def _stack(fused, device, xl, n_blocks=2, C=32, n=4):
+    torch.manual_seed(0)
+    blocks = []
+    for _ in range(n_blocks):
         b = llama_blocks.Block(C, n, fused.ops("bf16x2"))
         b.attn = llama_blocks.Attention(C, head_dim=16)
         b = b.to(device)
         b.linked, b.xl, b.precision = True, xl, "bf16x2"
+        blocks.append(b)
+    llama_blocks.link_blocks(blocks)
+    return blocks
+
+
+def test_xl_block_matches_linked_block(fused, device):
+    x0 = torch.randn(2, 8, 4, 32, device=device)
+    runs = []
+    for xl in (False, True):
+        (b,) = _stack(fused, device, xl, n_blocks=1)
         x = x0.clone().requires_grad_()
         y = b(x)
         (y * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum().backward()
@@ -52,8 +60,7 @@ def test_xl_block_under_stream_ops_recompute_compiled(fused, device):
 
     assert stream_ops_policy(None, torch.ops.mhc_repro.post_res_proj.default) == CheckpointPolicy.MUST_RECOMPUTE
     assert "mhc_repro::coefficients_from_stats" in SAVE_OPS
-    C, n = 32, 4
-    x0 = torch.randn(2, 8, n, C, device=device)
+    x0 = torch.randn(2, 8, 4, 32, device=device)
     bw_graphs = []
 
     def backend(gm, ex):
@@ -61,11 +68,7 @@ def test_xl_block_under_stream_ops_recompute_compiled(fused, device):
 
     grads = []
     for recompute in (False, True):
-        torch.manual_seed(0)
-        b = llama_blocks.Block(C, n, fused.ops("bf16x2"))
-        b.attn = llama_blocks.Attention(C, head_dim=16)
-        b = b.to(device)
-        b.linked, b.xl, b.precision = True, True, "bf16x2"
+        (b,) = _stack(fused, device, True, n_blocks=1)
         fn = b
         if recompute:
             torch._dynamo.reset()
@@ -79,19 +82,6 @@ def test_xl_block_under_stream_ops_recompute_compiled(fused, device):
         assert _rel(a, c) < 1e-5
     targets = [str(node.target) for g in bw_graphs for node in g.graph.nodes if node.op == "call_function"]
     assert targets.count("mhc_repro.post_res_proj.default") == 1  # the middle stream, re-run
-
-
-def _stack(fused, device, xl, n_blocks=2, C=32, n=4):
-    torch.manual_seed(0)
-    blocks = []
-    for _ in range(n_blocks):
-        b = llama_blocks.Block(C, n, fused.ops("bf16x2"))
-        b.attn = llama_blocks.Attention(C, head_dim=16)
-        b = b.to(device)
-        b.linked, b.xl, b.precision = True, xl, "bf16x2"
-        blocks.append(b)
-    llama_blocks.link_blocks(blocks)
-    return blocks
 
 
 @pytest.mark.parametrize("compiled", [False, True])
