@@ -1,5 +1,6 @@
 """Experimental: the forward half of cross-layer fusion (docs/kernels.md, design notes). Not used by
-the model or the mHC ops; the benchmark times it against post_res + proj_fwd to see what it saves.
+the model; the benchmark's ``*_xl`` variants use it, and its kernel row times it against post_res +
+proj_fwd to see what it saves.
 
 ``launch_post_res_proj(x, f, h_post, h_res, phi_next)`` writes the sub-layer's output stream
 ``x_out[i] = Σ_j H_res[i, j] x[j] + H_post[i] f`` (as ``post_res``) and, from the tile it has just

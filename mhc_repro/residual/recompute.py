@@ -17,9 +17,9 @@ So in backward the block is re-run with every matmul / attention / coefficient r
 cache, and only the stream kernels and elementwise ops run again. What stays in memory per block: its
 input stream (n·C per token, kept by the checkpoint as its argument; for the first block the
 embedding, C per token, since ``expand_streams`` passes a broadcast view and copies of broadcasts are
-recomputed in both modes), and the matmul / attention
-outputs; what is no longer stored: the middle stream (output of the attention sub-layer's post_res,
-n·C per token), both pre outputs and the norm/activation intermediates.
+recomputed in both modes), and the matmul / attention outputs; what is no longer stored: the middle
+stream (output of the attention sub-layer's post_res, n·C per token), both pre outputs and the
+norm/activation intermediates.
 
 Why the policy is a *save list* rather than "recompute only pre / post_res": SAC caches the output of
 every op it is told to save, views included, and a cached view of the middle stream (the reshapes
