@@ -5,9 +5,9 @@ Variants (each at every C, eager and compiled): `residual` (Pre-Norm), `mhc_ref`
 recorded as skipped when not importable) and the fused Triton mHC — `mhc_fused_linked` (the model's
 defaults: linked sub-layer, "bf16x2" projections), `mhc_fused` (the three ops). Name parts:
 `_bf16` "bf16" projections; `_linked` the linked pair (kernels/linked.py; `_gather` LINK_MODE
-"gather", `_copy` "add" into a new buffer; `_xl` the attention sub-layer's post op also forms the FFN
-sub-layer's projection, kernels/cross_layer.py, experimental); `_rc` / `_rcops` each block under the paper's
-recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"); `_lazy` H_resᵀg left to
+"gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` each block under the paper's
+recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"; `_savebc`: "stream-ops" saving
+the first block's copy of the broadcast input, see recompute.COPY_OPS); `_lazy` H_resᵀg left to
 Inductor. Then every fused kernel alone, its achieved GB/s against a device-to-device copy measured
 in the same run.
 
@@ -32,7 +32,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_bench import SWEEP, bench_kernels, copy_bandwidth, sweep_configs  # noqa: E402,F401
-from llama_blocks import Attention, Block, RMSNorm, SwiGLU, link_blocks  # noqa: E402,F401
+from llama_blocks import Attention, Block, RMSNorm, SwiGLU  # noqa: E402,F401
 
 from mhc_repro.kernels import get_mhc_ops  # noqa: E402
 
@@ -67,12 +67,8 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
         if not name.split(".")[-1] in ("phi", "alpha", "bias"):
             p.data = p.data.to(torch.bfloat16)
-    if "_xl" in kind and "_linked" not in kind:
-        raise ValueError(f"variant {kind!r}: _xl (cross-layer projection) needs _linked")
     for b in blocks:
         b.linked = "_linked" in kind  # *_linked: the linked sub-layer pair
-        b.xl, b.precision = "_xl" in kind, prec  # *_xl: each projection formed by the previous post op
-    link_blocks(blocks)
     if kind.endswith("_rc") or kind.endswith("_rcops"):  # PAPER §5 recomputation: each block under
         # the mHC recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run)
         # (residual_rc: the plain residual under the same policy, for a like-with-like memory ratio)
@@ -124,8 +120,10 @@ def patched(mod, **values):
 def kernel_switches(kind: str) -> contextlib.ExitStack:
     """The kernel module switches a variant name asks for: *_lazy H_resᵀ g left to Inductor
     (fused.LAZY_RES_DX, only under compile); *_gather the linked pair with LINK_MODE "gather";
-    *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off)."""
+    *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off); *_savebc (with _rcops): the
+    stream-ops policy without its broadcast-copy rule (recompute.COPY_OPS empty), its A/B."""
     from mhc_repro.kernels import fused, launch, linked
+    from mhc_repro.residual import recompute
 
     stack = contextlib.ExitStack()
     if kind.endswith("_lazy"):
@@ -135,6 +133,8 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
         stack.enter_context(patched(linked, LINK_MODE="gather"))
     if "_copy" in kind:
         stack.enter_context(patched(linked, ADD_IN_PLACE=False))
+    if "_savebc" in kind:
+        stack.enter_context(patched(recompute, COPY_OPS=frozenset()))
     return stack
 
 
@@ -145,10 +145,9 @@ def stack_forward(fns, x0, n_streams: int):
     freed (up to run 17 the benchmark held the last stream, 4 units of [N, C], through the whole
     backward, which a model does not; it inflated mHC's peak, not the residual's). The expansion is
     a broadcast view, as mhc_repro.residual.expand_streams returns, materialized by block 0's ops."""
-    x, carry = (x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)), ()
-    for f in fns:  # carry: the next block's (m, Σx²) from an `xl` block
-        out = f(x, *carry)
-        x, carry = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+    x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)
+    for f in fns:
+        x = f(x)
     return x if n_streams == 1 else x.sum(2)
 
 

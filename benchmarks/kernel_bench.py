@@ -52,12 +52,6 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
                 (3 * n + 1 + (n if launch._PROJ_BWD_GEMM else 0)) * e)
         cases[f"  dφ GEMM [{p}]"] = (lambda p=p: launch._dphi_gemm(x.view(N, -1), dm, p), n * e)
     cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
-    # Experimental cross-layer forward (kernels/cross_layer.py): post_res + the next sub-layer's
-    # projection and Σx² in one pass; compare with the post_res row plus a proj_fwd row.
-    from mhc_repro.kernels import cross_layer
-
-    cases[f"post_res + next proj [{precision}] (cross-layer, experimental)"] = (
-        lambda: cross_layer.launch_post_res_proj(x, f, hq, hr, phi, precision), (2 * n + 1) * e + N * 4 * (M + 1))
     # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
     xf, phb = x.view(N, -1), phi.to(torch.bfloat16)
     cases["  ref: cuBLAS v·φ (bf16, no Σv²)"] = (lambda: xf @ phb, n * e + N * 4 * M)
@@ -95,9 +89,6 @@ SWEEP = {
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
              ("mma", 16, 64, 4, 4), ("mma", 32, 64, 4, 4), ("mma", 16, 32, 1, 4), ("mma", 16, 128, 2, 4)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
-    "_POST_RES_PROJ": [(32, 64, 4, 0, 1), (16, 64, 4, 0, 1), (32, 32, 2, 0, 1), (64, 64, 8, 0, 1), (64, 64, 4, 1, 2),
-                       (64, 64, 8, 1, 2), (64, 128, 8, 1, 2), (32, 64, 4, 1, 2), (64, 64, 4, 2, 2), (128, 64, 8, 1, 2),
-                       (64, 64, 8, 1, 3), (32, 128, 4, 1, 3), (64, 32, 4, 1, 3), (64, 64, 4, 4, 2)],
 }
 
 
@@ -105,7 +96,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
     """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each."""
     from triton.testing import do_bench
 
-    from mhc_repro.kernels import cross_layer, fused, launch  # noqa: F401  (fused registers the ops)
+    from mhc_repro.kernels import fused, launch  # noqa: F401  (fused registers the ops)
 
     O = torch.ops.mhc_repro
     bf = dict(device=device, dtype=torch.bfloat16)
@@ -127,7 +118,6 @@ def sweep_configs(c, n, N, device, precision, only=()):
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),
-        "_POST_RES_PROJ": lambda: cross_layer.launch_post_res_proj(x, f, hq, hr, phi, precision),
     }
 
     def rel(a, b):

@@ -56,11 +56,7 @@ class Block(nn.Module):
     def __init__(self, c: int, n: int = 1, ops=None):
         super().__init__()
         self.n1, self.attn, self.n2, self.ffn = RMSNorm(c), Attention(c), RMSNorm(c), SwiGLU(c)
-        # linked: the linked sub-layer pair; xl (needs linked): each sub-layer's post op also forms the
-        # next sub-layer's projection (kernels/cross_layer.py) at projection `precision` — within the
-        # block, and for the next block's first sub-layer once link_blocks() has chained the blocks
-        self.n, self.ops, self.linked, self.xl, self.precision = n, ops, False, False, None
-        self._next = None  # the next block (not a submodule: its parameters stay its own)
+        self.n, self.ops, self.linked = n, ops, False  # linked: the linked sub-layer pair
         if ops is not None:
             M = n * n + 2 * n
             self.phi = nn.Parameter(torch.randn(2, n * c, M) * (0.02 / (n * c) ** 0.5))
@@ -69,39 +65,22 @@ class Block(nn.Module):
             b[:, 2 * n:] = 2.0 * torch.eye(n).reshape(-1)
             self.bias = nn.Parameter(b)
 
-    def _mhc(self, x, i, branch, stats=None, phi_next=None):
-        """Sub-layer i; returns (output stream, the next sub-layer's (m, Σx²) when phi_next is given)."""
+    def _mhc(self, x, i, branch):
+        """Sub-layer i: the output stream [B, T, n, C]."""
         B, T, n, C = x.shape
         x3 = x.reshape(B * T, n, C)
         if self.linked:  # one stream-gradient buffer (mhc_repro/kernels/linked.py)
-            kw = {} if stats is None else {"stats": stats}
-            b, hq, hr, xl = self.ops.mhc_pre_linked(x3, self.phi[i], self.alpha[i], self.bias[i], n, **kw)
+            b, hq, hr, xl = self.ops.mhc_pre_linked(x3, self.phi[i], self.alpha[i], self.bias[i], n)
             f = branch(b.view(B, T, C)).reshape(B * T, C)
-            if phi_next is not None:
-                from mhc_repro.kernels import cross_layer
-
-                out, stats = cross_layer.mhc_post_res_proj(xl, f, hq, hr, phi_next, precision=self.precision)
-                return out.view(B, T, n, C), stats
-            return self.ops.mhc_post_res_linked(xl, f, hq, hr).view(B, T, n, C), None
+            return self.ops.mhc_post_res_linked(xl, f, hq, hr).view(B, T, n, C)
         hp, hq, hr = self.ops.mhc_coefficients(x3.reshape(B * T, n * C), self.phi[i], self.alpha[i],
                                                self.bias[i], n)
         f = branch(self.ops.mhc_pre(x3, hp).view(B, T, C))
-        return self.ops.mhc_post_res(x3, f.reshape(B * T, C), hq, hr).view(B, T, n, C), None
+        return self.ops.mhc_post_res(x3, f.reshape(B * T, C), hq, hr).view(B, T, n, C)
 
-    def forward(self, x, *stats):
-        """x (and, for an `xl` block after another one, that block's (m, Σx²) for this one's first
-        sub-layer) -> x, or (x, m, Σx²) for the next block when this `xl` block has one."""
+    def forward(self, x):
         if self.ops is None:
             x = x + self.attn(self.n1(x))
             return x + self.ffn(self.n2(x))
-        x, st = self._mhc(x, 0, lambda h: self.attn(self.n1(h)), stats=tuple(stats) or None,
-                          phi_next=self.phi[1] if self.xl else None)
-        nxt = self._next.phi[0] if self.xl and self._next is not None else None
-        x, st = self._mhc(x, 1, lambda h: self.ffn(self.n2(h)), stats=st, phi_next=nxt)
-        return x if st is None else (x, *st)
-
-
-def link_blocks(blocks) -> None:
-    """Chain `xl` blocks so each one's last post op forms the next block's first projection."""
-    for b, nxt in zip(blocks, list(blocks)[1:]):
-        object.__setattr__(b, "_next", nxt)  # a plain reference, not a registered submodule
+        x = self._mhc(x, 0, lambda h: self.attn(self.n1(h)))
+        return self._mhc(x, 1, lambda h: self.ffn(self.n2(h)))

@@ -88,24 +88,6 @@ def _coef_backward(ctx, g_pre, g_post, g_res, _g_m, _g_r):
 _coefficients.register_autograd(_coef_backward, setup_context=_coef_setup)
 
 
-@torch.library.custom_op("mhc_repro::coefficients_from_stats", mutates_args=())
-def _coefficients_from_stats(m: Tensor, ss: Tensor, alpha: Tensor, bias: Tensor, n: int, K: int, t_max: int,
-                             eps: float, rms_eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The coefficient epilogue alone, from a projection m = x·φ [N, M] and Σx² [N] computed elsewhere
-    (kernels/cross_layer.py): (H_pre, H_post, H_res, r). No autograd formula: only called inside
-    kernels.linked's pre op, whose backward differentiates the projection itself."""
-    if m.shape[0] == 0:
-        e = lambda *s: m.new_empty(s)  # noqa: E731
-        return e(0, n), e(0, n), e(0, n, n), e(0)
-    return L.launch_coef_fwd(m.contiguous(), ss.contiguous(), alpha, bias, n, K, t_max, eps, rms_eps)
-
-
-@_coefficients_from_stats.register_fake
-def _(m, ss, alpha, bias, n, K, t_max, eps, rms_eps):
-    N = m.shape[0]
-    return m.new_empty(N, n), m.new_empty(N, n), m.new_empty(N, n, n), m.new_empty(N)
-
-
 # ---------------------------------------------------------------- apply H_pre (kernel 4)
 @torch.library.custom_op("mhc_repro::pre", mutates_args=())
 def _pre(x: Tensor, h_pre: Tensor) -> Tensor:

@@ -42,9 +42,6 @@ _PROJ_BWD_GEMM = (64, 128, 256, 3, 4)  # run 9 sweep: 285 vs 387 µs (bf16x2), 2
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
 _PRB = ("mma", 16, 64, 2, 5)  # run 13 sweep: 253 µs (87 % of copy) vs 283 with 3 stages, 371 "split", 418 "loop"
-# Experimental cross-layer post_res + next projection (kernels/cross_layer.py): (BT tokens, BC
-# channels, num_warps, C ranges per token block (0: one BC block per program), num_stages).
-_POST_RES_PROJ = (32, 64, 4, 0, 1)  # run 24 sweep (one-block programs only): 898 µs, next best 911
 # How the linked sub-layer (kernels.linked) forms the post_res part of the stream gradient in the
 # projection's dx pass: "gather" = H_resᵀ g inside the pass (post_res_bwd skips dx, the pass reads
 # each g row n times); "add" = post_res_bwd writes H_resᵀ g as usual and the pass adds it once.

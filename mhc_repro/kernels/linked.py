@@ -88,14 +88,10 @@ def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t
 
 class _PreLinked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, phi, alpha, bias, n, t_max, eps, rms_eps, precision, m=None, ss=None):
+    def forward(ctx, x, phi, alpha, bias, n, t_max, eps, rms_eps, precision):
         N, _, C = x.shape
-        if m is None:
-            h_pre, h_post, h_res, m, r = torch.ops.mhc_repro.coefficients(
-                x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps, precision)
-        else:  # m = x·φ and Σx² formed by the previous sub-layer's post op (kernels/cross_layer.py)
-            h_pre, h_post, h_res, r = torch.ops.mhc_repro.coefficients_from_stats(
-                m, ss, alpha, bias, n, n * C, t_max, eps, rms_eps)
+        h_pre, h_post, h_res, m, r = torch.ops.mhc_repro.coefficients(
+            x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps, precision)
         branch_in = torch.ops.mhc_repro.pre(x, h_pre)
         ctx.save_for_backward(x, phi, alpha, bias, h_pre, h_res, m, r)
         ctx.cfg = (n, t_max, eps, precision, LINK_MODE)
@@ -118,7 +114,7 @@ class _PreLinked(torch.autograd.Function):
             dx = g_link
         else:
             dx, dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd(*args, link_mode)
-        return dx, dphi, dalpha, dbias, None, None, None, None, None, None, None
+        return dx, dphi, dalpha, dbias, None, None, None, None, None
 
 
 @torch.library.custom_op("mhc_repro::post_res_linked", mutates_args=())
@@ -148,11 +144,9 @@ _post_res_linked.register_autograd(_post_backward, setup_context=_post_setup)
 
 
 def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int = 20,
-                   eps: float = 1e-6, rms_eps: float = 1e-6, *, precision: str | None = None,
-                   stats: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(branch_in [N, C], H_post [N, n], H_res [N, n, n], x_link) from x [N, n, C]; see the module.
-    ``stats``: (m = x·φ [N, n²+2n], Σx² [N]) already formed from this x (kernels/cross_layer.py),
-    so the projection pass over x is skipped; gradients are the same."""
+                   eps: float = 1e-6, rms_eps: float = 1e-6, *,
+                   precision: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(branch_in [N, C], H_post [N, n], H_res [N, n, n], x_link) from x [N, n, C]; see the module."""
     precision = L.PROJ_PRECISION if precision is None else precision
     L._check_precision(precision)
     L._check(LINK_MODE in L.LINK_MODES,
@@ -160,9 +154,8 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
     L._check(x.dim() == 3 and x.shape[1] == n,
              f"mhc_pre_linked x shape {tuple(x.shape)} is invalid; expected [N, n={n}, C]")
     F._check_coefficient_args(x.reshape(x.shape[0], n * x.shape[2]), phi, alpha, bias, n, t_max)
-    m, ss = (None, None) if stats is None else stats
     return _PreLinked.apply(x.contiguous(), phi, alpha.reshape(3), bias.reshape(-1), int(n), int(t_max),
-                            float(eps), float(rms_eps), precision, m, ss)
+                            float(eps), float(rms_eps), precision)
 
 
 def mhc_post_res_linked(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:

@@ -50,8 +50,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 RECOMPUTE_MODES = ("none", "stream", "stream-ops")
 
 # mode "stream-ops": only these are forced to be recomputed; the rest is left to the compiler.
-STREAM_OPS = frozenset({"mhc_repro::pre", "mhc_repro::post_res", "mhc_repro::post_res_linked",
-                        "mhc_repro::post_res_proj"})
+STREAM_OPS = frozenset({"mhc_repro::pre", "mhc_repro::post_res", "mhc_repro::post_res_linked"})
 
 # A bmm whose contraction is this small is a stream mix (the reference mHC einsums contract over the n
 # streams or none at all), not a model matmul: recompute it.
@@ -64,7 +63,7 @@ SAVE_OPS = frozenset({
     "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention",
     "aten::_scaled_dot_product_fused_attention_overrideable",
     "aten::_flash_attention_forward", "aten::_efficient_attention_forward",
-    "mhc_repro::coefficients", "mhc_repro::coefficients_from_stats",
+    "mhc_repro::coefficients",
 })
 
 

@@ -41,11 +41,6 @@ def fused():
     if INTERPRET and type(coef_kernels.proj_fwd).__name__ != "InterpretedFunction":
         importlib.reload(coef_kernels)
         importlib.reload(stream_kernels)
-    import sys
-
-    cross = sys.modules.get("mhc_repro.kernels.cross_layer")  # holds its own kernel and coef_kernels._mma
-    if INTERPRET and cross is not None and type(cross.post_res_proj_fwd).__name__ != "InterpretedFunction":
-        importlib.reload(cross)
     return mod
 
 

@@ -17,12 +17,16 @@ def test_sweep_tables_name_launch_constants(launch):
 
 def test_variant_switches_patch_and_restore(fused, launch):
     from mhc_repro.kernels import linked
+    from mhc_repro.residual import recompute
 
-    before = (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE)
+    before = (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS)
     with bench_mhc.kernel_switches("mhc_fused_lazy"):
         assert launch._PRB == bench_mhc.LAZY_PRB[0] and fused.LAZY_RES_DX
     with bench_mhc.kernel_switches("mhc_fused_bf16_linked_gather"):
         assert linked.LINK_MODE == "gather"
     with bench_mhc.kernel_switches("mhc_fused_linked_copy_rcops"):
         assert linked.ADD_IN_PLACE is False
-    assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE) == before
+    with bench_mhc.kernel_switches("mhc_fused_linked_savebc_rcops"):
+        assert recompute.COPY_OPS == frozenset() and linked.ADD_IN_PLACE
+    assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS) == before
+    assert recompute.COPY_OPS  # the broadcast-copy rule is on by default
