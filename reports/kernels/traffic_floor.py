@@ -31,7 +31,7 @@ DESIGNS = {
     "linked, LINK_MODE='add' (today's default: post_res_bwd writes H_resᵀg, the dx pass adds it)": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5,
         "dx pass (x, H_resᵀg, d_in, dx)": 13, "dφ GEMM": 4},
-    "linked 'add' + the projection formed by the previous post op (bench *_xl; not yet timed)": {
+    "linked 'add' + the projection formed by the previous post op (built: kernel 3x slower, removed)": {
         "post_res + next proj": 9, "pre": 5, "post_res_bwd": 14, "pre_bwd_dh": 5,
         "dx pass (x, H_resᵀg, d_in, dx)": 13, "dφ GEMM": 4},
     "linked, LINK_MODE='gather' (g read n times, dφ GEMM)": {
