@@ -1,4 +1,5 @@
-"""One launch of the linked "add" dx pass and of post_res_bwd at C = 2048, 16k tokens, n = 4 (for ncu)."""
+"""Launches of the linked "add" dx pass, post_res_bwd and the forward projection (``bf16x2``, then
+``bf16``) at C = 2048, 16k tokens, n = 4, three rounds, for ncu (``-k regex:...`` picks the kernel)."""
 import torch
 
 from mhc_repro.kernels import fused, launch  # noqa: F401  (fused registers the ops)
@@ -13,4 +14,6 @@ hq, hr = torch.rand(N, n, device="cuda"), torch.rand(N, n, n, device="cuda")
 for _ in range(3):
     launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, "bf16", link=(g, hr, hq, d_in), link_mode="add")
     torch.ops.mhc_repro.post_res_bwd(x, f, hq, hr, g)
+    for prec in launch.PROJ_PRECISIONS:
+        launch.launch_proj_fwd(x.view(N, -1), phi, M, prec)
 torch.cuda.synchronize()
