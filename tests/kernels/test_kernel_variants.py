@@ -19,6 +19,7 @@ VARIANTS = {
     "proj bwd dphi transposed": dict(_PROJ_BWD=(16, 32, 2, False, 4, True), _PROJ_BWD_GEMM=None),
     "proj fwd sumsq in registers": dict(_PROJ_FWD=(16, 32, 2, False, 4, 1)),
     "proj fwd sumsq on tensor cores": dict(_PROJ_FWD=(16, 32, 2, "diag", 4, 1)),
+    "proj fwd sumsq on tensor cores, K split 3": dict(_PROJ_FWD=(16, 32, 2, "diag", 4, 3)),
     "proj bwd dx kernel + dphi gemm": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4)),
     "post_res_bwd mma": dict(_PRB=("mma", 16, 32, 4, 2)),
     "post_res_bwd mma 32 rows": dict(_PRB=("mma", 32, 16, 4, 4)),
