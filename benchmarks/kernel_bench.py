@@ -77,7 +77,7 @@ SWEEP = {
                   (128, 128, 3, "diag", 8, 1), (64, 128, 4, "diag", 4, 1), (64, 128, 3, "diag", 8, 1),
                   (128, 64, 4, "diag", 8, 1), (64, 256, 3, "diag", 8, 1), (64, 128, 5, "diag", 4, 1),
                   (64, 64, 6, "diag", 4, 1), (32, 128, 5, "diag", 4, 1), (64, 128, 4, "diag", 8, 1),
-                  # K splits: 256 programs of 64 tokens fill 0.65 of one wave (ncu, run 27)
+                  # K splits: 256 programs of 64 tokens fill 0.65 of one wave (ncu, run 27); run 28: no gain
                   (64, 128, 4, "diag", 4, 2), (64, 128, 4, "diag", 4, 3), (64, 128, 4, "diag", 4, 4),
                   (64, 128, 4, "diag", 4, 6), (64, 128, 4, "diag", 4, 8), (64, 128, 3, "diag", 4, 3),
                   (64, 128, 3, "diag", 4, 4), (32, 128, 4, "diag", 4, 2), (32, 128, 4, "diag", 4, 3),
