@@ -30,7 +30,8 @@ def _mma(a, b, INTERP: tl.constexpr):
 @triton.jit
 def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
-             SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, SS: tl.constexpr):
+             SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, SS: tl.constexpr,
+             MERGED: tl.constexpr):
     # Grid (token blocks, K splits): split s covers K range [s·k_per_split, (s+1)·k_per_split) and
     # writes its partial m / Σv² to slot s of [splits, N, M] / [splits, N] (summed by the caller:
     # deterministic, no atomics). More programs in flight when N alone does not fill the device.
@@ -41,6 +42,9 @@ def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
     # SPLIT (bf16 stream): bf16 MMAs straight from the loaded tiles (no fp32 staging of v); with LO
     # φ = φ_hi + φ_lo (two bf16 parts, two MMAs: ~16-bit-mantissa products), without LO φ is
     # rounded to bf16 (one MMA, PAPER.md's "bf16 inputs, fp32 accumulate").
+    # MERGED (with LO): φ_hi and φ_lo side by side in phi_ptr ([K, 2·MP], zero-padded): one MMA of
+    # twice the width per K tile instead of two, the stream tile read once from shared memory for
+    # both; the two column halves are summed at the end.
     # Otherwise (fp32 stream): one fp32 dot at PREC (tf32 on tensor cores by default).
     pid = tl.program_id(0)
     sp = tl.program_id(1)
@@ -48,7 +52,11 @@ def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
     tm = t < N
     cols = tl.arange(0, MP)
     cm = cols < M
-    acc = tl.zeros((BN, MP), dtype=tl.float32)
+    if MERGED:
+        cols2 = tl.arange(0, 2 * MP)
+        acc2 = tl.zeros((BN, 2 * MP), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BN, MP), dtype=tl.float32)
     ss = tl.zeros((BN,), dtype=tl.float32)
     if SS == "diag":
         gram = tl.zeros((BN, BN), dtype=tl.float32)
@@ -68,14 +76,21 @@ def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
         else:
             vf = v.to(tl.float32)
             ss += tl.sum(vf * vf, axis=1)
-        po = k[:, None] * M + cols[None, :]
-        pm = km[:, None] & cm[None, :]
-        if SPLIT:
+        if MERGED:
+            p2 = tl.load(phi_ptr + k[:, None] * (2 * MP) + cols2[None, :], mask=km[:, None], other=0.0)
+            acc2 += _mma(v, p2, INTERP)
+        elif SPLIT:
+            po = k[:, None] * M + cols[None, :]
+            pm = km[:, None] & cm[None, :]
             acc += _mma(v, tl.load(phi_ptr + po, mask=pm, other=0.0), INTERP)
             if LO:
                 acc += _mma(v, tl.load(phi_lo_ptr + po, mask=pm, other=0.0), INTERP)
         else:
+            po = k[:, None] * M + cols[None, :]
+            pm = km[:, None] & cm[None, :]
             acc += tl.dot(v.to(tl.float32), tl.load(phi_ptr + po, mask=pm, other=0.0), input_precision=PREC)
+    if MERGED:
+        acc = tl.sum(tl.reshape(acc2, (BN, 2, MP)), axis=1)
     if SS == "diag":
         eye = tl.arange(0, BN)[:, None] == tl.arange(0, BN)[None, :]
         ss = tl.sum(tl.where(eye, gram, 0.0), axis=1)

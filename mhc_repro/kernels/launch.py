@@ -9,6 +9,7 @@ launchers as ``torch.library`` custom ops; the kernels themselves are in ``coef_
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 from torch import Tensor
 
@@ -32,6 +33,8 @@ _SINKHORN = (64, 4)  # coefficient epilogue / Sinkhorn backward: (tokens per pro
 # load of the stream tile for the elementwise term; forward only, RELOAD="diag": Σv² as the diagonal
 # of v·vᵀ on the tensor cores (bf16 stream; see coef_kernels.proj_fwd).
 _PROJ_FWD = (64, 128, 4, "diag", 4, 1)  # run 9 sweep: 153 vs 187 µs (bf16x2), 98 vs 134 (bf16); run 28: K splits 159+
+# bf16x2 forward: φ's hi and lo parts as one operand of twice the width (one MMA per K tile, not two).
+PROJ_FWD_MERGED = False
 _PROJ_BWD = (16, 256, 3, False, 4, False)
 # Projection backward split in two: None = dφ partials reduced inside the dx kernel (_PROJ_BWD);
 # (BN, BK, tokens per program, stages, warps) = a dx-only streaming kernel plus dφ = vᵀ·dm as one
@@ -104,7 +107,10 @@ def launch_proj_fwd(x: Tensor, phi: Tensor, M: int, precision: str = PROJ_PRECIS
     """m = x·φ [N, M] and Σ x² [N] (fp32) in one pass over x [N, K] (K split over programs)."""
     N, K = x.shape
     p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
-    bn, bk, stages, reload, warps, ksplit = _proj_tiles(_PROJ_FWD, K, M, split)
+    merged = bool(PROJ_FWD_MERGED and lo)
+    if merged:  # [φ_hi | φ_lo], each zero-padded to MP columns
+        p_hi = torch.cat([F.pad(p, (0, _p2(M, 16) - M)) for p in (p_hi, p_lo)], dim=1).contiguous()
+    bn, bk, stages, reload, warps, ksplit = _proj_tiles(_PROJ_FWD, K, M, split)  # same bytes merged
     ss_mode = "reload" if reload is True else ("diag" if reload == "diag" and split else "reg")
     k_per = triton.cdiv(triton.cdiv(K, ksplit), bk) * bk
     ksplit = triton.cdiv(K, k_per)
@@ -112,7 +118,7 @@ def launch_proj_fwd(x: Tensor, phi: Tensor, M: int, precision: str = PROJ_PRECIS
     ss = torch.empty(ksplit, N, device=x.device, dtype=torch.float32)
     ck.proj_fwd[(triton.cdiv(N, bn), ksplit)](
         x, p_hi, p_lo, m, ss, N, K, M, k_per, BN=bn, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION,
-        SPLIT=split, LO=lo, INTERP=_interpreted(), SS=ss_mode, num_stages=stages, num_warps=warps)
+        SPLIT=split, LO=lo, INTERP=_interpreted(), SS=ss_mode, MERGED=merged, num_stages=stages, num_warps=warps)
     if ksplit == 1:
         return m[0], ss[0]
     return m.sum(0), ss.sum(0)

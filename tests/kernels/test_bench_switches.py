@@ -19,7 +19,8 @@ def test_variant_switches_patch_and_restore(fused, launch):
     from mhc_repro.kernels import linked
     from mhc_repro.residual import recompute
 
-    before = (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS)
+    before = (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
+              launch.PROJ_FWD_MERGED)
     with bench_mhc.kernel_switches("mhc_fused_lazy"):
         assert launch._PRB == bench_mhc.LAZY_PRB[0] and fused.LAZY_RES_DX
     with bench_mhc.kernel_switches("mhc_fused_bf16_linked_gather"):
@@ -28,5 +29,8 @@ def test_variant_switches_patch_and_restore(fused, launch):
         assert linked.ADD_IN_PLACE is False
     with bench_mhc.kernel_switches("mhc_fused_linked_savebc_rcops"):
         assert recompute.COPY_OPS == frozenset() and linked.ADD_IN_PLACE
-    assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS) == before
+    with bench_mhc.kernel_switches("mhc_fused_linked_mrg"):
+        assert launch.PROJ_FWD_MERGED is True
+    assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
+            launch.PROJ_FWD_MERGED) == before
     assert recompute.COPY_OPS  # the broadcast-copy rule is on by default

@@ -20,6 +20,7 @@ VARIANTS = {
     "proj fwd sumsq in registers": dict(_PROJ_FWD=(16, 32, 2, False, 4, 1)),
     "proj fwd sumsq on tensor cores": dict(_PROJ_FWD=(16, 32, 2, "diag", 4, 1)),
     "proj fwd sumsq on tensor cores, K split 3": dict(_PROJ_FWD=(16, 32, 2, "diag", 4, 3)),
+    "proj fwd hi|lo merged": dict(PROJ_FWD_MERGED=True, _PROJ_FWD=(16, 32, 2, "diag", 4, 2)),
     "proj bwd dx kernel + dphi gemm": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4)),
     "post_res_bwd mma": dict(_PRB=("mma", 16, 32, 4, 2)),
     "post_res_bwd mma 32 rows": dict(_PRB=("mma", 32, 16, 4, 4)),
@@ -84,3 +85,24 @@ def test_variant_bf16_stream(patched, device):
     inp = _inputs(N, n, C, torch.bfloat16, device, seed=17)
     got = _run(patched.ops(), inp, n, t_max=20, upcast=False)
     _compare(got, _run(REF, inp, n, t_max=20, upcast=False), tol=2e-2)
+
+
+@pytest.mark.parametrize("N,n,C", [(37, 4, 67), (20, 3, 48), (9, 8, 40)])
+def test_merged_hi_lo_projection_is_the_same_product(launch, device, monkeypatch, N, n, C):
+    """PROJ_FWD_MERGED (one MMA on [φ_hi | φ_lo]) forms the same bf16x2 products as two MMAs: equal to
+    the unmerged kernel up to fp32 summation order, and ≈ fp32-exact against fp64 (bf16 alone is not)."""
+    g = torch.Generator().manual_seed(N * n)
+    M = n * n + 2 * n
+    x = torch.randn(N, n * C, generator=g).to(device=device, dtype=torch.bfloat16)
+    phi = (torch.randn(n * C, M, generator=g) * 0.05).to(device)
+    m0, ss0 = launch.launch_proj_fwd(x, phi, M, "bf16x2")
+    monkeypatch.setattr(launch, "PROJ_FWD_MERGED", True)
+    m1, ss1 = launch.launch_proj_fwd(x, phi, M, "bf16x2")
+    m_bf16, _ = launch.launch_proj_fwd(x, phi, M, "bf16")  # no lo part: merging does not apply
+    ref = x.double() @ phi.double()
+
+    def rel(a, b):
+        return ((a.double() - b).norm() / b.norm()).item()
+
+    assert rel(m1, m0.double()) < 1e-6 and torch.equal(ss1, ss0)
+    assert rel(m1, ref) < 1e-5 < rel(m_bf16, ref)
