@@ -33,8 +33,9 @@ _SINKHORN = (64, 4)  # coefficient epilogue / Sinkhorn backward: (tokens per pro
 # load of the stream tile for the elementwise term; forward only, RELOAD="diag": Σv² as the diagonal
 # of v·vᵀ on the tensor cores (bf16 stream; see coef_kernels.proj_fwd).
 _PROJ_FWD = (64, 128, 4, "diag", 4, 1)  # run 9 sweep: 153 vs 187 µs (bf16x2), 98 vs 134 (bf16); run 28: K splits 159+
-# bf16x2 forward: φ's hi and lo parts as one operand of twice the width (one MMA per K tile, not two).
-PROJ_FWD_MERGED = False
+# bf16x2 forward: φ's hi and lo parts as one operand of twice the width (one MMA per K tile, not two;
+# the stream tile leaves shared memory once for both). Run 29 (C = 2048): 128 vs 153 µs, same products.
+PROJ_FWD_MERGED = True
 _PROJ_BWD = (16, 256, 3, False, 4, False)
 # Projection backward split in two: None = dφ partials reduced inside the dx kernel (_PROJ_BWD);
 # (BN, BK, tokens per program, stages, warps) = a dx-only streaming kernel plus dφ = vᵀ·dm as one

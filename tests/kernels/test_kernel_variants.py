@@ -21,6 +21,7 @@ VARIANTS = {
     "proj fwd sumsq on tensor cores": dict(_PROJ_FWD=(16, 32, 2, "diag", 4, 1)),
     "proj fwd sumsq on tensor cores, K split 3": dict(_PROJ_FWD=(16, 32, 2, "diag", 4, 3)),
     "proj fwd hi|lo merged": dict(PROJ_FWD_MERGED=True, _PROJ_FWD=(16, 32, 2, "diag", 4, 2)),
+    "proj fwd hi|lo as two MMAs": dict(PROJ_FWD_MERGED=False),
     "proj bwd dx kernel + dphi gemm": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4)),
     "post_res_bwd mma": dict(_PRB=("mma", 16, 32, 4, 2)),
     "post_res_bwd mma 32 rows": dict(_PRB=("mma", 32, 16, 4, 4)),
@@ -95,6 +96,7 @@ def test_merged_hi_lo_projection_is_the_same_product(launch, device, monkeypatch
     M = n * n + 2 * n
     x = torch.randn(N, n * C, generator=g).to(device=device, dtype=torch.bfloat16)
     phi = (torch.randn(n * C, M, generator=g) * 0.05).to(device)
+    monkeypatch.setattr(launch, "PROJ_FWD_MERGED", False)
     m0, ss0 = launch.launch_proj_fwd(x, phi, M, "bf16x2")
     monkeypatch.setattr(launch, "PROJ_FWD_MERGED", True)
     m1, ss1 = launch.launch_proj_fwd(x, phi, M, "bf16x2")
