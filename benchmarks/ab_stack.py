@@ -1,0 +1,129 @@
+"""Interleaved A/B timing of benchmark stack variants, for step-time differences below the
+run-to-run spread of ``bench_mhc.py`` (0.4–2 % between runs of the same code: RESULTS.md runs 26,
+28, 29).
+
+Every variant is built (and compiled) first and stays alive; then each of R rounds times every
+variant for ``--iters`` steps, in an order rotated every round, so that slow drift (clocks,
+temperature, the allocator) hits all variants alike. Reported per variant: the median step time over
+rounds and its ratio to the first variant (the baseline) as the median and a 95 % t-interval of the
+per-round ratios. A difference is resolved when two variants' intervals do not overlap.
+
+    PYTHONPATH=. python benchmarks/ab_stack.py --C 2048 --variants residual mhc_fused_linked \
+        mhc_fused_linked_2mma --rounds 8 --out ab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_mhc import build, kernel_switches, stack_forward, time_cuda  # noqa: E402
+
+# two-sided 95 % Student t quantiles by degrees of freedom (1–10); 2.0 beyond (df 30: 2.04)
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    """(median, low, high): the median and the 95 % t-interval of the mean of ``values``."""
+    med = statistics.median(values)
+    if len(values) < 2:
+        return med, float("nan"), float("nan")
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    half = _T95.get(len(values) - 1, 2.0) * sd / len(values) ** 0.5
+    return med, mean - half, mean + half
+
+
+def make_step(kind: str, compiled: bool, c: int, n: int, n_blocks: int, x0, dout):
+    """The variant's training step (zero grads, forward, backward) and its blocks (kept alive)."""
+    with kernel_switches(kind):
+        blocks, fns = build(kind.removesuffix("_lazy"), c, n, n_blocks, compiled, x0.device)
+    params = list(blocks.parameters())
+    n_streams = 1 if kind.startswith("residual") else n
+
+    def step():
+        for p in params:
+            p.grad = None
+        stack_forward(fns, x0, n_streams).backward(dout)
+
+    return step, blocks
+
+
+def run_ab(variants: list[str], c: int, n: int, n_blocks: int, compiled: bool, x0, dout, rounds: int,
+           iters: int, timer=time_cuda) -> dict:
+    """Per-round step times (ms) of every variant, rotated order; see the module docstring."""
+    steps = {}
+    for kind in variants:
+        step, blocks = make_step(kind, compiled, c, n, n_blocks, x0, dout)
+        t0 = time.time()
+        with kernel_switches(kind):
+            step()  # compile / autotune
+        steps[kind] = (step, blocks, time.time() - t0)
+    ms = {kind: [] for kind in variants}
+    for r in range(rounds):
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        for kind in order:
+            with kernel_switches(kind):  # launch-time switches (e.g. _2mma) must hold while it runs
+                ms[kind].append(timer(steps[kind][0], 1, iters))
+    return dict(C=c, blocks=n_blocks, compiled=compiled, rounds=rounds, iters=iters, ms=ms,
+                first_step_s={k: v[2] for k, v in steps.items()}, summary=summarize(ms, variants[0]))
+
+
+def summarize(ms: dict[str, list[float]], base: str) -> dict:
+    out = {}
+    for kind, times in ms.items():
+        ratios = [t / b for t, b in zip(times, ms[base])]
+        med, lo, hi = interval(ratios)
+        out[kind] = dict(ms_median=statistics.median(times), ratio_median=med, ratio_ci95=[lo, hi])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--C", type=int, nargs="+", default=[2048])
+    ap.add_argument("--variants", nargs="+", default=["residual", "mhc_fused_linked", "mhc_fused_linked_2mma"],
+                    help="bench_mhc.py variant names; the first is the baseline of the ratios")
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
+    ap.add_argument("--blocks-large", type=int, default=2)
+    ap.add_argument("--eager", action="store_true", help="time eager blocks (default: torch.compile)")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--iters", type=int, default=5, help="steps per variant per round (median taken)")
+    ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.rounds < 2:
+        ap.error(f"--rounds {args.rounds} is too few; the interval needs at least 2")
+    # every variant's compiled blocks stay alive at once: room for all their graphs
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 512)
+    dev = torch.device("cuda")
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=args.commit,
+               argv=sys.argv, runs=[])
+    for c in args.C:
+        nb = args.blocks if c < 4096 else args.blocks_large
+        g = torch.Generator(device=dev).manual_seed(c)
+        B = args.tokens // args.seq
+        x0 = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
+        dout = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g)
+        run = run_ab(args.variants, c, args.n, nb, not args.eager, x0, dout, args.rounds, args.iters)
+        res["runs"].append(run)
+        print(f"\nC = {c}, {nb} blocks, {'eager' if args.eager else 'compiled'}, {args.rounds} rounds x {args.iters} steps")
+        for kind, s in run["summary"].items():
+            lo, hi = s["ratio_ci95"]
+            print(f"  {kind:34} {s['ms_median']:8.2f} ms  x {s['ratio_median']:.4f}  (95 %: {lo:.4f}–{hi:.4f})")
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(res, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

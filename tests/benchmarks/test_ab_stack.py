@@ -1,0 +1,47 @@
+"""benchmarks/ab_stack.py on CPU: rotated interleaving, switches held while a variant is timed, and
+the per-round ratio statistics (timer faked; the steps themselves really run)."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
+import ab_stack  # noqa: E402
+
+
+def test_interval_is_the_t_interval_of_the_mean():
+    med, lo, hi = ab_stack.interval([1.0, 2.0, 3.0])
+    half = 4.30 * 1.0 / 3 ** 0.5  # sd 1, df 2
+    assert med == 2.0 and lo == pytest.approx(2.0 - half) and hi == pytest.approx(2.0 + half)
+    assert ab_stack.interval([5.0])[0] == 5.0
+
+
+def test_run_ab_rotates_and_holds_switches(monkeypatch):
+    from mhc_repro.kernels import launch
+
+    fixed = {"residual": 10.0, "mhc_ref": 12.0, "residual_2mma": 13.0}
+    kind_of, calls = {}, []
+    real_make = ab_stack.make_step
+
+    def make(kind, *a):
+        step, blocks = real_make(kind, *a)
+        kind_of[step] = kind
+        return step, blocks
+
+    def timer(fn, warmup, iters):
+        fn()  # the step really runs, forward and backward
+        calls.append((kind_of[fn], launch.PROJ_FWD_MERGED))
+        return fixed[kind_of[fn]]
+
+    monkeypatch.setattr(ab_stack, "make_step", make)
+    x0 = torch.randn(1, 8, 128, dtype=torch.bfloat16, requires_grad=True)
+    dout = torch.randn(1, 8, 128, dtype=torch.bfloat16)
+    variants = list(fixed)
+    run = ab_stack.run_ab(variants, 128, 4, 1, False, x0, dout, rounds=3, iters=1, timer=timer)
+    assert [k for k, _ in calls] == variants + variants[1:] + variants[:1] + variants[2:] + variants[:2]
+    assert all(merged is (kind != "residual_2mma") for kind, merged in calls)  # _2mma held while timed
+    s = run["summary"]
+    assert s["residual"]["ratio_median"] == 1.0 and run["ms"]["residual_2mma"] == [13.0] * 3
+    assert s["mhc_ref"]["ratio_median"] == pytest.approx(1.2) and s["mhc_ref"]["ratio_ci95"] == pytest.approx([1.2, 1.2])
