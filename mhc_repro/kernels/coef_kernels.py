@@ -76,18 +76,16 @@ def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
         else:
             vf = v.to(tl.float32)
             ss += tl.sum(vf * vf, axis=1)
+        po = k[:, None] * M + cols[None, :]
+        pm = km[:, None] & cm[None, :]
         if MERGED:
             p2 = tl.load(phi_ptr + k[:, None] * (2 * MP) + cols2[None, :], mask=km[:, None], other=0.0)
             acc2 += _mma(v, p2, INTERP)
         elif SPLIT:
-            po = k[:, None] * M + cols[None, :]
-            pm = km[:, None] & cm[None, :]
             acc += _mma(v, tl.load(phi_ptr + po, mask=pm, other=0.0), INTERP)
             if LO:
                 acc += _mma(v, tl.load(phi_lo_ptr + po, mask=pm, other=0.0), INTERP)
         else:
-            po = k[:, None] * M + cols[None, :]
-            pm = km[:, None] & cm[None, :]
             acc += tl.dot(v.to(tl.float32), tl.load(phi_ptr + po, mask=pm, other=0.0), input_precision=PREC)
     if MERGED:
         acc = tl.sum(tl.reshape(acc2, (BN, 2, MP)), axis=1)
