@@ -24,7 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mhc import build, kernel_switches, stack_forward, time_cuda  # noqa: E402
+from bench_mhc import build, kernel_switches, stack_forward, stack_inputs, time_cuda  # noqa: E402
 
 # two-sided 95 % Student t quantiles by degrees of freedom (1–10); 2.0 beyond (df 30: 2.04)
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
@@ -109,11 +109,7 @@ def main() -> None:
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=args.commit,
                argv=sys.argv, runs=[])
     for c in args.C:
-        nb = args.blocks if c < 4096 else args.blocks_large
-        g = torch.Generator(device=dev).manual_seed(c)
-        B = args.tokens // args.seq
-        x0 = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
-        dout = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g)
+        nb, x0, dout = stack_inputs(c, args, dev)
         run = run_ab(args.variants, c, args.n, nb, not args.eager, x0, dout, args.rounds, args.iters)
         res["runs"].append(run)
         print(f"\nC = {c}, {nb} blocks, {'eager' if args.eager else 'compiled'}, {args.rounds} rounds x {args.iters} steps")

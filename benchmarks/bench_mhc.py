@@ -154,6 +154,17 @@ def stack_forward(fns, x0, n_streams: int):
     return x if n_streams == 1 else x.sum(2)
 
 
+def stack_inputs(c: int, args, dev) -> tuple:
+    """(blocks in the stack, x0, dout) at width c: bf16 [tokens / seq, seq, c], seeded by c, so every
+    variant and every script (bench_mhc, ab_stack) times the same inputs."""
+    nb = args.blocks if c < 4096 else args.blocks_large
+    g = torch.Generator(device=dev).manual_seed(c)
+    B = args.tokens // args.seq
+    x0 = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
+    dout = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g)
+    return nb, x0, dout
+
+
 def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
     params = list(blocks.parameters())
@@ -254,11 +265,7 @@ def main() -> None:
         res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs, args.precision)
         dump()
     for c in args.C:
-        nb = args.blocks if c < 4096 else args.blocks_large
-        g = torch.Generator(device=dev).manual_seed(c)
-        B = args.tokens // args.seq
-        x0 = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
-        dout = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g)
+        nb, x0, dout = stack_inputs(c, args, dev)
         for mode in args.modes:
             for kind in args.variants:
                 if time.time() - t_start > args.budget_s:
