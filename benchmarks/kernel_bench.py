@@ -81,7 +81,11 @@ SWEEP = {
                   (64, 128, 4, "diag", 4, 2), (64, 128, 4, "diag", 4, 3), (64, 128, 4, "diag", 4, 4),
                   (64, 128, 4, "diag", 4, 6), (64, 128, 4, "diag", 4, 8), (64, 128, 3, "diag", 4, 3),
                   (64, 128, 3, "diag", 4, 4), (32, 128, 4, "diag", 4, 2), (32, 128, 4, "diag", 4, 3),
-                  (64, 64, 4, "diag", 4, 4)],
+                  (64, 64, 4, "diag", 4, 4),
+                  # merged hi|lo operand (default): 4 stages take 128 KB of shared memory, one block
+                  # per SM (kernel_resources.py); fewer stages fit two or three
+                  (64, 128, 3, "diag", 4, 1), (64, 128, 2, "diag", 4, 1), (64, 64, 4, "diag", 4, 1),
+                  (64, 64, 3, "diag", 4, 1)],
     "_PROJ_BWD": [(16, 256, 3, False, 4, False), (16, 256, 3, False, 4, True), (32, 256, 3, False, 4, True),
                   (16, 512, 2, False, 8, True), (16, 256, 4, False, 4, True), (32, 128, 3, False, 4, True),
                   (64, 128, 3, False, 8, True), (16, 128, 4, False, 4, True), (16, 512, 2, False, 8, False)],

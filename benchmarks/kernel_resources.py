@@ -1,0 +1,144 @@
+"""Registers, shared memory and spills of every fused kernel as the launchers would launch it on an
+H200 (sm_90), compiled ahead of time on a machine without a GPU.
+
+Runs the per-kernel table of ``kernel_bench.bench_kernels`` on CPU tensors with every Triton kernel of
+``coef_kernels`` / ``stream_kernels`` replaced by a recorder: each launch's arguments go through
+Triton's own binder (the same specialization, e.g. 16-byte alignment, as a launch on the device), are
+compiled for ``cuda:90`` and the cubin's resource usage is read with ``cuobjdump -res-usage``. Blocks
+per SM are the limits of registers (64 K per SM), shared memory (227 KB) and warps (64) — occupancy,
+which Nsight Compute named the limiter of the backward stream kernels (RESULTS.md run 20) and of the
+forward projection (run 27). Match the device's Triton version (3.6.0) for the device's numbers: at
+commit b1af59e this tool and ncu on the H200 agree on proj_fwd (168 registers, 72 KB shared memory).
+Uses Triton internals (``create_function_from_signature``, ``JITFunction._pack_args``).
+
+    PYTHONPATH=.:/path/to/triton-3.6 python benchmarks/kernel_resources.py --C 2048 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+REGS_PER_SM, SMEM_PER_SM, WARPS_PER_SM, BLOCKS_PER_SM = 65536, 232448, 64, 32
+
+
+class Recorder:
+    """Stands in for a JIT kernel: ``kernel[grid](*args, **kw)`` records the launch instead."""
+
+    def __init__(self, fn, launches: list):
+        self.fn, self.launches = fn, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.launches.append((self.fn, grid, args, kw))
+
+
+def compile_for_sm90(fn, args, kw):
+    """Compile one recorded launch for sm_90 as Triton's launcher would; returns the CompiledKernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    kw = dict(kw, debug=False, instrumentation_mode="")
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, options = binder(*args, **kw)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+def resources(kernel) -> dict:
+    """Registers per thread, spill stack, shared memory of a compiled kernel; blocks per SM."""
+    import triton
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as fh:
+            fh.write(kernel.asm["cubin"])
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    use = dict(re.findall(r"(REG|STACK):(\d+)", out))
+    regs, stack = int(use["REG"]), int(use["STACK"])
+    warps, smem = kernel.metadata.num_warps, kernel.metadata.shared
+    by_regs = REGS_PER_SM // (regs * 32 * warps)
+    by_smem = SMEM_PER_SM // (smem + 1024) if smem else BLOCKS_PER_SM
+    blocks = min(by_regs, by_smem, WARPS_PER_SM // warps, BLOCKS_PER_SM)
+    limit = "registers" if blocks == by_regs else "shared memory" if blocks == by_smem else "warps"
+    return dict(regs=regs, spill_stack=stack, smem_kb=smem / 1024, warps=warps, blocks_per_sm=blocks,
+                occupancy=blocks * warps / WARPS_PER_SM, limit=limit)
+
+
+def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[str, list]]:
+    """(kernel table row, its recorded launches) for every row of kernel_bench.bench_kernels."""
+    import triton.testing
+
+    from mhc_repro.kernels import coef_kernels, launch, stream_kernels
+
+    launches: list = []
+    saved = {}
+    n_sm = launch._n_sm
+    launch._n_sm = lambda device: 132  # the H200's SM count: grids and token splits as on the device
+    for mod in (coef_kernels, stream_kernels):
+        for name, obj in vars(mod).items():
+            if type(obj).__name__ == "JITFunction" and hasattr(obj, "params") and not name.startswith("_"):
+                saved[(mod, name)] = obj
+                setattr(mod, name, Recorder(obj, launches))
+    per_call: list[list] = []
+
+    def one_call(fn, **_):
+        start = len(launches)
+        fn()
+        per_call.append(launches[start:])
+        return 1.0
+
+    bench, comp = triton.testing.do_bench, torch.compile
+    triton.testing.do_bench, torch.compile = one_call, (lambda fn, **kw: fn)
+    try:
+        import kernel_bench
+
+        rows = kernel_bench.bench_kernels(c, n, N, "cpu", 1.0, precision)
+    finally:
+        triton.testing.do_bench, torch.compile = bench, comp
+        launch._n_sm = n_sm
+        for (mod, name), obj in saved.items():
+            setattr(mod, name, obj)
+    return [(r["kernel"], calls) for r, calls in zip(rows, per_call[1:])]  # per_call[0]: the warm-up
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--C", type=int, default=2048)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=1024, help="only its divisibility matters for the compile")
+    ap.add_argument("--precision", default="bf16x2", choices=["bf16x2", "bf16"])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    import triton
+
+    print(f"triton {triton.__version__}, target cuda:90 (H200), C = {args.C}, n = {args.n}")
+    print(f"{'kernel table row':48} {'kernel':22} {'regs':>4} {'spill':>5} {'smem KB':>7} {'warps':>5} "
+          f"{'blk/SM':>6} {'occ.':>5}  limit")
+    out = []
+    for row, calls in record_kernel_table(args.C, args.n, args.tokens, args.precision):
+        for fn, _grid, a, kw in calls:
+            r = dict(row=row.strip(), kernel=fn.__name__, **resources(compile_for_sm90(fn, a, kw)))
+            out.append(r)
+            print(f"{r['row'][:48]:48} {r['kernel'][:22]:22} {r['regs']:4d} {r['spill_stack']:5d} "
+                  f"{r['smem_kb']:7.1f} {r['warps']:5d} {r['blocks_per_sm']:6d} {r['occupancy']:5.1%}  {r['limit']}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(triton=triton.__version__, C=args.C, n=args.n, rows=out), fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""benchmarks/kernel_resources.py: every Triton kernel of the kernel table compiles ahead of time for
+sm_90 on a machine without a GPU, and its resources come back (registers, shared memory, blocks/SM).
+Run in a fresh process: the kernel tests' conftest switches the kernels to the CPU interpreter."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_for_sm90(tmp_path):
+    out = tmp_path / "res.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "kernel_resources.py"), "--C", "256",
+                           "--tokens", "64", "--json", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    kernels = {r["kernel"] for r in rows}
+    assert {"proj_fwd", "coef_fwd", "coef_bwd", "proj_bwd", "pre_fwd", "pre_bwd", "post_res_fwd",
+            "post_res_bwd_mma"} <= kernels
+    for r in rows:
+        assert 0 < r["regs"] <= 255 and 1 <= r["blocks_per_sm"] <= 32, r
+        assert r["blocks_per_sm"] * r["warps"] <= 64 and r["limit"] in ("registers", "shared memory", "warps")
