@@ -24,7 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mhc import build, kernel_switches, stack_forward, stack_inputs, time_cuda  # noqa: E402
+from bench_mhc import kernel_switches, stack_inputs, stack_step, time_cuda  # noqa: E402
 
 # two-sided 95 % Student t quantiles by degrees of freedom (1–10); 2.0 beyond (df 30: 2.04)
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
@@ -41,17 +41,9 @@ def interval(values: list[float]) -> tuple[float, float, float]:
 
 
 def make_step(kind: str, compiled: bool, c: int, n: int, n_blocks: int, x0, dout):
-    """The variant's training step (zero grads, forward, backward) and its blocks (kept alive)."""
+    """The variant's training step and its blocks (kept alive), built under its kernel switches."""
     with kernel_switches(kind):
-        blocks, fns = build(kind.removesuffix("_lazy"), c, n, n_blocks, compiled, x0.device)
-    params = list(blocks.parameters())
-    n_streams = 1 if kind.startswith("residual") else n
-
-    def step():
-        for p in params:
-            p.grad = None
-        stack_forward(fns, x0, n_streams).backward(dout)
-
+        step, _, blocks = stack_step(kind.removesuffix("_lazy"), compiled, c, n, n_blocks, x0, dout)
     return step, blocks
 
 

@@ -165,7 +165,9 @@ def stack_inputs(c: int, args, dev) -> tuple:
     return nb, x0, dout
 
 
-def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
+def stack_step(kind, compiled, c, n, n_blocks, x0, dout):
+    """(step, forward, blocks) of a variant: the timed training step (grads cleared, forward, backward)
+    and its forward alone; the blocks hold the parameters (keep them alive while timing)."""
     blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
     params = list(blocks.parameters())
     n_streams = 1 if kind.startswith("residual") else n
@@ -178,6 +180,12 @@ def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
             p.grad = None
         forward().backward(dout)
 
+    return step, forward, blocks
+
+
+def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
+    step, forward, blocks = stack_step(kind, compiled, c, n, n_blocks, x0, dout)
+    params = list(blocks.parameters())
     t0 = time.time()
     step()  # compile / autotune
     torch.cuda.synchronize()
@@ -201,7 +209,7 @@ def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     # only as peak_abs_gb.
     held = [*params, x0, dout] + ([x0.grad] if x0.grad is not None else [])
     own = sum(t.numel() * t.element_size() for t in held)
-    del blocks, fns, params
+    del blocks, params, step, forward
     if compiled:
         torch._dynamo.reset()
     torch.cuda.empty_cache()

@@ -61,11 +61,11 @@ ALIGNED_TILES = {"fused dphi": dict(_PROJ_BWD=(16, 16, 2, False, 4, False), _PRO
                  "dphi gemm, unaligned": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4))}
 
 
+# "add-copy" runs the same dx pass as "add" (only its output buffer differs): not repeated here.
+@pytest.mark.parametrize("link_mode", ["add", "gather"], indirect=True)
 @pytest.mark.parametrize("tiles", list(ALIGNED_TILES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linked_tile_variants(fused, launch, device, monkeypatch, tiles, dtype, link_mode):
-    if link_mode == "add-copy":
-        pytest.skip("same dx pass as 'add' (only its output buffer differs): covered there")
     for k, v in ALIGNED_TILES[tiles].items():
         monkeypatch.setattr(launch, k, v)
     for N, n, C in [(37, 2, 48), (19, 4, 16)]:
