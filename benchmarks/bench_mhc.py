@@ -8,6 +8,7 @@ defaults: linked sub-layer, "bf16x2" projections), `mhc_fused` (the three ops). 
 "gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` each block under the paper's
 recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"; `_savebc`: "stream-ops" saving
 the first block's copy of the broadcast input, see recompute.COPY_OPS); `_2mma` launch.PROJ_FWD_MERGED off;
+`_bwdm` launch.PROJ_BWD_MERGED on;
 `_lazy` H_resᵀg left to Inductor. Then every fused kernel alone, its achieved GB/s against a
 device-to-device copy measured in the same run.
 
@@ -122,7 +123,8 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     (fused.LAZY_RES_DX, only under compile); *_gather the linked pair with LINK_MODE "gather";
     *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off); *_savebc (with _rcops): the
     stream-ops policy without its broadcast-copy rule (recompute.COPY_OPS empty), its A/B; *_2mma the
-    bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]."""
+    bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]; *_bwdm the
+    bf16x2 dx pass as one MMA on dm's joined hi|lo parts (launch.PROJ_BWD_MERGED on)."""
     from mhc_repro.kernels import fused, launch, linked
     from mhc_repro.residual import recompute
 
@@ -138,7 +140,28 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
         stack.enter_context(patched(recompute, COPY_OPS=frozenset()))
     if "_2mma" in kind:
         stack.enter_context(patched(launch, PROJ_FWD_MERGED=False))
+    if "_bwdm" in kind:
+        stack.enter_context(patched(launch, PROJ_BWD_MERGED=True))
     return stack
+
+
+def launch_settings(pairs) -> dict:
+    """Apply ``NAME=VALUE`` pairs (Python literals) to mhc_repro.kernels.launch; returns them."""
+    import ast
+
+    from mhc_repro.kernels import launch
+
+    values = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not hasattr(launch, name):
+            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a constant of mhc_repro.kernels.launch")
+        try:
+            values[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--set {pair!r}: VALUE must be a Python literal (True, 3, (64, 128, 256, 3, 4))")
+        setattr(launch, name, values[name])
+    return values
 
 
 def stack_forward(fns, x0, n_streams: int):
@@ -238,11 +261,14 @@ def main() -> None:
     ap.add_argument("--no-kernels", action="store_true", help="skip the per-kernel GB/s table")
     ap.add_argument("--precision", default="bf16x2", choices=["bf16x2", "bf16"],
                     help="projection operands of variant mhc_fused (mhc_fused_bf16 is always bf16)")
+    ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
+                    help="set mhc_repro.kernels.launch constants first (Python literals), e.g. PROJ_BWD_MERGED=True")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
     PRECISION[0] = args.precision
+    launch_settings(args.set)
     t_start = time.time()
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                triton=__import__("triton").__version__, commit=args.commit, argv=sys.argv, stack=[], kernels=[])
