@@ -8,7 +8,6 @@ defaults: linked sub-layer, "bf16x2" projections), `mhc_fused` (the three ops). 
 "gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` each block under the paper's
 recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"; `_savebc`: "stream-ops" saving
 the first block's copy of the broadcast input, see recompute.COPY_OPS); `_2mma` launch.PROJ_FWD_MERGED off;
-`_bwdm` launch.PROJ_BWD_MERGED on;
 `_lazy` H_resᵀg left to Inductor. Then every fused kernel alone, its achieved GB/s against a
 device-to-device copy measured in the same run.
 
@@ -123,8 +122,7 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     (fused.LAZY_RES_DX, only under compile); *_gather the linked pair with LINK_MODE "gather";
     *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off); *_savebc (with _rcops): the
     stream-ops policy without its broadcast-copy rule (recompute.COPY_OPS empty), its A/B; *_2mma the
-    bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]; *_bwdm the
-    bf16x2 dx pass as one MMA on dm's joined hi|lo parts (launch.PROJ_BWD_MERGED on)."""
+    bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]."""
     from mhc_repro.kernels import fused, launch, linked
     from mhc_repro.residual import recompute
 
@@ -140,8 +138,6 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
         stack.enter_context(patched(recompute, COPY_OPS=frozenset()))
     if "_2mma" in kind:
         stack.enter_context(patched(launch, PROJ_FWD_MERGED=False))
-    if "_bwdm" in kind:
-        stack.enter_context(patched(launch, PROJ_BWD_MERGED=True))
     return stack
 
 
@@ -262,7 +258,7 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16x2", choices=["bf16x2", "bf16"],
                     help="projection operands of variant mhc_fused (mhc_fused_bf16 is always bf16)")
     ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
-                    help="set mhc_repro.kernels.launch constants first (Python literals), e.g. PROJ_BWD_MERGED=True")
+                    help="set mhc_repro.kernels.launch constants first (Python literals), e.g. PROJ_FWD_MERGED=False")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

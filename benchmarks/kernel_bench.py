@@ -99,7 +99,6 @@ SWEEP = {
              ("mma", 16, 64, 4, 4), ("mma", 32, 64, 4, 4), ("mma", 16, 32, 1, 4), ("mma", 16, 128, 2, 4)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
     "PROJ_FWD_MERGED": [False, True],
-    "PROJ_BWD_MERGED": [False, True],  # 254 -> 213 registers in the linked dx pass (kernel_resources.py)
 }
 
 
@@ -122,9 +121,6 @@ def sweep_configs(c, n, N, device, precision, only=()):
     ops = {
         "_PROJ_FWD": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "PROJ_FWD_MERGED": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
-        "PROJ_BWD_MERGED": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
-                                    + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
-                                                            link=(g, hr, hq, f), link_mode="add")),
         "_PROJ_BWD": lambda: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
         # both users of these tiles: the three-op dx pass and the linked pair's ("add") pass
         "_PROJ_BWD_GEMM": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)

@@ -217,7 +217,7 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
              SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr,
              TRANS: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, DPHI: tl.constexpr,
-             ALIGNED: tl.constexpr, MERGED: tl.constexpr):
+             ALIGNED: tl.constexpr):
     # LINK (the linked sub-layer, kernels.linked): dx also gets the other two stream-gradient parts,
     # so the whole stream gradient is written once. Column k of the flat stream is stream k // C,
     # channel k % C. LINK=1 ("gather"): + H_resᵀ g + h_pre ⊗ d_in (g: the gradient of the sub-layer's
@@ -236,12 +236,8 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
     cm = cols < M
     po = k[:, None] * M + cols[None, :]
     pm = km[:, None] & cm[None, :]
-    if MERGED:  # phi_ptr: [K, 4·MP], per column j the rows (φ_hi, φ_lo, φ_hi, 0) of the joined dm operand
-        c4 = tl.arange(0, 4 * MP)
-        pt4 = tl.trans(tl.load(phi_ptr + k[:, None] * (4 * MP) + c4[None, :], mask=km[:, None], other=0.0))
-    else:
-        pt = tl.trans(tl.load(phi_ptr + po, mask=pm, other=0.0))  # [MP, BK]
-    if SPLIT and LO and not MERGED:
+    pt = tl.trans(tl.load(phi_ptr + po, mask=pm, other=0.0))  # [MP, BK]
+    if SPLIT and LO:
         pt_lo = tl.trans(tl.load(phi_lo_ptr + po, mask=pm, other=0.0))
     if TRANS:
         acc = tl.zeros((MP, BK), dtype=tl.float32)
@@ -261,11 +257,9 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
             # bf16 MMAs with hi/lo splits of the fp32 operands (dm, φ): ~16-bit-mantissa products.
             dm_hi = dm.to(tl.bfloat16)
             dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
-            if MERGED:  # one MMA: dm as columns 4j + (hi, hi, lo, 0) against φ rows 4j + (hi, lo, hi, 0)
-                a4 = tl.join(tl.join(dm_hi, dm_lo), tl.join(dm_hi, tl.zeros_like(dm_hi)))
-                dv = _mma(tl.reshape(a4, (BN, 4 * MP)), pt4, INTERP)
-            else:
-                dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
+            # (dm's hi|lo joined into one MMA against (φ_hi, φ_lo, φ_hi, 0) rows: 254 -> 213 registers
+            # but 2x slower on the H200, run 30; removed after 09452cf)
+            dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
             if DPHI and TRANS:
                 acc += _mma(tl.trans(dm_hi), v, INTERP) + _mma(tl.trans(dm_lo), v, INTERP)
             elif DPHI:

@@ -36,8 +36,6 @@ _PROJ_FWD = (64, 128, 4, "diag", 4, 1)  # run 9 sweep: 153 vs 187 µs (bf16x2), 
 # bf16x2 forward: φ's hi and lo parts as one operand of twice the width (one MMA per K tile, not two;
 # the stream tile leaves shared memory once for both). Run 29 (C = 2048): 128 vs 153 µs, same products.
 PROJ_FWD_MERGED = True
-# bf16x2 dx pass (the dφ-GEMM split): dm's hi/lo parts joined into one operand, one MMA instead of three.
-PROJ_BWD_MERGED = False
 _PROJ_BWD = (16, 256, 3, False, 4, False)
 # Projection backward split in two: None = dφ partials reduced inside the dx kernel (_PROJ_BWD);
 # (BN, BK, tokens per program, stages, warps) = a dx-only streaming kernel plus dφ = vᵀ·dm as one
@@ -169,10 +167,6 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     M = dm.shape[1]
     p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
     gemm = _PROJ_BWD_GEMM is not None and _p2(M, 16) <= 32
-    merged = bool(PROJ_BWD_MERGED and lo and gemm)
-    if merged:  # [K, MP, 4]: per column j (φ_hi, φ_lo, φ_hi, 0), matching the kernel's joined dm operand
-        z = torch.zeros_like(p_hi)
-        p_hi = F.pad(torch.stack([p_hi, p_lo, p_hi, z], 2), (0, 0, 0, _p2(M, 16) - M)).reshape(K, -1).contiguous()
     if gemm:  # dx-only kernel; dφ below as one GEMM
         bn, bk, tok, stages, warps = _PROJ_BWD_GEMM
         bk, reload, trans = min(bk, _p2(K, 16)), False, False
@@ -199,7 +193,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
         x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
         MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
         TRANS=trans, LINK=0 if link is None else LINK_MODES.index(link_mode) + 1, n=n, DPHI=not gemm,
-        ALIGNED=C % bk == 0, MERGED=merged, num_stages=stages, num_warps=warps)
+        ALIGNED=C % bk == 0, num_stages=stages, num_warps=warps)
     return dx, (_dphi_gemm(x, dm, precision) if gemm else part.sum(0))
 
 

@@ -20,7 +20,7 @@ def test_variant_switches_patch_and_restore(fused, launch):
     from mhc_repro.residual import recompute
 
     before = (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
-              launch.PROJ_FWD_MERGED, launch.PROJ_BWD_MERGED)
+              launch.PROJ_FWD_MERGED)
     with bench_mhc.kernel_switches("mhc_fused_lazy"):
         assert launch._PRB == bench_mhc.LAZY_PRB[0] and fused.LAZY_RES_DX
     with bench_mhc.kernel_switches("mhc_fused_bf16_linked_gather"):
@@ -31,21 +31,19 @@ def test_variant_switches_patch_and_restore(fused, launch):
         assert recompute.COPY_OPS == frozenset() and linked.ADD_IN_PLACE
     with bench_mhc.kernel_switches("mhc_fused_linked_2mma"):
         assert launch.PROJ_FWD_MERGED is False
-    with bench_mhc.kernel_switches("mhc_fused_linked_bwdm"):
-        assert launch.PROJ_BWD_MERGED is True and launch.PROJ_FWD_MERGED
     assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
-            launch.PROJ_FWD_MERGED, launch.PROJ_BWD_MERGED) == before
+            launch.PROJ_FWD_MERGED) == before
     assert recompute.COPY_OPS  # the broadcast-copy rule is on by default
 
 
 def test_launch_settings_sets_constants_and_rejects_bad_pairs(launch, monkeypatch):
     import pytest
 
-    monkeypatch.setattr(launch, "PROJ_BWD_MERGED", launch.PROJ_BWD_MERGED)
+    monkeypatch.setattr(launch, "PROJ_FWD_MERGED", launch.PROJ_FWD_MERGED)
     monkeypatch.setattr(launch, "_PROJ_BWD_GEMM", launch._PROJ_BWD_GEMM)
-    got = bench_mhc.launch_settings(["PROJ_BWD_MERGED=True", "_PROJ_BWD_GEMM=(32, 256, 256, 3, 4)"])
-    assert got == {"PROJ_BWD_MERGED": True, "_PROJ_BWD_GEMM": (32, 256, 256, 3, 4)}
-    assert launch.PROJ_BWD_MERGED is True and launch._PROJ_BWD_GEMM == (32, 256, 256, 3, 4)
-    for bad in ["NOT_A_CONSTANT=1", "PROJ_BWD_MERGED", "PROJ_BWD_MERGED=maybe"]:
+    got = bench_mhc.launch_settings(["PROJ_FWD_MERGED=False", "_PROJ_BWD_GEMM=(32, 256, 256, 3, 4)"])
+    assert got == {"PROJ_FWD_MERGED": False, "_PROJ_BWD_GEMM": (32, 256, 256, 3, 4)}
+    assert launch.PROJ_FWD_MERGED is False and launch._PROJ_BWD_GEMM == (32, 256, 256, 3, 4)
+    for bad in ["NOT_A_CONSTANT=1", "PROJ_FWD_MERGED", "PROJ_FWD_MERGED=maybe"]:
         with pytest.raises(SystemExit, match="--set"):
             bench_mhc.launch_settings([bad])
