@@ -24,7 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mhc import kernel_switches, stack_inputs, stack_step, time_cuda  # noqa: E402
+from bench_mhc import kernel_switches, launch_settings, stack_inputs, stack_step, time_cuda  # noqa: E402
 
 # two-sided 95 % Student t quantiles by degrees of freedom (1–10); 2.0 beyond (df 30: 2.04)
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
@@ -89,9 +89,12 @@ def main() -> None:
     ap.add_argument("--eager", action="store_true", help="time eager blocks (default: torch.compile)")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--iters", type=int, default=5, help="steps per variant per round (median taken)")
+    ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
+                    help="set mhc_repro.kernels.launch constants for every variant (Python literals)")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    launch_settings(args.set)
     if args.rounds < 2:
         ap.error(f"--rounds {args.rounds} is too few; the interval needs at least 2")
     # every variant's compiled blocks stay alive at once: room for all their graphs
