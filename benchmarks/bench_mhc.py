@@ -7,7 +7,7 @@ defaults: linked sub-layer, "bf16x2" projections), `mhc_fused` (the three ops). 
 `_bf16` "bf16" projections; `_linked` the linked pair (kernels/linked.py; `_gather` LINK_MODE
 "gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` each block under the paper's
 recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"; `_savebc`: "stream-ops" saving
-the first block's copy of the broadcast input, see recompute.COPY_OPS); `_2mma` launch.PROJ_FWD_MERGED off; `_fma` launch.PROJ_BWD_FMA on;
+the first block's copy of the broadcast input, see recompute.COPY_OPS); `_2mma` launch.PROJ_FWD_MERGED off;
 `_lazy` H_resᵀg left to Inductor. Then every fused kernel alone, its achieved GB/s against a
 device-to-device copy measured in the same run.
 
@@ -122,7 +122,7 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     (fused.LAZY_RES_DX, only under compile); *_gather the linked pair with LINK_MODE "gather";
     *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off); *_savebc (with _rcops): the
     stream-ops policy without its broadcast-copy rule (recompute.COPY_OPS empty), its A/B; *_2mma the
-    bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]; *_fma the dx pass's dm·φᵀ on the CUDA cores (launch.PROJ_BWD_FMA)."""
+    bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]."""
     from mhc_repro.kernels import fused, launch, linked
     from mhc_repro.residual import recompute
 
@@ -138,8 +138,6 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
         stack.enter_context(patched(recompute, COPY_OPS=frozenset()))
     if "_2mma" in kind:
         stack.enter_context(patched(launch, PROJ_FWD_MERGED=False))
-    if "_fma" in kind:
-        stack.enter_context(patched(launch, PROJ_BWD_FMA=True))
     return stack
 
 

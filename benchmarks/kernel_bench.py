@@ -92,17 +92,13 @@ SWEEP = {
     "_PROJ_BWD_GEMM": [None, (32, 256, 256, 3, 4), (64, 128, 256, 3, 4), (16, 256, 256, 3, 4),
                        (32, 256, 1024, 3, 4), (64, 256, 512, 3, 8), (128, 128, 512, 3, 8), (32, 128, 512, 3, 4),
                        (64, 64, 64, 1, 4), (64, 128, 256, 4, 4), (64, 128, 256, 5, 4), (32, 256, 1024, 4, 4),
-                       (32, 128, 512, 5, 4), (64, 128, 512, 4, 8),
-                       # for PROJ_BWD_FMA (no MMA operands in registers: room for wider tiles / more warps)
-                       (64, 128, 256, 3, 8), (64, 256, 256, 3, 8), (32, 256, 256, 3, 8), (128, 128, 256, 3, 8),
-                       (64, 64, 256, 3, 4), (32, 512, 512, 3, 8)],
+                       (32, 128, 512, 5, 4), (64, 128, 512, 4, 8)],
     "_PRB": [("split", 2, 128, 2, 3), ("loop", 4, 128, 4, 3), ("mma", 16, 128, 4, 3), ("mma", 16, 256, 4, 3),
              ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
              ("mma", 16, 64, 4, 4), ("mma", 32, 64, 4, 4), ("mma", 16, 32, 1, 4), ("mma", 16, 128, 2, 4)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
     "PROJ_FWD_MERGED": [False, True],
-    "PROJ_BWD_FMA": [False, True],  # dx pass: dm·φᵀ on the CUDA cores instead of bf16 MMAs
 }
 
 
@@ -125,9 +121,6 @@ def sweep_configs(c, n, N, device, precision, only=()):
     ops = {
         "_PROJ_FWD": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "PROJ_FWD_MERGED": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
-        "PROJ_BWD_FMA": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
-                                 + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
-                                                         link=(g, hr, hq, f), link_mode="add")),
         "_PROJ_BWD": lambda: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
         # both users of these tiles: the three-op dx pass and the linked pair's ("add") pass
         "_PROJ_BWD_GEMM": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)

@@ -217,9 +217,7 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
              SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr,
              TRANS: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, DPHI: tl.constexpr,
-             ALIGNED: tl.constexpr, FMA: tl.constexpr = 0):
-    # FMA = M > 0 (dx only, DPHI=False): dm·φᵀ as M fp32 outer products on the CUDA cores, phi_ptr
-    # holding φᵀ [M, K] in fp32: no MMA operand staging through shared memory and full fp32 products.
+             ALIGNED: tl.constexpr):
     # LINK (the linked sub-layer, kernels.linked): dx also gets the other two stream-gradient parts,
     # so the whole stream gradient is written once. Column k of the flat stream is stream k // C,
     # channel k % C. LINK=1 ("gather"): + H_resᵀ g + h_pre ⊗ d_in (g: the gradient of the sub-layer's
@@ -238,9 +236,8 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
     cm = cols < M
     po = k[:, None] * M + cols[None, :]
     pm = km[:, None] & cm[None, :]
-    if not FMA:
-        pt = tl.trans(tl.load(phi_ptr + po, mask=pm, other=0.0))  # [MP, BK]
-    if SPLIT and LO and not FMA:
+    pt = tl.trans(tl.load(phi_ptr + po, mask=pm, other=0.0))  # [MP, BK]
+    if SPLIT and LO:
         pt_lo = tl.trans(tl.load(phi_lo_ptr + po, mask=pm, other=0.0))
     if TRANS:
         acc = tl.zeros((MP, BK), dtype=tl.float32)
@@ -254,20 +251,15 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
         xo = t[:, None].to(tl.int64) * K + k[None, :]
         xm = tm[:, None] & km[None, :]
         v = tl.load(x_ptr + xo, mask=xm, other=0.0)
-        if not FMA:
-            dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
+        dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
         c = tl.load(c_ptr + t, mask=tm, other=0.0)
-        if FMA:
-            dv = tl.zeros((BN, BK), dtype=tl.float32)
-            for j in tl.static_range(FMA):
-                dmj = tl.load(dm_ptr + t * M + j, mask=tm, other=0.0)
-                dv += dmj[:, None] * tl.load(phi_ptr + j * K + k, mask=km, other=0.0)[None, :]
-        elif SPLIT and LO:
+        if SPLIT and LO:
             # bf16 MMAs with hi/lo splits of the fp32 operands (dm, φ): ~16-bit-mantissa products.
             dm_hi = dm.to(tl.bfloat16)
             dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
-            # (dm's hi|lo joined into one MMA against (φ_hi, φ_lo, φ_hi, 0) rows: 254 -> 213 registers
-            # but 2x slower on the H200, run 30; removed after 09452cf)
+            # Measured slower and removed: dm's hi|lo joined into one MMA against (φ_hi, φ_lo, φ_hi, 0)
+            # rows (254 -> 213 registers, 2x slower, run 30, code at 09452cf); dm·φᵀ as fp32 outer
+            # products on the CUDA cores (3.8x slower, run 31, code at dfb3216).
             dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
             if DPHI and TRANS:
                 acc += _mma(tl.trans(dm_hi), v, INTERP) + _mma(tl.trans(dm_lo), v, INTERP)

@@ -36,9 +36,6 @@ _PROJ_FWD = (64, 128, 4, "diag", 4, 1)  # run 9 sweep: 153 vs 187 µs (bf16x2), 
 # bf16x2 forward: φ's hi and lo parts as one operand of twice the width (one MMA per K tile, not two;
 # the stream tile leaves shared memory once for both). Run 29 (C = 2048): 128 vs 153 µs, same products.
 PROJ_FWD_MERGED = True
-# dx pass (the dφ-GEMM split) without tensor cores: dm·φᵀ as M fp32 outer products (K = M = n² + 2n
-# is too thin for MMAs to pay for their operand staging; full fp32 products, any precision).
-PROJ_BWD_FMA = False
 _PROJ_BWD = (16, 256, 3, False, 4, False)
 # Projection backward split in two: None = dφ partials reduced inside the dx kernel (_PROJ_BWD);
 # (BN, BK, tokens per program, stages, warps) = a dx-only streaming kernel plus dφ = vᵀ·dm as one
@@ -181,9 +178,6 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
         splits = max(1, min(triton.cdiv(N, bn), triton.cdiv(4 * _n_sm(x.device), triton.cdiv(K, bk))))
         tok = triton.cdiv(triton.cdiv(N, splits), bn) * bn
         splits = max(1, triton.cdiv(N, tok))
-    fma = M if gemm and PROJ_BWD_FMA else 0
-    if fma:
-        p_hi = phi.float().t().contiguous()  # φᵀ [M, K], fp32
     n_kb = triton.cdiv(K, bk)
     part = dm if gemm else torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)  # dm: unused (DPHI=False)
     dx = torch.empty_like(x) if out is None else out
@@ -199,7 +193,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
         x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
         MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
         TRANS=trans, LINK=0 if link is None else LINK_MODES.index(link_mode) + 1, n=n, DPHI=not gemm,
-        ALIGNED=C % bk == 0, FMA=fma, num_stages=stages, num_warps=warps)
+        ALIGNED=C % bk == 0, num_stages=stages, num_warps=warps)
     return dx, (_dphi_gemm(x, dm, precision) if gemm else part.sum(0))
 
 

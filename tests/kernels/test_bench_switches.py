@@ -20,7 +20,7 @@ def test_variant_switches_patch_and_restore(fused, launch):
     from mhc_repro.residual import recompute
 
     before = (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
-              launch.PROJ_FWD_MERGED, launch.PROJ_BWD_FMA)
+              launch.PROJ_FWD_MERGED)
     with bench_mhc.kernel_switches("mhc_fused_lazy"):
         assert launch._PRB == bench_mhc.LAZY_PRB[0] and fused.LAZY_RES_DX
     with bench_mhc.kernel_switches("mhc_fused_bf16_linked_gather"):
@@ -31,10 +31,8 @@ def test_variant_switches_patch_and_restore(fused, launch):
         assert recompute.COPY_OPS == frozenset() and linked.ADD_IN_PLACE
     with bench_mhc.kernel_switches("mhc_fused_linked_2mma"):
         assert launch.PROJ_FWD_MERGED is False
-    with bench_mhc.kernel_switches("mhc_fused_linked_fma_rcops"):
-        assert launch.PROJ_BWD_FMA is True and launch.PROJ_FWD_MERGED
     assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
-            launch.PROJ_FWD_MERGED, launch.PROJ_BWD_FMA) == before
+            launch.PROJ_FWD_MERGED) == before
     assert recompute.COPY_OPS  # the broadcast-copy rule is on by default
 
 
