@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_mhc import kernel_switches, launch_settings, stack_inputs, stack_step, time_cuda  # noqa: E402
+from kernel_bench import machine_probe  # noqa: E402
 
 # two-sided 95 % Student t quantiles by degrees of freedom (1–10); 2.0 beyond (df 30: 2.04)
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
@@ -48,7 +49,7 @@ def make_step(kind: str, compiled: bool, c: int, n: int, n_blocks: int, x0, dout
 
 
 def run_ab(variants: list[str], c: int, n: int, n_blocks: int, compiled: bool, x0, dout, rounds: int,
-           iters: int, timer=time_cuda) -> dict:
+           iters: int, timer=time_cuda, probe=None) -> dict:
     """Per-round step times (ms) of every variant, rotated order; see the module docstring."""
     steps = {}
     for kind in variants:
@@ -58,12 +59,15 @@ def run_ab(variants: list[str], c: int, n: int, n_blocks: int, compiled: bool, x
             step()  # compile / autotune
         steps[kind] = (step, blocks, time.time() - t0)
     ms = {kind: [] for kind in variants}
+    probes = []  # compute speed after every round: a clock slowdown shows here, not in the ratios alone
     for r in range(rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for kind in order:
             with kernel_switches(kind):  # launch-time switches (e.g. _2mma) must hold while it runs
                 ms[kind].append(timer(steps[kind][0], 1, iters))
-    return dict(C=c, blocks=n_blocks, compiled=compiled, rounds=rounds, iters=iters, ms=ms,
+        if probe is not None:
+            probes.append(probe())
+    return dict(C=c, blocks=n_blocks, compiled=compiled, rounds=rounds, iters=iters, ms=ms, probes=probes,
                 first_step_s={k: v[2] for k, v in steps.items()}, summary=summarize(ms, variants[0]))
 
 
@@ -105,9 +109,12 @@ def main() -> None:
                argv=sys.argv, runs=[])
     for c in args.C:
         nb, x0, dout = stack_inputs(c, args, dev)
-        run = run_ab(args.variants, c, args.n, nb, not args.eager, x0, dout, args.rounds, args.iters)
+        run = run_ab(args.variants, c, args.n, nb, not args.eager, x0, dout, args.rounds, args.iters,
+                     probe=lambda: machine_probe(dev))
         res["runs"].append(run)
-        print(f"\nC = {c}, {nb} blocks, {'eager' if args.eager else 'compiled'}, {args.rounds} rounds x {args.iters} steps")
+        tf = [p["gemm_tflops"] for p in run["probes"]]
+        print(f"\nC = {c}, {nb} blocks, {'eager' if args.eager else 'compiled'}, {args.rounds} rounds x {args.iters} steps;"
+              f" bf16 GEMM {min(tf):.0f}–{max(tf):.0f} TFLOP/s over the rounds")
         for kind, s in run["summary"].items():
             lo, hi = s["ratio_ci95"]
             print(f"  {kind:34} {s['ms_median']:8.2f} ms  x {s['ratio_median']:.4f}  (95 %: {lo:.4f}–{hi:.4f})")

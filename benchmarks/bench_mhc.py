@@ -31,7 +31,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernel_bench import SWEEP, bench_kernels, copy_bandwidth, sweep_configs  # noqa: E402,F401
+from kernel_bench import SWEEP, bench_kernels, copy_bandwidth, machine_probe, sweep_configs  # noqa: E402,F401
 from llama_blocks import Attention, Block, RMSNorm, SwiGLU  # noqa: E402,F401
 
 from mhc_repro.kernels import get_mhc_ops  # noqa: E402
@@ -271,6 +271,8 @@ def main() -> None:
     res["hyper_connections"] = _hc_pkg_version() or "not importable: skipped"
     res["copy_gb_s"] = copy_gbs = copy_bandwidth(dev)
     print(f"copy bandwidth (read+write): {copy_gbs:.0f} GB/s", flush=True)
+    res["probe_start"] = machine_probe(dev)
+    print("probe (bf16 GEMM TFLOP/s, GPU state):", res["probe_start"], flush=True)
 
     def dump():
         if args.out:
@@ -283,6 +285,8 @@ def main() -> None:
 
         rows, best = sweep_configs(args.C[0], args.n, args.tokens, dev, args.precision, args.sweep_only)
         res["sweep"] = rows
+        res["probe_after_sweep"] = machine_probe(dev)
+        print("probe after the sweep:", res["probe_after_sweep"], flush=True)
         for r in rows:
             print(json.dumps(r), flush=True)
         for name, (_, cand) in best.items():
@@ -309,6 +313,7 @@ def main() -> None:
                 res["stack"].append(r)
                 print(json.dumps(r), flush=True)
                 dump()
+    res["probe_end"] = machine_probe(dev)
     res["wall_s"] = time.time() - t_start
     dump()
     print_tables(res)
@@ -317,6 +322,9 @@ def main() -> None:
 def print_tables(res) -> None:
     print(f"\n{res['device']} | torch {res['torch']} | triton {res['triton']} | commit {res['commit']}")
     print(f"copy {res['copy_gb_s']:.0f} GB/s; hyper-connections: {res['hyper_connections']}")
+    if "probe_end" in res:  # runs before 32 have no probe
+        print(f"bf16 GEMM {res['probe_start']['gemm_tflops']:.0f} TFLOP/s at the start, "
+              f"{res['probe_end']['gemm_tflops']:.0f} at the end (a drop means slowed clocks: compute-bound rows slow too)")
     print(f"{'C':>5} {'blk':>3} {'mode':9} {'variant':10} {'ms/step':>8} {'x resid':>8} {'peak GB':>8} {'x peak':>7} {'fwd pk':>7}")
     base = {(r["C"], r["mode"]): r for r in res["stack"] if r["variant"] == "residual" and "ms" in r}
     for r in res["stack"]:
