@@ -8,7 +8,9 @@ defaults: linked sub-layer, "bf16x2" projections), `mhc_fused` (the three ops). 
 "gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` each block under the paper's
 recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"; `_savebc`: "stream-ops" saving
 the first block's copy of the broadcast input, see recompute.COPY_OPS); `_2mma` launch.PROJ_FWD_MERGED off;
-`_lazy` H_resᵀg left to Inductor. Then every fused kernel alone, its achieved GB/s against a
+`_lazy` H_resᵀg left to Inductor; `_cg` blocks compiled with CUDA graphs ("reduce-overhead"; compare
+with `residual_cg`). Each stack row also gives the host's time per step (`host_ms`) beside the time to
+completion (`queued_ms`). Then every fused kernel alone, its achieved GB/s against a
 device-to-device copy measured in the same run.
 
     PYTHONPATH=. python benchmarks/bench_mhc.py --C 2048 2560 4096 --tokens 16384 --out reports/kernels/bench.json
@@ -77,7 +79,10 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
         for b in blocks:
             mode = "stream-ops" if kind.endswith("_rcops") else "stream"
             b.forward = lambda *a, f=b.forward, mode=mode: checkpoint_block(f, *a, mode=mode)
-    fns = [torch.compile(b, dynamic=False) if compiled else b for b in blocks]
+    # *_cg: CUDA graphs (Inductor's "reduce-overhead"), which take the host's launch work (the kernels'
+    # Python launchers included) off the step; compare with residual_cg for like with like.
+    opts = dict(dynamic=False, mode="reduce-overhead") if "_cg" in kind else dict(dynamic=False)
+    fns = [torch.compile(b, **opts) if compiled else b for b in blocks]
     return blocks, fns
 
 
@@ -95,6 +100,19 @@ def time_cuda(fn, warmup: int, iters: int) -> float:
         ts.append(s.elapsed_time(e))
     ts.sort()
     return ts[len(ts) // 2]
+
+
+def host_time(fn, iters: int) -> tuple[float, float]:
+    """(host ms, ms to completion) per call over ``iters`` back-to-back calls. Host time close to the
+    total means the host, not the GPU, sets the pace (the launch queue never fills)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    return 1e3 * (t1 - t0) / iters, 1e3 * (t2 - t0) / iters
 
 
 def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
@@ -210,6 +228,7 @@ def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     torch.cuda.synchronize()
     first = time.time() - t0
     ms = time_cuda(step, args.warmup, args.iters)
+    host_ms, queued_ms = host_time(step, args.iters)
     for p in params:
         p.grad = None
     torch.cuda.synchronize()
@@ -234,7 +253,8 @@ def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     torch.cuda.empty_cache()
     gb = 2**30
     return dict(ms=ms, peak_gb=(own + peak - base) / gb, fwd_peak_gb=(own + fwd_peak - base) / gb,
-                act_gb=(peak - base) / gb, peak_abs_gb=peak / gb, first_step_s=first)
+                act_gb=(peak - base) / gb, peak_abs_gb=peak / gb, first_step_s=first, host_ms=host_ms,
+                queued_ms=queued_ms)
 
 
 def main() -> None:
@@ -325,21 +345,25 @@ def print_tables(res) -> None:
     if "probe_end" in res:  # runs before 32 have no probe
         print(f"bf16 GEMM {res['probe_start']['gemm_tflops']:.0f} TFLOP/s at the start, "
               f"{res['probe_end']['gemm_tflops']:.0f} at the end (a drop means slowed clocks: compute-bound rows slow too)")
-    print(f"{'C':>5} {'blk':>3} {'mode':9} {'variant':10} {'ms/step':>8} {'x resid':>8} {'peak GB':>8} {'x peak':>7} {'fwd pk':>7}")
-    base = {(r["C"], r["mode"]): r for r in res["stack"] if r["variant"] == "residual" and "ms" in r}
+    print(f"{'C':>5} {'blk':>3} {'mode':9} {'variant':10} {'ms/step':>8} {'x resid':>8} {'peak GB':>8} {'x peak':>7} "
+          f"{'fwd pk':>7} {'host ms':>8}")
+    # *_cg rows against residual_cg (CUDA graphs on both sides), the rest against residual
+    base = {(r["C"], r["mode"], "_cg" in r["variant"]): r for r in res["stack"]
+            if r["variant"] in ("residual", "residual_cg") and "ms" in r}
     for r in res["stack"]:
         if "ms" not in r:
             print(f"{r['C']:>5} {r['blocks']:>3} {r['mode']:9} {r['variant']:10} {r['error']}")
             continue
-        b = base.get((r["C"], r["mode"]))
+        b = base.get((r["C"], r["mode"], "_cg" in r["variant"]))
         rt = f"{r['ms'] / b['ms']:.3f}" if b else "-"
         rp = f"{r['peak_gb'] / b['peak_gb']:.3f}" if b else "-"
         fp = r.get("fwd_peak_gb", float("nan"))
         print(f"{r['C']:>5} {r['blocks']:>3} {r['mode']:9} {r['variant']:10} {r['ms']:8.2f} {rt:>8} "
-              f"{r['peak_gb']:8.2f} {rp:>7} {fp:7.2f}")
-    print(f"\n{'C':>5} {'kernel':44} {'us':>8} {'GB/s':>7} {'of copy':>7}")
+              f"{r['peak_gb']:8.2f} {rp:>7} {fp:7.2f} {r.get('host_ms', float('nan')):8.2f}")
+    print(f"\n{'C':>5} {'kernel':44} {'us':>8} {'GB/s':>7} {'of copy':>7} {'launched us':>11}")
     for k in res["kernels"]:
-        print(f"{k['C']:>5} {k['kernel']:44} {1000 * k['ms']:8.1f} {k['gb_s']:7.0f} {100 * k['frac_copy']:6.1f}%")
+        print(f"{k['C']:>5} {k['kernel']:44} {1000 * k['ms']:8.1f} {k['gb_s']:7.0f} {100 * k['frac_copy']:6.1f}% "
+              f"{1000 * k.get('ms_launched', float('nan')):11.1f}")
 
 
 if __name__ == "__main__":

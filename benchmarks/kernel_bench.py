@@ -65,10 +65,24 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     # the first row 20-80 % slow).
     do_bench(next(iter(cases.values()))[0], warmup=200, rep=500)
     for name, (fn, nbytes) in cases.items():
-        ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
+        ms, ms_launch = gpu_time(fn), do_bench(fn, warmup=25, rep=100, return_mode="median")
         gbs = nbytes / ms / 1e6
-        rows.append(dict(C=c, kernel=name, ms=ms, gb_s=gbs, frac_copy=gbs / copy_gbs))
+        rows.append(dict(C=c, kernel=name, ms=ms, ms_launched=ms_launch, gb_s=gbs, frac_copy=gbs / copy_gbs))
     return rows
+
+
+def gpu_time(fn) -> float:
+    """ms per call of fn replayed from a CUDA graph: the device time alone. Timed by plain launches
+    (do_bench), a kernel whose Python launcher (φ splits, dm parts, tile choice) takes longer than the
+    kernel itself reads the host's time instead, and that varies with the machine's load (run 32:
+    coef_fwd 46 µs vs 9, the dφ GEMM 181 vs 97, the same tile in one sweep 121 and 234 µs). Falls back
+    to plain launches where fn cannot be captured."""
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    try:
+        return do_bench_cudagraph(fn, rep=50, return_mode="median")
+    except RuntimeError:
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
 # Candidate tiles for --sweep (module constants of mhc_repro.kernels.launch; see its comments).
@@ -106,7 +120,6 @@ SWEEP = {
 
 def sweep_configs(c, n, N, device, precision, only=()):
     """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each."""
-    from triton.testing import do_bench
 
     from mhc_repro.kernels import fused, launch  # noqa: F401  (fused registers the ops)
 
@@ -145,7 +158,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
         for cand in cands:
             setattr(launch, name, cand)
             try:
-                us = 1e3 * do_bench(ops[name], return_mode="median")
+                us = 1e3 * gpu_time(ops[name])
                 err = max(rel(a, b) for a, b in zip(ops[name](), ref))
             except Exception as exc:  # a tile that does not fit (shared memory) is just skipped
                 rows.append(dict(C=c, op=name, cfg=cand, error=str(exc)[:200]))

@@ -19,14 +19,27 @@ def test_kernel_table_and_sweep_on_cpu(fused, launch, monkeypatch):
     import triton.testing
 
     monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: (fn(), 1.0)[1])
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", lambda fn, **kw: (fn(), 0.5)[1])
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the Inductor Σv² yardstick, eager here
     rows = kernel_bench.bench_kernels(16, 4, 8, "cpu", 1000.0, "bf16x2")
     names = [r["kernel"] for r in rows]
     assert any("linked add" in k for k in names)
-    assert all(r["ms"] == 1.0 and r["gb_s"] > 0 for r in rows)
+    # device time from the graph replay, plain launches beside it
+    assert all(r["ms"] == 0.5 and r["ms_launched"] == 1.0 and r["gb_s"] > 0 for r in rows)
     swept = ("_PRB", "_SINKHORN")
     before = [getattr(launch, k) for k in swept]
     rows, best = kernel_bench.sweep_configs(16, 4, 8, "cpu", "bf16x2", only=swept)
     assert {r["op"] for r in rows} == set(swept)
     assert all(best[k][1] in kernel_bench.SWEEP[k] for k in swept), best
     assert [getattr(launch, k) for k in swept] == before  # the sweep restores the defaults
+
+
+def test_gpu_time_falls_back_to_plain_launches(monkeypatch):
+    import triton.testing
+
+    def no_capture(fn, **kw):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", no_capture)
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: 3.0)
+    assert kernel_bench.gpu_time(lambda: None) == 3.0
