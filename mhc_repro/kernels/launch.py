@@ -25,7 +25,10 @@ DOT_PRECISION = "tf32"
 # inputs, fp32 accumulate"). Chosen per call (ResidualConfig.kernel_precision); this is the default.
 PROJ_PRECISIONS = ("bf16x2", "bf16")
 PROJ_PRECISION = "bf16x2"
-_SINKHORN = (64, 4)  # coefficient epilogue / Sinkhorn backward: (tokens per program, num_warps)
+# coefficient epilogue / Sinkhorn backward: (tokens per program, num_warps). Run 35 (device time from
+# CUDA-graph replays, C = 2048, n = 4): fwd + bwd 22.2 µs vs 37.0 for (64, 4); the host-timed sweeps
+# before it could not see the difference (the launchers took longer than these kernels).
+_SINKHORN = (128, 4)
 # Defaults = the fastest of the sweeps in reports/kernels/run4, run5 and run9 (H200, C = 2048, 16k tokens).
 # Projection tiles; benchmarks/bench_mhc.py --sweep times alternatives on the device.
 # forward (BN tokens, BK, num_stages, RELOAD, num_warps, K splits); backward (BN, BK, stages, RELOAD,
