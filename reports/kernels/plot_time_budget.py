@@ -1,0 +1,84 @@
+"""Where one mHC sub-layer's time goes, from a bench_mhc.py run with its kernel table and compiled stack.
+
+Per kernel of the default sub-layer (linked pair, given projection precision): its measured device time
+(CUDA-graph replays since run 34) beside the time its bytes take at the copy bandwidth measured in the
+same run; then the stack's measured overhead per sub-layer, and the budget of the issue's target.
+
+    python reports/kernels/plot_time_budget.py reports/kernels/run34_14b9211_bench_2048.json out.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TARGETS = {2048: 1.10, 4096: 1.07}  # issue 6
+
+
+def sublayer_kernels(precision: str = "bf16x2") -> list[tuple[str, str]]:
+    """(label, kernel-table name) of the default linked sub-layer, forward then backward."""
+    return [("fwd: coefficients (projection + Sinkhorn)", f"coefficients [{precision}] (proj+sumsq, epilogue)"),
+            ("fwd: pre", "pre"),
+            ("fwd: post_res", "post_res"),
+            ("bwd: post_res_bwd", "post_res_bwd"),
+            ("bwd: pre_bwd_dh", "pre_bwd_dh (compiled path)"),
+            ("bwd: Sinkhorn backward", "coef_bwd (Sinkhorn bwd recomputed)"),
+            ("bwd: dx pass + dφ GEMM", f"proj_bwd linked add [{precision}] (all of dx, dφ)")]
+
+
+def budget(run: dict, c: int, precision: str = "bf16x2") -> dict:
+    """Per-sub-layer µs at width c: measured and copy-speed time of each kernel, the stack's overhead
+    and the target's budget (None without a target or stack rows)."""
+    table = {k["kernel"].strip(): k for k in run["kernels"] if k["C"] == c}
+    copy = run["copy_gb_s"]
+    rows = []
+    for label, name in sublayer_kernels(precision):
+        k = table[name]
+        us = 1e3 * k["ms"]
+        rows.append((label, us, us * k["gb_s"] / copy))  # bytes / copy bandwidth
+    stack = {s["variant"]: s for s in run["stack"] if s["C"] == c and s["mode"] == "compiled" and "ms" in s}
+    over = target = None
+    if "residual" in stack and "mhc_fused_linked" in stack:
+        sub = 2 * stack["residual"]["blocks"]
+        over = 1e3 * (stack["mhc_fused_linked"]["ms"] - stack["residual"]["ms"]) / sub
+        if c in TARGETS:
+            target = 1e3 * (TARGETS[c] - 1) * stack["residual"]["ms"] / sub
+    return dict(rows=rows, overhead_us=over, target_us=target)
+
+
+def main(src: str, dst: str) -> None:
+    run = json.load(open(src))
+    c = run["kernels"][0]["C"]
+    b = budget(run, c)
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    colors = plt.get_cmap("tab10").colors
+    bars = [("measured kernels", 1), ("same bytes at copy speed", 2)]
+    for (name, col), y in zip(bars, (2, 1)):
+        left = 0.0
+        for i, row in enumerate(b["rows"]):
+            ax.barh(y, row[col], left=left, color=colors[i], edgecolor="white",
+                    label=row[0] if y == 2 else None)
+            left += row[col]
+        ax.text(left + 10, y, f"{left:.0f} µs", va="center", fontsize=8)
+    if b["overhead_us"] is not None:
+        ax.barh(0, b["overhead_us"], color="0.6")
+        ax.text(b["overhead_us"] + 10, 0, f"{b['overhead_us']:.0f} µs", va="center", fontsize=8)
+    if b["target_us"] is not None:
+        ax.axvline(b["target_us"], color="k", ls="--", lw=1)
+        ax.text(b["target_us"], 2.55, f"{TARGETS[c]:.2f}× budget {b['target_us']:.0f} µs", ha="center", fontsize=8)
+    ax.set_yticks([0, 1, 2], ["stack overhead\n(mHC − residual)", "at copy speed", "measured"])
+    widest = max(sum(r[1] for r in b["rows"]), b["overhead_us"] or 0.0)
+    ax.set(xlabel="µs per sub-layer", ylim=(-0.6, 2.9), xlim=(0, 1.12 * widest),
+           title=f"mHC sub-layer time, C = {c}, 16k tokens ({run['device']}, commit {run['commit']})")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4)
+    fig.tight_layout()
+    fig.savefig(dst, dpi=130)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
