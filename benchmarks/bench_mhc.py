@@ -356,7 +356,7 @@ def print_tables(res) -> None:
             continue
         b = base.get((r["C"], r["mode"], "_cg" in r["variant"]))
         rt = f"{r['ms'] / b['ms']:.3f}" if b else "-"
-        rp = f"{r['peak_gb'] / b['peak_gb']:.3f}" if b else "-"
+        rp = f"{r['peak_gb'] / b['peak_gb']:.3f}" if b and "_cg" not in r["variant"] else "-"  # graph pools: not counted
         fp = r.get("fwd_peak_gb", float("nan"))
         print(f"{r['C']:>5} {r['blocks']:>3} {r['mode']:9} {r['variant']:10} {r['ms']:8.2f} {rt:>8} "
               f"{r['peak_gb']:8.2f} {rp:>7} {fp:7.2f} {r.get('host_ms', float('nan')):8.2f}")

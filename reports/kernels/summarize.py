@@ -12,15 +12,19 @@ import sys
 def stack_table(path: str) -> str:
     r = json.load(open(path))
     rows = [s for s in r["stack"] if "ms" in s]
-    base = {(s["C"], s["mode"]): s for s in rows if s["variant"] == "residual"}
+    # *_cg rows (CUDA graphs) against residual_cg; their memory is not comparable (graph pools sit
+    # outside the allocator statistics), so no memory ratios for them
+    base = {(s["C"], s["mode"], "_cg" in s["variant"]): s for s in rows if s["variant"] in ("residual", "residual_cg")}
     out = [f"`{path.split('/')[-1]}` — commit {r['commit']}, copy {r['copy_gb_s']:.0f} GB/s", "",
            "| C | blocks | mode | variant | ms/step | × residual | peak GiB | × peak | act. GiB | × act. |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for s in rows:
-        b = base[(s["C"], s["mode"])]
-        out.append(f"| {s['C']} | {s['blocks']} | {s['mode']} | {s['variant']} | {s['ms']:.2f} | "
-                   f"{s['ms'] / b['ms']:.3f} | {s['peak_gb']:.2f} | {s['peak_gb'] / b['peak_gb']:.3f} | "
-                   f"{s['act_gb']:.2f} | {s['act_gb'] / b['act_gb']:.3f} |")
+        cg = "_cg" in s["variant"]
+        b = base.get((s["C"], s["mode"], cg))
+        rt = f"{s['ms'] / b['ms']:.3f}" if b else "—"
+        rp, ra = ("—", "—") if cg or not b else (f"{s['peak_gb'] / b['peak_gb']:.3f}", f"{s['act_gb'] / b['act_gb']:.3f}")
+        out.append(f"| {s['C']} | {s['blocks']} | {s['mode']} | {s['variant']} | {s['ms']:.2f} | {rt} | "
+                   f"{s['peak_gb']:.2f} | {rp} | {s['act_gb']:.2f} | {ra} |")
     return "\n".join(out)
 
 
