@@ -34,6 +34,12 @@ DESIGNS = {
     "linked 'add' + the projection formed by the previous post op (built: kernel 3x slower, removed)": {
         "post_res + next proj": 9, "pre": 5, "post_res_bwd": 14, "pre_bwd_dh": 5,
         "dx pass (x, H_resᵀg, d_in, dx)": 13, "dφ GEMM": 4},
+    # Not implemented: the dx pass of layer l also does layer l-1's post_res backward on the stream
+    # gradient it has just formed (token-owning programs, so dH reductions stay in registers): the
+    # 4-unit gradient between the two is neither written nor read back.
+    "linked 'add' + cross-layer backward (dx pass of l does post_res_bwd of l-1; not implemented)": {
+        "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd without g (x, f in; H_resᵀg, df out)": 10,
+        "pre_bwd_dh": 5, "dx pass without dx write (x, H_resᵀg, d_in)": 9, "dφ GEMM": 4},
     "linked, LINK_MODE='gather' (g read n times, dφ GEMM)": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
         "LINK dx pass (x, g ×n, d_in ×n, dx)": 28, "dφ GEMM": 4},
