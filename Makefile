@@ -100,9 +100,15 @@ ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}" \
 	  --default-artifact-root "$(CURDIR)/mlruns/artifacts" --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-# Kernel benchmark (needs a CUDA GPU): fused mHC vs residual / reference, one process.
+# Kernel benchmark (needs a CUDA GPU): fused mHC vs residual / reference, one process. Writes a new
+# JSON record (commit + time in the name: nothing earlier is overwritten) and the time-budget plot of
+# its first C (reports/kernels/plot_time_budget.py).
+BENCH_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+BENCH_STAMP := $(shell date +%Y%m%d-%H%M%S)
+BENCH_OUT ?= reports/kernels/bench_$(BENCH_COMMIT)_$(BENCH_STAMP).json
 bench: $(STAMP)
-	$(PY) benchmarks/bench_mhc.py --C 2048 2560 4096
+	$(PY) benchmarks/bench_mhc.py --C 2048 2560 4096 --commit $(BENCH_COMMIT) --out $(BENCH_OUT)
+	$(PY) reports/kernels/plot_time_budget.py $(BENCH_OUT) $(BENCH_OUT:.json=_time_budget.png)
 
 clean-venv:
 	rm -rf $(VENV)
