@@ -5,8 +5,10 @@ run-to-run spread of ``bench_mhc.py`` (0.4–2 % between runs of the same code: 
 Every variant is built (and compiled) first and stays alive; then each of R rounds times every
 variant for ``--iters`` steps, in an order rotated every round, so that slow drift (clocks,
 temperature, the allocator) hits all variants alike. Reported per variant: the median step time over
-rounds and its ratio to the first variant (the baseline) as the median and a 95 % t-interval of the
-per-round ratios. A difference is resolved when two variants' intervals do not overlap.
+rounds and its ratio to the first variant (the baseline): the median of the per-round ratios with a
+95 % t-interval of their mean and a distribution-free 95 % interval of their median (robust to a few
+slow rounds), and the ratio of the fastest rounds. A difference is resolved when two variants'
+intervals do not overlap.
 
     PYTHONPATH=. python benchmarks/ab_stack.py --C 2048 --variants residual mhc_fused_linked \
         mhc_fused_linked_2mma --rounds 8 --out ab.json
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -39,6 +42,23 @@ def interval(values: list[float]) -> tuple[float, float, float]:
     mean, sd = statistics.fmean(values), statistics.stdev(values)
     half = _T95.get(len(values) - 1, 2.0) * sd / len(values) ** 0.5
     return med, mean - half, mean + half
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval for the median: the k-th smallest and k-th largest value, with k the
+    largest order whose coverage (exact binomial, p = 1/2) is still >= ``level``. Unlike the t-interval
+    it is not widened by a few slow rounds (power-capped clocks: run 33's residual read 45.6–50.3 ms
+    over rounds at C = 2048)."""
+    v, n = sorted(values), len(values)
+    k, tail = 1, 0.5**n  # tail = P(Bin(n, 1/2) <= k - 1)
+    while True:
+        nxt = tail + math.comb(n, k) * 0.5**n
+        if k + 1 > (n + 1) // 2 or 1 - 2 * nxt < level:
+            break
+        k, tail = k + 1, nxt
+    if 1 - 2 * tail < level:  # too few values for this level at all
+        return float("nan"), float("nan")
+    return v[k - 1], v[n - k]
 
 
 def make_step(kind: str, compiled: bool, c: int, n: int, n_blocks: int, x0, dout):
@@ -76,12 +96,36 @@ def summarize(ms: dict[str, list[float]], base: str) -> dict:
     for kind, times in ms.items():
         ratios = [t / b for t, b in zip(times, ms[base])]
         med, lo, hi = interval(ratios)
-        out[kind] = dict(ms_median=statistics.median(times), ratio_median=med, ratio_ci95=[lo, hi])
+        out[kind] = dict(ms_median=statistics.median(times), ratio_median=med, ratio_ci95=[lo, hi],
+                         ratio_median_ci95=list(median_interval(ratios)),
+                         ms_min=min(times), ratio_of_min=min(times) / min(ms[base]))
     return out
+
+
+def print_run(run: dict) -> None:
+    tf = [p["gemm_tflops"] for p in run.get("probes", [])]
+    probe = f"; bf16 GEMM {min(tf):.0f}–{max(tf):.0f} TFLOP/s over the rounds" if tf else ""
+    print(f"\nC = {run['C']}, {run['blocks']} blocks, {'compiled' if run['compiled'] else 'eager'}, "
+          f"{run['rounds']} rounds x {run['iters']} steps{probe}")
+    for kind, s in run["summary"].items():
+        lo, hi = s["ratio_ci95"]
+        mlo, mhi = s["ratio_median_ci95"]
+        print(f"  {kind:34} {s['ms_median']:8.2f} ms  x {s['ratio_median']:.4f}  (95 % t: {lo:.4f}–{hi:.4f};"
+              f" median: {mlo:.4f}–{mhi:.4f})  min {s['ms_min']:.2f} ms, x {s['ratio_of_min']:.4f}")
+
+
+def resummarize(path: str) -> None:
+    """Print a saved --out record again with today's statistics (no GPU needed)."""
+    res = json.load(open(path))
+    print(f"{path}: {res['device']}, commit {res['commit']}")
+    for run in res["runs"]:
+        run["summary"] = summarize(run["ms"], next(iter(run["ms"])))
+        print_run(run)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--summarize", metavar="JSON", help="print a saved --out record again and exit (no GPU)")
     ap.add_argument("--C", type=int, nargs="+", default=[2048])
     ap.add_argument("--variants", nargs="+", default=["residual", "mhc_fused_linked", "mhc_fused_linked_2mma"],
                     help="bench_mhc.py variant names; the first is the baseline of the ratios")
@@ -91,13 +135,15 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
     ap.add_argument("--blocks-large", type=int, default=2)
     ap.add_argument("--eager", action="store_true", help="time eager blocks (default: torch.compile)")
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=16, help="the median's 95 %% interval needs >= 9 (with 8 it is the range)")
     ap.add_argument("--iters", type=int, default=5, help="steps per variant per round (median taken)")
     ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
                     help="set mhc_repro.kernels.launch constants for every variant (Python literals)")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.summarize:
+        return resummarize(args.summarize)
     launch_settings(args.set)
     if args.rounds < 2:
         ap.error(f"--rounds {args.rounds} is too few; the interval needs at least 2")
@@ -112,12 +158,7 @@ def main() -> None:
         run = run_ab(args.variants, c, args.n, nb, not args.eager, x0, dout, args.rounds, args.iters,
                      probe=lambda: machine_probe(dev))
         res["runs"].append(run)
-        tf = [p["gemm_tflops"] for p in run["probes"]]
-        print(f"\nC = {c}, {nb} blocks, {'eager' if args.eager else 'compiled'}, {args.rounds} rounds x {args.iters} steps;"
-              f" bf16 GEMM {min(tf):.0f}–{max(tf):.0f} TFLOP/s over the rounds")
-        for kind, s in run["summary"].items():
-            lo, hi = s["ratio_ci95"]
-            print(f"  {kind:34} {s['ms_median']:8.2f} ms  x {s['ratio_median']:.4f}  (95 %: {lo:.4f}–{hi:.4f})")
+        print_run(run)
         if args.out:
             with open(args.out, "w") as fh:
                 json.dump(res, fh, indent=1)

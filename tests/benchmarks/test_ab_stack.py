@@ -1,7 +1,9 @@
 """benchmarks/ab_stack.py on CPU: rotated interleaving, switches held while a variant is timed, and
 the per-round ratio statistics (timer faked; the steps themselves really run)."""
 
+import json
 import os
+import statistics
 import sys
 
 import pytest
@@ -57,3 +59,27 @@ def test_stack_inputs_seeded_by_width():
     assert nb == 4 and x0.shape == dout.shape == (2, 8, 64) and x0.requires_grad
     assert torch.equal(bench_mhc.stack_inputs(64, args, torch.device("cpu"))[1], x0)  # same inputs every call
     assert bench_mhc.stack_inputs(4096, args, torch.device("cpu"))[0] == 2
+
+
+def test_median_interval_is_the_binomial_order_statistic_interval():
+    vals = [float(v) for v in range(1, 17)]  # 16 values: k = 4 (coverage 0.979; k = 5 gives 0.923)
+    assert ab_stack.median_interval(vals) == (4.0, 13.0)
+    assert ab_stack.median_interval([3.0, 1.0, 2.0, 5.0, 4.0, 8.0, 7.0, 6.0]) == (1.0, 8.0)  # n = 8: k = 1 (0.992)
+    lo, hi = ab_stack.median_interval([1.0, 2.0, 3.0, 4.0, 5.0])  # n = 5: even k = 1 covers only 0.9375
+    assert lo != lo and hi != hi  # nan: too few rounds for 95 %
+    # a few slow rounds widen the t-interval, not the median's
+    ratios = [1.21, 1.20, 1.22, 1.21, 1.12, 1.21, 1.20, 1.13, 1.21, 1.22, 1.20, 1.21]
+    _, tlo, thi = ab_stack.interval(ratios)
+    mlo, mhi = ab_stack.median_interval(ratios)
+    assert mhi - mlo < thi - tlo
+
+
+def test_summarize_reprints_a_saved_record(tmp_path, capsys):
+    ms = {"residual": [10.0, 10.5, 10.2], "mhc_fused_linked": [12.0, 12.6, 12.1]}
+    rec = dict(device="test", commit="abc", runs=[dict(C=2048, blocks=4, compiled=True, rounds=3, iters=5, ms=ms)])
+    path = tmp_path / "ab.json"
+    path.write_text(json.dumps(rec))
+    ab_stack.resummarize(str(path))
+    out = capsys.readouterr().out
+    assert "C = 2048, 4 blocks, compiled, 3 rounds x 5 steps" in out
+    assert f"x {statistics.median([1.2, 1.2, 12.1 / 10.2]):.4f}" in out and "min 12.00 ms, x 1.2000" in out
