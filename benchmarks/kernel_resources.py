@@ -101,14 +101,16 @@ def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[st
         per_call.append(launches[start:])
         return 1.0
 
-    bench, comp = triton.testing.do_bench, torch.compile
+    bench, graph, comp = triton.testing.do_bench, triton.testing.do_bench_cudagraph, torch.compile
+    # one recorded call per table row: the device-time replay (kernel_bench.gpu_time) is not run
     triton.testing.do_bench, torch.compile = one_call, (lambda fn, **kw: fn)
+    triton.testing.do_bench_cudagraph = lambda fn, **_: 1.0
     try:
         import kernel_bench
 
         rows = kernel_bench.bench_kernels(c, n, N, "cpu", 1.0, precision)
     finally:
-        triton.testing.do_bench, torch.compile = bench, comp
+        triton.testing.do_bench, triton.testing.do_bench_cudagraph, torch.compile = bench, graph, comp
         launch._n_sm = n_sm
         for (mod, name), obj in saved.items():
             setattr(mod, name, obj)
