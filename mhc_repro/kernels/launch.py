@@ -29,7 +29,8 @@ PROJ_PRECISION = "bf16x2"
 # CUDA-graph replays, C = 2048, n = 4): fwd + bwd 22.2 µs vs 37.0 for (64, 4); the host-timed sweeps
 # before it could not see the difference (the launchers took longer than these kernels).
 _SINKHORN = (128, 4)
-# Defaults = the fastest of the sweeps in reports/kernels/run4, run5 and run9 (H200, C = 2048, 16k tokens).
+# Defaults = the fastest of the sweeps in reports/kernels/run4, run5 and run9 (H200, C = 2048, 16k tokens),
+# re-checked on device time (CUDA-graph replays) in run 35: every default within 3 % of the best tile.
 # Projection tiles; benchmarks/bench_mhc.py --sweep times alternatives on the device.
 # forward (BN tokens, BK, num_stages, RELOAD, num_warps, K splits); backward (BN, BK, stages, RELOAD,
 # num_warps, TRANS: accumulate dφᵀ so the stream tile needs no transpose). RELOAD: a second, L2-hit
@@ -37,7 +38,8 @@ _SINKHORN = (128, 4)
 # of v·vᵀ on the tensor cores (bf16 stream; see coef_kernels.proj_fwd).
 _PROJ_FWD = (64, 128, 4, "diag", 4, 1)  # run 9 sweep: 153 vs 187 µs (bf16x2), 98 vs 134 (bf16); run 28: K splits 159+
 # bf16x2 forward: φ's hi and lo parts as one operand of twice the width (one MMA per K tile, not two;
-# the stream tile leaves shared memory once for both). Run 29 (C = 2048): 128 vs 153 µs, same products.
+# the stream tile leaves shared memory once for both). Run 35 (C = 2048, device time): 93 vs 143.5 µs,
+# same products.
 PROJ_FWD_MERGED = True
 _PROJ_BWD = (16, 256, 3, False, 4, False)
 # Projection backward split in two: None = dφ partials reduced inside the dx kernel (_PROJ_BWD);
