@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -113,6 +114,21 @@ def host_time(fn, iters: int) -> tuple[float, float]:
     torch.cuda.synchronize()
     t2 = time.perf_counter()
     return 1e3 * (t1 - t0) / iters, 1e3 * (t2 - t0) / iters
+
+
+def sync_points(fn) -> list[str]:
+    """Where fn makes the host wait for the GPU: one call under torch.cuda.set_sync_debug_mode("warn"),
+    each distinct warning as "file:line: message". (Run 34: mHC's host time per step, 45-48 ms at both
+    C, says its step waits somewhere; the residual's does not at C = 4096.)"""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sorted({f"{w.filename}:{w.lineno}: {str(w.message)[:160]}" for w in caught})
 
 
 def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
@@ -229,6 +245,7 @@ def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     first = time.time() - t0
     ms = time_cuda(step, args.warmup, args.iters)
     host_ms, queued_ms = host_time(step, args.iters)
+    syncs = sync_points(step) if getattr(args, "sync_debug", False) else None
     for p in params:
         p.grad = None
     torch.cuda.synchronize()
@@ -254,7 +271,7 @@ def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
     gb = 2**30
     return dict(ms=ms, peak_gb=(own + peak - base) / gb, fwd_peak_gb=(own + fwd_peak - base) / gb,
                 act_gb=(peak - base) / gb, peak_abs_gb=peak / gb, first_step_s=first, host_ms=host_ms,
-                queued_ms=queued_ms)
+                queued_ms=queued_ms, **({} if syncs is None else dict(sync_points=syncs)))
 
 
 def main() -> None:
@@ -279,6 +296,8 @@ def main() -> None:
                     help="projection operands of variant mhc_fused (mhc_fused_bf16 is always bf16)")
     ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
                     help="set mhc_repro.kernels.launch constants first (Python literals), e.g. PROJ_FWD_MERGED=False")
+    ap.add_argument("--sync-debug", action="store_true",
+                    help="record where each variant's step makes the host wait for the GPU (one extra step)")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

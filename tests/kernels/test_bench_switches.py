@@ -47,3 +47,21 @@ def test_launch_settings_sets_constants_and_rejects_bad_pairs(launch, monkeypatc
     for bad in ["NOT_A_CONSTANT=1", "PROJ_FWD_MERGED", "PROJ_FWD_MERGED=maybe"]:
         with pytest.raises(SystemExit, match="--set"):
             bench_mhc.launch_settings([bad])
+
+
+def test_sync_points_lists_each_synchronizing_call_once(monkeypatch):
+    import warnings
+
+    import torch
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def step():
+        for _ in range(3):  # the same call site three times: listed once
+            warnings.warn("called a synchronizing CUDA operation")
+
+    found = bench_mhc.sync_points(step)
+    assert len(found) == 1 and "called a synchronizing CUDA operation" in found[0]
+    assert modes == ["warn", "default"]  # the debug mode is switched back off
