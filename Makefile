@@ -103,12 +103,12 @@ ui: $(STAMP)
 # Kernel benchmark (needs a CUDA GPU): fused mHC vs residual / reference, one process. Writes a new
 # JSON record (commit + time in the name: nothing earlier is overwritten) and the time-budget plot of
 # its first C (reports/kernels/plot_time_budget.py).
-BENCH_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-BENCH_STAMP := $(shell date +%Y%m%d-%H%M%S)
-BENCH_OUT ?= reports/kernels/bench_$(BENCH_COMMIT)_$(BENCH_STAMP).json
+# (commit and time are looked up when bench runs, not at every make invocation; BENCH_OUT=... overrides)
 bench: $(STAMP)
-	$(PY) benchmarks/bench_mhc.py --C 2048 2560 4096 --commit $(BENCH_COMMIT) --out $(BENCH_OUT)
-	$(PY) reports/kernels/plot_time_budget.py $(BENCH_OUT) $(BENCH_OUT:.json=_time_budget.png)
+	@commit=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown); \
+	out=$${BENCH_OUT:-reports/kernels/bench_$${commit}_$$(date +%Y%m%d-%H%M%S).json}; \
+	$(PY) benchmarks/bench_mhc.py --C 2048 2560 4096 --commit $$commit --out $$out && \
+	$(PY) reports/kernels/plot_time_budget.py $$out $${out%.json}_time_budget.png
 
 clean-venv:
 	rm -rf $(VENV)

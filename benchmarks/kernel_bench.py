@@ -185,8 +185,8 @@ def gemm_tflops(device, size: int = 4096) -> float:
     """bf16 GEMM throughput (TFLOP/s): the compute-speed probe beside the copy bandwidth. Memory-bound
     kernels hide a clock slowdown that compute-bound ones (projection MMAs, Sinkhorn, cuBLAS) do not;
     the probe tells such a slowdown from host-side noise (run 32 read the dφ GEMM at 181 µs instead of
-    97 with the copy at its usual 4246 GB/s; in runs 33-35 the probe stayed at 712-752 TFLOP/s while
-    plain-launch timings still wandered: the host, hence gpu_time)."""
+    97 with the copy at its usual 4246 GB/s; in runs 33-35 the bench_mhc probes stayed at 712-752 TFLOP/s
+    while plain-launch timings still wandered: the host, hence gpu_time)."""
     from triton.testing import do_bench
 
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
