@@ -1,0 +1,162 @@
+"""Where a stack step's GPU time goes, kernel by kernel, inside the real step.
+
+``bench_mhc.py`` times each fused kernel alone; this profiles whole steps of the benchmark's stacks
+(same blocks, inputs and compile mode) with ``torch.profiler`` and sums every GPU kernel's time per
+step, grouped into categories: the mHC Triton kernels (by name), Inductor's generated kernels
+(``triton_*``), GEMMs, attention, memory ops and the rest. The difference of each variant to the
+first (the baseline) splits the step-time overhead into what the fused kernels take in situ and what
+the code around them adds; ``idle`` is the step's wall time under the profiler minus its kernel time
+(GPU gaps: the host falling behind, plus the profiler's own cost).
+
+    PYTHONPATH=. python benchmarks/profile_stack.py --C 2048 4096 --variants residual mhc_fused_linked \
+        --out prof.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+import torch
+from torch.autograd import DeviceType
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_mhc import kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
+
+# Kernel function names in mhc_repro/kernels (Triton names a kernel after its function).
+MHC_KERNELS = ("proj_fwd", "coef_fwd", "coef_bwd", "proj_bwd", "pre_fwd", "pre_bwd", "post_res_fwd",
+               "post_res_bwd")
+CATEGORIES = ("mhc", "inductor", "gemm", "attention", "memory", "other")
+
+
+def category(name: str) -> str:
+    """The category of a GPU kernel, from its name."""
+    low = name.lower()
+    if low.startswith(MHC_KERNELS):
+        return "mhc"
+    if low.startswith("triton_"):
+        return "inductor"
+    if any(s in low for s in ("flash", "fmha", "attention", "attn")):
+        return "attention"
+    if any(s in low for s in ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_")):
+        return "gemm"
+    if "memcpy" in low or "memset" in low:
+        return "memory"
+    return "other"
+
+
+def kernel_table(rows, steps: int) -> dict:
+    """{name: {category, calls, us}} per step from (kernel name, µs) rows of ``steps`` steps."""
+    calls, us = collections.Counter(), collections.Counter()
+    for name, t in rows:
+        calls[name] += 1
+        us[name] += t
+    return {k: dict(category=category(k), calls=calls[k] / steps, us=us[k] / steps) for k in us}
+
+
+def by_category(table: dict) -> dict:
+    out = dict.fromkeys(CATEGORIES, 0.0)
+    for row in table.values():
+        out[row["category"]] += row["us"]
+    return out
+
+
+def kernel_rows(prof, device_type=DeviceType.CUDA) -> list[tuple[str, float]]:
+    """(name, µs) of every event of ``device_type`` the profiler saw: GPU kernels and memory ops on
+    CUDA; on CPU (tests) the operators' self times."""
+    if device_type == DeviceType.CPU:
+        return [(e.name, e.self_cpu_time_total) for e in prof.events() if e.device_type == DeviceType.CPU]
+    return [(e.name, e.time_range.elapsed_us()) for e in prof.events() if e.device_type == device_type]
+
+
+def profile_variant(kind, compiled, c, n, n_blocks, x0, dout, steps: int = 3, warmup: int = 3) -> dict:
+    """Kernel table and wall time per step of one variant (built and run under its kernel switches)."""
+    cuda = x0.is_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    with kernel_switches(kind):
+        step, _, blocks = stack_step(kind, compiled, c, n, n_blocks, x0, dout)
+        for _ in range(warmup):
+            step()
+        sync()
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync()
+            wall_us = 1e6 * (time.perf_counter() - t0) / steps
+    del blocks
+    table = kernel_table(kernel_rows(prof, DeviceType.CUDA if cuda else DeviceType.CPU), steps)
+    kernel_us = sum(r["us"] for r in table.values())
+    return dict(variant=kind, C=c, blocks=n_blocks, compiled=compiled, steps=steps, wall_us=wall_us,
+                kernel_us=kernel_us, idle_us=wall_us - kernel_us, categories=by_category(table), kernels=table)
+
+
+def print_profiles(runs: list[dict], top: int = 25) -> None:
+    """Per C: categories of every variant and its difference to the first, per step and per
+    sub-layer; then the variants' kernels that the baseline does not run, or runs for less time."""
+    for c in sorted({r["C"] for r in runs}):
+        rs = [r for r in runs if r["C"] == c]
+        base, sub = rs[0], 2 * rs[0]["blocks"]
+        print(f"\nC = {c}, {base['blocks']} blocks ({sub} sub-layers), µs per step "
+              f"(Δ: minus {base['variant']}; /sub-layer: Δ / {sub})")
+        print(f"  {'':12}" + "".join(f"{r['variant'][:24]:>26}" for r in rs))
+        for cat in (*CATEGORIES, "kernel", "idle", "wall"):
+            vals = [r["categories"][cat] if cat in CATEGORIES else r[f"{cat}_us"] for r in rs]
+            cells = [f"{v:11.0f}" + ("" if i == 0 else f" Δ{v - vals[0]:+8.0f} {(v - vals[0]) / sub:+5.0f}")
+                     for i, v in enumerate(vals)]
+            print(f"  {cat:12}" + "".join(f"{s:>26}" for s in cells))
+        for r in rs[1:]:
+            print(f"\n  {r['variant']} kernels over {base['variant']}'s (top {top} by Δ µs/step; calls/step)")
+            rows = []
+            for name, k in r["kernels"].items():
+                d = k["us"] - base["kernels"].get(name, {}).get("us", 0.0)
+                rows.append((d, name, k))
+            for d, name, k in sorted(rows, reverse=True)[:top]:
+                print(f"    {d:9.1f} {d / sub:7.1f}/sub  {k['calls']:5.0f}x  {k['category']:9} {name[:90]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--C", type=int, nargs="+", default=[2048])
+    ap.add_argument("--variants", nargs="+", default=["residual", "mhc_fused_linked"],
+                    help="bench_mhc.py variant names; the first is the baseline of the differences")
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
+    ap.add_argument("--blocks-large", type=int, default=2)
+    ap.add_argument("--eager", action="store_true", help="profile eager blocks (default: torch.compile)")
+    ap.add_argument("--steps", type=int, default=3, help="profiled steps per variant (after 3 warm-up steps)")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
+                    help="set mhc_repro.kernels.launch constants first (Python literals)")
+    ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=args.commit, argv=sys.argv,
+               settings=launch_settings(args.set), runs=[])
+    for c in args.C:
+        nb, x0, dout = stack_inputs(c, args, dev)
+        for kind in args.variants:
+            r = profile_variant(kind, not args.eager, c, args.n, nb, x0, dout, args.steps)
+            print(f"C={c} {kind}: wall {r['wall_us'] / 1e3:.2f} ms/step, kernels {r['kernel_us'] / 1e3:.2f} ms",
+                  flush=True)
+            res["runs"].append(r)
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=1)
+    print(f"\n{res['device']} | torch {res['torch']} | commit {res['commit']}")
+    print_profiles(res["runs"], args.top)
+
+
+if __name__ == "__main__":
+    main()
