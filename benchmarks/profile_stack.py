@@ -18,6 +18,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import sys
 import time
 
@@ -96,6 +97,45 @@ def profile_variant(kind, compiled, c, n, n_blocks, x0, dout, steps: int = 3, wa
                 kernel_us=kernel_us, idle_us=wall_us - kernel_us, categories=by_category(table), kernels=table)
 
 
+def trace_kernels(kind, compiled, c, n, n_blocks, x0, dout, patterns, warmup: int = 3) -> list[dict]:
+    """Where the GPU kernels whose names contain any of ``patterns`` come from: one profiled step
+    with shapes and Python stacks; per launching operator (its parents, input shapes, the innermost
+    Python frames outside torch) the calls and µs. Finds the eager copies and small kernels that a
+    compiled step still runs (custom-op launchers, layout fix-ups)."""
+    cuda = x0.is_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with kernel_switches(kind):
+        step, _, blocks = stack_step(kind, compiled, c, n, n_blocks, x0, dout)
+        for _ in range(warmup):
+            step()
+        sync()
+        with torch.profiler.profile(activities=acts, record_shapes=True, with_stack=True) as prof:
+            step()
+            sync()
+    del blocks
+    found = collections.defaultdict(lambda: dict(calls=0, us=0.0))
+    for e in prof.events():
+        if e.device_type != DeviceType.CPU:
+            continue
+        if cuda:  # the GPU kernels this operator launched itself
+            hits = [(k.name, k.duration) for k in e.kernels if any(p in k.name for p in patterns)]
+        else:  # CPU (tests): the operator itself
+            hits = [(e.name, e.self_cpu_time_total)] if any(p in e.name for p in patterns) else []
+        if not hits:
+            continue
+        chain, p = [e.name], e.cpu_parent
+        while p is not None and len(chain) < 8:  # operators, then Python frames (with_stack)
+            chain.append(re.sub(r" at 0x[0-9a-f]+", "", p.name))
+            p = p.cpu_parent
+        frames = [f for f in (e.stack or []) if "/torch/" not in f][:3]
+        key = (" <- ".join(chain), str(e.input_shapes)[:160], " | ".join(frames), hits[0][0][:120])
+        found[key]["calls"] += 1
+        found[key]["us"] += sum(t for _, t in hits)
+    rows = [dict(ops=k[0], shapes=k[1], python=k[2], kernel=k[3], **v) for k, v in found.items()]
+    return sorted(rows, key=lambda r: -r["us"])
+
+
 def print_profiles(runs: list[dict], top: int = 25) -> None:
     """Per C: categories of every variant and its difference to the first, per step and per
     sub-layer; then the variants' kernels that the baseline does not run, or runs for less time."""
@@ -111,13 +151,24 @@ def print_profiles(runs: list[dict], top: int = 25) -> None:
                      for i, v in enumerate(vals)]
             print(f"  {cat:12}" + "".join(f"{s:>26}" for s in cells))
         for r in rs[1:]:
-            print(f"\n  {r['variant']} kernels over {base['variant']}'s (top {top} by Δ µs/step; calls/step)")
-            rows = []
-            for name, k in r["kernels"].items():
-                d = k["us"] - base["kernels"].get(name, {}).get("us", 0.0)
-                rows.append((d, name, k))
+            print(f"\n  {r['variant']} kernels over {base['variant']}'s (top {top} by Δ µs/step; calls/step;"
+                  f" Inductor kernels matched by name without their index)")
+            mine, theirs = grouped(r["kernels"]), grouped(base["kernels"])
+            rows = [(k["us"] - theirs.get(name, {}).get("us", 0.0), name, k) for name, k in mine.items()]
             for d, name, k in sorted(rows, reverse=True)[:top]:
                 print(f"    {d:9.1f} {d / sub:7.1f}/sub  {k['calls']:5.0f}x  {k['category']:9} {name[:90]}")
+
+
+def grouped(table: dict) -> dict:
+    """The kernel table with Inductor's kernels merged by name minus their trailing index (the same
+    fused kernel is ``triton_poi_fused_add_3`` in one graph and ``..._5`` in another)."""
+    out = {}
+    for name, k in table.items():
+        key = re.sub(r"_\d+$", "", name) if k["category"] == "inductor" else name
+        row = out.setdefault(key, dict(category=k["category"], calls=0.0, us=0.0))
+        row["calls"] += k["calls"]
+        row["us"] += k["us"]
+    return out
 
 
 def main() -> None:
@@ -135,6 +186,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
                     help="set mhc_repro.kernels.launch constants first (Python literals)")
+    ap.add_argument("--trace", nargs="*", default=(), metavar="NAME_PART",
+                    help="also list the operators and Python lines that launch kernels whose names contain these")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -148,6 +201,11 @@ def main() -> None:
             print(f"C={c} {kind}: wall {r['wall_us'] / 1e3:.2f} ms/step, kernels {r['kernel_us'] / 1e3:.2f} ms",
                   flush=True)
             res["runs"].append(r)
+            if args.trace and kind != args.variants[0]:
+                r["trace"] = trace_kernels(kind, not args.eager, c, args.n, nb, x0, dout, args.trace)
+                for t in r["trace"][:40]:
+                    print(f"  {t['us']:8.1f} us {t['calls']:3}x {t['kernel'][:60]}\n      ops: {t['ops']}\n"
+                          f"      shapes: {t['shapes']}\n      python: {t['python']}", flush=True)
             torch._dynamo.reset()
             torch.cuda.empty_cache()
     if args.out:

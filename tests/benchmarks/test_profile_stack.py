@@ -46,3 +46,19 @@ def test_profile_variants_on_cpu_and_print(capsys):
     ps.print_profiles(runs, top=5)
     out = capsys.readouterr().out
     assert "C = 128, 1 blocks (2 sub-layers)" in out and "mhc_ref kernels over residual's" in out
+
+
+def test_grouped_merges_inductor_kernels_by_name_without_index():
+    t = ps.kernel_table([("triton_poi_fused_add_3", 5.0), ("triton_poi_fused_add_5", 7.0), ("proj_fwd_1", 2.0)], 1)
+    g = ps.grouped(t)
+    assert g["triton_poi_fused_add"] == dict(category="inductor", calls=2.0, us=12.0)
+    assert "proj_fwd_1" in g  # only Inductor's names lose their index
+
+
+def test_trace_names_the_launching_operators_on_cpu():
+    x0 = torch.randn(1, 8, 128, dtype=torch.bfloat16, requires_grad=True)
+    dout = torch.randn(1, 8, 128, dtype=torch.bfloat16)
+    rows = ps.trace_kernels("mhc_ref", False, 128, 4, 1, x0, dout, ["aten::div"], warmup=1)
+    assert rows and all("aten::div" in r["kernel"] and r["calls"] >= 1 for r in rows)
+    assert any("[128" in r["shapes"] or "128]" in r["shapes"] for r in rows)  # shapes recorded
+    assert rows == sorted(rows, key=lambda r: -r["us"])
