@@ -38,6 +38,7 @@ from kernel_bench import SWEEP, bench_kernels, copy_bandwidth, machine_probe, sw
 from llama_blocks import Attention, Block, RMSNorm, SwiGLU  # noqa: E402,F401
 
 from mhc_repro.kernels import get_mhc_ops  # noqa: E402
+from mhc_repro.residual import sum_streams  # noqa: E402
 
 
 def _hc_package():
@@ -194,17 +195,26 @@ def launch_settings(pairs) -> dict:
     return values
 
 
-def stack_forward(fns, x0, n_streams: int):
+def stack_forward(fns, x0, n_streams: int, collapse=None):
     """The stack's output from x0 [B, T, C]: streams expanded, every block, streams summed.
 
     The n-stream lives only inside this function, as inside a model's forward: once collapsed it is
     freed (up to run 17 the benchmark held the last stream, 4 units of [N, C], through the whole
     backward, which a model does not; it inflated mHC's peak, not the residual's). The expansion is
-    a broadcast view, as mhc_repro.residual.expand_streams returns, materialized by block 0's ops."""
+    a broadcast view, as mhc_repro.residual.expand_streams returns, materialized by block 0's ops.
+    The streams are summed by ``collapse`` (default: the model's ``sum_streams``, eager; the timed
+    steps pass ``collapse_fn(compiled)``, compiled like the model's collapse under ``train.compile``).
+    Up to run 38 the sum was a plain ``x.sum(2)``, whose expand-view gradient the last compiled block
+    copied through a slow strided path (322 µs per step at C = 2048)."""
     x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)
     for f in fns:
         x = f(x)
-    return x if n_streams == 1 else x.sum(2)
+    return x if n_streams == 1 else (collapse or sum_streams)(x)
+
+
+def collapse_fn(compiled: bool):
+    """The stream collapse of a stack: ``sum_streams``, under torch.compile when the blocks are."""
+    return torch.compile(sum_streams, dynamic=False) if compiled else sum_streams
 
 
 def stack_inputs(c: int, args, dev) -> tuple:
@@ -224,9 +234,10 @@ def stack_step(kind, compiled, c, n, n_blocks, x0, dout):
     blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
     params = list(blocks.parameters())
     n_streams = 1 if kind.startswith("residual") else n
+    collapse = collapse_fn(compiled)
 
     def forward():
-        return stack_forward(fns, x0, n_streams)
+        return stack_forward(fns, x0, n_streams, collapse)
 
     def step():
         for p in params:
