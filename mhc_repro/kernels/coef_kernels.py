@@ -28,7 +28,22 @@ def _mma(a, b, INTERP: tl.constexpr):
 
 
 @triton.jit
-def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
+def phi_split(phi_ptr, out_ptr, K, M, ld, lo_off, MP: tl.constexpr, BK: tl.constexpr, LO: tl.constexpr):
+    # φ [K, M] fp32 -> its bf16 parts in one buffer of row stride ld: hi in columns [0, MP), with LO
+    # lo = bf16(φ - hi) in [lo_off, lo_off + MP); columns M..MP zero (the MMA operands' padding).
+    k = tl.program_id(0) * BK + tl.arange(0, BK)
+    cols = tl.arange(0, MP)
+    km = (k < K)[:, None]
+    p = tl.load(phi_ptr + k[:, None] * M + cols[None, :], mask=km & (cols < M)[None, :], other=0.0)
+    hi = p.to(tl.bfloat16)
+    o = out_ptr + k[:, None].to(tl.int64) * ld + cols[None, :]
+    tl.store(o, hi, mask=km)
+    if LO:
+        tl.store(o + lo_off, (p - hi.to(tl.float32)).to(tl.bfloat16), mask=km)
+
+
+@triton.jit
+def proj_fwd(x_ptr, phi_ptr, m_ptr, ss_ptr, N, K, M, k_per_split, phi_ld, phi_lo,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
              SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, SS: tl.constexpr,
              MERGED: tl.constexpr):
@@ -76,15 +91,15 @@ def proj_fwd(x_ptr, phi_ptr, phi_lo_ptr, m_ptr, ss_ptr, N, K, M, k_per_split,
         else:
             vf = v.to(tl.float32)
             ss += tl.sum(vf * vf, axis=1)
-        po = k[:, None] * M + cols[None, :]
+        po = k[:, None] * phi_ld + cols[None, :]
         pm = km[:, None] & cm[None, :]
         if MERGED:
-            p2 = tl.load(phi_ptr + k[:, None] * (2 * MP) + cols2[None, :], mask=km[:, None], other=0.0)
+            p2 = tl.load(phi_ptr + k[:, None] * phi_ld + cols2[None, :], mask=km[:, None], other=0.0)
             acc2 += _mma(v, p2, INTERP)
         elif SPLIT:
             acc += _mma(v, tl.load(phi_ptr + po, mask=pm, other=0.0), INTERP)
             if LO:
-                acc += _mma(v, tl.load(phi_lo_ptr + po, mask=pm, other=0.0), INTERP)
+                acc += _mma(v, tl.load(phi_ptr + phi_lo + po, mask=pm, other=0.0), INTERP)
         else:
             acc += tl.dot(v.to(tl.float32), tl.load(phi_ptr + po, mask=pm, other=0.0), input_precision=PREC)
     if MERGED:
@@ -212,7 +227,7 @@ def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, s
 
 
 @triton.jit
-def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split,
+def proj_bwd(x_ptr, phi_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, M, tok_per_split, phi_ld, phi_lo,
              g_ptr, hres_ptr, hpre_ptr, din_ptr, C,
              BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, PREC: tl.constexpr,
              SPLIT: tl.constexpr, LO: tl.constexpr, INTERP: tl.constexpr, RELOAD: tl.constexpr,
@@ -236,9 +251,10 @@ def proj_bwd(x_ptr, phi_ptr, phi_lo_ptr, dm_ptr, c_ptr, dx_ptr, dphi_ptr, N, K, 
     cm = cols < M
     po = k[:, None] * M + cols[None, :]
     pm = km[:, None] & cm[None, :]
-    pt = tl.trans(tl.load(phi_ptr + po, mask=pm, other=0.0))  # [MP, BK]
+    pp = k[:, None] * phi_ld + cols[None, :]  # φ's rows (parts at offsets 0 and phi_lo, see launch._phi_parts)
+    pt = tl.trans(tl.load(phi_ptr + pp, mask=pm, other=0.0))  # [MP, BK]
     if SPLIT and LO:
-        pt_lo = tl.trans(tl.load(phi_lo_ptr + po, mask=pm, other=0.0))
+        pt_lo = tl.trans(tl.load(phi_ptr + phi_lo + pp, mask=pm, other=0.0))
     if TRANS:
         acc = tl.zeros((MP, BK), dtype=tl.float32)
     else:

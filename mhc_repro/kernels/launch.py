@@ -86,16 +86,21 @@ def _check_precision(precision: str) -> None:
            f"kernel projection precision {precision!r} is unknown; allowed: {', '.join(PROJ_PRECISIONS)}")
 
 
-def _phi_parts(phi: Tensor, x: Tensor, precision: str) -> tuple[Tensor, Tensor, bool, bool]:
-    """φ as the kernels read it: (hi, lo, SPLIT, LO). bf16 stream: bf16 hi (+ lo with "bf16x2");
-    fp32 stream: fp32 φ (tf32 products at DOT_PRECISION), lo unused."""
+def _phi_parts(phi: Tensor, x: Tensor, precision: str, MP: int) -> tuple[Tensor, int, int, bool, bool]:
+    """φ as the kernels read it: (buffer, row stride, offset of the lo part, SPLIT, LO). bf16 stream:
+    one bf16 buffer [K, 2·MP] with φ_hi in columns [0, MP) and φ_lo = bf16(φ - φ_hi) in [MP, 2·MP)
+    ("bf16x2"; the merged forward projection reads both halves as one operand), or [K, MP] with φ_hi
+    alone ("bf16"), zero-padded, written by one kernel (it replaced ~9 small torch ops per call: 13
+    launches of 1.5–2.5 µs per sub-layer, run 38); fp32 stream: fp32 φ [K, M] (tf32 products)."""
     p = phi.float().contiguous()
-    if x.dtype == torch.bfloat16:
-        hi = p.to(torch.bfloat16)
-        if precision == "bf16":
-            return hi, hi, True, False
-        return hi, (p - hi.float()).to(torch.bfloat16), True, True
-    return p, p, False, False
+    K, M = p.shape
+    if x.dtype != torch.bfloat16:
+        return p, M, 0, False, False
+    lo = precision != "bf16"
+    buf = torch.empty(K, 2 * MP if lo else MP, device=p.device, dtype=torch.bfloat16)
+    bk = 64
+    ck.phi_split[(triton.cdiv(K, bk),)](p, buf, K, M, buf.stride(0), MP, MP=MP, BK=bk, LO=lo)
+    return buf, buf.stride(0), MP, True, lo
 
 
 def _proj_tiles(cfg, K: int, M: int, split: bool) -> tuple:
@@ -112,10 +117,9 @@ def _proj_tiles(cfg, K: int, M: int, split: bool) -> tuple:
 def launch_proj_fwd(x: Tensor, phi: Tensor, M: int, precision: str = PROJ_PRECISION) -> tuple[Tensor, Tensor]:
     """m = x·φ [N, M] and Σ x² [N] (fp32) in one pass over x [N, K] (K split over programs)."""
     N, K = x.shape
-    p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
-    merged = bool(PROJ_FWD_MERGED and lo)
-    if merged:  # [φ_hi | φ_lo], each zero-padded to MP columns
-        p_hi = torch.cat([F.pad(p, (0, _p2(M, 16) - M)) for p in (p_hi, p_lo)], dim=1).contiguous()
+    MP = _p2(M, 16)
+    p, ld, lo_off, split, lo = _phi_parts(phi, x, precision, MP)
+    merged = bool(PROJ_FWD_MERGED and lo)  # [φ_hi | φ_lo] as one operand of 2·MP columns
     bn, bk, stages, reload, warps, ksplit = _proj_tiles(_PROJ_FWD, K, M, split)  # same bytes merged
     ss_mode = "reload" if reload is True else ("diag" if reload == "diag" and split else "reg")
     k_per = triton.cdiv(triton.cdiv(K, ksplit), bk) * bk
@@ -123,7 +127,7 @@ def launch_proj_fwd(x: Tensor, phi: Tensor, M: int, precision: str = PROJ_PRECIS
     m = torch.empty(ksplit, N, M, device=x.device, dtype=torch.float32)
     ss = torch.empty(ksplit, N, device=x.device, dtype=torch.float32)
     ck.proj_fwd[(triton.cdiv(N, bn), ksplit)](
-        x, p_hi, p_lo, m, ss, N, K, M, k_per, BN=bn, BK=bk, MP=_p2(M, 16), PREC=DOT_PRECISION,
+        x, p, m, ss, N, K, M, k_per, ld, lo_off, BN=bn, BK=bk, MP=MP, PREC=DOT_PRECISION,
         SPLIT=split, LO=lo, INTERP=_interpreted(), SS=ss_mode, MERGED=merged, num_stages=stages, num_warps=warps)
     if ksplit == 1:
         return m[0], ss[0]
@@ -170,7 +174,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     overwritten, by the same program)."""
     N, K = x.shape
     M = dm.shape[1]
-    p_hi, p_lo, split, lo = _phi_parts(phi, x, precision)
+    p, ld, lo_off, split, lo = _phi_parts(phi, x, precision, _p2(M, 16))
     gemm = _PROJ_BWD_GEMM is not None and _p2(M, 16) <= 32
     if gemm:  # dx-only kernel; dφ below as one GEMM
         bn, bk, tok, stages, warps = _PROJ_BWD_GEMM
@@ -195,7 +199,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
         n, C = g.shape[1], g.shape[2]
         h_res, h_pre = h_res.float(), h_pre.float()
     ck.proj_bwd[(n_kb, splits)](
-        x, p_hi, p_lo, dm, c, dx, part, N, K, M, tok, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
+        x, p, dm, c, dx, part, N, K, M, tok, ld, lo_off, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
         MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
         TRANS=trans, LINK=0 if link is None else LINK_MODES.index(link_mode) + 1, n=n, DPHI=not gemm,
         ALIGNED=C % bk == 0, num_stages=stages, num_warps=warps)
