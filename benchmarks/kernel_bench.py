@@ -36,12 +36,15 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     # The four coefficient kernels alone (the two ops above are these pairs), both precisions.
     ss = x.float().pow(2).sum((1, 2))
     cases["  coef_fwd (epilogue + Sinkhorn)"] = (lambda: launch.launch_coef_fwd(m, ss, alpha, bias, n, n * c, 20, 1e-6, 1e-6), small)
-    cases["  coef_bwd (Sinkhorn bwd recomputed)"] = (lambda: launch.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6), small)
-    _, dm, cc, _ = launch.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6)
+    cases["  coef_bwd (Sinkhorn bwd recomputed)"] = (lambda: launch.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6, 2), small)
+    _, dm, cc, _, _ = launch.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6)
+    # dm's bf16 parts, as coef_bwd writes them for the dφ GEMM of each precision (launch.dm_parts)
+    dmp = {p: launch.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6,
+                                     launch.dm_parts(x.view(N, -1), M, p))[4] for p in launch.PROJ_PRECISIONS}
     for p in launch.PROJ_PRECISIONS:
         cases[f"  proj_fwd [{p}] (v·φ + Σv²)"] = (lambda p=p: launch.launch_proj_fwd(x.view(N, -1), phi, M, p), n * e + N * 4 * (M + 1))
         # dφ as a GEMM (_PROJ_BWD_GEMM) reads the stream a second time.
-        cases[f"  proj_bwd [{p}] (dv, dφ)"] = (lambda p=p: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p),
+        cases[f"  proj_bwd [{p}] (dv, dφ)"] = (lambda p=p: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, dmp=dmp[p]),
                                                (3 if launch._PROJ_BWD_GEMM else 2) * n * e)
     # The linked pair's backward kernels (kernels/linked.py): the single stream-gradient pass
     # (dx = [H_resᵀ]g + h_pre⊗d_in + dm·φᵀ + c·v, dφ: LINK_MODE "gather" forms H_resᵀg from g, "add"
@@ -50,9 +53,9 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
         for lm in launch.LINK_MODES:
             cases[f"  proj_bwd linked {lm} [{p}] (all of dx, dφ)"] = (
                 lambda p=p, lm=lm: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, link=(g, hr, hp, db),
-                                                         link_mode=lm),
+                                                         link_mode=lm, dmp=dmp[p]),
                 (3 * n + 1 + (n if launch._PROJ_BWD_GEMM else 0)) * e)
-        cases[f"  dφ GEMM [{p}]"] = (lambda p=p: launch._dphi_gemm(x.view(N, -1), dm, p), n * e)
+        cases[f"  dφ GEMM [{p}]"] = (lambda p=p: launch._dphi_gemm(x.view(N, -1), dm, p, dmp[p]), n * e)
     cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
     # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
     xf, phb = x.view(N, -1), phi.to(torch.bfloat16)
@@ -143,7 +146,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
                                                            link=(g, hr, hq, f), link_mode="add")),
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
-                              + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6)),
+                              + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6, 2)),
     }
 
     def rel(a, b):

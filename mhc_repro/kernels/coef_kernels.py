@@ -154,10 +154,22 @@ def coef_fwd(m_ptr, ss_ptr, alpha_ptr, bias_ptr, hpre_ptr, hpost_ptr, hres_ptr, 
 
 
 @triton.jit
+def _store_parts(ptr, offs, v, mask, M, PARTS: tl.constexpr):
+    hi = v.to(tl.bfloat16)
+    tl.store(ptr + offs, hi, mask=mask)
+    if PARTS == 2:
+        tl.store(ptr + offs + M, (v - hi.to(tl.float32)).to(tl.bfloat16), mask=mask)
+
+
+@triton.jit
 def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, scr_ptr,
-             dht_ptr, dm_ptr, c_ptr, da_ptr,
+             part_ptr, dm_ptr, c_ptr, dmp_ptr,
              N, inv_k, eps, t_max,
-             n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr):
+             n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, PARTS: tl.constexpr):
+    # part_ptr: this program's row of [programs, M + 3] partial sums over its tokens — dbias (= Σ dh~)
+    # in columns [0, M), dα in [M, M + 3) — summed by the caller (deterministic; a per-token [N, M]
+    # buffer summed over N by torch took ~10 µs per reduction, run 38).
+    # PARTS: also dm's bf16 parts for the dφ GEMM in dmp_ptr, [N, PARTS·M]: hi, then (PARTS = 2) lo.
     M = n * n + 2 * n
     pid = tl.program_id(0)
     t = pid * BT + tl.arange(0, BT)
@@ -208,20 +220,32 @@ def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, s
         g = tl.where(m3, (g - tl.sum(g * y, axis=1)[:, None, :]) / sc[:, None, :], 0.0)
         y = y * sc[:, None, :]
     d_res = g * h0
-    # dh~ (for dbias), dm = α dh~ / r, and the 1/r term: dr = -Σ α m dh~ / r², c = dr / (K r).
+    # dm = α dh~ / r, the 1/r term: dr = -Σ α m dh~ / r², c = dr / (K r); partial sums of dh~ and dα.
     ob = t[:, None] * M + j[None, :]
-    tl.store(dht_ptr + ob, d_pre, mask=m2)
-    tl.store(dht_ptr + ob + n, d_post, mask=m2)
-    tl.store(dht_ptr + t[:, None, None] * M + 2 * n + off, d_res, mask=m3)
-    tl.store(dm_ptr + ob, a_pre * d_pre / r[:, None], mask=m2)
-    tl.store(dm_ptr + ob + n, a_post * d_post / r[:, None], mask=m2)
-    tl.store(dm_ptr + t[:, None, None] * M + 2 * n + off, a_res * d_res / r[:, None, None], mask=m3)
+    o3 = t[:, None, None] * M + 2 * n + off
+    dm_pre = a_pre * d_pre / r[:, None]
+    dm_post = a_post * d_post / r[:, None]
+    dm_res = a_res * d_res / r[:, None, None]
+    tl.store(dm_ptr + ob, dm_pre, mask=m2)
+    tl.store(dm_ptr + ob + n, dm_post, mask=m2)
+    tl.store(dm_ptr + o3, dm_res, mask=m3)
+    if PARTS > 0:
+        _store_parts(dmp_ptr, t[:, None] * (PARTS * M) + j[None, :], dm_pre, m2, M, PARTS)
+        _store_parts(dmp_ptr, t[:, None] * (PARTS * M) + n + j[None, :], dm_post, m2, M, PARTS)
+        _store_parts(dmp_ptr, t[:, None, None] * (PARTS * M) + 2 * n + off, dm_res, m3, M, PARTS)
     p_pre = tl.sum(mp * d_pre, axis=1) / r
     p_post = tl.sum(mq * d_post, axis=1) / r
     p_res = tl.sum(tl.sum(mr * d_res, axis=2), axis=1) / r
-    tl.store(da_ptr + t * 3 + 0, p_pre, mask=tm)
-    tl.store(da_ptr + t * 3 + 1, p_post, mask=tm)
-    tl.store(da_ptr + t * 3 + 2, p_res, mask=tm)
+    row = part_ptr + pid * (M + 3)
+    jm1 = j < n
+    tl.store(row + j, tl.sum(d_pre, axis=0), mask=jm1)  # masked tokens carry zero gradients
+    tl.store(row + n + j, tl.sum(d_post, axis=0), mask=jm1)
+    i2 = tl.arange(0, NP)[:, None]
+    j2 = tl.arange(0, NP)[None, :]
+    tl.store(row + 2 * n + i2 * n + j2, tl.sum(tl.where(m3, d_res, 0.0), axis=0), mask=(i2 < n) & (j2 < n))
+    tl.store(row + M, tl.sum(p_pre, axis=0))
+    tl.store(row + M + 1, tl.sum(p_post, axis=0))
+    tl.store(row + M + 2, tl.sum(p_res, axis=0))
     dr = -(a_pre * p_pre + a_post * p_post + a_res * p_res) / r
     tl.store(c_ptr + t, dr * inv_k / r, mask=tm)
 

@@ -56,9 +56,10 @@ def _coefficients_bwd(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, 
     N, K = x.shape
     if N == 0:
         return torch.zeros_like(x), torch.zeros_like(phi), torch.zeros_like(alpha), torch.zeros_like(bias)
-    dht, dm, c, da = L.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps)
-    dx, dphi = L.launch_proj_bwd(x, phi, dm, c, precision)
-    return dx, dphi.to(phi.dtype), da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
+    dbias, dm, c, dalpha, dmp = L.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps,
+                                                  L.dm_parts(x, m.shape[1], precision))
+    dx, dphi = L.launch_proj_bwd(x, phi, dm, c, precision, dmp=dmp)
+    return dx, dphi.to(phi.dtype), dalpha.to(alpha.dtype), dbias.to(bias.dtype)
 
 
 @_coefficients_bwd.register_fake

@@ -146,32 +146,44 @@ def launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps):
     return h_pre, h_post, h_res, r
 
 
-def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps):
-    """Sinkhorn backward (recomputed) + epilogue backward: dh~ [N, M], dm [N, M], c [N], α partials [N, 3]."""
+def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps, parts: int = 0):
+    """Sinkhorn backward (recomputed) + epilogue backward: (dbias [M], dm [N, M], c [N], dα [3], dm's
+    bf16 parts [N, parts·M] or None) — dbias and dα from per-program partial sums; ``parts`` (1: hi,
+    2: hi | lo) are the dφ GEMM's operand (``_dphi_gemm``)."""
     N, M = m.shape
     f32 = dict(device=m.device, dtype=torch.float32)
     NP, (BT, warps) = _np(n), _SINKHORN
     n_prog = triton.cdiv(N, BT)
-    dht, dm = torch.empty(N, M, **f32), torch.empty(N, M, **f32)
-    c, da = torch.empty(N, **f32), torch.empty(N, 3, **f32)
+    dm, c = torch.empty(N, M, **f32), torch.empty(N, **f32)
+    part = torch.empty(n_prog, M + 3, **f32)
+    dmp = torch.empty(N, parts * M, device=m.device, dtype=torch.bfloat16) if parts else None
     scratch = torch.empty(n_prog * BT * 2 * t_max * NP, **f32)
     ck.coef_bwd[(n_prog,)](
         m, r, alpha.float().contiguous(), bias.float().contiguous(),
         g_pre.float().contiguous(), g_post.float().contiguous(), g_res.float().contiguous(),
-        scratch, dht, dm, c, da, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT, num_warps=warps)
-    return dht, dm, c, da
+        scratch, part, dm, c, dm if dmp is None else dmp, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT,
+        PARTS=parts, num_warps=warps)
+    # two sums, not two views of one: a custom op's outputs must not alias each other
+    return part[:, :M].sum(0), dm, c, part[:, M:].sum(0), dmp
+
+
+def dm_parts(x: Tensor, M: int, precision: str) -> int:
+    """How many bf16 parts of dm the dφ GEMM of launch_proj_bwd reads (0: it reads fp32 dm)."""
+    gemm = _PROJ_BWD_GEMM is not None and _p2(M, 16) <= 32
+    return (1 if precision == "bf16" else 2) if gemm and x.dtype == torch.bfloat16 and x.is_cuda else 0
 
 
 def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
                     precision: str = PROJ_PRECISION, link: tuple | None = None,
-                    link_mode: str = "gather", out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                    link_mode: str = "gather", out: Tensor | None = None,
+                    dmp: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """dx = dm·φᵀ + c·x and dφ = xᵀ·dm (fp32): with _PROJ_BWD_GEMM (n <= 4) a dx pass plus one GEMM,
     otherwise one pass over x with dφ from per-split partials.
     ``link = (g [N, n, C], h_res [N, n, n], h_pre [N, n], d_in [N, C])`` adds the other two stream
     gradients to dx (the linked sub-layer's single stream-gradient pass): link_mode "gather" adds
     H_resᵀ g + h_pre ⊗ d_in, "add" adds g + h_pre ⊗ d_in (g then already H_resᵀ g; h_res unused).
     ``out``: dx's buffer ([N, K], x's dtype); with "add" it may be g itself (each element is read, then
-    overwritten, by the same program)."""
+    overwritten, by the same program). ``dmp``: dm's bf16 parts from launch_coef_bwd (see dm_parts)."""
     N, K = x.shape
     M = dm.shape[1]
     p, ld, lo_off, split, lo = _phi_parts(phi, x, precision, _p2(M, 16))
@@ -203,24 +215,24 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
         MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
         TRANS=trans, LINK=0 if link is None else LINK_MODES.index(link_mode) + 1, n=n, DPHI=not gemm,
         ALIGNED=C % bk == 0, num_stages=stages, num_warps=warps)
-    return dx, (_dphi_gemm(x, dm, precision) if gemm else part.sum(0))
+    return dx, (_dphi_gemm(x, dm, precision, dmp) if gemm else part.sum(0))
 
 
-def _dphi_gemm(x: Tensor, dm: Tensor, precision: str) -> Tensor:
+def _dphi_gemm(x: Tensor, dm: Tensor, precision: str, dmp: Tensor | None = None) -> Tensor:
     """dφ = xᵀ·dm [K, M] in fp32 as one GEMM. bf16 stream on CUDA: bf16 operands with fp32 output
-    (dm as hi + lo bf16 parts for "bf16x2", like the kernels); elsewhere in fp32."""
+    (dm as hi + lo bf16 parts for "bf16x2", like the kernels; ``dmp``: those parts, [N, M] or [N, 2M],
+    as coef_bwd wrote them); elsewhere in fp32."""
+    M = dm.shape[1]
     if x.dtype != torch.bfloat16:
         return x.t().float() @ dm.float()
-    hi = dm.to(torch.bfloat16)
-    if precision == "bf16":
-        ops = hi
-    else:
-        ops = torch.cat([hi, (dm - hi.float()).to(torch.bfloat16)], 1)
+    if dmp is None:
+        hi = dm.to(torch.bfloat16)
+        dmp = hi if precision == "bf16" else torch.cat([hi, (dm - hi.float()).to(torch.bfloat16)], 1)
     if x.is_cuda:
-        out = torch.mm(x.t(), ops, out_dtype=torch.float32)
+        out = torch.mm(x.t(), dmp, out_dtype=torch.float32)
     else:
-        out = x.t().float() @ ops.float()
-    return out if precision == "bf16" else out[:, :dm.shape[1]] + out[:, dm.shape[1]:]
+        out = x.t().float() @ dmp.float()
+    return out if dmp.shape[1] == M else out[:, :M] + out[:, M:]
 
 # ---------------------------------------------------------------- stream kernels (4, 5 and backwards)
 def launch_pre(x: Tensor, h_pre: Tensor) -> Tensor:

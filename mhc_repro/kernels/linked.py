@@ -49,10 +49,12 @@ def _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_
     if N == 0:
         return torch.zeros_like(x), torch.zeros_like(phi), torch.zeros_like(alpha), torch.zeros_like(bias)
     g_pre = torch.ops.mhc_repro.pre_bwd_dh(x, d_in)
-    dht, dm, c, da = L.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps)
-    dx, dphi = L.launch_proj_bwd(x.view(N, n * C), phi, dm, c, precision, link=(g_link, h_res, h_pre, d_in),
-                                  link_mode=link_mode, out=None if out is None else out.view(N, n * C))
-    return dx.view(N, n, C), dphi.to(phi.dtype), da.sum(0).to(alpha.dtype), dht.sum(0).to(bias.dtype)
+    xf = x.view(N, n * C)
+    dbias, dm, c, dalpha, dmp = L.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps,
+                                                  L.dm_parts(xf, m.shape[1], precision))
+    dx, dphi = L.launch_proj_bwd(xf, phi, dm, c, precision, link=(g_link, h_res, h_pre, d_in),
+                                  link_mode=link_mode, out=None if out is None else out.view(N, n * C), dmp=dmp)
+    return dx.view(N, n, C), dphi.to(phi.dtype), dalpha.to(alpha.dtype), dbias.to(bias.dtype)
 
 
 @torch.library.custom_op("mhc_repro::pre_linked_bwd", mutates_args=())

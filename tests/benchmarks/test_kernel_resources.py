@@ -22,14 +22,14 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     kernels = {r["kernel"] for r in rows}
-    assert {"proj_fwd", "coef_fwd", "coef_bwd", "proj_bwd", "pre_fwd", "pre_bwd", "post_res_fwd",
+    assert {"proj_fwd", "coef_fwd", "coef_bwd", "proj_bwd", "pre_fwd", "pre_bwd", "post_res_fwd", "phi_split",
             "post_res_bwd_mma"} <= kernels
     # each table row holds the kernels it launches (a miscount of launches per row shifts these)
     by_row = {}
     for r in rows:
         by_row.setdefault(r["row"], []).append(r["kernel"])
     assert by_row["pre"] == ["pre_fwd"] and by_row["post_res_bwd"] == ["post_res_bwd_mma"]
-    assert by_row["coefficients [bf16x2] (proj+sumsq, epilogue)"] == ["proj_fwd", "coef_fwd"]
+    assert by_row["coefficients [bf16x2] (proj+sumsq, epilogue)"] == ["phi_split", "proj_fwd", "coef_fwd"]
     assert by_row["coef_bwd (Sinkhorn bwd recomputed)"] == ["coef_bwd"]
     for r in rows:
         assert 0 < r["regs"] <= 255 and 1 <= r["blocks_per_sm"] <= 32, r

@@ -108,3 +108,37 @@ def test_merged_hi_lo_projection_is_the_same_product(launch, device, monkeypatch
 
     assert rel(m1, m0.double()) < 1e-6 and torch.equal(ss1, ss0)
     assert rel(m1, ref) < 1e-5 < rel(m_bf16, ref)
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_coef_bwd_writes_dm_parts_for_the_dphi_gemm(fused, launch, device, parts):
+    """coef_bwd's bf16 parts of dm (the CUDA dφ GEMM's operand; CPU runs never ask for them in the
+    ops) are dm's hi (+ lo) split, and the GEMM from them equals the GEMM that splits dm itself."""
+    g = torch.Generator().manual_seed(parts)
+    N, n, C = 37, 4, 24
+    M = n * n + 2 * n
+    f32 = dict(device=device, dtype=torch.float32)
+    m = torch.randn(N, M, generator=g).to(**f32)
+    r = (1 + torch.rand(N, generator=g)).to(**f32)
+    alpha, bias = (0.5 + torch.rand(3, generator=g)).to(**f32), torch.randn(M, generator=g).to(**f32)
+    gp, gq, gr = (torch.randn(*s, generator=g).to(**f32) for s in ((N, n), (N, n), (N, n, n)))
+    dbias, dm, c, dalpha, none = launch.launch_coef_bwd(m, r, alpha, bias, gp, gq, gr, n, n * C, 20, 1e-6)
+    out = launch.launch_coef_bwd(m, r, alpha, bias, gp, gq, gr, n, n * C, 20, 1e-6, parts)
+    assert none is None and all(torch.equal(a, b) for a, b in zip((dbias, dm, c, dalpha), out[:4]))
+    dmp = out[4]
+    assert dmp.dtype == torch.bfloat16 and tuple(dmp.shape) == (N, parts * M)
+    hi = dmp[:, :M].float()
+    # the CPU interpreter rounds fp32 -> bf16 toward zero, the GPU to nearest: within one bf16 step
+    assert ((hi - dm).abs() <= dm.abs() * 2**-7).all()
+    if parts == 2:
+        assert ((hi + dmp[:, M:].float() - dm).abs() <= dm.abs() * 2**-14).all()
+    x = torch.randn(N, n * C, generator=g).to(device=device, dtype=torch.bfloat16)
+    prec = "bf16" if parts == 1 else "bf16x2"
+    a, b = launch._dphi_gemm(x, dm, prec, dmp), launch._dphi_gemm(x, dm, prec)
+    if device == "cuda":  # same rounding as torch's split: the same operand, the same GEMM
+        ref = dm.to(torch.bfloat16)
+        assert torch.equal(dmp[:, :M], ref) and torch.equal(a, b)
+        if parts == 2:
+            assert torch.equal(dmp[:, M:], (dm - ref.float()).to(torch.bfloat16))
+    else:
+        assert ((a - b).norm() / b.norm()).item() <= (2**-7 if parts == 1 else 1e-4)
