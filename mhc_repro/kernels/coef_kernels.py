@@ -154,6 +154,19 @@ def coef_fwd(m_ptr, ss_ptr, alpha_ptr, bias_ptr, hpre_ptr, hpost_ptr, hres_ptr, 
 
 
 @triton.jit
+def sum_rows(part_ptr, a_ptr, b_ptr, R, W, SPLIT, BR: tl.constexpr, WP: tl.constexpr):
+    # Column sums of part [R, W] (fp32), fixed order: columns [0, SPLIT) to a, [SPLIT, W) to b.
+    cols = tl.arange(0, WP)
+    acc = tl.zeros((WP,), dtype=tl.float32)
+    for r0 in range(0, R, BR):
+        r = r0 + tl.arange(0, BR)
+        acc += tl.sum(tl.load(part_ptr + r[:, None] * W + cols[None, :],
+                              mask=(r < R)[:, None] & (cols < W)[None, :], other=0.0), axis=0)
+    tl.store(a_ptr + cols, acc, mask=cols < SPLIT)
+    tl.store(b_ptr + tl.where(cols >= SPLIT, cols - SPLIT, 0), acc, mask=(cols >= SPLIT) & (cols < W))
+
+
+@triton.jit
 def _store_parts(ptr, offs, v, mask, M, PARTS: tl.constexpr):
     hi = v.to(tl.bfloat16)
     tl.store(ptr + offs, hi, mask=mask)

@@ -163,8 +163,11 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps, p
         g_pre.float().contiguous(), g_post.float().contiguous(), g_res.float().contiguous(),
         scratch, part, dm, c, dm if dmp is None else dmp, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT,
         PARTS=parts, num_warps=warps)
-    # two sums, not two views of one: a custom op's outputs must not alias each other
-    return part[:, :M].sum(0), dm, c, part[:, M:].sum(0), dmp
+    # one small kernel, two outputs (not two views of one: a custom op's outputs must not alias);
+    # torch's column sums of the slices took ~8 µs each (run 39)
+    dbias, dalpha = torch.empty(M, **f32), torch.empty(3, **f32)
+    ck.sum_rows[(1,)](part, dbias, dalpha, n_prog, M + 3, M, BR=32, WP=_p2(M + 3, 16))
+    return dbias, dm, c, dalpha, dmp
 
 
 def dm_parts(x: Tensor, M: int, precision: str) -> int:

@@ -142,3 +142,14 @@ def test_coef_bwd_writes_dm_parts_for_the_dphi_gemm(fused, launch, device, parts
             assert torch.equal(dmp[:, M:], (dm - ref.float()).to(torch.bfloat16))
     else:
         assert ((a - b).norm() / b.norm()).item() <= (2**-7 if parts == 1 else 1e-4)
+
+
+@pytest.mark.parametrize("R, W, split", [(70, 27, 24), (1, 18, 15), (33, 3, 1)])
+def test_sum_rows_splits_the_column_sums(fused, launch, device, R, W, split):
+    """coef_bwd's partial sums (dbias | dα per program) are reduced by one kernel into two outputs."""
+    part = torch.randn(R, W, generator=torch.Generator().manual_seed(R)).to(device)
+    a, b = torch.empty(split, device=device), torch.empty(W - split, device=device)
+    launch.ck.sum_rows[(1,)](part, a, b, R, W, split, BR=32, WP=launch._p2(W, 16))
+    ref = part.double().sum(0)
+    assert torch.allclose(a.double(), ref[:split], rtol=1e-6, atol=1e-5)
+    assert torch.allclose(b.double(), ref[split:], rtol=1e-6, atol=1e-5)
