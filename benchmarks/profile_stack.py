@@ -30,7 +30,7 @@ from bench_mhc import kernel_switches, launch_settings, stack_inputs, stack_step
 
 # Kernel function names in mhc_repro/kernels (Triton names a kernel after its function).
 MHC_KERNELS = ("proj_fwd", "coef_fwd", "coef_bwd", "proj_bwd", "pre_fwd", "pre_bwd", "post_res_fwd",
-               "post_res_bwd")
+               "post_res_bwd", "phi_split", "sum_rows")
 CATEGORIES = ("mhc", "inductor", "gemm", "attention", "memory", "other")
 
 

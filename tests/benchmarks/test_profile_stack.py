@@ -12,7 +12,7 @@ import profile_stack as ps  # noqa: E402
 
 
 @pytest.mark.parametrize("name, cat", [
-    ("proj_bwd", "mhc"), ("post_res_bwd_mma", "mhc"), ("coef_fwd", "mhc"),
+    ("proj_bwd", "mhc"), ("post_res_bwd_mma", "mhc"), ("coef_fwd", "mhc"), ("phi_split", "mhc"), ("sum_rows", "mhc"),
     ("triton_red_fused__to_copy_add_mul_sum_0", "inductor"), ("triton_poi_fused_add_0", "inductor"),
     ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT", "gemm"), ("sm90_xmma_gemm_bf16bf16_bf16f32", "gemm"),
     ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128>>", "attention"),
