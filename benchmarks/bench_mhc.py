@@ -38,7 +38,6 @@ from kernel_bench import SWEEP, bench_kernels, copy_bandwidth, machine_probe, sw
 from llama_blocks import Attention, Block, RMSNorm, SwiGLU  # noqa: E402,F401
 
 from mhc_repro.kernels import get_mhc_ops  # noqa: E402
-from mhc_repro.residual import sum_streams  # noqa: E402
 
 
 def _hc_package():
@@ -63,7 +62,7 @@ LAZY_PRB = [("mma", 16, 128, 4, 3)]  # post_res backward tiles of the *_lazy var
 def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     if kind == "hc_pkg":  # the hyper-connections package's mHC (optional extra)
         blocks = _hc_package().build_hc_package_blocks(c, n, n_blocks, device, RMSNorm, Attention, SwiGLU)
-        return blocks, [torch.compile(b, dynamic=False) if compiled else b for b in blocks]
+        return blocks, block_fns(blocks, True, compiled, dynamic=False)
     prec = "bf16" if kind.startswith("mhc_fused_bf16") else PRECISION[0]
     ops = None if kind.startswith("residual") else get_mhc_ops("reference" if kind == "mhc_ref" else "triton", device, prec)
     torch.manual_seed(0)
@@ -84,8 +83,20 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     # *_cg: CUDA graphs (Inductor's "reduce-overhead"), which take the host's launch work (the kernels'
     # Python launchers included) off the step; compare with residual_cg for like with like.
     opts = dict(dynamic=False, mode="reduce-overhead") if "_cg" in kind else dict(dynamic=False)
-    fns = [torch.compile(b, **opts) if compiled else b for b in blocks]
-    return blocks, fns
+    return blocks, block_fns(blocks, ops is not None, compiled, **opts)
+
+
+def block_fns(blocks, collapse: bool, compiled: bool, **opts) -> list:
+    """The blocks as the step calls them, each under torch.compile(**opts) when ``compiled``. With
+    ``collapse`` (n-stream stacks) the last one also sums the streams, inside the same compiled
+    graph, as the model does (LM.forward hands its StreamCollapse to the last block): the sum's
+    broadcast gradient then forms inside that graph. Up to run 40 the stack summed outside, eagerly,
+    and the last block's backward copied the expand-view gradient through a slow strided path (322 µs
+    of 54 ms at C = 2048, run 38)."""
+    fns = list(blocks)
+    if collapse:
+        fns[-1] = lambda x, b=blocks[-1]: b(x).sum(2)
+    return [torch.compile(f, **opts) if compiled else f for f in fns]
 
 
 def time_cuda(fn, warmup: int, iters: int) -> float:
@@ -195,26 +206,18 @@ def launch_settings(pairs) -> dict:
     return values
 
 
-def stack_forward(fns, x0, n_streams: int, collapse=None):
-    """The stack's output from x0 [B, T, C]: streams expanded, every block, streams summed.
+def stack_forward(fns, x0, n_streams: int):
+    """The stack's output from x0 [B, T, C]: streams expanded, every block, streams summed (by the
+    last of ``fns``, see block_fns).
 
     The n-stream lives only inside this function, as inside a model's forward: once collapsed it is
     freed (up to run 17 the benchmark held the last stream, 4 units of [N, C], through the whole
     backward, which a model does not; it inflated mHC's peak, not the residual's). The expansion is
-    a broadcast view, as mhc_repro.residual.expand_streams returns, materialized by block 0's ops.
-    The streams are summed by ``collapse`` (default: the model's ``sum_streams``, eager; the timed
-    steps pass ``collapse_fn(compiled)``, compiled like the model's collapse under ``train.compile``).
-    Up to run 38 the sum was a plain ``x.sum(2)``, whose expand-view gradient the last compiled block
-    copied through a slow strided path (322 µs per step at C = 2048)."""
+    a broadcast view, as mhc_repro.residual.expand_streams returns, materialized by block 0's ops."""
     x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)
     for f in fns:
         x = f(x)
-    return x if n_streams == 1 else (collapse or sum_streams)(x)
-
-
-def collapse_fn(compiled: bool):
-    """The stream collapse of a stack: ``sum_streams``, under torch.compile when the blocks are."""
-    return torch.compile(sum_streams, dynamic=False) if compiled else sum_streams
+    return x
 
 
 def stack_inputs(c: int, args, dev) -> tuple:
@@ -234,10 +237,9 @@ def stack_step(kind, compiled, c, n, n_blocks, x0, dout):
     blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
     params = list(blocks.parameters())
     n_streams = 1 if kind.startswith("residual") else n
-    collapse = collapse_fn(compiled)
 
     def forward():
-        return stack_forward(fns, x0, n_streams, collapse)
+        return stack_forward(fns, x0, n_streams)
 
     def step():
         for p in params:

@@ -83,10 +83,9 @@ def main() -> None:
         with bench_mhc.kernel_switches(kind):
             blocks, fns = bench_mhc.build(kind, c, args.n, nb, True, dev)
             n_streams = 1 if kind.startswith("residual") else args.n
-            collapse = bench_mhc.collapse_fn(True)
 
             def forward():
-                return bench_mhc.stack_forward(fns, x0, n_streams, collapse)
+                return bench_mhc.stack_forward(fns, x0, n_streams)
 
             forward().backward(dout)  # compile
             for p in blocks.parameters():

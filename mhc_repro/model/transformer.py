@@ -56,10 +56,16 @@ class Block(nn.Module):
         self.recompute_mode = cfg.residual.recompute
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
-                kv: Optional[LayerKV] = None, start: int = 0) -> Tensor:
+                kv: Optional[LayerKV] = None, start: int = 0, collapse: Optional[nn.Module] = None) -> Tensor:
+        """[B, T, n, C] -> [B, T, n, C]; with ``collapse`` (the last block) -> collapse(...) [B, T, C].
+        The collapse runs inside this block's forward so that, compiled, its broadcast gradient forms
+        inside the block's graph: handed in from outside, the block's backward would copy that
+        expand view through a slow strided path (H200, C = 2048, 16k tokens: 322 µs; RESULTS.md run 38)."""
         if self.recompute_stream and kv is None and torch.is_grad_enabled():
-            return checkpoint_block(self._sublayers, x, rope, mask, mode=self.recompute_mode)
-        return self._sublayers(x, rope, mask, kv, start)
+            x = checkpoint_block(self._sublayers, x, rope, mask, mode=self.recompute_mode)
+        else:
+            x = self._sublayers(x, rope, mask, kv, start)
+        return x if collapse is None else collapse(x)
 
     def _sublayers(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
                    kv: Optional[LayerKV] = None, start: int = 0) -> Tensor:
@@ -142,14 +148,18 @@ class LM(nn.Module):
         rope = rope_cos_sin(pos, self._rope_dim, self.cfg.attention.rope_theta)
         x = expand_streams(self.embed(idx), self.n_streams)
         use_ckpt = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
+            collapse = self.collapse if i == last else None  # the last block collapses the streams
             if use_ckpt:
-                x = checkpoint(block, x, rope, mask, use_reentrant=False)
+                x = checkpoint(block, x, rope, mask, collapse=collapse, use_reentrant=False)
             else:
-                x = block(x, rope, mask, cache.layers[i] if cache is not None else None, start)
+                x = block(x, rope, mask, cache.layers[i] if cache is not None else None, start, collapse)
+        if not self.blocks:
+            x = self.collapse(x)
         if cache is not None:
             cache.length = start + t
-        return self.head(self.norm(self.collapse(x))).float()
+        return self.head(self.norm(x)).float()
 
     # ---- training support ----------------------------------------------------------------------
     def param_groups(self, weight_decay: float) -> list[dict]:

@@ -81,8 +81,7 @@ class TrainConfig:
     """"auto" (single device), "ddp", or "fsdp" (Lightning ModelParallelStrategy = FSDP2, tensor
     parallel size 1; blocks sharded one by one)."""
     compile: bool = False
-    """torch.compile each transformer block and the stream collapse in place (module.compile():
-    state-dict keys unchanged)."""
+    """torch.compile each transformer block in place (block.compile(): state-dict keys unchanged)."""
     val_every: int = 50
     """Validate every this many optimizer steps (and after the last step)."""
     val_batches: int = 4

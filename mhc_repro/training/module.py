@@ -93,16 +93,13 @@ class LMModule(L.LightningModule):
 
     # ---- model setup (strategy-aware) --------------------------------------------------------------
     def configure_model(self) -> None:
-        """Compile blocks (and the stream collapse) in place and, under ModelParallelStrategy, shard
-        each block then the root (FSDP2)."""
+        """Compile blocks in place and, under ModelParallelStrategy, shard each block then the root (FSDP2)."""
         if getattr(self, "_configured", False):
             return
         self._configured = True
         if self.train_cfg["compile"]:
             for block in self.model.blocks:
                 block.compile()
-            # compiled, the stream sum runs at copy speed and hands the last block a real gradient
-            self.model.collapse.compile()
         mesh = getattr(self, "device_mesh", None)
         if mesh is not None:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

@@ -95,18 +95,3 @@ def test_stream_symmetry_after_training(phi_init, bias_init, collapse, expect_id
         x = res(x, f)
     spread = (x - x[..., :1, :]).abs().max().item()
     assert (spread < 1e-5) if expect_identical else (spread > 1e-3), spread
-
-
-@pytest.mark.parametrize("mean", [False, True])
-def test_sum_streams_matches_autograd_with_a_contiguous_gradient(mean):
-    from mhc_repro.residual import sum_streams
-
-    x = torch.randn(2, 5, 4, 24, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(2, 5, 24, dtype=torch.float64)
-    y = sum_streams(x, mean=mean)
-    (dx,) = torch.autograd.grad(y, x, g)
-    ref = x.mean(-2) if mean else x.sum(-2)
-    (dref,) = torch.autograd.grad(ref, x, g)
-    assert torch.equal(y, ref) and torch.allclose(dx, dref, rtol=0, atol=1e-15)
-    assert dx.is_contiguous() and (mean or not dref.is_contiguous())  # autograd's sum: an expand view
-    assert torch.autograd.gradcheck(lambda t: sum_streams(t, mean), (x[:1, :2].detach().requires_grad_(),))
