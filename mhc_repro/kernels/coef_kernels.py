@@ -6,9 +6,11 @@ Forward: ``proj_fwd`` reads the stream ``v = x_flat [N, K=nC]`` once and produce
 
 Backward: ``coef_bwd`` recomputes the Sinkhorn iterations on-chip, keeping only the 2·t_max
 denominator vectors (n floats each) in a per-token scratch row, and runs back through all of them —
-the exact gradient of the unrolled loop. It emits ``dm = ∂L/∂m``, the per-token RMS term and the
-per-token α partials. ``proj_bwd`` makes one pass over ``v``: ``dv = dm·φᵀ + c·v`` and a
-deterministic per-split partial of ``dφ = vᵀ·dm`` (summed over splits by the caller, no atomics).
+the exact gradient of the unrolled loop. It emits ``dm = ∂L/∂m`` (and its bf16 parts for the dφ
+GEMM), the per-token RMS term and per-program partial sums of dbias and dα (``sum_rows`` reduces
+them). ``proj_bwd`` makes one pass over ``v``: ``dv = dm·φᵀ + c·v`` and a deterministic per-split
+partial of ``dφ = vᵀ·dm`` (summed over splits by the caller, no atomics). ``phi_split`` writes φ's
+bf16 parts (hi | lo) once per call for both projections.
 """
 
 from __future__ import annotations
