@@ -27,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mhc import kernel_switches, launch_settings, stack_inputs, stack_step, time_cuda  # noqa: E402
+from bench_mhc import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step, time_cuda  # noqa: E402
 from kernel_bench import machine_probe  # noqa: E402
 
 # two-sided 95 % Student t quantiles by degrees of freedom (1–10); 2.0 beyond (df 30: 2.04)
@@ -129,11 +129,7 @@ def main() -> None:
     ap.add_argument("--C", type=int, nargs="+", default=[2048])
     ap.add_argument("--variants", nargs="+", default=["residual", "mhc_fused_linked", "mhc_fused_linked_2mma"],
                     help="bench_mhc.py variant names; the first is the baseline of the ratios")
-    ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--seq", type=int, default=4096)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
-    ap.add_argument("--blocks-large", type=int, default=2)
+    add_stack_args(ap)
     ap.add_argument("--eager", action="store_true", help="time eager blocks (default: torch.compile)")
     ap.add_argument("--rounds", type=int, default=16, help="the median's 95 %% interval needs >= 9 (with 8 it is the range)")
     ap.add_argument("--iters", type=int, default=5, help="steps per variant per round (median taken)")

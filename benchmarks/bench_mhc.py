@@ -220,6 +220,15 @@ def stack_forward(fns, x0, n_streams: int):
     return x
 
 
+def add_stack_args(ap) -> None:
+    """The stack's shape options (read by stack_inputs), shared by every stack benchmark script."""
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
+    ap.add_argument("--blocks-large", type=int, default=2)
+
+
 def stack_inputs(c: int, args, dev) -> tuple:
     """(blocks in the stack, x0, dout) at width c: bf16 [tokens / seq, seq, c], seeded by c, so every
     variant and every script (bench_mhc, ab_stack) times the same inputs."""
@@ -290,11 +299,7 @@ def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--C", type=int, nargs="+", default=[2048, 2560, 4096])
-    ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--seq", type=int, default=4096)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
-    ap.add_argument("--blocks-large", type=int, default=2)
+    add_stack_args(ap)
     ap.add_argument("--variants", nargs="+",
                     default=["residual", "mhc_ref", "mhc_fused_linked", "mhc_fused_bf16_linked", "mhc_fused",
                              "mhc_fused_linked_rcops", "hc_pkg"])

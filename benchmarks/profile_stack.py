@@ -26,7 +26,7 @@ import torch
 from torch.autograd import DeviceType
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mhc import kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
+from bench_mhc import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
 
 # Kernel function names in mhc_repro/kernels (Triton names a kernel after its function).
 MHC_KERNELS = ("proj_fwd", "coef_fwd", "coef_bwd", "proj_bwd", "pre_fwd", "pre_bwd", "post_res_fwd",
@@ -176,11 +176,7 @@ def main() -> None:
     ap.add_argument("--C", type=int, nargs="+", default=[2048])
     ap.add_argument("--variants", nargs="+", default=["residual", "mhc_fused_linked"],
                     help="bench_mhc.py variant names; the first is the baseline of the differences")
-    ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--seq", type=int, default=4096)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
-    ap.add_argument("--blocks-large", type=int, default=2)
+    add_stack_args(ap)
     ap.add_argument("--eager", action="store_true", help="profile eager blocks (default: torch.compile)")
     ap.add_argument("--steps", type=int, default=3, help="profiled steps per variant (after 3 warm-up steps)")
     ap.add_argument("--top", type=int, default=25)
