@@ -9,7 +9,6 @@ launchers as ``torch.library`` custom ops; the kernels themselves are in ``coef_
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 from torch import Tensor
 
