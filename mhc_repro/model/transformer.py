@@ -4,6 +4,8 @@
 Each block has two sub-layers (attention, FFN); each sub-layer is wrapped by its own StreamResidual
 from ``build_residual`` (sub-layer index 2*block and 2*block+1), and its branch is its own RMSNorm +
 the sub-layer, mapping [B, T, C] -> [B, T, C]. The stream state between sub-layers is [B, T, n, C].
+The last block applies the StreamCollapse itself (so a compiled block graph holds it, see
+``Block.forward``).
 
 Init: every linear/embedding weight ~ N(0, init_std); the output projections of every branch
 (attention ``out_proj``, FFN/expert ``down_proj``) use init_std / ``residual.output_init_scale``
