@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One device call: GPU parity tests for the fused mHC kernels, then the stack benchmark.
 # Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> bash benchmarks/run_gpu.sh [bench args...]
+# Optional: AB_C="2048 4096" (+ AB_VARIANTS) also runs ab_stack.py (interleaved A/B, 95 % intervals);
+# PROFILE_C="2048" (+ PROFILE_VARIANTS) also runs profile_stack.py (every kernel of whole steps).
+# The device's copy of the repository may carry stale git metadata: pass GIT_COMMIT by hand.
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONPATH=. PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
@@ -17,4 +20,12 @@ python3 benchmarks/bench_mhc.py --commit "${GIT_COMMIT:-unknown}" --out "$OUT/be
 if [ "${PARITY_STEPS:-300}" -gt 0 ]; then
   python3 benchmarks/train_parity.py --steps "${PARITY_STEPS:-300}" --dtypes ${PARITY_DTYPES:-fp32 bf16-mixed bf16-true} \
     --d-model 256 --blocks 4 --seq 128 --batch 16 --vocab 256 --lr 2e-3 ${PARITY_ARGS:-} --out "$OUT/train_parity.json" 2>&1 | tee "$OUT/train_parity.log"
+fi
+if [ -n "${AB_C:-}" ]; then
+  python3 benchmarks/ab_stack.py --commit "${GIT_COMMIT:-unknown}" --C $AB_C \
+    --variants ${AB_VARIANTS:-residual mhc_fused_linked mhc_fused_linked_rcops} --out "$OUT/ab.json" 2>&1 | tee "$OUT/ab.log"
+fi
+if [ -n "${PROFILE_C:-}" ]; then
+  python3 benchmarks/profile_stack.py --commit "${GIT_COMMIT:-unknown}" --C $PROFILE_C \
+    --variants ${PROFILE_VARIANTS:-residual mhc_fused_linked} --out "$OUT/profile.json" 2>&1 | grep -v USDT | tee "$OUT/profile.log"
 fi
