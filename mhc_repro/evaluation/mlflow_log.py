@@ -60,7 +60,7 @@ def log_eval(result: SuiteResult, *, train_run_id: Optional[str] = None, experim
              batch_size: int, extra_params: Optional[Mapping[str, Any]] = None,
              extra_tags: Optional[Mapping[str, str]] = None, tracking_uri: Optional[str] = None) -> str:
     """Create the eval run (a child of ``train_run_id`` when given, in its experiment) and return its id."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     from mhc_repro.tracking.runinfo import git_commit
