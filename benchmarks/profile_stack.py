@@ -74,24 +74,32 @@ def kernel_rows(prof, device_type=DeviceType.CUDA) -> list[tuple[str, float]]:
     return [(e.name, e.time_range.elapsed_us()) for e in prof.events() if e.device_type == device_type]
 
 
-def profile_variant(kind, compiled, c, n, n_blocks, x0, dout, steps: int = 3, warmup: int = 3) -> dict:
-    """Kernel table and wall time per step of one variant (built and run under its kernel switches)."""
+def profiled_steps(kind, compiled, c, n, n_blocks, x0, dout, steps: int, warmup: int = 3,
+                   **profile_opts) -> tuple:
+    """(profiler, wall µs per step) of ``steps`` steps of one variant after ``warmup`` unprofiled ones,
+    built and run under its kernel switches; ``profile_opts`` go to torch.profiler.profile."""
     cuda = x0.is_cuda
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with kernel_switches(kind):
         step, _, blocks = stack_step(kind, compiled, c, n, n_blocks, x0, dout)
         for _ in range(warmup):
             step()
         sync()
-        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-        with torch.profiler.profile(activities=acts) as prof:
+        with torch.profiler.profile(activities=acts, **profile_opts) as prof:
             t0 = time.perf_counter()
             for _ in range(steps):
                 step()
             sync()
             wall_us = 1e6 * (time.perf_counter() - t0) / steps
     del blocks
-    table = kernel_table(kernel_rows(prof, DeviceType.CUDA if cuda else DeviceType.CPU), steps)
+    return prof, wall_us
+
+
+def profile_variant(kind, compiled, c, n, n_blocks, x0, dout, steps: int = 3, warmup: int = 3) -> dict:
+    """Kernel table and wall time per step of one variant (built and run under its kernel switches)."""
+    prof, wall_us = profiled_steps(kind, compiled, c, n, n_blocks, x0, dout, steps, warmup)
+    table = kernel_table(kernel_rows(prof, DeviceType.CUDA if x0.is_cuda else DeviceType.CPU), steps)
     kernel_us = sum(r["us"] for r in table.values())
     return dict(variant=kind, C=c, blocks=n_blocks, compiled=compiled, steps=steps, wall_us=wall_us,
                 kernel_us=kernel_us, idle_us=wall_us - kernel_us, categories=by_category(table), kernels=table)
@@ -103,17 +111,8 @@ def trace_kernels(kind, compiled, c, n, n_blocks, x0, dout, patterns, warmup: in
     Python frames outside torch) the calls and µs. Finds the eager copies and small kernels that a
     compiled step still runs (custom-op launchers, layout fix-ups)."""
     cuda = x0.is_cuda
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    with kernel_switches(kind):
-        step, _, blocks = stack_step(kind, compiled, c, n, n_blocks, x0, dout)
-        for _ in range(warmup):
-            step()
-        sync()
-        with torch.profiler.profile(activities=acts, record_shapes=True, with_stack=True) as prof:
-            step()
-            sync()
-    del blocks
+    prof, _ = profiled_steps(kind, compiled, c, n, n_blocks, x0, dout, 1, warmup, record_shapes=True,
+                             with_stack=True)
     found = collections.defaultdict(lambda: dict(calls=0, us=0.0))
     for e in prof.events():
         if e.device_type != DeviceType.CPU:

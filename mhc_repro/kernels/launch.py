@@ -169,10 +169,15 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps, p
     return dbias, dm, c, dalpha, dmp
 
 
+def _dphi_as_gemm(M: int) -> bool:
+    """Whether launch_proj_bwd forms dφ as one GEMM (_PROJ_BWD_GEMM set, n <= 4) or in its dx pass."""
+    return _PROJ_BWD_GEMM is not None and _p2(M, 16) <= 32
+
+
 def dm_parts(x: Tensor, M: int, precision: str) -> int:
     """How many bf16 parts of dm the dφ GEMM of launch_proj_bwd reads (0: it reads fp32 dm)."""
-    gemm = _PROJ_BWD_GEMM is not None and _p2(M, 16) <= 32
-    return (1 if precision == "bf16" else 2) if gemm and x.dtype == torch.bfloat16 and x.is_cuda else 0
+    gemm = _dphi_as_gemm(M) and x.dtype == torch.bfloat16 and x.is_cuda
+    return (1 if precision == "bf16" else 2) if gemm else 0
 
 
 def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
@@ -189,7 +194,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     N, K = x.shape
     M = dm.shape[1]
     p, ld, lo_off, split, lo = _phi_parts(phi, x, precision, _p2(M, 16))
-    gemm = _PROJ_BWD_GEMM is not None and _p2(M, 16) <= 32
+    gemm = _dphi_as_gemm(M)
     if gemm:  # dx-only kernel; dφ below as one GEMM
         bn, bk, tok, stages, warps = _PROJ_BWD_GEMM
         bk, reload, trans = min(bk, _p2(K, 16)), False, False
