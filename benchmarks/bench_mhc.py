@@ -168,7 +168,8 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     (fused.LAZY_RES_DX, only under compile); *_gather the linked pair with LINK_MODE "gather";
     *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off); *_savebc (with _rcops): the
     stream-ops policy without its broadcast-copy rule (recompute.COPY_OPS empty), its A/B; *_2mma the
-    bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]."""
+    bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]; *_ptr the
+    projection backward's pointer dx pass (launch._PROJ_BWD_TMA None) whatever the TMA tile."""
     from mhc_repro.kernels import fused, launch, linked
     from mhc_repro.residual import recompute
 
@@ -184,6 +185,8 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
         stack.enter_context(patched(recompute, COPY_OPS=frozenset()))
     if "_2mma" in kind:
         stack.enter_context(patched(launch, PROJ_FWD_MERGED=False))
+    if "_ptr" in kind:
+        stack.enter_context(patched(launch, _PROJ_BWD_TMA=None))
     return stack
 
 

@@ -112,6 +112,11 @@ SWEEP = {
                        (32, 256, 1024, 3, 4), (64, 256, 512, 3, 8), (128, 128, 512, 3, 8), (32, 128, 512, 3, 4),
                        (64, 64, 64, 1, 4), (64, 128, 256, 4, 4), (64, 128, 256, 5, 4), (32, 256, 1024, 4, 4),
                        (32, 128, 512, 5, 4), (64, 128, 512, 4, 8)],
+    # None = the pointer dx pass; tiles of the TMA one (BN, BK, tokens per program, stages, warps)
+    "_PROJ_BWD_TMA": [None, (64, 128, 256, 3, 4), (64, 128, 512, 3, 4), (64, 128, 256, 4, 4),
+                      (64, 128, 512, 4, 8), (128, 128, 512, 3, 8), (64, 64, 256, 4, 4), (32, 128, 256, 4, 4),
+                      (64, 256, 512, 3, 8), (128, 64, 512, 3, 4), (64, 128, 1024, 3, 4), (128, 128, 1024, 2, 8),
+                      (64, 128, 256, 2, 4), (32, 256, 512, 3, 4)],
     "_PRB": [("split", 2, 128, 2, 3), ("loop", 4, 128, 4, 3), ("mma", 16, 128, 4, 3), ("mma", 16, 256, 4, 3),
              ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
@@ -145,6 +150,9 @@ def sweep_configs(c, n, N, device, precision, only=()):
                                    + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
                                                            link=(g, hr, hq, f), link_mode="add")),
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
+        "_PROJ_BWD_TMA": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
+                                  + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
+                                                          link=(g, hr, hq, f), link_mode="add")),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6, 2)),
     }

@@ -13,6 +13,7 @@ import triton
 from torch import Tensor
 
 from . import coef_kernels as ck
+from . import dx_kernels as dk
 from . import stream_kernels as sk
 
 # Projection precision for a non-bf16 (fp32) stream: tf32 operands, fp32 accumulate (PAPER.md §1
@@ -46,6 +47,9 @@ _PROJ_BWD = (16, 256, 3, False, 4, False)
 # cuBLAS GEMM with fp32 output (deterministic, no partials): reads the stream twice, but both passes
 # run near copy speed (run 8: cuBLAS vᵀ·dm alone 80 µs at 79 % of copy vs the fused kernel's 33-38 %).
 _PROJ_BWD_GEMM = (64, 128, 256, 3, 4)  # run 9 sweep: 285 vs 387 µs (bf16x2), 239 vs 328 (bf16)
+# That dx pass with TMA tiles (dx_kernels.proj_dx_tma; bf16 stream on sm_90+, C % BK == 0, "add" or
+# no link): (BN, BK, tokens per program, stages, warps), or None for the pointer kernel above.
+_PROJ_BWD_TMA = None
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
@@ -195,6 +199,10 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     M = dm.shape[1]
     p, ld, lo_off, split, lo = _phi_parts(phi, x, precision, _p2(M, 16))
     gemm = _dphi_as_gemm(M)
+    dx = torch.empty_like(x) if out is None else out
+    if gemm and _dx_tma_ok(x, dx, link, link_mode):
+        _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link)
+        return dx, _dphi_gemm(x, dm, precision, dmp)
     if gemm:  # dx-only kernel; dφ below as one GEMM
         bn, bk, tok, stages, warps = _PROJ_BWD_GEMM
         bk, reload, trans = min(bk, _p2(K, 16)), False, False
@@ -208,7 +216,6 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
         splits = max(1, triton.cdiv(N, tok))
     n_kb = triton.cdiv(K, bk)
     part = dm if gemm else torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)  # dm: unused (DPHI=False)
-    dx = torch.empty_like(x) if out is None else out
     if link is None:
         g, h_res, h_pre, d_in, n, C = x, c, c, x, 1, K  # unused (LINK=0)
     else:
@@ -223,6 +230,44 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
         TRANS=trans, LINK=0 if link is None else LINK_MODES.index(link_mode) + 1, n=n, DPHI=not gemm,
         ALIGNED=C % bk == 0, num_stages=stages, num_warps=warps)
     return dx, (_dphi_gemm(x, dm, precision, dmp) if gemm else part.sum(0))
+
+
+def _dx_tma_ok(x: Tensor, dx: Tensor, link: tuple | None, link_mode: str) -> bool:
+    """Whether the dx pass can run as dx_kernels.proj_dx_tma (see its contract)."""
+    if _PROJ_BWD_TMA is None or x.dtype != torch.bfloat16 or dx.dtype != x.dtype or x.shape[0] == 0:
+        return False
+    if not (_interpreted() or (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9)):
+        return False
+    C = x.shape[1] if link is None else link[0].shape[2]
+    bk = min(_PROJ_BWD_TMA[1], _p2(x.shape[1], 16))
+    tensors = (x, dx) if link is None else (x, dx, link[0], link[3])
+    return ((link is None or link_mode == "add") and C % bk == 0 and C % 8 == 0
+            and all(t.data_ptr() % 16 == 0 for t in tensors))
+
+
+def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link) -> None:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    N, K = x.shape
+    M = dm.shape[1]
+    bn, bk, tok, stages, warps = _PROJ_BWD_TMA
+    bk = min(bk, _p2(K, 16))
+    tok = triton.cdiv(tok, bn) * bn  # tiles never cross a split (the descriptor clips only at N)
+
+    def desc(t: Tensor) -> TensorDescriptor:
+        return TensorDescriptor.from_tensor(t, [bn, bk])
+
+    xd, dxd = desc(x), desc(dx)
+    if link is None:
+        gd, dind, h_pre, C, n = xd, xd, c, K, 1  # unused (LINK=0)
+    else:
+        g, _, h_pre, d_in = link
+        n, C = g.shape[1], g.shape[2]
+        gd, dind, h_pre = desc(g.contiguous().view(N, K)), desc(d_in.contiguous()), h_pre.float().contiguous()
+    dk.proj_dx_tma[(triton.cdiv(K, bk), triton.cdiv(N, tok))](
+        xd, gd, dind, dxd, p, dm, c, h_pre, N, K, M, C, tok, ld, lo_off,
+        BN=bn, BK=bk, MP=_p2(M, 16), LO=lo, LINK=0 if link is None else 2, n=n, INTERP=_interpreted(),
+        num_stages=stages, num_warps=warps)
 
 
 def _dphi_gemm(x: Tensor, dm: Tensor, precision: str, dmp: Tensor | None = None) -> Tensor:

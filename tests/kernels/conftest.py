@@ -34,12 +34,13 @@ def fused():
     pytest.importorskip("triton")
     import importlib
 
-    from mhc_repro.kernels import coef_kernels, fused as mod, stream_kernels
+    from mhc_repro.kernels import coef_kernels, dx_kernels, fused as mod, stream_kernels
 
     # If something imported the kernels before this conftest set TRITON_INTERPRET, re-decorate them
     # in place (fused looks them up through the module at call time).
     if INTERPRET and type(coef_kernels.proj_fwd).__name__ != "InterpretedFunction":
         importlib.reload(coef_kernels)
+        importlib.reload(dx_kernels)  # after coef_kernels: it imports its _mma
         importlib.reload(stream_kernels)
     return mod
 

@@ -31,6 +31,8 @@ def test_variant_switches_patch_and_restore(fused, launch):
         assert recompute.COPY_OPS == frozenset() and linked.ADD_IN_PLACE
     with bench_mhc.kernel_switches("mhc_fused_linked_2mma"):
         assert launch.PROJ_FWD_MERGED is False
+    with bench_mhc.kernel_switches("mhc_fused_linked_ptr"):
+        assert launch._PROJ_BWD_TMA is None
     assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
             launch.PROJ_FWD_MERGED) == before
     assert recompute.COPY_OPS  # the broadcast-copy rule is on by default

@@ -1,0 +1,63 @@
+"""The projection backward's dx pass with TMA tiles (Hopper tensor descriptors).
+
+``proj_dx_tma`` computes what ``coef_kernels.proj_bwd`` computes with ``DPHI=False`` on a bf16
+stream — dx = dm·φᵀ + c·x, plus, for the linked sub-layer ("add"), g + h_pre ⊗ d_in — but moves
+the [BN, BK] stream tiles (x, g, d_in, dx) with tensor descriptors instead of pointer tensors.
+Why: the pointer version keeps a [BN, BK] int64 offset tile and the loaded tiles in registers
+(254 per thread, 2 blocks per SM; ncu run 20: 41 % of stalls waiting on global loads) and runs at
+~64 % of copy in the step, the one mHC kernel far from it (RESULTS.md, session 8). Descriptor loads
+go through shared memory asynchronously (the loop pipeliner overlaps them with the MMAs), and the
+store is an asynchronous bulk copy.
+
+Contract (checked by ``launch._dx_tma_ok``): C % BK == 0 (a K tile lies in one stream), K and C
+multiples of 8 and 16-byte aligned bases (TMA's stride / address rules), tokens per split a multiple
+of BN (so a tile never crosses into the next split; the last one is clipped at N by the descriptor).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .coef_kernels import _mma
+
+
+@triton.jit
+def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_ptr,
+                N, K, M, C, tok_per_split, phi_ld, phi_lo,
+                BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, LO: tl.constexpr,
+                LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr):
+    # LINK: 0 = dx = dm·φᵀ + c·x (three ops); 2 = + g + h_pre ⊗ d_in (linked "add", g = H_resᵀ g).
+    # LO ("bf16x2"): dm and φ as bf16 hi + lo parts, three MMAs (≈ fp32 products); else one MMA.
+    kb = tl.program_id(0)
+    sp = tl.program_id(1)
+    k0 = kb * BK
+    k = k0 + tl.arange(0, BK)
+    cols = tl.arange(0, MP)
+    cm = cols < M
+    pm = (k < K)[:, None] & cm[None, :]
+    pp = k[:, None] * phi_ld + cols[None, :]
+    pt = tl.trans(tl.load(phi_ptr + pp, mask=pm, other=0.0))  # [MP, BK] bf16
+    if LO:
+        pt_lo = tl.trans(tl.load(phi_ptr + phi_lo + pp, mask=pm, other=0.0))
+    j0 = k0 // C  # the stream this K tile lies in (C % BK == 0)
+    ch0 = k0 - j0 * C
+    lo = sp * tok_per_split
+    hi = tl.minimum(lo + tok_per_split, N)
+    for t0 in range(lo, hi, BN):
+        t = t0 + tl.arange(0, BN)
+        tm = t < hi
+        dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
+        dm_hi = dm.to(tl.bfloat16)
+        if LO:  # same products, same order as proj_bwd
+            dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
+            dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
+        else:
+            dv = _mma(dm_hi, pt, INTERP)
+        c = tl.load(c_ptr + t, mask=tm, other=0.0)
+        dv += c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
+        if LINK == 2:
+            hp = tl.load(hpre_ptr + t * n + j0, mask=tm, other=0.0)
+            dv += hp[:, None] * din_desc.load([t0, ch0]).to(tl.float32)
+            dv += g_desc.load([t0, k0]).to(tl.float32)
+        dx_desc.store([t0, k0], dv.to(tl.bfloat16))  # bf16 stream (launch._dx_tma_ok)
