@@ -86,8 +86,11 @@ def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[st
 
     launches: list = []
     saved = {}
-    n_sm = launch._n_sm
+    n_sm, tma = launch._n_sm, launch._PROJ_BWD_TMA
     launch._n_sm = lambda device: 132  # the H200's SM count: grids and token splits as on the device
+    # The TMA dx pass (dx_kernels, tensor-descriptor arguments) is not recorded: the dx rows describe
+    # the pointer dx pass, which the device runs with _PROJ_BWD_TMA = None or off sm_90.
+    launch._PROJ_BWD_TMA = None
     for mod in (coef_kernels, stream_kernels):
         for name, obj in vars(mod).items():
             if type(obj).__name__ == "JITFunction" and hasattr(obj, "params") and not name.startswith("_"):
@@ -111,7 +114,7 @@ def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[st
         rows = kernel_bench.bench_kernels(c, n, N, "cpu", 1.0, precision)
     finally:
         triton.testing.do_bench, triton.testing.do_bench_cudagraph, torch.compile = bench, graph, comp
-        launch._n_sm = n_sm
+        launch._n_sm, launch._PROJ_BWD_TMA = n_sm, tma
         for (mod, name), obj in saved.items():
             setattr(mod, name, obj)
     return [(r["kernel"], calls) for r, calls in zip(rows, per_call[1:])]  # per_call[0]: the warm-up
@@ -128,6 +131,7 @@ def main() -> None:
     import triton
 
     print(f"triton {triton.__version__}, target cuda:90 (H200), C = {args.C}, n = {args.n}")
+    print("dx rows: the pointer dx pass (launch._PROJ_BWD_TMA = None); the TMA one (dx_kernels) is not compiled here")
     print(f"{'kernel table row':48} {'kernel':22} {'regs':>4} {'spill':>5} {'smem KB':>7} {'warps':>5} "
           f"{'blk/SM':>6} {'occ.':>5}  limit")
     out = []
