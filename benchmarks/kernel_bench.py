@@ -117,6 +117,7 @@ SWEEP = {
                       (64, 128, 512, 4, 8), (128, 128, 512, 3, 8), (64, 64, 256, 4, 4), (32, 128, 256, 4, 4),
                       (64, 256, 512, 3, 8), (128, 64, 512, 3, 4), (64, 128, 1024, 3, 4), (128, 128, 1024, 2, 8),
                       (64, 128, 256, 2, 4), (32, 256, 512, 3, 4)],
+    "PROJ_DX_TMA_ACC": [False, True],
     "_PRB": [("split", 2, 128, 2, 3), ("loop", 4, 128, 4, 3), ("mma", 16, 128, 4, 3), ("mma", 16, 256, 4, 3),
              ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
@@ -150,6 +151,9 @@ def sweep_configs(c, n, N, device, precision, only=()):
                                    + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
                                                            link=(g, hr, hq, f), link_mode="add")),
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
+        "PROJ_DX_TMA_ACC": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
+                                    + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
+                                                            link=(g, hr, hq, f), link_mode="add")),
         "_PROJ_BWD_TMA": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
                                   + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
                                                           link=(g, hr, hq, f), link_mode="add")),

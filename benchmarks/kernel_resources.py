@@ -88,8 +88,8 @@ def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[st
     saved = {}
     n_sm, tma = launch._n_sm, launch._PROJ_BWD_TMA
     launch._n_sm = lambda device: 132  # the H200's SM count: grids and token splits as on the device
-    # The TMA dx pass (dx_kernels, tensor-descriptor arguments) is not recorded: the dx rows describe
-    # the pointer dx pass, which the device runs with _PROJ_BWD_TMA = None or off sm_90.
+    # The table's dx rows: the pointer dx pass (what the device runs with _PROJ_BWD_TMA = None or off
+    # sm_90); the TMA one needs CUDA tensors for its launcher's checks: record_dx_tma below.
     launch._PROJ_BWD_TMA = None
     for mod in (coef_kernels, stream_kernels):
         for name, obj in vars(mod).items():
@@ -120,6 +120,35 @@ def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[st
     return [(r["kernel"], calls) for r, calls in zip(rows, per_call[1:])]  # per_call[0]: the warm-up
 
 
+def record_dx_tma(c: int, n: int, N: int) -> list[tuple[str, tuple]]:
+    """(label, recorded launch) of the TMA dx pass (dx_kernels.proj_dx_tma) at the default tile, for
+    both precisions, three-op / linked, and both PROJ_DX_TMA_ACC orders."""
+    from mhc_repro.kernels import dx_kernels, launch
+
+    K, M, bf = n * c, n * n + 2 * n, torch.bfloat16
+    x, dx, d_in = torch.empty(N, K, dtype=bf), torch.empty(N, K, dtype=bf), torch.empty(N, c, dtype=bf)
+    link = (torch.empty(N, n, c, dtype=bf), torch.empty(N, n, n), torch.empty(N, n), d_in)
+    dm, cc = torch.empty(N, M), torch.empty(N)
+    real, acc0, out = dx_kernels.proj_dx_tma, launch.PROJ_DX_TMA_ACC, []
+    try:
+        for prec in launch.PROJ_PRECISIONS:
+            lo = prec == "bf16x2"
+            MP = launch._p2(M, 16)
+            p = torch.empty(K, 2 * MP if lo else MP, dtype=bf)  # φ's parts as launch._phi_parts lays them out
+            for lk in (None, link):
+                for acc in (False, True):
+                    launch.PROJ_DX_TMA_ACC = acc
+                    rec: list = []
+                    dx_kernels.proj_dx_tma = Recorder(real, rec)
+                    launch._launch_dx_tma(x, p, p.stride(0), MP, lo, dm, cc, dx, lk)
+                    label = f"TMA dx pass {'linked add' if lk else 'three-op'} [{prec}]{' ACC' if acc else ''}"
+                    fn, grid, a, kw = rec[0]
+                    out.append((label, (fn, grid, a, dict(kw, INTERP=False))))
+    finally:
+        dx_kernels.proj_dx_tma, launch.PROJ_DX_TMA_ACC = real, acc0
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--C", type=int, default=2048)
@@ -131,11 +160,13 @@ def main() -> None:
     import triton
 
     print(f"triton {triton.__version__}, target cuda:90 (H200), C = {args.C}, n = {args.n}")
-    print("dx rows: the pointer dx pass (launch._PROJ_BWD_TMA = None); the TMA one (dx_kernels) is not compiled here")
+    print("table dx rows: the pointer dx pass (launch._PROJ_BWD_TMA = None); the TMA dx pass (default on sm_90) last")
     print(f"{'kernel table row':48} {'kernel':22} {'regs':>4} {'spill':>5} {'smem KB':>7} {'warps':>5} "
           f"{'blk/SM':>6} {'occ.':>5}  limit")
     out = []
-    for row, calls in record_kernel_table(args.C, args.n, args.tokens, args.precision):
+    table = record_kernel_table(args.C, args.n, args.tokens, args.precision)
+    table += [(label, [call]) for label, call in record_dx_tma(args.C, args.n, args.tokens)]
+    for row, calls in table:
         for fn, _grid, a, kw in calls:
             r = dict(row=row.strip(), kernel=fn.__name__, **resources(compile_for_sm90(fn, a, kw)))
             out.append(r)

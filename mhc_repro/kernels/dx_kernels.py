@@ -28,9 +28,13 @@ from .coef_kernels import _mma
 def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_ptr,
                 N, K, M, C, tok_per_split, phi_ld, phi_lo,
                 BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, LO: tl.constexpr,
-                LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr):
+                LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr, ACC: tl.constexpr):
     # LINK: 0 = dx = dm·φᵀ + c·x (three ops); 2 = + g + h_pre ⊗ d_in (linked "add", g = H_resᵀ g).
     # LO ("bf16x2"): dm and φ as bf16 hi + lo parts, three MMAs (≈ fp32 products); else one MMA.
+    # ACC: the elementwise terms first, the MMAs then accumulate into them (one live [BN, BK] fp32
+    # tile instead of one per MMA: compiled for sm_90 the linked bf16x2 pass drops from 210 to 168
+    # registers, 2 -> 3 blocks per SM; other rounding order than proj_bwd). Otherwise the same
+    # products in the same order as proj_bwd (bit-identical results).
     kb = tl.program_id(0)
     sp = tl.program_id(1)
     k0 = kb * BK
@@ -51,15 +55,36 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
         tm = t < hi
         dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
         dm_hi = dm.to(tl.bfloat16)
-        if LO:  # same products, same order as proj_bwd
-            dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
-            dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
-        else:
-            dv = _mma(dm_hi, pt, INTERP)
         c = tl.load(c_ptr + t, mask=tm, other=0.0)
-        dv += c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
-        if LINK == 2:
-            hp = tl.load(hpre_ptr + t * n + j0, mask=tm, other=0.0)
-            dv += hp[:, None] * din_desc.load([t0, ch0]).to(tl.float32)
-            dv += g_desc.load([t0, k0]).to(tl.float32)
+        if ACC:
+            dv = c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
+            if LINK == 2:
+                hp = tl.load(hpre_ptr + t * n + j0, mask=tm, other=0.0)
+                dv += hp[:, None] * din_desc.load([t0, ch0]).to(tl.float32)
+                dv += g_desc.load([t0, k0]).to(tl.float32)
+            dv = _mma_acc(dm_hi, pt, dv, INTERP)
+            if LO:
+                dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
+                dv = _mma_acc(dm_lo, pt, dv, INTERP)
+                dv = _mma_acc(dm_hi, pt_lo, dv, INTERP)
+        else:
+            if LO:  # same products, same order as proj_bwd
+                dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
+                dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
+            else:
+                dv = _mma(dm_hi, pt, INTERP)
+            dv += c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
+            if LINK == 2:  # h_pre ⊗ d_in, then g (= H_resᵀ g), as proj_bwd adds them
+                hp = tl.load(hpre_ptr + t * n + j0, mask=tm, other=0.0)
+                dv += hp[:, None] * din_desc.load([t0, ch0]).to(tl.float32)
+                dv += g_desc.load([t0, k0]).to(tl.float32)
         dx_desc.store([t0, k0], dv.to(tl.bfloat16))  # bf16 stream (launch._dx_tma_ok)
+
+
+@triton.jit
+def _mma_acc(a, b, acc, INTERP: tl.constexpr):
+    # acc + a·b with the MMA accumulating into acc (bf16 operands; fp32 on the interpreter, see _mma)
+    if INTERP:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)

@@ -52,6 +52,11 @@ _PROJ_BWD_GEMM = (64, 128, 256, 3, 4)  # run 9 sweep: 285 vs 387 µs (bf16x2), 2
 # (C = 2048, device time, three-op + linked passes with their dφ GEMMs): 668.9 µs vs 694.8 for the
 # pointer kernel, same bits; stack 1.192× vs 1.206× (2048), 1.109× vs 1.116× (4096), intervals overlap.
 _PROJ_BWD_TMA = (64, 128, 1024, 3, 4)
+# Its MMAs accumulating into the elementwise terms (dx_kernels.proj_dx_tma ACC): 210 -> 168 registers
+# in the linked bf16x2 pass (kernel_resources.py, Triton 3.6: 3 blocks per SM instead of 2; the TMA
+# passes that reached 3 blocks ran 9–11 % faster in run 45, the one left at 2 did not), other rounding order.
+# Not yet timed on the device: off until a sweep (--sweep-only PROJ_DX_TMA_ACC) or the *_acc A/B does.
+PROJ_DX_TMA_ACC = False
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
@@ -269,7 +274,7 @@ def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link) -> None:
     dk.proj_dx_tma[(triton.cdiv(K, bk), triton.cdiv(N, tok))](
         xd, gd, dind, dxd, p, dm, c, h_pre, N, K, M, C, tok, ld, lo_off,
         BN=bn, BK=bk, MP=_p2(M, 16), LO=lo, LINK=0 if link is None else 2, n=n, INTERP=_interpreted(),
-        num_stages=stages, num_warps=warps)
+        ACC=bool(PROJ_DX_TMA_ACC), num_stages=stages, num_warps=warps)
 
 
 def _dphi_gemm(x: Tensor, dm: Tensor, precision: str, dmp: Tensor | None = None) -> Tensor:

@@ -31,6 +31,8 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
     assert by_row["pre"] == ["pre_fwd"] and by_row["post_res_bwd"] == ["post_res_bwd_mma"]
     assert by_row["coefficients [bf16x2] (proj+sumsq, epilogue)"] == ["phi_split", "proj_fwd", "coef_fwd"]
     assert by_row["coef_bwd (Sinkhorn bwd recomputed)"] == ["coef_bwd", "sum_rows"]
+    tma = [row for row, ks in by_row.items() if ks == ["proj_dx_tma"]]
+    assert len(tma) == 8 and "TMA dx pass linked add [bf16x2] ACC" in tma  # 2 precisions x 2 links x 2 orders
     for r in rows:
         assert 0 < r["regs"] <= 255 and 1 <= r["blocks_per_sm"] <= 32, r
         assert r["blocks_per_sm"] * r["warps"] <= 64 and r["limit"] in ("registers", "shared memory", "warps")

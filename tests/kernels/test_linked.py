@@ -59,7 +59,10 @@ ALIGNED_TILES = {"fused dphi": dict(_PROJ_BWD=(16, 16, 2, False, 4, False), _PRO
                  "fused dphi, unaligned": dict(_PROJ_BWD=(16, 32, 2, False, 4, False), _PROJ_BWD_GEMM=None),
                  "dphi gemm": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4)),
                  "dphi gemm, unaligned": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4)),
-                 "dphi gemm, TMA dx pass": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4), _PROJ_BWD_TMA=(16, 16, 32, 2, 4))}
+                 "dphi gemm, TMA dx pass": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4), _PROJ_BWD_TMA=(16, 16, 32, 2, 4)),
+                 "dphi gemm, TMA dx pass, MMAs into the sum": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4),
+                                                                   _PROJ_BWD_TMA=(16, 16, 32, 2, 4),
+                                                                   PROJ_DX_TMA_ACC=True)}
 
 
 # "add-copy" runs the same dx pass as "add" (only its output buffer differs): not repeated here.
