@@ -59,9 +59,7 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
         if ACC:
             dv = c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
             if LINK == 2:
-                hp = tl.load(hpre_ptr + t * n + j0, mask=tm, other=0.0)
-                dv += hp[:, None] * din_desc.load([t0, ch0]).to(tl.float32)
-                dv += g_desc.load([t0, k0]).to(tl.float32)
+                dv = _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n)
             dv = _mma_acc(dm_hi, pt, dv, INTERP)
             if LO:
                 dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
@@ -74,11 +72,17 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
             else:
                 dv = _mma(dm_hi, pt, INTERP)
             dv += c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
-            if LINK == 2:  # h_pre ⊗ d_in, then g (= H_resᵀ g), as proj_bwd adds them
-                hp = tl.load(hpre_ptr + t * n + j0, mask=tm, other=0.0)
-                dv += hp[:, None] * din_desc.load([t0, ch0]).to(tl.float32)
-                dv += g_desc.load([t0, k0]).to(tl.float32)
+            if LINK == 2:
+                dv = _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n)
         dx_desc.store([t0, k0], dv.to(tl.bfloat16))  # bf16 stream (launch._dx_tma_ok)
+
+
+@triton.jit
+def _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n: tl.constexpr):
+    # dv + h_pre ⊗ d_in, then + g (= H_resᵀ g): proj_bwd's order of the adds
+    hp = tl.load(hpre_ptr + t * n + j0, mask=tm, other=0.0)
+    dv += hp[:, None] * din_desc.load([t0, ch0]).to(tl.float32)
+    return dv + g_desc.load([t0, k0]).to(tl.float32)
 
 
 @triton.jit
