@@ -72,11 +72,18 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16-mixed", "bf16-true"])
     ap.add_argument("--sublayer-ops", default="linked", choices=["linked", "three"],
                     help="residual.sublayer_ops of both backends (the reference has the same two forms)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="set mhc_repro.kernels.launch constants first (as bench_mhc.py --set), e.g. PROJ_DX_TMA_ACC=True")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     res = dict(args=vars(args), device=str(device), interpreter=os.environ.get("TRITON_INTERPRET") == "1",
                gpu=torch.cuda.get_device_name() if device.type == "cuda" else None, curves={})
+    if args.set:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench_mhc import launch_settings
+
+        res["launch"] = launch_settings(args.set)  # the fused runs only: the reference never reads them
     runs = [(d, "reference", "bf16x2") for d in args.dtypes] + [(d, "triton", "bf16x2") for d in args.dtypes]
     runs += [("bf16-true", "triton", "bf16")] if "bf16-true" in args.dtypes else []
     for dtype, backend, prec in runs:
