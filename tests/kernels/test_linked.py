@@ -70,6 +70,8 @@ ALIGNED_TILES = {"fused dphi": dict(_PROJ_BWD=(16, 16, 2, False, 4, False), _PRO
 @pytest.mark.parametrize("tiles", list(ALIGNED_TILES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linked_tile_variants(fused, launch, device, monkeypatch, tiles, dtype, link_mode):
+    if "TMA" in tiles and (dtype != torch.bfloat16 or link_mode != "add"):
+        pytest.skip("the TMA dx pass runs for a bf16 stream in 'add' mode only (else: the cases above)")
     for k, v in ALIGNED_TILES[tiles].items():
         monkeypatch.setattr(launch, k, v)
     for N, n, C in [(37, 2, 48), (19, 4, 16)]:
