@@ -239,6 +239,13 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     return dx, (_dphi_gemm(x, dm, precision, dmp) if gemm else part.sum(0))
 
 
+def _dx_tma_tiles(K: int) -> tuple[int, int, int, int, int]:
+    """_PROJ_BWD_TMA for a stream of width K: BK capped at K, tokens per program a multiple of BN (a
+    tile never crosses into the next split; the descriptor clips only at N)."""
+    bn, bk, tok, stages, warps = _PROJ_BWD_TMA
+    return bn, min(bk, _p2(K, 16)), triton.cdiv(tok, bn) * bn, stages, warps
+
+
 def _dx_tma_ok(x: Tensor, dx: Tensor, link: tuple | None, link_mode: str) -> bool:
     """Whether the dx pass can run as dx_kernels.proj_dx_tma (see its contract)."""
     if _PROJ_BWD_TMA is None or x.dtype != torch.bfloat16 or dx.dtype != x.dtype or x.shape[0] == 0:
@@ -246,7 +253,7 @@ def _dx_tma_ok(x: Tensor, dx: Tensor, link: tuple | None, link_mode: str) -> boo
     if not (_interpreted() or (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9)):
         return False
     C = x.shape[1] if link is None else link[0].shape[2]
-    bk = min(_PROJ_BWD_TMA[1], _p2(x.shape[1], 16))
+    bk = _dx_tma_tiles(x.shape[1])[1]
     tensors = (x, dx) if link is None else (x, dx, link[0], link[3])
     return ((link is None or link_mode == "add") and C % bk == 0 and C % 8 == 0
             and all(t.data_ptr() % 16 == 0 for t in tensors))
@@ -257,9 +264,7 @@ def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link) -> None:
 
     N, K = x.shape
     M = dm.shape[1]
-    bn, bk, tok, stages, warps = _PROJ_BWD_TMA
-    bk = min(bk, _p2(K, 16))
-    tok = triton.cdiv(tok, bn) * bn  # tiles never cross a split (the descriptor clips only at N)
+    bn, bk, tok, stages, warps = _dx_tma_tiles(K)
 
     def desc(t: Tensor) -> TensorDescriptor:
         return TensorDescriptor.from_tensor(t, [bn, bk])

@@ -58,21 +58,15 @@ def test_linked_matches_fp64_reference(fused, device, N, n, C):
 ALIGNED_TILES = {"fused dphi": dict(_PROJ_BWD=(16, 16, 2, False, 4, False), _PROJ_BWD_GEMM=None),
                  "fused dphi, unaligned": dict(_PROJ_BWD=(16, 32, 2, False, 4, False), _PROJ_BWD_GEMM=None),
                  "dphi gemm": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4)),
-                 "dphi gemm, unaligned": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4)),
-                 "dphi gemm, TMA dx pass": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4), _PROJ_BWD_TMA=(16, 16, 32, 2, 4)),
-                 "dphi gemm, TMA dx pass, MMAs into the sum": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4),
-                                                                   _PROJ_BWD_TMA=(16, 16, 32, 2, 4),
-                                                                   PROJ_DX_TMA_ACC=True)}
+                 "dphi gemm, unaligned": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4))}
+# The TMA dx pass (dx_kernels) runs for a bf16 stream in "add" mode only: its own test below.
+TMA_TILES = {"TMA dx pass": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4), _PROJ_BWD_TMA=(16, 16, 32, 2, 4)),
+             "TMA dx pass, MMAs into the sum": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4),
+                                                    _PROJ_BWD_TMA=(16, 16, 32, 2, 4), PROJ_DX_TMA_ACC=True)}
 
 
-# "add-copy" runs the same dx pass as "add" (only its output buffer differs): not repeated here.
-@pytest.mark.parametrize("link_mode", ["add", "gather"], indirect=True)
-@pytest.mark.parametrize("tiles", list(ALIGNED_TILES))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linked_tile_variants(fused, launch, device, monkeypatch, tiles, dtype, link_mode):
-    if "TMA" in tiles and (dtype != torch.bfloat16 or link_mode != "add"):
-        pytest.skip("the TMA dx pass runs for a bf16 stream in 'add' mode only (else: the cases above)")
-    for k, v in ALIGNED_TILES[tiles].items():
+def _check_tiles(fused, launch, device, monkeypatch, tiles: dict, dtype) -> None:
+    for k, v in tiles.items():
         monkeypatch.setattr(launch, k, v)
     for N, n, C in [(37, 2, 48), (19, 4, 16)]:
         inp = _no_pre_cotangent(_inputs(N, n, C, dtype, device, seed=N + C))
@@ -83,6 +77,20 @@ def test_linked_tile_variants(fused, launch, device, monkeypatch, tiles, dtype, 
         else:
             ref = _run(mhc_ops, inp, n, t_max=20, upcast=False)[1:]
             _compare(got, ref, names=LINKED_NAMES, tol=2e-2)
+
+
+# "add-copy" runs the same dx pass as "add" (only its output buffer differs): not repeated here.
+@pytest.mark.parametrize("link_mode", ["add", "gather"], indirect=True)
+@pytest.mark.parametrize("tiles", list(ALIGNED_TILES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linked_tile_variants(fused, launch, device, monkeypatch, tiles, dtype, link_mode):
+    _check_tiles(fused, launch, device, monkeypatch, ALIGNED_TILES[tiles], dtype)
+
+
+@pytest.mark.parametrize("link_mode", ["add"], indirect=True)
+@pytest.mark.parametrize("tiles", list(TMA_TILES))
+def test_linked_tma_tile_variants(fused, launch, device, monkeypatch, tiles, link_mode):
+    _check_tiles(fused, launch, device, monkeypatch, TMA_TILES[tiles], torch.bfloat16)
 
 
 def test_linked_reference_pair_equals_three_ops(device):
