@@ -8,7 +8,7 @@ defaults: linked sub-layer, "bf16x2" projections), `mhc_fused` (the three ops). 
 "gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` each block under the paper's
 recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"; `_savebc`: "stream-ops" saving
 the first block's copy of the broadcast input, see recompute.COPY_OPS); `_2mma` launch.PROJ_FWD_MERGED off;
-`_ptr` the pointer dx pass (launch._PROJ_BWD_TMA None); `_acc` launch.PROJ_DX_TMA_ACC on;
+`_ptr` the pointer dx pass (launch._PROJ_BWD_TMA None); `_acc` / `_mmasum` launch.PROJ_DX_TMA_ACC on / off;
 `_lazy` H_resᵀg left to Inductor; `_cg` blocks compiled with CUDA graphs ("reduce-overhead"; compare
 with `residual_cg`). Each stack row also gives the host's time per step (`host_ms`) beside the time to
 completion (`queued_ms`). Then every fused kernel alone, its achieved GB/s against a
@@ -171,7 +171,8 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     stream-ops policy without its broadcast-copy rule (recompute.COPY_OPS empty), its A/B; *_2mma the
     bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]; *_ptr the
     projection backward's pointer dx pass (launch._PROJ_BWD_TMA None) whatever the TMA tile; *_acc its
-    TMA dx pass with the MMAs accumulating into the elementwise terms (launch.PROJ_DX_TMA_ACC)."""
+    TMA dx pass with the MMAs accumulating into the elementwise terms (launch.PROJ_DX_TMA_ACC, the
+    default), *_mmasum with the MMA results summed after them (the pointer kernel's order)."""
     from mhc_repro.kernels import fused, launch, linked
     from mhc_repro.residual import recompute
 
@@ -191,6 +192,8 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
         stack.enter_context(patched(launch, _PROJ_BWD_TMA=None))
     if "_acc" in kind:
         stack.enter_context(patched(launch, PROJ_DX_TMA_ACC=True))
+    if "_mmasum" in kind:
+        stack.enter_context(patched(launch, PROJ_DX_TMA_ACC=False))
     return stack
 
 

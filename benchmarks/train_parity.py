@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--sublayer-ops", default="linked", choices=["linked", "three"],
                     help="residual.sublayer_ops of both backends (the reference has the same two forms)")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                    help="set mhc_repro.kernels.launch constants first (as bench_mhc.py --set), e.g. PROJ_DX_TMA_ACC=True")
+                    help="set mhc_repro.kernels.launch constants first (as bench_mhc.py --set), e.g. PROJ_DX_TMA_ACC=False")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

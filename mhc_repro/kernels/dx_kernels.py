@@ -33,8 +33,8 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
     # LO ("bf16x2"): dm and φ as bf16 hi + lo parts, three MMAs (≈ fp32 products); else one MMA.
     # ACC: the elementwise terms first, the MMAs then accumulate into them (one live [BN, BK] fp32
     # tile instead of one per MMA: compiled for sm_90 the linked bf16x2 pass drops from 210 to 168
-    # registers, 2 -> 3 blocks per SM; other rounding order than proj_bwd). Otherwise the same
-    # products in the same order as proj_bwd (bit-identical results).
+    # registers, 2 -> 3 blocks per SM; other rounding order than proj_bwd; the default since run 46).
+    # Otherwise the same products in the same order as proj_bwd (bit-identical results).
     kb = tl.program_id(0)
     sp = tl.program_id(1)
     k0 = kb * BK

@@ -53,10 +53,12 @@ _PROJ_BWD_GEMM = (64, 128, 256, 3, 4)  # run 9 sweep: 285 vs 387 µs (bf16x2), 2
 # pointer kernel, same bits; stack 1.192× vs 1.206× (2048), 1.109× vs 1.116× (4096), intervals overlap.
 _PROJ_BWD_TMA = (64, 128, 1024, 3, 4)
 # Its MMAs accumulating into the elementwise terms (dx_kernels.proj_dx_tma ACC): 210 -> 168 registers
-# in the linked bf16x2 pass (kernel_resources.py, Triton 3.6: 3 blocks per SM instead of 2; the TMA
-# passes that reached 3 blocks ran 9–11 % faster in run 45, the one left at 2 did not), other rounding order.
-# Not yet timed on the device: off until a sweep (--sweep-only PROJ_DX_TMA_ACC) or the *_acc A/B does.
-PROJ_DX_TMA_ACC = False
+# in the linked bf16x2 pass (kernel_resources.py, Triton 3.6: 3 blocks per SM instead of 2), another
+# rounding order (relative difference 3.3e-5 to the pointer kernel's bits). Run 46 (C = 2048, device
+# time, three-op + linked passes with their dφ GEMMs): 633.4 µs vs 666.0 without; loss curve within
+# bf16 noise (2.25e-3 vs 2.67e-3); stack 1.197× vs 1.200× (2048), 1.114× vs 1.105× (4096), unresolved.
+# False = the three MMA results summed, the pointer kernel's order and bits.
+PROJ_DX_TMA_ACC = True
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.

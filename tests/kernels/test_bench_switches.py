@@ -35,7 +35,9 @@ def test_variant_switches_patch_and_restore(fused, launch):
         assert launch._PROJ_BWD_TMA is None
     with bench_mhc.kernel_switches("mhc_fused_linked_acc"):
         assert launch.PROJ_DX_TMA_ACC is True
-    assert launch.PROJ_DX_TMA_ACC is False
+    with bench_mhc.kernel_switches("mhc_fused_linked_mmasum"):
+        assert launch.PROJ_DX_TMA_ACC is False
+    assert launch.PROJ_DX_TMA_ACC is True  # the default since run 46
     assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
             launch.PROJ_FWD_MERGED) == before
     assert recompute.COPY_OPS  # the broadcast-copy rule is on by default

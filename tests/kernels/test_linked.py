@@ -61,8 +61,8 @@ ALIGNED_TILES = {"fused dphi": dict(_PROJ_BWD=(16, 16, 2, False, 4, False), _PRO
                  "dphi gemm, unaligned": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4))}
 # The TMA dx pass (dx_kernels) runs for a bf16 stream in "add" mode only: its own test below.
 TMA_TILES = {"TMA dx pass": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4), _PROJ_BWD_TMA=(16, 16, 32, 2, 4)),
-             "TMA dx pass, MMAs into the sum": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4),
-                                                    _PROJ_BWD_TMA=(16, 16, 32, 2, 4), PROJ_DX_TMA_ACC=True)}
+             "TMA dx pass, MMA results summed": dict(_PROJ_BWD_GEMM=(16, 16, 32, 2, 4),
+                                                     _PROJ_BWD_TMA=(16, 16, 32, 2, 4), PROJ_DX_TMA_ACC=False)}
 
 
 def _check_tiles(fused, launch, device, monkeypatch, tiles: dict, dtype) -> None:
