@@ -5,6 +5,8 @@ Per kernel of the default sub-layer (linked pair, given projection precision): i
 same run; then the stack's measured overhead per sub-layer, and the budget of the issue's target.
 
     python reports/kernels/plot_time_budget.py reports/kernels/run34_14b9211_bench_2048.json out.png
+
+prints the same figures as a table.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ def main(src: str, dst: str) -> None:
     run = json.load(open(src))
     c = run["kernels"][0]["C"]
     b = budget(run, c)
+    print(f"{src}: C = {c}, µs per sub-layer (measured | its bytes at copy speed)")
+    for label, us, floor in b["rows"]:
+        print(f"  {label:45s} {us:7.1f} | {floor:7.1f}")
+    print(f"  {'all kernels':45s} {sum(r[1] for r in b['rows']):7.1f} | {sum(r[2] for r in b['rows']):7.1f}")
+    for key, what in (("overhead_us", "stack overhead (mHC - residual)"), ("target_us", "target's budget")):
+        if b[key] is not None:
+            print(f"  {what:45s} {b[key]:7.1f}")
     fig, ax = plt.subplots(figsize=(10, 4.6))
     colors = plt.get_cmap("tab10").colors
     bars = [("measured kernels", 1), ("same bytes at copy speed", 2)]
