@@ -27,7 +27,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mhc import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step, time_cuda  # noqa: E402
+from bench_mhc import time_cuda  # noqa: E402
+from stack_variants import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
 from kernel_bench import machine_probe  # noqa: E402
 
 # two-sided 95 % Student t quantiles by degrees of freedom (1–10); 2.0 beyond (df 30: 2.04)

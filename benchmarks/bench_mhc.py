@@ -23,7 +23,6 @@ ratios compare like with like (eager/eager, compiled/compiled).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -31,73 +30,12 @@ import time
 import warnings
 
 import torch
-import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_bench import SWEEP, bench_kernels, copy_bandwidth, machine_probe, sweep_configs  # noqa: E402,F401
-from llama_blocks import Attention, Block, RMSNorm, SwiGLU  # noqa: E402,F401
-
-from mhc_repro.kernels import get_mhc_ops  # noqa: E402
-
-
-def _hc_package():
-    """benchmarks/hc_package.py (importable without the package; see _hc_pkg_version)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import hc_package
-
-    return hc_package
-
-
-def _hc_pkg_version():
-    """Installed `hyper-connections` version, or None when it is not importable."""
-    return _hc_package().hc_package_version()
-
-
-PRECISION = ["bf16x2"]  # --precision, for variant mhc_fused
-LAZY_PRB = [("mma", 16, 128, 4, 3)]  # post_res backward tiles of the *_lazy variants (fastest "mma" of --sweep)
-
-
-def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
-    if kind == "hc_pkg":  # the hyper-connections package's mHC (optional extra)
-        blocks = _hc_package().build_hc_package_blocks(c, n, n_blocks, device, RMSNorm, Attention, SwiGLU)
-        return blocks, block_fns(blocks, True, compiled, dynamic=False)
-    prec = "bf16" if kind.startswith("mhc_fused_bf16") else PRECISION[0]
-    ops = None if kind.startswith("residual") else get_mhc_ops("reference" if kind == "mhc_ref" else "triton", device, prec)
-    torch.manual_seed(0)
-    blocks = nn.ModuleList([Block(c, n if ops else 1, ops) for _ in range(n_blocks)]).to(device)
-    for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
-        if not name.split(".")[-1] in ("phi", "alpha", "bias"):
-            p.data = p.data.to(torch.bfloat16)
-    for b in blocks:
-        b.linked = "_linked" in kind  # *_linked: the linked sub-layer pair
-    if kind.endswith("_rc") or kind.endswith("_rcops"):  # PAPER §5 recomputation: each block under
-        # the mHC recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run)
-        # (residual_rc: the plain residual under the same policy, for a like-with-like memory ratio)
-        from mhc_repro.residual.recompute import checkpoint_block
-
-        for b in blocks:
-            mode = "stream-ops" if kind.endswith("_rcops") else "stream"
-            b.forward = lambda *a, f=b.forward, mode=mode: checkpoint_block(f, *a, mode=mode)
-    # *_cg: CUDA graphs (Inductor's "reduce-overhead"), which take the host's launch work (the kernels'
-    # Python launchers included) off the step; compare with residual_cg for like with like.
-    opts = dict(dynamic=False, mode="reduce-overhead") if "_cg" in kind else dict(dynamic=False)
-    return blocks, block_fns(blocks, ops is not None, compiled, **opts)
-
-
-def block_fns(blocks, collapse: bool, compiled: bool, **opts) -> list:
-    """The blocks as the step calls them, each under torch.compile(**opts) when ``compiled``. With
-    ``collapse`` (n-stream stacks) the last one also sums the streams, inside the same compiled
-    graph, as the model does (LM.forward hands its StreamCollapse to the last block): the sum's
-    broadcast gradient then forms inside that graph. Up to run 40 the stack summed outside, eagerly,
-    and the last block's backward copied the expand-view gradient through a slow strided path (322 µs
-    of 54 ms at C = 2048, run 38)."""
-    fns = list(blocks)
-    if collapse:
-        fns[-1] = lambda x, b=blocks[-1]: b(x).sum(2)
-    return [torch.compile(f, **opts) if compiled else f for f in fns]
+from stack_variants import (LAZY_PRB, PRECISION, _hc_pkg_version, add_stack_args, kernel_switches,  # noqa: E402
+                            launch_settings, stack_inputs, stack_step)
 
 
 def time_cuda(fn, warmup: int, iters: int) -> float:
@@ -149,123 +87,6 @@ def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
         return dict(error="hyper-connections not importable: skipped")
     with kernel_switches(kind):
         return _bench_stack(kind.removesuffix("_lazy"), compiled, c, n, n_blocks, x0, dout, args)
-
-
-@contextlib.contextmanager
-def patched(mod, **values):
-    """Module attributes set to ``values`` for the duration, then restored."""
-    saved = {k: getattr(mod, k) for k in values}
-    for k, v in values.items():
-        setattr(mod, k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(mod, k, v)
-
-
-def kernel_switches(kind: str) -> contextlib.ExitStack:
-    """The kernel module switches a variant name asks for: *_lazy H_resᵀ g left to Inductor
-    (fused.LAZY_RES_DX, only under compile); *_gather the linked pair with LINK_MODE "gather";
-    *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off); *_savebc (with _rcops): the
-    stream-ops policy without its broadcast-copy rule (recompute.COPY_OPS empty), its A/B; *_2mma the
-    bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]; *_ptr the
-    projection backward's pointer dx pass (launch._PROJ_BWD_TMA None) whatever the TMA tile; *_acc its
-    TMA dx pass with the MMAs accumulating into the elementwise terms (launch.PROJ_DX_TMA_ACC, the
-    default), *_mmasum with the MMA results summed after them (the pointer kernel's order)."""
-    from mhc_repro.kernels import fused, launch, linked
-    from mhc_repro.residual import recompute
-
-    stack = contextlib.ExitStack()
-    if kind.endswith("_lazy"):
-        stack.enter_context(patched(fused, LAZY_RES_DX=True))
-        stack.enter_context(patched(launch, _PRB=LAZY_PRB[0]))
-    if "_gather" in kind:
-        stack.enter_context(patched(linked, LINK_MODE="gather"))
-    if "_copy" in kind:
-        stack.enter_context(patched(linked, ADD_IN_PLACE=False))
-    if "_savebc" in kind:
-        stack.enter_context(patched(recompute, COPY_OPS=frozenset()))
-    if "_2mma" in kind:
-        stack.enter_context(patched(launch, PROJ_FWD_MERGED=False))
-    if "_ptr" in kind:
-        stack.enter_context(patched(launch, _PROJ_BWD_TMA=None))
-    if "_acc" in kind:
-        stack.enter_context(patched(launch, PROJ_DX_TMA_ACC=True))
-    if "_mmasum" in kind:
-        stack.enter_context(patched(launch, PROJ_DX_TMA_ACC=False))
-    return stack
-
-
-def launch_settings(pairs) -> dict:
-    """Apply ``NAME=VALUE`` pairs (Python literals) to mhc_repro.kernels.launch; returns them."""
-    import ast
-
-    from mhc_repro.kernels import launch
-
-    values = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or not hasattr(launch, name):
-            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a constant of mhc_repro.kernels.launch")
-        try:
-            values[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            raise SystemExit(f"--set {pair!r}: VALUE must be a Python literal (True, 3, (64, 128, 256, 3, 4))")
-        setattr(launch, name, values[name])
-    return values
-
-
-def stack_forward(fns, x0, n_streams: int):
-    """The stack's output from x0 [B, T, C]: streams expanded, every block, streams summed (by the
-    last of ``fns``, see block_fns).
-
-    The n-stream lives only inside this function, as inside a model's forward: once collapsed it is
-    freed (up to run 17 the benchmark held the last stream, 4 units of [N, C], through the whole
-    backward, which a model does not; it inflated mHC's peak, not the residual's). The expansion is
-    a broadcast view, as mhc_repro.residual.expand_streams returns, materialized by block 0's ops."""
-    x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)
-    for f in fns:
-        x = f(x)
-    return x
-
-
-def add_stack_args(ap) -> None:
-    """The stack's shape options (read by stack_inputs), shared by every stack benchmark script."""
-    ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--seq", type=int, default=4096)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
-    ap.add_argument("--blocks-large", type=int, default=2)
-
-
-def stack_inputs(c: int, args, dev) -> tuple:
-    """(blocks in the stack, x0, dout) at width c: bf16 [tokens / seq, seq, c], seeded by c, so every
-    variant and every script (bench_mhc, ab_stack) times the same inputs."""
-    nb = args.blocks if c < 4096 else args.blocks_large
-    g = torch.Generator(device=dev).manual_seed(c)
-    B = args.tokens // args.seq
-    x0 = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
-    dout = torch.randn(B, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g)
-    return nb, x0, dout
-
-
-def stack_step(kind, compiled, c, n, n_blocks, x0, dout):
-    """(step, forward, blocks) of a variant: the timed training step (grads cleared, forward, backward)
-    and its forward alone; the blocks hold the parameters (keep them alive while timing)."""
-    blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
-    params = list(blocks.parameters())
-    n_streams = 1 if kind.startswith("residual") else n
-
-    def forward():
-        return stack_forward(fns, x0, n_streams)
-
-    def step():
-        for p in params:
-            p.grad = None
-        forward().backward(dout)
-
-    return step, forward, blocks
 
 
 def _bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):

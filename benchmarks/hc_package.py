@@ -19,7 +19,7 @@ What it computes per sub-layer (differs from PAPER.md §1, see the report / test
   convention, rows approximate — the transpose of PAPER.md's convention).
   Mixing runs in fp32 on a fp32 copy of the stream; outputs are cast back to the stream dtype (bf16).
 Its own parameters (static_alpha, dynamic_alpha_fn, *_scale, static_beta, dynamic_beta_fn, norm.gamma)
-stay fp32: the module casts them to fp32 itself; the branch weights are bf16 as in ``bench_mhc.build``.
+stay fp32: the module casts them to fp32 itself; the branch weights are bf16 as in ``stack_variants.build``.
 """
 
 from __future__ import annotations
@@ -71,11 +71,11 @@ def build_hc_package_blocks(c: int, n: int, n_blocks: int, device, norm_cls=None
                             dtype=torch.bfloat16, use_triton_sinkhorn=False) -> nn.ModuleList:
     """``n_blocks`` HCPackageBlocks on ``device``; branch weights in ``dtype``, the package's params fp32.
 
-    ``norm_cls, attn_cls, ffn_cls`` default to bench_mhc's RMSNorm, Attention, SwiGLU (passed in by
-    bench_mhc.build to avoid a circular import).
+    ``norm_cls, attn_cls, ffn_cls`` default to llama_blocks' RMSNorm, Attention, SwiGLU (passed in by
+    stack_variants.build).
     """
     if norm_cls is None or attn_cls is None or ffn_cls is None:
-        from bench_mhc import Attention, RMSNorm, SwiGLU
+        from llama_blocks import Attention, RMSNorm, SwiGLU
 
         norm_cls, attn_cls, ffn_cls = norm_cls or RMSNorm, attn_cls or Attention, ffn_cls or SwiGLU
     torch.manual_seed(0)

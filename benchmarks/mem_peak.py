@@ -19,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_mhc  # noqa: E402
+import stack_variants  # noqa: E402
 
 
 def _where(frames) -> str:
@@ -80,12 +80,12 @@ def main() -> None:
     unit = args.tokens * c * 2  # one bf16 [N, C] tensor
     res = dict(C=c, blocks=nb, unit_mb=unit / 2**20, variants={})
     for kind in args.variants:
-        with bench_mhc.kernel_switches(kind):
-            blocks, fns = bench_mhc.build(kind, c, args.n, nb, True, dev)
+        with stack_variants.kernel_switches(kind):
+            blocks, fns = stack_variants.build(kind, c, args.n, nb, True, dev)
             n_streams = 1 if kind.startswith("residual") else args.n
 
             def forward():
-                return bench_mhc.stack_forward(fns, x0, n_streams)
+                return stack_variants.stack_forward(fns, x0, n_streams)
 
             forward().backward(dout)  # compile
             for p in blocks.parameters():

@@ -26,7 +26,7 @@ import torch
 from torch.autograd import DeviceType
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mhc import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
+from stack_variants import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
 
 # Kernel function names in mhc_repro/kernels (Triton names a kernel after its function).
 MHC_KERNELS = ("proj_fwd", "coef_fwd", "coef_bwd", "proj_bwd", "pre_fwd", "pre_bwd", "post_res_fwd",

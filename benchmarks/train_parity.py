@@ -81,7 +81,7 @@ def main() -> None:
                gpu=torch.cuda.get_device_name() if device.type == "cuda" else None, curves={})
     if args.set:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from bench_mhc import launch_settings
+        from stack_variants import launch_settings
 
         res["launch"] = launch_settings(args.set)  # the fused runs only: the reference never reads them
     runs = [(d, "reference", "bf16x2") for d in args.dtypes] + [(d, "triton", "bf16x2") for d in args.dtypes]

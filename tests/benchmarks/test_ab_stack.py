@@ -49,18 +49,6 @@ def test_run_ab_rotates_and_holds_switches(monkeypatch):
     assert s["mhc_ref"]["ratio_median"] == pytest.approx(1.2) and s["mhc_ref"]["ratio_ci95"] == pytest.approx([1.2, 1.2])
 
 
-def test_stack_inputs_seeded_by_width():
-    from types import SimpleNamespace
-
-    import bench_mhc
-
-    args = SimpleNamespace(blocks=4, blocks_large=2, tokens=16, seq=8)
-    nb, x0, dout = bench_mhc.stack_inputs(64, args, torch.device("cpu"))
-    assert nb == 4 and x0.shape == dout.shape == (2, 8, 64) and x0.requires_grad
-    assert torch.equal(bench_mhc.stack_inputs(64, args, torch.device("cpu"))[1], x0)  # same inputs every call
-    assert bench_mhc.stack_inputs(4096, args, torch.device("cpu"))[0] == 2
-
-
 def test_median_interval_is_the_binomial_order_statistic_interval():
     vals = [float(v) for v in range(1, 17)]  # 16 values: k = 4 (coverage 0.979; k = 5 gives 0.923)
     assert ab_stack.median_interval(vals) == (4.0, 13.0)

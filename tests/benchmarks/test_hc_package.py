@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
 import bench_mhc  # noqa: E402
 import hc_package  # noqa: E402
+import llama_blocks  # noqa: E402
 
 B, T, N, C = 2, 16, 4, 64
 
@@ -24,7 +25,7 @@ def pkg():
 
 
 def small_attn(c):
-    return bench_mhc.Attention(c, head_dim=16)  # C=64: the default head_dim 128 leaves no head
+    return llama_blocks.Attention(c, head_dim=16)  # C=64: the default head_dim 128 leaves no head
 
 
 def test_stack_forward_backward_fp32(pkg):

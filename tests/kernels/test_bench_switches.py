@@ -1,11 +1,13 @@
 """The benchmark's tile sweep and variant switches patch constants that the kernels really read
-(benchmarks/bench_mhc.py runs only on a GPU; a misnamed patch there would silently time the defaults)."""
+(benchmarks/bench_mhc.py and stack_variants.py run only on a GPU; a misnamed patch there would
+silently time the defaults)."""
 
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 import bench_mhc  # noqa: E402
+import stack_variants  # noqa: E402
 
 
 def test_sweep_tables_name_launch_constants(launch):
@@ -21,21 +23,21 @@ def test_variant_switches_patch_and_restore(fused, launch):
 
     before = (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
               launch.PROJ_FWD_MERGED)
-    with bench_mhc.kernel_switches("mhc_fused_lazy"):
-        assert launch._PRB == bench_mhc.LAZY_PRB[0] and fused.LAZY_RES_DX
-    with bench_mhc.kernel_switches("mhc_fused_bf16_linked_gather"):
+    with stack_variants.kernel_switches("mhc_fused_lazy"):
+        assert launch._PRB == stack_variants.LAZY_PRB[0] and fused.LAZY_RES_DX
+    with stack_variants.kernel_switches("mhc_fused_bf16_linked_gather"):
         assert linked.LINK_MODE == "gather"
-    with bench_mhc.kernel_switches("mhc_fused_linked_copy_rcops"):
+    with stack_variants.kernel_switches("mhc_fused_linked_copy_rcops"):
         assert linked.ADD_IN_PLACE is False
-    with bench_mhc.kernel_switches("mhc_fused_linked_savebc_rcops"):
+    with stack_variants.kernel_switches("mhc_fused_linked_savebc_rcops"):
         assert recompute.COPY_OPS == frozenset() and linked.ADD_IN_PLACE
-    with bench_mhc.kernel_switches("mhc_fused_linked_2mma"):
+    with stack_variants.kernel_switches("mhc_fused_linked_2mma"):
         assert launch.PROJ_FWD_MERGED is False
-    with bench_mhc.kernel_switches("mhc_fused_linked_ptr"):
+    with stack_variants.kernel_switches("mhc_fused_linked_ptr"):
         assert launch._PROJ_BWD_TMA is None
-    with bench_mhc.kernel_switches("mhc_fused_linked_acc"):
+    with stack_variants.kernel_switches("mhc_fused_linked_acc"):
         assert launch.PROJ_DX_TMA_ACC is True
-    with bench_mhc.kernel_switches("mhc_fused_linked_mmasum"):
+    with stack_variants.kernel_switches("mhc_fused_linked_mmasum"):
         assert launch.PROJ_DX_TMA_ACC is False
     assert launch.PROJ_DX_TMA_ACC is True  # the default since run 46
     assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
@@ -48,12 +50,12 @@ def test_launch_settings_sets_constants_and_rejects_bad_pairs(launch, monkeypatc
 
     monkeypatch.setattr(launch, "PROJ_FWD_MERGED", launch.PROJ_FWD_MERGED)
     monkeypatch.setattr(launch, "_PROJ_BWD_GEMM", launch._PROJ_BWD_GEMM)
-    got = bench_mhc.launch_settings(["PROJ_FWD_MERGED=False", "_PROJ_BWD_GEMM=(32, 256, 256, 3, 4)"])
+    got = stack_variants.launch_settings(["PROJ_FWD_MERGED=False", "_PROJ_BWD_GEMM=(32, 256, 256, 3, 4)"])
     assert got == {"PROJ_FWD_MERGED": False, "_PROJ_BWD_GEMM": (32, 256, 256, 3, 4)}
     assert launch.PROJ_FWD_MERGED is False and launch._PROJ_BWD_GEMM == (32, 256, 256, 3, 4)
     for bad in ["NOT_A_CONSTANT=1", "PROJ_FWD_MERGED", "PROJ_FWD_MERGED=maybe"]:
         with pytest.raises(SystemExit, match="--set"):
-            bench_mhc.launch_settings([bad])
+            stack_variants.launch_settings([bad])
 
 
 def test_sync_points_lists_each_synchronizing_call_once(monkeypatch):
