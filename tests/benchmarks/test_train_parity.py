@@ -26,3 +26,25 @@ def test_train_parity_runs_and_records_launch_settings(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_parity.py"), "--steps", "1",
                           "--set", "NO_SUCH=1"], capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode != 0 and "NO_SUCH=1" in bad.stderr
+
+
+@pytest.mark.slow
+def test_perturbed_reference_gives_a_chaos_gap(tmp_path):
+    """--perturb-init trains the reference again from scaled initial weights: a curve that starts apart
+    from the reference's, and a 'chaos' gap beside the others; --backends reference skips the kernels."""
+    out = tmp_path / "chaos.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_parity.py"), "--steps", "4",
+                           "--backends", "reference", "--perturb-init", "0.01", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert set(res["curves"]) == {"fp32/reference", "fp32/reference-perturbed"}
+    ref, pert = res["curves"]["fp32/reference"], res["curves"]["fp32/reference-perturbed"]
+    assert ref[0] != pert[0]
+    chaos = res["gaps"]["chaos: fp32/reference-perturbed vs fp32/reference"]
+    assert chaos["max"] == max(abs(a - b) for a, b in zip(ref, pert)) > 0
+    assert chaos["mean_first_half"] == pytest.approx((abs(ref[0] - pert[0]) + abs(ref[1] - pert[1])) / 2)
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_parity.py"), "--steps", "1",
+                          "--perturb-init", "-1"], capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode != 0 and "--perturb-init -1.0" in bad.stderr
