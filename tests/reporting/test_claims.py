@@ -122,3 +122,24 @@ def test_overhead_from_bench_mhc_record(tmp_path):
                                             ("bench.json", 2560, pytest.approx(0.05))]
     claim = C.overhead_claim(make_study({"residual": [3.0], "mhc": [2.9]}), P, tmp_path)
     assert claim.verdict == C.REPRODUCED and "C=2560" in claim.evidence
+
+
+def test_overhead_from_ab_stack_record_and_newer_variant_names(tmp_path):
+    """ab_stack.py records (median over rounds of the per-round ratio) and bench_mhc.py rows of any
+    fused variant (the default became mhc_fused_linked); CUDA-graph stacks against residual_cg."""
+    ab = {"runs": [{"C": 2560, "compiled": True, "ms": {"residual": [10.0, 10.0, 20.0],
+                                                         "mhc_fused_linked": [11.0, 12.0, 21.0],
+                                                         "mhc_fused_linked_rcops": [13.0, 13.0, 26.0]}},
+                   {"C": 4096, "compiled": True, "ms": {"residual": [10.0], "hc_pkg": [10.5]}}]}
+    (tmp_path / "ab.json").write_text(json.dumps(ab))
+    stack = [dict(C=2048, mode="compiled", variant=v, ms=ms) for v, ms in (
+        ("residual", 10.0), ("residual_cg", 8.0), ("mhc_fused_linked", 11.5), ("mhc_fused_linked_cg", 8.8),
+        ("mhc_ref", 10.1))]
+    (tmp_path / "bench.json").write_text(json.dumps({"stack": stack}))
+    found = C.kernel_overheads(tmp_path)
+    # ab: ratios 1.1, 1.2, 1.05 -> median 1.1; rcops 1.3; hc_pkg is not a fused stack
+    # bench: mhc_fused_linked_cg vs residual_cg 1.1 < 1.15 vs residual; mhc_ref is not fused
+    assert found == [("ab.json", 2560, pytest.approx(0.1)), ("bench.json", 2048, pytest.approx(0.1))]
+    claim = C.overhead_claim(make_study({"residual": [3.0], "mhc": [2.9]}), P, tmp_path)
+    assert claim.verdict == C.NOT_REPRODUCED and "verdict uses C=2560" in claim.evidence
+    assert "C=2560: +10.0% (ab.json)" in claim.evidence and "C=2048: +10.0% (bench.json)" in claim.evidence
