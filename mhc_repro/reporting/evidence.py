@@ -154,21 +154,3 @@ def kernel_overheads(kernels_dir: Path | None) -> list[tuple[str, int, float]]:
             best[c] = min(best.get(c, math.inf), v)
         found += [(f.name, c, v) for c, v in sorted(best.items())]
     return found
-    for f in sorted(kernels_dir.rglob("*.json")):
-        try:
-            rec = json.loads(f.read_text())
-        except ValueError:
-            continue
-        if not isinstance(rec, dict):
-            continue
-        if isinstance(rec.get("overhead_fraction"), (int, float)):
-            found.append((f.name, int(rec.get("C", 0)), float(rec["overhead_fraction"])))
-        rows = [r for r in rec.get("stack", []) if isinstance(r, dict) and "ms" in r]
-        base = {(r.get("C"), r.get("mode")): r["ms"] for r in rows if r.get("variant") == "residual"}
-        best: dict[int, float] = {}
-        for r in rows:
-            key = (r.get("C"), r.get("mode"))
-            if r.get("variant") == "mhc_fused" and base.get(key):
-                best[r["C"]] = min(best.get(r["C"], math.inf), r["ms"] / base[key] - 1.0)
-        found += [(f.name, c, v) for c, v in sorted(best.items())]
-    return found
