@@ -36,7 +36,8 @@ from mhc_repro.presets import get_preset, with_variant  # noqa: E402
 
 
 def perturb_(model: torch.nn.Module, eps: float, seed: int) -> None:
-    """Scale every parameter element by (1 + eps·z), z ~ N(0, 1) from its own seeded generator."""
+    """Scale every parameter element by (1 + eps·z), z ~ N(0, 1) from one seeded CPU generator (the same
+    draws on every device), then round back to the parameter's dtype."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
