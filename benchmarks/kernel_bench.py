@@ -116,8 +116,12 @@ SWEEP = {
     "_PROJ_BWD_TMA": [None, (64, 128, 256, 3, 4), (64, 128, 512, 3, 4), (64, 128, 256, 4, 4),
                       (64, 128, 512, 4, 8), (128, 128, 512, 3, 8), (64, 64, 256, 4, 4), (32, 128, 256, 4, 4),
                       (64, 256, 512, 3, 8), (128, 64, 512, 3, 4), (64, 128, 1024, 3, 4), (128, 128, 1024, 2, 8),
-                      (64, 128, 256, 2, 4), (32, 256, 512, 3, 4)],
+                      (64, 128, 256, 2, 4), (32, 256, 512, 3, 4),
+                      # 4 blocks per SM with ACC, also with PROJ_DX_TMA_LOOP_STAGES 2 (kernel_resources.py)
+                      (32, 128, 1024, 3, 4), (64, 64, 1024, 3, 4)],
     "PROJ_DX_TMA_ACC": [False, True],
+    # 0: the TMA loads single-buffered (plain loop); n: tl.range(num_stages=n) multi-buffers them
+    "PROJ_DX_TMA_LOOP_STAGES": [0, 2, 3, 4],
     "_PRB": [("split", 2, 128, 2, 3), ("loop", 4, 128, 4, 3), ("mma", 16, 128, 4, 3), ("mma", 16, 256, 4, 3),
              ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
@@ -142,21 +146,19 @@ def sweep_configs(c, n, N, device, precision, only=()):
     hq, hr = torch.rand(N, n, device=device), torch.rand(N, n, n, device=device)
     m = torch.randn(N, M, device=device)
     r = 1 + torch.rand(N, device=device)
+
+    def dx_passes():  # both users of the dx-pass tiles: the three-op pass and the linked pair's ("add")
+        return (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
+                + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision, link=(g, hr, hq, f),
+                                         link_mode="add"))
+
     ops = {
         "_PROJ_FWD": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "PROJ_FWD_MERGED": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "_PROJ_BWD": lambda: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
-        # both users of these tiles: the three-op dx pass and the linked pair's ("add") pass
-        "_PROJ_BWD_GEMM": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
-                                   + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
-                                                           link=(g, hr, hq, f), link_mode="add")),
+        "_PROJ_BWD_GEMM": dx_passes, "_PROJ_BWD_TMA": dx_passes, "PROJ_DX_TMA_ACC": dx_passes,
+        "PROJ_DX_TMA_LOOP_STAGES": dx_passes,
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
-        "PROJ_DX_TMA_ACC": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
-                                    + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
-                                                            link=(g, hr, hq, f), link_mode="add")),
-        "_PROJ_BWD_TMA": lambda: (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
-                                  + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision,
-                                                          link=(g, hr, hq, f), link_mode="add")),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6, 2)),
     }

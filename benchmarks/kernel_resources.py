@@ -121,31 +121,33 @@ def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[st
 
 
 def record_dx_tma(c: int, n: int, N: int) -> list[tuple[str, tuple]]:
-    """(label, recorded launch) of the TMA dx pass (dx_kernels.proj_dx_tma) at the default tile, for
-    both precisions, three-op / linked, and both PROJ_DX_TMA_ACC orders."""
+    """(label, recorded launch) of the TMA dx pass (dx_kernels.proj_dx_tma) at the launch tile, for
+    both precisions, three-op / linked, both PROJ_DX_TMA_ACC orders, and with ACC the token loop
+    pipelined (PROJ_DX_TMA_LOOP_STAGES 2: the TMA loads multi-buffered)."""
     from mhc_repro.kernels import dx_kernels, launch
 
     K, M, bf = n * c, n * n + 2 * n, torch.bfloat16
     x, dx, d_in = torch.empty(N, K, dtype=bf), torch.empty(N, K, dtype=bf), torch.empty(N, c, dtype=bf)
     link = (torch.empty(N, n, c, dtype=bf), torch.empty(N, n, n), torch.empty(N, n), d_in)
     dm, cc = torch.empty(N, M), torch.empty(N)
-    real, acc0, out = dx_kernels.proj_dx_tma, launch.PROJ_DX_TMA_ACC, []
+    real, acc0, loop0, out = dx_kernels.proj_dx_tma, launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_LOOP_STAGES, []
     try:
         for prec in launch.PROJ_PRECISIONS:
             lo = prec == "bf16x2"
             MP = launch._p2(M, 16)
             p = torch.empty(K, 2 * MP if lo else MP, dtype=bf)  # φ's parts as launch._phi_parts lays them out
             for lk in (None, link):
-                for acc in (False, True):
-                    launch.PROJ_DX_TMA_ACC = acc
+                for acc, loop in ((False, 0), (True, 0), (True, 2)):
+                    launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_LOOP_STAGES = acc, loop
                     rec: list = []
                     dx_kernels.proj_dx_tma = Recorder(real, rec)
                     launch._launch_dx_tma(x, p, p.stride(0), MP, lo, dm, cc, dx, lk)
-                    label = f"TMA dx pass {'linked add' if lk else 'three-op'} [{prec}]{' ACC' if acc else ''}"
+                    label = (f"TMA dx pass {'linked add' if lk else 'three-op'} [{prec}]{' ACC' if acc else ''}"
+                             + (f" loop{loop}" if loop else ""))
                     fn, grid, a, kw = rec[0]
                     out.append((label, (fn, grid, a, dict(kw, INTERP=False))))
     finally:
-        dx_kernels.proj_dx_tma, launch.PROJ_DX_TMA_ACC = real, acc0
+        dx_kernels.proj_dx_tma, launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_LOOP_STAGES = real, acc0, loop0
     return out
 
 

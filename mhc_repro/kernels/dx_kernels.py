@@ -28,13 +28,18 @@ from .coef_kernels import _mma
 def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_ptr,
                 N, K, M, C, tok_per_split, phi_ld, phi_lo,
                 BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, LO: tl.constexpr,
-                LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr, ACC: tl.constexpr):
+                LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr, ACC: tl.constexpr,
+                LOOP_STAGES: tl.constexpr = 0):
     # LINK: 0 = dx = dm·φᵀ + c·x (three ops); 2 = + g + h_pre ⊗ d_in (linked "add", g = H_resᵀ g).
     # LO ("bf16x2"): dm and φ as bf16 hi + lo parts, three MMAs (≈ fp32 products); else one MMA.
     # ACC: the elementwise terms first, the MMAs then accumulate into them (one live [BN, BK] fp32
     # tile instead of one per MMA: compiled for sm_90 the linked bf16x2 pass drops from 210 to 168
     # registers, 2 -> 3 blocks per SM; other rounding order than proj_bwd; the default since run 46).
     # Otherwise the same products in the same order as proj_bwd (bit-identical results).
+    # LOOP_STAGES: 0 = a plain loop, which Triton 3.6 software-pipelines only for the dm load: the x, g
+    # and d_in tiles are single-buffered (compiled for sm_90: 64.5 KB of shared memory at the default
+    # tile whatever num_stages); > 0 = tl.range(num_stages=LOOP_STAGES), which multi-buffers them too
+    # (2 buffers each at 3: 145 KB, 1 block per SM at the default tile). Same results either way.
     kb = tl.program_id(0)
     sp = tl.program_id(1)
     k0 = kb * BK
@@ -44,37 +49,52 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
     pm = (k < K)[:, None] & cm[None, :]
     pp = k[:, None] * phi_ld + cols[None, :]
     pt = tl.trans(tl.load(phi_ptr + pp, mask=pm, other=0.0))  # [MP, BK] bf16
+    pt_lo = pt  # unused unless LO
     if LO:
         pt_lo = tl.trans(tl.load(phi_ptr + phi_lo + pp, mask=pm, other=0.0))
     j0 = k0 // C  # the stream this K tile lies in (C % BK == 0)
     ch0 = k0 - j0 * C
     lo = sp * tok_per_split
     hi = tl.minimum(lo + tok_per_split, N)
-    for t0 in range(lo, hi, BN):
-        t = t0 + tl.arange(0, BN)
-        tm = t < hi
-        dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
-        dm_hi = dm.to(tl.bfloat16)
-        c = tl.load(c_ptr + t, mask=tm, other=0.0)
-        if ACC:
-            dv = c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
-            if LINK == 2:
-                dv = _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n)
-            dv = _mma_acc(dm_hi, pt, dv, INTERP)
-            if LO:
-                dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
-                dv = _mma_acc(dm_lo, pt, dv, INTERP)
-                dv = _mma_acc(dm_hi, pt_lo, dv, INTERP)
+    if LOOP_STAGES == 0:
+        for t0 in range(lo, hi, BN):
+            _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M, cols, cm,
+                     k0, ch0, j0, BN, LO, LINK, n, INTERP, ACC)
+    else:
+        for t0 in tl.range(lo, hi, BN, num_stages=LOOP_STAGES):
+            _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M, cols, cm,
+                     k0, ch0, j0, BN, LO, LINK, n, INTERP, ACC)
+
+
+@triton.jit
+def _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M, cols, cm, k0, ch0, j0,
+             BN: tl.constexpr, LO: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr,
+             ACC: tl.constexpr):
+    # one [BN, BK] tile of dx at tokens t0.., columns k0..
+    t = t0 + tl.arange(0, BN)
+    tm = t < hi
+    dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
+    dm_hi = dm.to(tl.bfloat16)
+    c = tl.load(c_ptr + t, mask=tm, other=0.0)
+    if ACC:
+        dv = c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
+        if LINK == 2:
+            dv = _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n)
+        dv = _mma_acc(dm_hi, pt, dv, INTERP)
+        if LO:
+            dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
+            dv = _mma_acc(dm_lo, pt, dv, INTERP)
+            dv = _mma_acc(dm_hi, pt_lo, dv, INTERP)
+    else:
+        if LO:  # same products, same order as proj_bwd
+            dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
+            dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
         else:
-            if LO:  # same products, same order as proj_bwd
-                dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
-                dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
-            else:
-                dv = _mma(dm_hi, pt, INTERP)
-            dv += c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
-            if LINK == 2:
-                dv = _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n)
-        dx_desc.store([t0, k0], dv.to(tl.bfloat16))  # bf16 stream (launch._dx_tma_ok)
+            dv = _mma(dm_hi, pt, INTERP)
+        dv += c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
+        if LINK == 2:
+            dv = _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n)
+    dx_desc.store([t0, k0], dv.to(tl.bfloat16))  # bf16 stream (launch._dx_tma_ok)
 
 
 @triton.jit

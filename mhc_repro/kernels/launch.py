@@ -59,6 +59,11 @@ _PROJ_BWD_TMA = (64, 128, 1024, 3, 4)
 # bf16 noise (2.25e-3 vs 2.67e-3); stack 1.197× vs 1.200× (2048), 1.114× vs 1.105× (4096), unresolved.
 # False = the three MMA results summed, the pointer kernel's order and bits.
 PROJ_DX_TMA_ACC = True
+# Its token loop: 0 = a plain loop (the x, g, d_in tiles single-buffered: Triton 3.6 pipelines only the
+# dm load there), or the num_stages of tl.range, which multi-buffers the TMA loads too (compiled for
+# sm_90 at the default tile: 145 KB of shared memory, 1 block per SM; kernel_resources.py). Not yet
+# timed on the device: 0 until a sweep (--sweep-only PROJ_DX_TMA_LOOP_STAGES) says otherwise.
+PROJ_DX_TMA_LOOP_STAGES = 0
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
@@ -281,7 +286,7 @@ def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link) -> None:
     dk.proj_dx_tma[(triton.cdiv(K, bk), triton.cdiv(N, tok))](
         xd, gd, dind, dxd, p, dm, c, h_pre, N, K, M, C, tok, ld, lo_off,
         BN=bn, BK=bk, MP=_p2(M, 16), LO=lo, LINK=0 if link is None else 2, n=n, INTERP=_interpreted(),
-        ACC=bool(PROJ_DX_TMA_ACC), num_stages=stages, num_warps=warps)
+        ACC=bool(PROJ_DX_TMA_ACC), LOOP_STAGES=int(PROJ_DX_TMA_LOOP_STAGES), num_stages=stages, num_warps=warps)
 
 
 def _dphi_gemm(x: Tensor, dm: Tensor, precision: str, dmp: Tensor | None = None) -> Tensor:

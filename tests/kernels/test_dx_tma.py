@@ -86,3 +86,18 @@ def test_pointer_kernel_where_tma_cannot(launch, monkeypatch, spy, device, N, n,
     ref = _dx(launch, a, "bf16x2", True)
     assert spy == []
     assert torch.equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("loop_stages", [2, 3])
+@pytest.mark.parametrize("linked", [False, True])
+@pytest.mark.parametrize("N,n,C", [(37, 4, 48), (70, 2, 32)])
+def test_pipelined_token_loop_gives_the_same_dx(launch, monkeypatch, spy, device, N, n, C, linked, loop_stages):
+    """launch.PROJ_DX_TMA_LOOP_STAGES (tl.range multi-buffering the TMA loads) changes only how the
+    tiles are fetched: the same products in the same order, so the same bits as the plain loop."""
+    a = _case(N, n, C, device, seed=N + C + loop_stages)
+    monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
+    ref = _dx(launch, a, "bf16x2", linked)
+    monkeypatch.setattr(launch, "PROJ_DX_TMA_LOOP_STAGES", loop_stages)
+    got = _dx(launch, a, "bf16x2", linked)
+    assert len(spy) == 2, "the TMA dx pass did not run"
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
