@@ -78,6 +78,13 @@ def resources(kernel) -> dict:
                 occupancy=blocks * warps / WARPS_PER_SM, limit=limit)
 
 
+def stream_tile_buffers(kernel, bn: int, bk: int) -> int:
+    """How many shared-memory copies of one [bn, bk] bf16 stream tile the compiled kernel allocates
+    (its TTGIR's local allocations): 1 = the loads are not multi-buffered by the loop pipeliner."""
+    shapes = re.findall(rf"!ttg\.memdesc<(?:(\d+)x)?{bn}x{bk}xbf16", kernel.asm["ttgir"])
+    return max((int(d or 1) for d in shapes), default=0)
+
+
 def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[str, list]]:
     """(kernel table row, its recorded launches) for every row of kernel_bench.bench_kernels."""
     import triton.testing
@@ -123,7 +130,7 @@ def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[st
 def record_dx_tma(c: int, n: int, N: int) -> list[tuple[str, tuple]]:
     """(label, recorded launch) of the TMA dx pass (dx_kernels.proj_dx_tma) at the launch tile, for
     both precisions, three-op / linked, both PROJ_DX_TMA_ACC orders, and with ACC the token loop
-    pipelined (PROJ_DX_TMA_LOOP_STAGES 2: the TMA loads multi-buffered)."""
+    pipelined (PROJ_DX_TMA_LOOP_STAGES 2 and 3: tl.range; 3 multi-buffers the TMA loads)."""
     from mhc_repro.kernels import dx_kernels, launch
 
     K, M, bf = n * c, n * n + 2 * n, torch.bfloat16
@@ -137,7 +144,7 @@ def record_dx_tma(c: int, n: int, N: int) -> list[tuple[str, tuple]]:
             MP = launch._p2(M, 16)
             p = torch.empty(K, 2 * MP if lo else MP, dtype=bf)  # φ's parts as launch._phi_parts lays them out
             for lk in (None, link):
-                for acc, loop in ((False, 0), (True, 0), (True, 2)):
+                for acc, loop in ((False, 0), (True, 0), (True, 2), (True, 3)):
                     launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_LOOP_STAGES = acc, loop
                     rec: list = []
                     dx_kernels.proj_dx_tma = Recorder(real, rec)
@@ -170,10 +177,14 @@ def main() -> None:
     table += [(label, [call]) for label, call in record_dx_tma(args.C, args.n, args.tokens)]
     for row, calls in table:
         for fn, _grid, a, kw in calls:
-            r = dict(row=row.strip(), kernel=fn.__name__, **resources(compile_for_sm90(fn, a, kw)))
+            k = compile_for_sm90(fn, a, kw)
+            r = dict(row=row.strip(), kernel=fn.__name__, **resources(k))
+            if fn.__name__ == "proj_dx_tma":  # are its x / g / d_in TMA loads multi-buffered?
+                r["tile_buffers"] = stream_tile_buffers(k, kw["BN"], kw["BK"])
             out.append(r)
             print(f"{r['row'][:48]:48} {r['kernel'][:22]:22} {r['regs']:4d} {r['spill_stack']:5d} "
-                  f"{r['smem_kb']:7.1f} {r['warps']:5d} {r['blocks_per_sm']:6d} {r['occupancy']:5.1%}  {r['limit']}")
+                  f"{r['smem_kb']:7.1f} {r['warps']:5d} {r['blocks_per_sm']:6d} {r['occupancy']:5.1%}  {r['limit']}"
+                  + (f"  (stream-tile buffers: {r['tile_buffers']})" if "tile_buffers" in r else ""))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(triton=triton.__version__, C=args.C, n=args.n, rows=out), fh, indent=1)
