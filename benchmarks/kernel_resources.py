@@ -85,6 +85,15 @@ def stream_tile_buffers(kernel, bn: int, bk: int) -> int:
     return max((int(d or 1) for d in shapes), default=0)
 
 
+def code_lines(ptx: str) -> str:
+    """The PTX without what does not change the code: source locations, comments, debug-scope labels
+    ($L__tmpN, they follow how functions were inlined) and the DWARF sections."""
+    ptx = ptx.split(".section\t.debug")[0].split(".section .debug")[0]
+    keep = [ln for ln in ptx.splitlines()
+            if not re.match(r"\s*(\.loc|\.file|//|\$L__tmp\d+:)", ln)]
+    return "\n".join(keep) + "\n"
+
+
 def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[str, list]]:
     """(kernel table row, its recorded launches) for every row of kernel_bench.bench_kernels."""
     import triton.testing
@@ -137,7 +146,9 @@ def record_dx_tma(c: int, n: int, N: int) -> list[tuple[str, tuple]]:
     x, dx, d_in = torch.empty(N, K, dtype=bf), torch.empty(N, K, dtype=bf), torch.empty(N, c, dtype=bf)
     link = (torch.empty(N, n, c, dtype=bf), torch.empty(N, n, n), torch.empty(N, n), d_in)
     dm, cc = torch.empty(N, M), torch.empty(N)
-    real, acc0, loop0, out = dx_kernels.proj_dx_tma, launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_LOOP_STAGES, []
+    # getattr: the tool also runs against older checkouts of the package (--dump-ptx to diff them)
+    real, acc0, out = dx_kernels.proj_dx_tma, launch.PROJ_DX_TMA_ACC, []
+    loop0 = getattr(launch, "PROJ_DX_TMA_LOOP_STAGES", 0)
     try:
         for prec in launch.PROJ_PRECISIONS:
             lo = prec == "bf16x2"
@@ -165,6 +176,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1024, help="only its divisibility matters for the compile")
     ap.add_argument("--precision", default="bf16x2", choices=["bf16x2", "bf16"])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--dump-ptx", default=None, metavar="DIR",
+                    help="also write each compiled kernel's PTX there, debug lines dropped (to diff two commits' code)")
     args = ap.parse_args()
     import triton
 
@@ -179,6 +192,11 @@ def main() -> None:
         for fn, _grid, a, kw in calls:
             k = compile_for_sm90(fn, a, kw)
             r = dict(row=row.strip(), kernel=fn.__name__, **resources(k))
+            if args.dump_ptx:
+                os.makedirs(args.dump_ptx, exist_ok=True)
+                name = re.sub(r"[^A-Za-z0-9]+", "_", f"{r['row']}_{r['kernel']}").strip("_")
+                with open(os.path.join(args.dump_ptx, name + ".ptx"), "w") as fh:
+                    fh.write(code_lines(k.asm["ptx"]))
             if fn.__name__ == "proj_dx_tma":  # are its x / g / d_in TMA loads multi-buffered?
                 r["tile_buffers"] = stream_tile_buffers(k, kw["BN"], kw["BK"])
             out.append(r)

@@ -18,7 +18,8 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "kernel_resources.py"), "--C", "256",
-                           "--tokens", "64", "--json", str(out)], capture_output=True, text=True, env=env, timeout=600)
+                           "--tokens", "64", "--json", str(out), "--dump-ptx", str(tmp_path / "ptx")],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     kernels = {r["kernel"] for r in rows}
@@ -36,6 +37,10 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
     assert len(tma) == 16
     # the TMA rows say how many shared-memory copies of a stream tile the pipeliner made (>= 1)
     assert all(r["tile_buffers"] >= 1 for r in rows if r["kernel"] == "proj_dx_tma")
+    ptx = {p.name: p.read_text() for p in (tmp_path / "ptx").iterdir()}
+    assert "TMA_dx_pass_linked_add_bf16x2_ACC_proj_dx_tma.ptx" in ptx
+    assert len(ptx) == len({(r["row"], r["kernel"]) for r in rows})
+    assert all(".entry" in text for text in ptx.values())
     assert {"TMA dx pass linked add [bf16x2] ACC", "TMA dx pass linked add [bf16x2] ACC loop2"} <= set(tma)
     for r in rows:
         assert 0 < r["regs"] <= 255 and 1 <= r["blocks_per_sm"] <= 32, r
