@@ -48,7 +48,8 @@ _PROJ_BWD = (16, 256, 3, False, 4, False)
 # run near copy speed (run 8: cuBLAS vᵀ·dm alone 80 µs at 79 % of copy vs the fused kernel's 33-38 %).
 _PROJ_BWD_GEMM = (64, 128, 256, 3, 4)  # run 9 sweep: 285 vs 387 µs (bf16x2), 239 vs 328 (bf16)
 # That dx pass with TMA tiles (dx_kernels.proj_dx_tma; bf16 stream on sm_90+, C % BK == 0, "add" or
-# no link): (BN, BK, tokens per program, stages, warps), or None for the pointer kernel above. Run 44
+# no link): (BN, BK, tokens per program, stages, warps), or None for the pointer kernel above (stages
+# pipelines only the dm load unless PROJ_DX_TMA_LOOP_STAGES is set, see below). Run 44
 # (C = 2048, device time, three-op + linked passes with their dφ GEMMs): 668.9 µs vs 694.8 for the
 # pointer kernel, same bits; stack 1.192× vs 1.206× (2048), 1.109× vs 1.116× (4096), intervals overlap.
 _PROJ_BWD_TMA = (64, 128, 1024, 3, 4)
