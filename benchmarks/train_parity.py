@@ -41,8 +41,8 @@ def perturb_(model: torch.nn.Module, eps: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            z = torch.randn(p.shape, generator=g, dtype=torch.float32)
-            p.copy_((p.float().cpu() * (1 + eps * z)).to(p.device, p.dtype))
+            z = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.device)
+            p.copy_(p.float() * (1 + eps * z))
 
 
 def train(backend: str, args, device, dtype: str = "fp32", precision: str = "bf16x2",

@@ -149,7 +149,7 @@ def kernel_overheads(kernels_dir: Path | None) -> list[tuple[str, int, float]]:
             continue
         if isinstance(rec.get("overhead_fraction"), (int, float)):
             found.append((f.name, int(rec.get("C", 0)), float(rec["overhead_fraction"])))
-        best = {**_bench_overheads(rec)}
+        best = _bench_overheads(rec)
         for c, v in _ab_overheads(rec).items():
             best[c] = min(best.get(c, math.inf), v)
         found += [(f.name, c, v) for c, v in sorted(best.items())]
