@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_mhc import time_cuda  # noqa: E402
-from stack_variants import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
+from stack_variants import (add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step,  # noqa: E402
+                            variant_settings)
 from kernel_bench import machine_probe  # noqa: E402
 
 # two-sided 95 % Student t quantiles by degrees of freedom (1–10); 2.0 beyond (df 30: 2.04)
@@ -136,12 +137,14 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5, help="steps per variant per round (median taken)")
     ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
                     help="set mhc_repro.kernels.launch constants for every variant (Python literals)")
+    ap.add_argument("--variant-set", nargs="*", default=(), metavar="VARIANT:NAME=VALUE",
+                    help="a launch constant for one variant only (e.g. another tile in an A/B)")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.summarize:
         return resummarize(args.summarize)
-    launch_settings(args.set)
+    settings, per_variant = launch_settings(args.set), variant_settings(args.variant_set)
     if args.rounds < 2:
         ap.error(f"--rounds {args.rounds} is too few; the interval needs at least 2")
     # every variant's compiled blocks stay alive at once: room for all their graphs
@@ -149,7 +152,7 @@ def main() -> None:
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 512)
     dev = torch.device("cuda")
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=args.commit,
-               argv=sys.argv, runs=[])
+               argv=sys.argv, settings=settings, variant_settings=per_variant, runs=[])
     for c in args.C:
         nb, x0, dout = stack_inputs(c, args, dev)
         run = run_ab(args.variants, c, args.n, nb, not args.eager, x0, dout, args.rounds, args.iters,

@@ -122,6 +122,9 @@ SWEEP = {
     "PROJ_DX_TMA_ACC": [False, True],
     # 0: the TMA loads single-buffered (plain loop); n: tl.range(num_stages=n) multi-buffers them
     "PROJ_DX_TMA_LOOP_STAGES": [0, 2, 3, 4],
+    # dφ formed in the TMA dx pass instead of by the dφ GEMM (at the default tile; sweep _PROJ_BWD_TMA
+    # with --set PROJ_DX_TMA_DPHI=True for its own tile: (64, 64) and (32, 128) keep 3 blocks per SM)
+    "PROJ_DX_TMA_DPHI": [False, True],
     "_PRB": [("split", 2, 128, 2, 3), ("loop", 4, 128, 4, 3), ("mma", 16, 128, 4, 3), ("mma", 16, 256, 4, 3),
              ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
@@ -157,7 +160,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
         "PROJ_FWD_MERGED": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "_PROJ_BWD": lambda: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
         "_PROJ_BWD_GEMM": dx_passes, "_PROJ_BWD_TMA": dx_passes, "PROJ_DX_TMA_ACC": dx_passes,
-        "PROJ_DX_TMA_LOOP_STAGES": dx_passes,
+        "PROJ_DX_TMA_LOOP_STAGES": dx_passes, "PROJ_DX_TMA_DPHI": dx_passes,
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6, 2)),

@@ -107,7 +107,9 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]; *_ptr the
     projection backward's pointer dx pass (launch._PROJ_BWD_TMA None) whatever the TMA tile; *_acc its
     TMA dx pass with the MMAs accumulating into the elementwise terms (launch.PROJ_DX_TMA_ACC, the
-    default), *_mmasum with the MMA results summed after them (the pointer kernel's order)."""
+    default), *_mmasum with the MMA results summed after them (the pointer kernel's order); *_dphi its
+    TMA dx pass forming dφ too (launch.PROJ_DX_TMA_DPHI). Then the variant's own launch settings
+    (VARIANT_SETTINGS, from --variant-set), e.g. another tile for one variant of an A/B."""
     from mhc_repro.kernels import fused, launch, linked
     from mhc_repro.residual import recompute
 
@@ -129,12 +131,19 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
         stack.enter_context(patched(launch, PROJ_DX_TMA_ACC=True))
     if "_mmasum" in kind:
         stack.enter_context(patched(launch, PROJ_DX_TMA_ACC=False))
+    if "_dphi" in kind:
+        stack.enter_context(patched(launch, PROJ_DX_TMA_DPHI=True))
+    if VARIANT_SETTINGS.get(kind):
+        stack.enter_context(patched(launch, **VARIANT_SETTINGS[kind]))
     return stack
 
 
+# launch constants set for one variant only: {variant: {NAME: value}} (variant_settings)
+VARIANT_SETTINGS: dict[str, dict] = {}
 
-def launch_settings(pairs) -> dict:
-    """Apply ``NAME=VALUE`` pairs (Python literals) to mhc_repro.kernels.launch; returns them."""
+
+def parse_settings(pairs) -> dict:
+    """``NAME=VALUE`` pairs (Python literals, NAME a constant of mhc_repro.kernels.launch) -> dict."""
     import ast
 
     from mhc_repro.kernels import launch
@@ -148,7 +157,27 @@ def launch_settings(pairs) -> dict:
             values[name] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             raise SystemExit(f"--set {pair!r}: VALUE must be a Python literal (True, 3, (64, 128, 256, 3, 4))")
-        setattr(launch, name, values[name])
+    return values
+
+
+def variant_settings(specs) -> dict:
+    """``VARIANT:NAME=VALUE`` specs (--variant-set) into VARIANT_SETTINGS; returns them."""
+    for spec in specs:
+        kind, sep, pair = spec.partition(":")
+        if not sep or not kind:
+            raise SystemExit(f"--variant-set {spec!r}: expected VARIANT:NAME=VALUE")
+        VARIANT_SETTINGS.setdefault(kind, {}).update(parse_settings([pair]))
+    return dict(VARIANT_SETTINGS)
+
+
+
+def launch_settings(pairs) -> dict:
+    """Apply ``NAME=VALUE`` pairs (Python literals) to mhc_repro.kernels.launch; returns them."""
+    from mhc_repro.kernels import launch
+
+    values = parse_settings(pairs)
+    for name, value in values.items():
+        setattr(launch, name, value)
     return values
 
 

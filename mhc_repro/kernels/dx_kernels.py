@@ -25,11 +25,11 @@ from .coef_kernels import _mma
 
 
 @triton.jit
-def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_ptr,
+def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_ptr, part_ptr,
                 N, K, M, C, tok_per_split, phi_ld, phi_lo,
                 BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, LO: tl.constexpr,
                 LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr, ACC: tl.constexpr,
-                LOOP_STAGES: tl.constexpr = 0):
+                LOOP_STAGES: tl.constexpr = 0, DPHI: tl.constexpr = False):
     # LINK: 0 = dx = dm·φᵀ + c·x (three ops); 2 = + g + h_pre ⊗ d_in (linked "add", g = H_resᵀ g).
     # LO ("bf16x2"): dm and φ as bf16 hi + lo parts, three MMAs (≈ fp32 products); else one MMA.
     # ACC: the elementwise terms first, the MMAs then accumulate into them (one live [BN, BK] fp32
@@ -40,6 +40,10 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
     # and d_in tiles are single-buffered (compiled for sm_90: 64.5 KB of shared memory at the default
     # tile whatever num_stages); > 0 = tl.range(num_stages=LOOP_STAGES), which multi-buffers them too
     # (2 buffers each at 3: 145 KB, 1 block per SM at the default tile). Same results either way.
+    # DPHI: also dφ = xᵀ·dm for this K tile from the x tiles the pass loads anyway (an MMA per tile,
+    # dm as the dφ GEMM's bf16 parts), accumulated over the split's tokens in registers and written
+    # as the split's partial part[sp, k, :M]; the launcher sums the partials (no atomics). Saves the
+    # dφ GEMM's second read of the stream (4 units of [N, C] per sub-layer at n = 4).
     kb = tl.program_id(0)
     sp = tl.program_id(1)
     k0 = kb * BK
@@ -56,28 +60,36 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
     ch0 = k0 - j0 * C
     lo = sp * tok_per_split
     hi = tl.minimum(lo + tok_per_split, N)
+    dphi = tl.zeros((BK, MP), dtype=tl.float32)  # unused unless DPHI
     if LOOP_STAGES == 0:
         for t0 in range(lo, hi, BN):
-            _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M, cols, cm,
-                     k0, ch0, j0, BN, LO, LINK, n, INTERP, ACC)
+            dphi = _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M,
+                            cols, cm, k0, ch0, j0, dphi, BN, LO, LINK, n, INTERP, ACC, DPHI)
     else:
         for t0 in tl.range(lo, hi, BN, num_stages=LOOP_STAGES):
-            _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M, cols, cm,
-                     k0, ch0, j0, BN, LO, LINK, n, INTERP, ACC)
+            dphi = _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M,
+                            cols, cm, k0, ch0, j0, dphi, BN, LO, LINK, n, INTERP, ACC, DPHI)
+    if DPHI:
+        tl.store(part_ptr + sp * K * M + k[:, None] * M + cols[None, :], dphi, mask=pm)
 
 
 @triton.jit
 def _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M, cols, cm, k0, ch0, j0,
-             BN: tl.constexpr, LO: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr,
-             ACC: tl.constexpr):
-    # one [BN, BK] tile of dx at tokens t0.., columns k0..
+             dphi, BN: tl.constexpr, LO: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr,
+             ACC: tl.constexpr, DPHI: tl.constexpr):
+    # one [BN, BK] tile of dx at tokens t0.., columns k0..; returns dphi (+ this tile's xᵀ·dm if DPHI)
     t = t0 + tl.arange(0, BN)
     tm = t < hi
     dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
     dm_hi = dm.to(tl.bfloat16)
     c = tl.load(c_ptr + t, mask=tm, other=0.0)
+    xt = x_desc.load([t0, k0])  # [BN, BK] bf16; zero past N (the descriptor clips), dm zero past hi
+    if DPHI:  # the dφ GEMM's products: bf16 x times dm's bf16 hi (+ lo for LO) part, fp32 sums
+        dphi = _mma_acc(tl.trans(xt), dm_hi, dphi, INTERP)
+        if LO:
+            dphi = _mma_acc(tl.trans(xt), (dm - dm_hi.to(tl.float32)).to(tl.bfloat16), dphi, INTERP)
     if ACC:
-        dv = c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
+        dv = c[:, None] * xt.to(tl.float32)
         if LINK == 2:
             dv = _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n)
         dv = _mma_acc(dm_hi, pt, dv, INTERP)
@@ -91,10 +103,11 @@ def _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr
             dv = _mma(dm_hi, pt, INTERP) + _mma(dm_lo, pt, INTERP) + _mma(dm_hi, pt_lo, INTERP)
         else:
             dv = _mma(dm_hi, pt, INTERP)
-        dv += c[:, None] * x_desc.load([t0, k0]).to(tl.float32)
+        dv += c[:, None] * xt.to(tl.float32)
         if LINK == 2:
             dv = _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n)
     dx_desc.store([t0, k0], dv.to(tl.bfloat16))  # bf16 stream (launch._dx_tma_ok)
+    return dphi
 
 
 @triton.jit

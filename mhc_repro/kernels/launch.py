@@ -65,6 +65,11 @@ PROJ_DX_TMA_ACC = True
 # sm_90 at the default tile: 145 KB of shared memory, 1 block per SM; kernel_resources.py). Not yet
 # timed on the device: 0 until a sweep (--sweep-only PROJ_DX_TMA_LOOP_STAGES) says otherwise.
 PROJ_DX_TMA_LOOP_STAGES = 0
+# dφ = xᵀ·dm formed inside that TMA dx pass (an MMA on the x tiles it loads anyway; per-split fp32
+# partials summed after it, deterministic) instead of by the dφ GEMM, which reads the stream a second
+# time (4 units of [N, C] per sub-layer at n = 4, ~70 µs at C = 2048). Not yet timed on the device:
+# False until a sweep (--sweep-only PROJ_DX_TMA_DPHI) says otherwise.
+PROJ_DX_TMA_DPHI = False
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
@@ -196,6 +201,8 @@ def _dphi_as_gemm(M: int) -> bool:
 def dm_parts(x: Tensor, M: int, precision: str) -> int:
     """How many bf16 parts of dm the dφ GEMM of launch_proj_bwd reads (0: it reads fp32 dm)."""
     gemm = _dphi_as_gemm(M) and x.dtype == torch.bfloat16 and x.is_cuda
+    if PROJ_DX_TMA_DPHI and _PROJ_BWD_TMA is not None:
+        gemm = False  # the TMA dx pass forms dφ itself (where it cannot, _dphi_gemm splits dm anyway)
     return (1 if precision == "bf16" else 2) if gemm else 0
 
 
@@ -216,8 +223,8 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     gemm = _dphi_as_gemm(M)
     dx = torch.empty_like(x) if out is None else out
     if gemm and _dx_tma_ok(x, dx, link, link_mode):
-        _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link)
-        return dx, _dphi_gemm(x, dm, precision, dmp)
+        part = _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi=bool(PROJ_DX_TMA_DPHI))
+        return dx, (_dphi_gemm(x, dm, precision, dmp) if part is None else part.sum(0))
     if gemm:  # dx-only kernel; dφ below as one GEMM
         bn, bk, tok, stages, warps = _PROJ_BWD_GEMM
         bk, reload, trans = min(bk, _p2(K, 16)), False, False
@@ -267,7 +274,8 @@ def _dx_tma_ok(x: Tensor, dx: Tensor, link: tuple | None, link_mode: str) -> boo
             and all(t.data_ptr() % 16 == 0 for t in tensors))
 
 
-def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link) -> None:
+def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi: bool = False) -> Tensor | None:
+    """Writes dx; with ``dphi`` also returns dφ's per-split partials [splits, K, M] (fp32), else None."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     N, K = x.shape
@@ -284,10 +292,14 @@ def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link) -> None:
         g, _, h_pre, d_in = link
         n, C = g.shape[1], g.shape[2]
         gd, dind, h_pre = desc(g.contiguous().view(N, K)), desc(d_in.contiguous()), h_pre.float().contiguous()
-    dk.proj_dx_tma[(triton.cdiv(K, bk), triton.cdiv(N, tok))](
-        xd, gd, dind, dxd, p, dm, c, h_pre, N, K, M, C, tok, ld, lo_off,
+    splits = triton.cdiv(N, tok)
+    part = torch.empty(splits, K, M, device=x.device, dtype=torch.float32) if dphi else None
+    dk.proj_dx_tma[(triton.cdiv(K, bk), splits)](
+        xd, gd, dind, dxd, p, dm, c, h_pre, c if part is None else part, N, K, M, C, tok, ld, lo_off,
         BN=bn, BK=bk, MP=_p2(M, 16), LO=lo, LINK=0 if link is None else 2, n=n, INTERP=_interpreted(),
-        ACC=bool(PROJ_DX_TMA_ACC), LOOP_STAGES=int(PROJ_DX_TMA_LOOP_STAGES), num_stages=stages, num_warps=warps)
+        ACC=bool(PROJ_DX_TMA_ACC), LOOP_STAGES=int(PROJ_DX_TMA_LOOP_STAGES), DPHI=dphi,
+        num_stages=stages, num_warps=warps)
+    return part
 
 
 def _dphi_gemm(x: Tensor, dm: Tensor, precision: str, dmp: Tensor | None = None) -> Tensor:

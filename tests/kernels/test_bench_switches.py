@@ -39,7 +39,10 @@ def test_variant_switches_patch_and_restore(fused, launch):
         assert launch.PROJ_DX_TMA_ACC is True
     with stack_variants.kernel_switches("mhc_fused_linked_mmasum"):
         assert launch.PROJ_DX_TMA_ACC is False
+    with stack_variants.kernel_switches("mhc_fused_linked_dphi"):
+        assert launch.PROJ_DX_TMA_DPHI is True
     assert launch.PROJ_DX_TMA_ACC is True  # the default since run 46
+    assert launch.PROJ_DX_TMA_DPHI is False
     assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
             launch.PROJ_FWD_MERGED) == before
     assert recompute.COPY_OPS  # the broadcast-copy rule is on by default
@@ -56,6 +59,24 @@ def test_launch_settings_sets_constants_and_rejects_bad_pairs(launch, monkeypatc
     for bad in ["NOT_A_CONSTANT=1", "PROJ_FWD_MERGED", "PROJ_FWD_MERGED=maybe"]:
         with pytest.raises(SystemExit, match="--set"):
             stack_variants.launch_settings([bad])
+
+
+def test_variant_settings_apply_to_their_variant_only(launch, monkeypatch):
+    import pytest
+
+    monkeypatch.setattr(stack_variants, "VARIANT_SETTINGS", {})
+    tile = (64, 64, 1024, 3, 4)
+    got = stack_variants.variant_settings([f"mhc_fused_linked_dphi:_PROJ_BWD_TMA={tile}"])
+    assert got == {"mhc_fused_linked_dphi": {"_PROJ_BWD_TMA": tile}}
+    default = launch._PROJ_BWD_TMA
+    with stack_variants.kernel_switches("mhc_fused_linked_dphi"):
+        assert launch._PROJ_BWD_TMA == tile and launch.PROJ_DX_TMA_DPHI is True
+    with stack_variants.kernel_switches("mhc_fused_linked"):
+        assert launch._PROJ_BWD_TMA == default
+    assert launch._PROJ_BWD_TMA == default
+    for bad in ["mhc_fused_linked", ":PROJ_FWD_MERGED=False", "mhc_fused:NOPE=1"]:
+        with pytest.raises(SystemExit):
+            stack_variants.variant_settings([bad])
 
 
 def test_sync_points_lists_each_synchronizing_call_once(monkeypatch):

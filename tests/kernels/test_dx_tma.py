@@ -36,7 +36,7 @@ def _dx(launch, a, precision, linked, out=None):
 def spy(launch, monkeypatch):
     calls = []
     real = launch._launch_dx_tma
-    monkeypatch.setattr(launch, "_launch_dx_tma", lambda *a: (calls.append(1), real(*a))[1])
+    monkeypatch.setattr(launch, "_launch_dx_tma", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
     monkeypatch.setattr(launch, "_PROJ_BWD_GEMM", TILES)
     return calls
 
@@ -101,3 +101,38 @@ def test_pipelined_token_loop_gives_the_same_dx(launch, monkeypatch, spy, device
     got = _dx(launch, a, "bf16x2", linked)
     assert len(spy) == 2, "the TMA dx pass did not run"
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
+@pytest.mark.parametrize("precision", ["bf16x2", "bf16"])
+@pytest.mark.parametrize("linked", [False, True])
+@pytest.mark.parametrize("N,n,C", [(37, 4, 48), (70, 2, 32), (5, 1, 16)])
+def test_dphi_in_the_dx_pass(launch, monkeypatch, spy, device, N, n, C, precision, linked):
+    """launch.PROJ_DX_TMA_DPHI: dφ = xᵀ·dm from the pass's own x tiles (per-split partials) instead of
+    the dφ GEMM. dx is untouched (same bits); dφ has the GEMM's products (bf16 x, dm's bf16 parts) in
+    another summation order: both checked against a float64 xᵀ·dm with the tolerance the parts allow."""
+    a = _case(N, n, C, device, seed=N + 2 * C + n)
+    monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
+    ref = _dx(launch, a, precision, linked)
+    monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", True)
+    monkeypatch.setattr(launch, "_dphi_gemm", lambda *args: pytest.fail("the dφ GEMM ran"))
+    got = _dx(launch, a, precision, linked)
+    assert len(spy) == 2, "the TMA dx pass did not run"
+    assert torch.equal(got[0], ref[0])
+    exact = a["x"].double().t() @ a["dm"].double()
+    # dm's hi + lo parts / dm rounded once to bf16 (the interpreter truncates, hence 2^-7 not 2^-8)
+    tol = 2.0**-15 if precision == "bf16x2" else 2.0**-7
+    scale = a["x"].double().abs().t() @ a["dm"].double().abs()
+    for dphi in (got[1], ref[1]):
+        assert ((dphi.double() - exact).abs() <= tol * scale).all()
+
+
+def test_dphi_partials_cover_every_split(launch, monkeypatch, spy, device):
+    """Several token splits with a clipped last tile: every token counts once in dφ (a tile of one
+    split must not reach into the next, the clipped tail contributes zeros)."""
+    a = _case(83, 4, 32, device, seed=11)  # 3 splits of 32 tokens, the last one 19
+    a["dm"] = torch.ones_like(a["dm"])
+    a["x"] = torch.ones_like(a["x"])
+    monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
+    monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", True)
+    _, dphi = _dx(launch, a, "bf16", True)
+    assert torch.equal(dphi, torch.full_like(dphi, 83.0))
