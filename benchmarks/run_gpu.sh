@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU parity tests for the fused mHC kernels, then the stack benchmark.
 # Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> bash benchmarks/run_gpu.sh [bench args...]
-# Optional: AB_C="2048 4096" (+ AB_VARIANTS) also runs ab_stack.py (interleaved A/B, 95 % intervals);
+# Optional: AB_C="2048 4096" (+ AB_VARIANTS, AB_ARGS) also runs ab_stack.py (interleaved A/B, 95 % intervals);
 # PROFILE_C="2048" (+ PROFILE_VARIANTS) also runs profile_stack.py (every kernel of whole steps).
 # The device's copy of the repository may carry stale git metadata: pass GIT_COMMIT by hand.
 set -o pipefail
@@ -23,7 +23,7 @@ if [ "${PARITY_STEPS:-300}" -gt 0 ]; then
 fi
 if [ -n "${AB_C:-}" ]; then
   python3 benchmarks/ab_stack.py --commit "${GIT_COMMIT:-unknown}" --C $AB_C \
-    --variants ${AB_VARIANTS:-residual mhc_fused_linked mhc_fused_linked_rcops} --out "$OUT/ab.json" 2>&1 | tee "$OUT/ab.log"
+    --variants ${AB_VARIANTS:-residual mhc_fused_linked mhc_fused_linked_rcops} ${AB_ARGS:-} --out "$OUT/ab.json" 2>&1 | tee "$OUT/ab.log"
 fi
 if [ -n "${PROFILE_C:-}" ]; then
   python3 benchmarks/profile_stack.py --commit "${GIT_COMMIT:-unknown}" --C $PROFILE_C \
