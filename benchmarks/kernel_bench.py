@@ -123,8 +123,8 @@ SWEEP = {
     # 0: the TMA loads single-buffered (plain loop); n: tl.range(num_stages=n) multi-buffers them
     "PROJ_DX_TMA_LOOP_STAGES": [0, 2, 3, 4],
     # dφ formed in the TMA dx pass instead of by the dφ GEMM (at the default tile; sweep _PROJ_BWD_TMA
-    # with --set PROJ_DX_TMA_DPHI=True for its own tile: (64, 64) and (32, 128) keep 3 blocks per SM)
-    "PROJ_DX_TMA_DPHI": [False, True],
+    # with --set PROJ_DX_TMA_DPHI=1 for its own tile: (64, 64) and (32, 128) keep 3 blocks per SM)
+    "PROJ_DX_TMA_DPHI": [0, 1, 2],
     "_PRB": [("split", 2, 128, 2, 3), ("loop", 4, 128, 4, 3), ("mma", 16, 128, 4, 3), ("mma", 16, 256, 4, 3),
              ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),

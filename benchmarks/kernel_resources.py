@@ -140,7 +140,7 @@ def record_dx_tma(c: int, n: int, N: int) -> list[tuple[str, tuple]]:
     """(label, recorded launch) of the TMA dx pass (dx_kernels.proj_dx_tma) at the launch tile, for
     both precisions, three-op / linked, both PROJ_DX_TMA_ACC orders, and with ACC the token loop
     pipelined (PROJ_DX_TMA_LOOP_STAGES 2 and 3: tl.range; 3 multi-buffers the TMA loads) and dφ formed
-    in the pass (PROJ_DX_TMA_DPHI, plain loop and loop stages 3)."""
+    in the pass (PROJ_DX_TMA_DPHI modes 1 and 2)."""
     from mhc_repro.kernels import dx_kernels, launch
 
     K, M, bf = n * c, n * n + 2 * n, torch.bfloat16
@@ -150,22 +150,22 @@ def record_dx_tma(c: int, n: int, N: int) -> list[tuple[str, tuple]]:
     # getattr: the tool also runs against older checkouts of the package (--dump-ptx to diff them)
     real, acc0, out = dx_kernels.proj_dx_tma, launch.PROJ_DX_TMA_ACC, []
     loop0 = getattr(launch, "PROJ_DX_TMA_LOOP_STAGES", 0)
-    dphi0 = getattr(launch, "PROJ_DX_TMA_DPHI", False)
+    dphi0 = getattr(launch, "PROJ_DX_TMA_DPHI", 0)
     try:
         for prec in launch.PROJ_PRECISIONS:
             lo = prec == "bf16x2"
             MP = launch._p2(M, 16)
             p = torch.empty(K, 2 * MP if lo else MP, dtype=bf)  # φ's parts as launch._phi_parts lays them out
             for lk in (None, link):
-                for acc, loop, dphi in ((False, 0, False), (True, 0, False), (True, 2, False), (True, 3, False),
-                                        (True, 0, True), (True, 3, True)):
+                for acc, loop, dphi in ((False, 0, 0), (True, 0, 0), (True, 2, 0), (True, 3, 0), (True, 0, 1),
+                                        (True, 0, 2)):
                     launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_LOOP_STAGES = acc, loop
                     rec: list = []
                     dx_kernels.proj_dx_tma = Recorder(real, rec)
-                    kw = dict(dphi=True) if dphi else {}  # older checkouts: no dφ in the pass
+                    kw = dict(dphi=dphi) if dphi else {}  # older checkouts: no dφ in the pass
                     launch._launch_dx_tma(x, p, p.stride(0), MP, lo, dm, cc, dx, lk, **kw)
                     label = (f"TMA dx pass {'linked add' if lk else 'three-op'} [{prec}]{' ACC' if acc else ''}"
-                             + (f" loop{loop}" if loop else "") + (" dphi" if dphi else ""))
+                             + (f" loop{loop}" if loop else "") + (f" dphi{dphi}" if dphi else ""))
                     fn, grid, a, kw = rec[0]
                     out.append((label, (fn, grid, a, dict(kw, INTERP=False))))
     finally:

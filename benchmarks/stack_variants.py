@@ -108,7 +108,7 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     projection backward's pointer dx pass (launch._PROJ_BWD_TMA None) whatever the TMA tile; *_acc its
     TMA dx pass with the MMAs accumulating into the elementwise terms (launch.PROJ_DX_TMA_ACC, the
     default), *_mmasum with the MMA results summed after them (the pointer kernel's order); *_dphi its
-    TMA dx pass forming dφ too (launch.PROJ_DX_TMA_DPHI). Then the variant's own launch settings
+    TMA dx pass forming dφ too (launch.PROJ_DX_TMA_DPHI 1; *_dphi2 mode 2). Then the variant's own launch settings
     (VARIANT_SETTINGS, from --variant-set), e.g. another tile for one variant of an A/B."""
     from mhc_repro.kernels import fused, launch, linked
     from mhc_repro.residual import recompute
@@ -132,7 +132,7 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     if "_mmasum" in kind:
         stack.enter_context(patched(launch, PROJ_DX_TMA_ACC=False))
     if "_dphi" in kind:
-        stack.enter_context(patched(launch, PROJ_DX_TMA_DPHI=True))
+        stack.enter_context(patched(launch, PROJ_DX_TMA_DPHI=2 if "_dphi2" in kind else 1))
     if VARIANT_SETTINGS.get(kind):
         stack.enter_context(patched(launch, **VARIANT_SETTINGS[kind]))
     return stack

@@ -29,7 +29,7 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
                 N, K, M, C, tok_per_split, phi_ld, phi_lo,
                 BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, LO: tl.constexpr,
                 LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr, ACC: tl.constexpr,
-                LOOP_STAGES: tl.constexpr = 0, DPHI: tl.constexpr = False):
+                LOOP_STAGES: tl.constexpr = 0, DPHI: tl.constexpr = 0):
     # LINK: 0 = dx = dm·φᵀ + c·x (three ops); 2 = + g + h_pre ⊗ d_in (linked "add", g = H_resᵀ g).
     # LO ("bf16x2"): dm and φ as bf16 hi + lo parts, three MMAs (≈ fp32 products); else one MMA.
     # ACC: the elementwise terms first, the MMAs then accumulate into them (one live [BN, BK] fp32
@@ -40,10 +40,11 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
     # and d_in tiles are single-buffered (compiled for sm_90: 64.5 KB of shared memory at the default
     # tile whatever num_stages); > 0 = tl.range(num_stages=LOOP_STAGES), which multi-buffers them too
     # (2 buffers each at 3: 145 KB, 1 block per SM at the default tile). Same results either way.
-    # DPHI: also dφ = xᵀ·dm for this K tile from the x tiles the pass loads anyway (an MMA per tile,
-    # dm as the dφ GEMM's bf16 parts), accumulated over the split's tokens in registers and written
-    # as the split's partial part[sp, k, :M]; the launcher sums the partials (no atomics). Saves the
-    # dφ GEMM's second read of the stream (4 units of [N, C] per sub-layer at n = 4).
+    # DPHI: also dφ = xᵀ·dm for this K tile from the x tiles the pass loads anyway (MMAs per tile, dm
+    # as the dφ GEMM's bf16 parts), accumulated over the split's tokens in registers and written as the
+    # split's partial part[sp, k, :M]; the launcher sums the partials (no atomics). 1: acc [BK, MP] +=
+    # xᵀ·dm (x transposed as the A operand); 2: acc [MP, BK] += dmᵀ·x (x as the B operand as stored).
+    # Saves the dφ GEMM's second read of the stream (4 units of [N, C] per sub-layer at n = 4).
     kb = tl.program_id(0)
     sp = tl.program_id(1)
     k0 = kb * BK
@@ -60,7 +61,10 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
     ch0 = k0 - j0 * C
     lo = sp * tok_per_split
     hi = tl.minimum(lo + tok_per_split, N)
-    dphi = tl.zeros((BK, MP), dtype=tl.float32)  # unused unless DPHI
+    if DPHI == 2:
+        dphi = tl.zeros((MP, BK), dtype=tl.float32)
+    else:
+        dphi = tl.zeros((BK, MP), dtype=tl.float32)  # unused unless DPHI
     if LOOP_STAGES == 0:
         for t0 in range(lo, hi, BN):
             dphi = _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M,
@@ -69,8 +73,10 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
         for t0 in tl.range(lo, hi, BN, num_stages=LOOP_STAGES):
             dphi = _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M,
                             cols, cm, k0, ch0, j0, dphi, BN, LO, LINK, n, INTERP, ACC, DPHI)
-    if DPHI:
+    if DPHI == 1:
         tl.store(part_ptr + sp * K * M + k[:, None] * M + cols[None, :], dphi, mask=pm)
+    elif DPHI == 2:
+        tl.store(part_ptr + sp * K * M + k[None, :] * M + cols[:, None], dphi, mask=(k < K)[None, :] & cm[:, None])
 
 
 @triton.jit
@@ -84,10 +90,14 @@ def _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr
     dm_hi = dm.to(tl.bfloat16)
     c = tl.load(c_ptr + t, mask=tm, other=0.0)
     xt = x_desc.load([t0, k0])  # [BN, BK] bf16; zero past N (the descriptor clips), dm zero past hi
-    if DPHI:  # the dφ GEMM's products: bf16 x times dm's bf16 hi (+ lo for LO) part, fp32 sums
+    if DPHI == 1:  # the dφ GEMM's products: bf16 x times dm's bf16 hi (+ lo for LO) part, fp32 sums
         dphi = _mma_acc(tl.trans(xt), dm_hi, dphi, INTERP)
         if LO:
             dphi = _mma_acc(tl.trans(xt), (dm - dm_hi.to(tl.float32)).to(tl.bfloat16), dphi, INTERP)
+    elif DPHI == 2:
+        dphi = _mma_acc(tl.trans(dm_hi), xt, dphi, INTERP)
+        if LO:
+            dphi = _mma_acc(tl.trans((dm - dm_hi.to(tl.float32)).to(tl.bfloat16)), xt, dphi, INTERP)
     if ACC:
         dv = c[:, None] * xt.to(tl.float32)
         if LINK == 2:

@@ -67,9 +67,9 @@ PROJ_DX_TMA_ACC = True
 PROJ_DX_TMA_LOOP_STAGES = 0
 # dφ = xᵀ·dm formed inside that TMA dx pass (an MMA on the x tiles it loads anyway; per-split fp32
 # partials summed after it, deterministic) instead of by the dφ GEMM, which reads the stream a second
-# time (4 units of [N, C] per sub-layer at n = 4, ~70 µs at C = 2048). Not yet timed on the device:
-# False until a sweep (--sweep-only PROJ_DX_TMA_DPHI) says otherwise.
-PROJ_DX_TMA_DPHI = False
+# time (4 units of [N, C] per sub-layer at n = 4, ~70 µs at C = 2048). 0 = off (the dφ GEMM);
+# 1 = xᵀ·dm with x transposed as the MMA's A operand; 2 = dmᵀ·x, x as the B operand as stored.
+PROJ_DX_TMA_DPHI = 0
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
@@ -223,7 +223,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     gemm = _dphi_as_gemm(M)
     dx = torch.empty_like(x) if out is None else out
     if gemm and _dx_tma_ok(x, dx, link, link_mode):
-        part = _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi=bool(PROJ_DX_TMA_DPHI))
+        part = _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi=int(PROJ_DX_TMA_DPHI))
         return dx, (_dphi_gemm(x, dm, precision, dmp) if part is None else part.sum(0))
     if gemm:  # dx-only kernel; dφ below as one GEMM
         bn, bk, tok, stages, warps = _PROJ_BWD_GEMM
@@ -274,8 +274,9 @@ def _dx_tma_ok(x: Tensor, dx: Tensor, link: tuple | None, link_mode: str) -> boo
             and all(t.data_ptr() % 16 == 0 for t in tensors))
 
 
-def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi: bool = False) -> Tensor | None:
-    """Writes dx; with ``dphi`` also returns dφ's per-split partials [splits, K, M] (fp32), else None."""
+def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi: int = 0) -> Tensor | None:
+    """Writes dx; with ``dphi`` (a PROJ_DX_TMA_DPHI mode) also returns dφ's per-split partials
+    [splits, K, M] (fp32), else None."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     N, K = x.shape

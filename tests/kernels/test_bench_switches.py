@@ -40,9 +40,11 @@ def test_variant_switches_patch_and_restore(fused, launch):
     with stack_variants.kernel_switches("mhc_fused_linked_mmasum"):
         assert launch.PROJ_DX_TMA_ACC is False
     with stack_variants.kernel_switches("mhc_fused_linked_dphi"):
-        assert launch.PROJ_DX_TMA_DPHI is True
+        assert launch.PROJ_DX_TMA_DPHI == 1
+    with stack_variants.kernel_switches("mhc_fused_linked_dphi2"):
+        assert launch.PROJ_DX_TMA_DPHI == 2
     assert launch.PROJ_DX_TMA_ACC is True  # the default since run 46
-    assert launch.PROJ_DX_TMA_DPHI is False
+    assert launch.PROJ_DX_TMA_DPHI == 0
     assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
             launch.PROJ_FWD_MERGED) == before
     assert recompute.COPY_OPS  # the broadcast-copy rule is on by default
@@ -70,7 +72,7 @@ def test_variant_settings_apply_to_their_variant_only(launch, monkeypatch):
     assert got == {"mhc_fused_linked_dphi": {"_PROJ_BWD_TMA": tile}}
     default = launch._PROJ_BWD_TMA
     with stack_variants.kernel_switches("mhc_fused_linked_dphi"):
-        assert launch._PROJ_BWD_TMA == tile and launch.PROJ_DX_TMA_DPHI is True
+        assert launch._PROJ_BWD_TMA == tile and launch.PROJ_DX_TMA_DPHI == 1
     with stack_variants.kernel_switches("mhc_fused_linked"):
         assert launch._PROJ_BWD_TMA == default
     assert launch._PROJ_BWD_TMA == default

@@ -103,17 +103,18 @@ def test_pipelined_token_loop_gives_the_same_dx(launch, monkeypatch, spy, device
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
 
 
+@pytest.mark.parametrize("mode", [1, 2])
 @pytest.mark.parametrize("precision", ["bf16x2", "bf16"])
 @pytest.mark.parametrize("linked", [False, True])
 @pytest.mark.parametrize("N,n,C", [(37, 4, 48), (70, 2, 32), (5, 1, 16)])
-def test_dphi_in_the_dx_pass(launch, monkeypatch, spy, device, N, n, C, precision, linked):
+def test_dphi_in_the_dx_pass(launch, monkeypatch, spy, device, N, n, C, precision, linked, mode):
     """launch.PROJ_DX_TMA_DPHI: dφ = xᵀ·dm from the pass's own x tiles (per-split partials) instead of
     the dφ GEMM. dx is untouched (same bits); dφ has the GEMM's products (bf16 x, dm's bf16 parts) in
     another summation order: both checked against a float64 xᵀ·dm with the tolerance the parts allow."""
     a = _case(N, n, C, device, seed=N + 2 * C + n)
     monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
     ref = _dx(launch, a, precision, linked)
-    monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", True)
+    monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", mode)
     monkeypatch.setattr(launch, "_dphi_gemm", lambda *args: pytest.fail("the dφ GEMM ran"))
     got = _dx(launch, a, precision, linked)
     assert len(spy) == 2, "the TMA dx pass did not run"
@@ -126,13 +127,14 @@ def test_dphi_in_the_dx_pass(launch, monkeypatch, spy, device, N, n, C, precisio
         assert ((dphi.double() - exact).abs() <= tol * scale).all()
 
 
-def test_dphi_partials_cover_every_split(launch, monkeypatch, spy, device):
+@pytest.mark.parametrize("mode", [1, 2])
+def test_dphi_partials_cover_every_split(launch, monkeypatch, spy, device, mode):
     """Several token splits with a clipped last tile: every token counts once in dφ (a tile of one
     split must not reach into the next, the clipped tail contributes zeros)."""
     a = _case(83, 4, 32, device, seed=11)  # 3 splits of 32 tokens, the last one 19
     a["dm"] = torch.ones_like(a["dm"])
     a["x"] = torch.ones_like(a["x"])
     monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
-    monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", True)
+    monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", mode)
     _, dphi = _dx(launch, a, "bf16", True)
     assert torch.equal(dphi, torch.full_like(dphi, 83.0))
