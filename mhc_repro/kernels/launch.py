@@ -60,16 +60,19 @@ _PROJ_BWD_TMA = (64, 128, 1024, 3, 4)
 # bf16 noise (2.25e-3 vs 2.67e-3); stack 1.197× vs 1.200× (2048), 1.114× vs 1.105× (4096), unresolved.
 # False = the three MMA results summed, the pointer kernel's order and bits.
 PROJ_DX_TMA_ACC = True
-# Its token loop: 0 = a plain loop (the x, g, d_in tiles single-buffered: Triton 3.6 pipelines only the
-# dm load there), or the num_stages of tl.range, which multi-buffers the TMA loads too (compiled for
-# sm_90 at the default tile: 145 KB of shared memory, 1 block per SM; kernel_resources.py). Not yet
-# timed on the device: 0 until a sweep (--sweep-only PROJ_DX_TMA_LOOP_STAGES) says otherwise.
-PROJ_DX_TMA_LOOP_STAGES = 0
-# dφ = xᵀ·dm formed inside that TMA dx pass (an MMA on the x tiles it loads anyway; per-split fp32
+# Its token loop: 0 = a plain loop (Triton 3.6 then multi-buffers only the dm load: the x, g, d_in
+# TMA tiles get one shared-memory buffer each, whatever num_stages), or the num_stages of tl.range,
+# which multi-buffers them too (kernel_resources.py). Same bits either way. Runs 52-54 (device time,
+# three-op + linked passes with their dφ GEMMs): 2 stages 567.7 / 566.2 µs vs 631.4 / 632.7 for the
+# plain loop at C = 2048, 1045.6 vs 1184.9 at 4096; 3 and 4 stages in between.
+PROJ_DX_TMA_LOOP_STAGES = 2
+# dφ = xᵀ·dm formed inside that TMA dx pass (MMAs on the x tiles it loads anyway; per-split fp32
 # partials summed after it, deterministic) instead of by the dφ GEMM, which reads the stream a second
-# time (4 units of [N, C] per sub-layer at n = 4, ~70 µs at C = 2048). 0 = off (the dφ GEMM);
-# 1 = xᵀ·dm with x transposed as the MMA's A operand; 2 = dmᵀ·x, x as the B operand as stored.
-PROJ_DX_TMA_DPHI = 0
+# time (4 units of [N, C] per sub-layer at n = 4). 0 = off (the dφ GEMM); 1 = xᵀ·dm with x transposed
+# as the MMA's A operand; 2 = dmᵀ·x, x as the B operand as stored. Run 54 (C = 2048, loop stages 2,
+# the pair of passes as above): mode 2 516.3 µs, off 568.1, mode 1 984.4 (run 52: 1033 vs 632 at
+# loop stages 0); the tile sweep with mode 2 keeps the default tile.
+PROJ_DX_TMA_DPHI = 2
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.

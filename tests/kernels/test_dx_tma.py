@@ -49,6 +49,7 @@ def test_tma_dx_equals_pointer_dx(launch, monkeypatch, spy, device, N, n, C, pre
     """Bit-identical on the interpreter with the pointer kernel's order of operations; with ACC (the
     MMAs accumulate into the elementwise terms) equal within the bf16 output's rounding."""
     a = _case(N, n, C, device, seed=N * n + C)
+    monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", 0)  # dφ by the GEMM on both sides
     monkeypatch.setattr(launch, "_PROJ_BWD_TMA", None)
     ref = _dx(launch, a, precision, linked)
     monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
@@ -96,6 +97,7 @@ def test_pipelined_token_loop_gives_the_same_dx(launch, monkeypatch, spy, device
     tiles are fetched: the same products in the same order, so the same bits as the plain loop."""
     a = _case(N, n, C, device, seed=N + C + loop_stages)
     monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
+    monkeypatch.setattr(launch, "PROJ_DX_TMA_LOOP_STAGES", 0)
     ref = _dx(launch, a, "bf16x2", linked)
     monkeypatch.setattr(launch, "PROJ_DX_TMA_LOOP_STAGES", loop_stages)
     got = _dx(launch, a, "bf16x2", linked)
@@ -113,6 +115,7 @@ def test_dphi_in_the_dx_pass(launch, monkeypatch, spy, device, N, n, C, precisio
     another summation order: both checked against a float64 xᵀ·dm with the tolerance the parts allow."""
     a = _case(N, n, C, device, seed=N + 2 * C + n)
     monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
+    monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", 0)
     ref = _dx(launch, a, precision, linked)
     monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", mode)
     monkeypatch.setattr(launch, "_dphi_gemm", lambda *args: pytest.fail("the dφ GEMM ran"))
