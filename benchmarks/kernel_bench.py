@@ -41,11 +41,14 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     # dm's bf16 parts, as coef_bwd writes them for the dφ GEMM of each precision (launch.dm_parts)
     dmp = {p: launch.launch_coef_bwd(m, r, alpha, bias, hp, hq, hr, n, n * c, 20, 1e-6,
                                      launch.dm_parts(x.view(N, -1), M, p))[4] for p in launch.PROJ_PRECISIONS}
+    # Does the projection backward read the stream a second time for dφ? Yes with the dφ GEMM
+    # (_PROJ_BWD_GEMM), no where the TMA dx pass forms dφ itself (PROJ_DX_TMA_DPHI).
+    xf = x.view(N, -1)
+    reread = launch._PROJ_BWD_GEMM is not None and not (launch.PROJ_DX_TMA_DPHI and launch._dx_tma_ok(xf, xf, None, "add"))
     for p in launch.PROJ_PRECISIONS:
         cases[f"  proj_fwd [{p}] (v·φ + Σv²)"] = (lambda p=p: launch.launch_proj_fwd(x.view(N, -1), phi, M, p), n * e + N * 4 * (M + 1))
-        # dφ as a GEMM (_PROJ_BWD_GEMM) reads the stream a second time.
         cases[f"  proj_bwd [{p}] (dv, dφ)"] = (lambda p=p: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, dmp=dmp[p]),
-                                               (3 if launch._PROJ_BWD_GEMM else 2) * n * e)
+                                               (3 if reread else 2) * n * e)
     # The linked pair's backward kernels (kernels/linked.py): the single stream-gradient pass
     # (dx = [H_resᵀ]g + h_pre⊗d_in + dm·φᵀ + c·v, dφ: LINK_MODE "gather" forms H_resᵀg from g, "add"
     # adds post_res_bwd's dx) and, for "gather", post_res's reduction-only backward.
@@ -54,11 +57,11 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
             cases[f"  proj_bwd linked {lm} [{p}] (all of dx, dφ)"] = (
                 lambda p=p, lm=lm: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, link=(g, hr, hp, db),
                                                          link_mode=lm, dmp=dmp[p]),
-                (3 * n + 1 + (n if launch._PROJ_BWD_GEMM else 0)) * e)
+                (3 * n + 1 + (n if launch._PROJ_BWD_GEMM and (reread or lm != "add") else 0)) * e)
         cases[f"  dφ GEMM [{p}]"] = (lambda p=p: launch._dphi_gemm(x.view(N, -1), dm, p, dmp[p]), n * e)
     cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
     # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
-    xf, phb = x.view(N, -1), phi.to(torch.bfloat16)
+    phb = phi.to(torch.bfloat16)
     cases["  ref: cuBLAS v·φ (bf16, no Σv²)"] = (lambda: xf @ phb, n * e + N * 4 * M)
     cases["  ref: cuBLAS vᵀ·dm (bf16 dφ alone)"] = (lambda: xf.t() @ dm.to(torch.bfloat16), n * e)
     sumsq = torch.compile(lambda v: v.float().square().sum(-1))

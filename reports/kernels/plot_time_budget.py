@@ -30,7 +30,7 @@ def sublayer_kernels(precision: str = "bf16x2") -> list[tuple[str, str]]:
             ("bwd: post_res_bwd", "post_res_bwd"),
             ("bwd: pre_bwd_dh", "pre_bwd_dh (compiled path)"),
             ("bwd: Sinkhorn backward", "coef_bwd (Sinkhorn bwd recomputed)"),
-            ("bwd: dx pass + dφ GEMM", f"proj_bwd linked add [{precision}] (all of dx, dφ)")]
+            ("bwd: dx pass and dφ", f"proj_bwd linked add [{precision}] (all of dx, dφ)")]
 
 
 def budget(run: dict, c: int, precision: str = "bf16x2") -> dict:

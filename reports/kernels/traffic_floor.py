@@ -28,9 +28,13 @@ DESIGNS = {
     "linked, reading g once (no dx write in post_res_bwd; not reached)": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
         "proj_bwd + H_resᵀg + h_pre⊗d_in (one dx pass)": 13},
-    "linked, LINK_MODE='add' (today's default: post_res_bwd writes H_resᵀg, the dx pass adds it)": {
+    "linked, LINK_MODE='add' (post_res_bwd writes H_resᵀg, the dx pass adds it; dφ GEMM: up to run 54)": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5,
         "dx pass (x, H_resᵀg, d_in, dx)": 13, "dφ GEMM": 4},
+    # launch.PROJ_DX_TMA_DPHI: the dx pass forms dφ from the x tiles it reads anyway
+    "linked 'add', dφ in the dx pass (today's default, since run 55)": {
+        "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5,
+        "dx pass + dφ (x, H_resᵀg, d_in, dx)": 13},
     "linked 'add' + the projection formed by the previous post op (built: kernel 3x slower, removed)": {
         "post_res + next proj": 9, "pre": 5, "post_res_bwd": 14, "pre_bwd_dh": 5,
         "dx pass (x, H_resᵀg, d_in, dx)": 13, "dφ GEMM": 4},
