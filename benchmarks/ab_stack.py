@@ -116,18 +116,22 @@ def print_run(run: dict) -> None:
               f" median: {mlo:.4f}–{mhi:.4f})  min {s['ms_min']:.2f} ms, x {s['ratio_of_min']:.4f}")
 
 
-def resummarize(path: str) -> None:
-    """Print a saved --out record again with today's statistics (no GPU needed)."""
+def resummarize(path: str, base: str | None = None) -> None:
+    """Print a saved --out record again with today's statistics (no GPU needed); ``base``: the
+    variant the ratios are taken against (default: the run's first, its baseline)."""
     res = json.load(open(path))
-    print(f"{path}: {res['device']}, commit {res['commit']}")
+    print(f"{path}: {res['device']}, commit {res['commit']}" + (f"; ratios against {base}" if base else ""))
     for run in res["runs"]:
-        run["summary"] = summarize(run["ms"], next(iter(run["ms"])))
+        if base is not None and base not in run["ms"]:
+            raise SystemExit(f"--base {base!r} is not a variant of {path}; it has: {', '.join(run['ms'])}")
+        run["summary"] = summarize(run["ms"], base or next(iter(run["ms"])))
         print_run(run)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--summarize", metavar="JSON", help="print a saved --out record again and exit (no GPU)")
+    ap.add_argument("--base", default=None, help="with --summarize: the variant to take ratios against (paired A/B)")
     ap.add_argument("--C", type=int, nargs="+", default=[2048])
     ap.add_argument("--variants", nargs="+", default=["residual", "mhc_fused_linked", "mhc_fused_linked_2mma"],
                     help="bench_mhc.py variant names; the first is the baseline of the ratios")
@@ -143,7 +147,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.summarize:
-        return resummarize(args.summarize)
+        return resummarize(args.summarize, args.base)
     settings, per_variant = launch_settings(args.set), variant_settings(args.variant_set)
     if args.rounds < 2:
         ap.error(f"--rounds {args.rounds} is too few; the interval needs at least 2")

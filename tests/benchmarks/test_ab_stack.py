@@ -71,3 +71,20 @@ def test_summarize_reprints_a_saved_record(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "C = 2048, 4 blocks, compiled, 3 rounds x 5 steps" in out
     assert f"x {statistics.median([1.2, 1.2, 12.1 / 10.2]):.4f}" in out and "min 12.00 ms, x 1.2000" in out
+
+
+def test_summarize_against_another_base(tmp_path, capsys):
+    """--base: the per-round ratios of a paired A/B between two mHC variants of the same record."""
+    import pytest
+
+    ms = {"residual": [10.0, 10.5, 10.2], "old": [12.0, 12.6, 12.1], "new": [11.4, 12.6, 12.0]}
+    rec = dict(device="test", commit="abc", runs=[dict(C=4096, blocks=2, compiled=True, rounds=3, iters=5, ms=ms)])
+    path = tmp_path / "ab.json"
+    path.write_text(json.dumps(rec))
+    ab_stack.resummarize(str(path), base="old")
+    out = capsys.readouterr().out
+    assert "ratios against old" in out
+    new_line = next(ln for ln in out.splitlines() if ln.strip().startswith("new"))
+    assert f"x {statistics.median([11.4 / 12.0, 1.0, 12.0 / 12.1]):.4f}" in new_line
+    with pytest.raises(SystemExit, match="'nope' is not a variant"):
+        ab_stack.resummarize(str(path), base="nope")
