@@ -140,7 +140,7 @@ def record_dx_tma(c: int, n: int, N: int) -> list[tuple[str, tuple]]:
     """(label, recorded launch) of the TMA dx pass (dx_kernels.proj_dx_tma) at the launch tile, for
     both precisions, three-op / linked, both PROJ_DX_TMA_ACC orders, and with ACC the token loop
     pipelined (PROJ_DX_TMA_LOOP_STAGES 2 and 3: tl.range; 3 multi-buffers the TMA loads) and dφ formed
-    in the pass (PROJ_DX_TMA_DPHI modes 1 and 2)."""
+    in the pass (PROJ_DX_TMA_DPHI mode 1 in the plain loop; mode 2 with 2 loop stages, the default)."""
     from mhc_repro.kernels import dx_kernels, launch
 
     K, M, bf = n * c, n * n + 2 * n, torch.bfloat16
@@ -157,8 +157,9 @@ def record_dx_tma(c: int, n: int, N: int) -> list[tuple[str, tuple]]:
             MP = launch._p2(M, 16)
             p = torch.empty(K, 2 * MP if lo else MP, dtype=bf)  # φ's parts as launch._phi_parts lays them out
             for lk in (None, link):
+                # ..., dφ in the pass as run 52 timed it (mode 1, plain loop), today's default (run 55)
                 for acc, loop, dphi in ((False, 0, 0), (True, 0, 0), (True, 2, 0), (True, 3, 0), (True, 0, 1),
-                                        (True, 0, 2)):
+                                        (True, 2, 2)):
                     launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_LOOP_STAGES = acc, loop
                     rec: list = []
                     dx_kernels.proj_dx_tma = Recorder(real, rec)

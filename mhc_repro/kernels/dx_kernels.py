@@ -1,8 +1,9 @@
 """The projection backward's dx pass with TMA tiles (Hopper tensor descriptors).
 
-``proj_dx_tma`` computes what ``coef_kernels.proj_bwd`` computes with ``DPHI=False`` on a bf16
-stream — dx = dm·φᵀ + c·x, plus, for the linked sub-layer ("add"), g + h_pre ⊗ d_in — but moves
-the [BN, BK] stream tiles (x, g, d_in, dx) with tensor descriptors instead of pointer tensors.
+``proj_dx_tma`` computes what ``coef_kernels.proj_bwd`` computes on a bf16 stream — dx = dm·φᵀ + c·x,
+plus, for the linked sub-layer ("add"), g + h_pre ⊗ d_in, and (``DPHI``, the default) dφ's per-split
+partials — but moves the [BN, BK] stream tiles (x, g, d_in, dx) with tensor descriptors instead of
+pointer tensors.
 Why: the pointer version keeps a [BN, BK] int64 offset tile and the loaded tiles in registers
 (254 per thread, 2 blocks per SM; ncu run 20: 41 % of stalls waiting on global loads) and runs at
 ~64 % of copy in the step, the one mHC kernel far from it (RESULTS.md, session 8). Descriptor loads
@@ -38,13 +39,15 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
     # Otherwise the same products in the same order as proj_bwd (bit-identical results).
     # LOOP_STAGES: 0 = a plain loop, which Triton 3.6 software-pipelines only for the dm load: the x, g
     # and d_in tiles are single-buffered (compiled for sm_90: 64.5 KB of shared memory at the default
-    # tile whatever num_stages); > 0 = tl.range(num_stages=LOOP_STAGES), which multi-buffers them too
-    # (2 buffers each at 3: 145 KB, 1 block per SM at the default tile). Same results either way.
+    # tile whatever num_stages); > 0 = tl.range(num_stages=LOOP_STAGES) (at 3: 2 buffers per tile,
+    # 145 KB, 1 block per SM). Same results either way. 2 (the default since run 55) keeps one buffer
+    # per tile yet ran 10-12 % faster than the plain loop (runs 52, 54).
     # DPHI: also dφ = xᵀ·dm for this K tile from the x tiles the pass loads anyway (MMAs per tile, dm
     # as the dφ GEMM's bf16 parts), accumulated over the split's tokens in registers and written as the
     # split's partial part[sp, k, :M]; the launcher sums the partials (no atomics). 1: acc [BK, MP] +=
-    # xᵀ·dm (x transposed as the A operand); 2: acc [MP, BK] += dmᵀ·x (x as the B operand as stored).
-    # Saves the dφ GEMM's second read of the stream (4 units of [N, C] per sub-layer at n = 4).
+    # xᵀ·dm (x transposed as the A operand; 1.6-1.7x slower, runs 52, 54); 2: acc [MP, BK] += dmᵀ·x (x
+    # as the B operand as stored; the default since run 55). Saves the dφ GEMM's second read of the
+    # stream (4 units of [N, C] per sub-layer at n = 4).
     kb = tl.program_id(0)
     sp = tl.program_id(1)
     k0 = kb * BK

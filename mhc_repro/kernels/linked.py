@@ -9,8 +9,9 @@ written as an [N, n, C] tensor (or left to Inductor) and summed by autograd. Her
 
 splits the sub-layer at the branch instead. ``x_link`` is a view of x that only the post op consumes.
 The pre op's backward writes the whole dx = (post_res part) + h_pre ⊗ d_in + dm·φᵀ + c·x in one
-pass over x (``coef_kernels.proj_bwd`` with LINK; dφ is then one GEMM, or reduced in the same pass
-when ``launch._PROJ_BWD_GEMM`` is None or n > 4). The post_res part, by ``LINK_MODE``:
+pass over x (``coef_kernels.proj_bwd`` with LINK, or ``dx_kernels.proj_dx_tma`` on sm_90+; dφ is
+then one GEMM, or reduced in the same pass: by the TMA kernel with ``launch.PROJ_DX_TMA_DPHI``, the
+default, and by the pointer kernel when ``launch._PROJ_BWD_GEMM`` is None or n > 4). The post_res part, by ``LINK_MODE``:
 
 - "add": the post op's backward is the ordinary post_res_bwd; its dx = H_resᵀ g is the gradient of
   ``x_link`` and the pass adds it, read once at the stream tile's own offsets. Backward stream
