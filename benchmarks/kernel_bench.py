@@ -11,7 +11,7 @@ import torch
 def bench_kernels(c, n, N, device, copy_gbs, precision):
     from triton.testing import do_bench
 
-    from mhc_repro.kernels import fused  # noqa: F401  (registers torch.ops.mhc_repro.*)
+    from mhc_repro.kernels import fused, linked  # noqa: F401  (register torch.ops.mhc_repro.*)
     from mhc_repro.kernels import launch
 
     O = torch.ops.mhc_repro
@@ -22,6 +22,7 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     phi = torch.randn(n * c, M, device=device) * 0.01
     alpha, bias = torch.rand(3, device=device), torch.randn(M, device=device)
     hp, hq, hr, m, r = O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6, precision)
+    nw = torch.ones(c, **bf)  # a branch RMSNorm weight
     e = 2 * N * c  # bytes of one [N, C] bf16 tensor
     small = N * 4 * (3 * M + 2 * n + n * n + 2)
     cases = {
@@ -32,6 +33,9 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
         "pre_bwd_dh (compiled path)": (lambda: O.pre_bwd_dh(x, db), (n + 1) * e),
         "post_res": (lambda: O.post_res(x, f, hq, hr), (2 * n + 1) * e),
         "post_res_bwd": (lambda: O.post_res_bwd(x, f, hq, hr, g), (3 * n + 2) * e),
+        # the branch's RMSNorm fused in (the *_fnorm variants): against pre + the norm's own read and write
+        "pre_norm (pre + branch RMSNorm)": (lambda: O.pre_norm(x, hp, nw, 1e-6), (n + 1) * e),
+        "pre_norm_bwd (dh, dH_pre, dw)": (lambda: O.pre_norm_bwd(x, hp, nw, db, 1e-6), (n + 2) * e),
     }
     # The four coefficient kernels alone (the two ops above are these pairs), both precisions.
     ss = x.float().pow(2).sum((1, 2))

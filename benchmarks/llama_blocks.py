@@ -56,7 +56,8 @@ class Block(nn.Module):
     def __init__(self, c: int, n: int = 1, ops=None):
         super().__init__()
         self.n1, self.attn, self.n2, self.ffn = RMSNorm(c), Attention(c), RMSNorm(c), SwiGLU(c)
-        self.n, self.ops, self.linked = n, ops, False  # linked: the linked sub-layer pair
+        # linked: the linked sub-layer pair; fuse_norm (with linked): the branch's RMSNorm inside pre
+        self.n, self.ops, self.linked, self.fuse_norm = n, ops, False, False
         if ops is not None:
             M = n * n + 2 * n
             self.phi = nn.Parameter(torch.randn(2, n * c, M) * (0.02 / (n * c) ** 0.5))
@@ -65,22 +66,24 @@ class Block(nn.Module):
             b[:, 2 * n:] = 2.0 * torch.eye(n).reshape(-1)
             self.bias = nn.Parameter(b)
 
-    def _mhc(self, x, i, branch):
-        """Sub-layer i: the output stream [B, T, n, C]."""
+    def _mhc(self, x, i, norm, branch):
+        """Sub-layer i, branch(norm(·)): the output stream [B, T, n, C]."""
         B, T, n, C = x.shape
         x3 = x.reshape(B * T, n, C)
         if self.linked:  # one stream-gradient buffer (mhc_repro/kernels/linked.py)
-            b, hq, hr, xl = self.ops.mhc_pre_linked(x3, self.phi[i], self.alpha[i], self.bias[i], n)
-            f = branch(b.view(B, T, C)).reshape(B * T, C)
+            fused = dict(norm_weight=norm.weight, norm_eps=norm.eps) if self.fuse_norm else {}
+            b, hq, hr, xl = self.ops.mhc_pre_linked(x3, self.phi[i], self.alpha[i], self.bias[i], n, **fused)
+            b = b.view(B, T, C)
+            f = branch(b if self.fuse_norm else norm(b)).reshape(B * T, C)
             return self.ops.mhc_post_res_linked(xl, f, hq, hr).view(B, T, n, C)
         hp, hq, hr = self.ops.mhc_coefficients(x3.reshape(B * T, n * C), self.phi[i], self.alpha[i],
                                                self.bias[i], n)
-        f = branch(self.ops.mhc_pre(x3, hp).view(B, T, C))
+        f = branch(norm(self.ops.mhc_pre(x3, hp).view(B, T, C)))
         return self.ops.mhc_post_res(x3, f.reshape(B * T, C), hq, hr).view(B, T, n, C)
 
     def forward(self, x):
         if self.ops is None:
             x = x + self.attn(self.n1(x))
             return x + self.ffn(self.n2(x))
-        x = self._mhc(x, 0, lambda h: self.attn(self.n1(h)))
-        return self._mhc(x, 1, lambda h: self.ffn(self.n2(h)))
+        x = self._mhc(x, 0, self.n1, self.attn)
+        return self._mhc(x, 1, self.n2, self.ffn)

@@ -56,6 +56,7 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
             p.data = p.data.to(torch.bfloat16)
     for b in blocks:
         b.linked = "_linked" in kind  # *_linked: the linked sub-layer pair
+        b.fuse_norm = "_fnorm" in kind  # *_linked_fnorm: the branch's RMSNorm fused into its pre
     if kind.endswith("_rc") or kind.endswith("_rcops"):  # PAPER §5 recomputation: each block under
         # the mHC recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run)
         # (residual_rc: the plain residual under the same policy, for a like-with-like memory ratio)

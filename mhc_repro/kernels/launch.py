@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import coef_kernels as ck
 from . import dx_kernels as dk
+from . import norm_kernels as nk
 from . import stream_kernels as sk
 
 # Projection precision for a non-bf16 (fp32) stream: tf32 operands, fp32 accumulate (PAPER.md §1
@@ -347,6 +348,42 @@ def launch_pre_bwd(x: Tensor, h_pre: Tensor | None, g: Tensor) -> tuple[Tensor |
             x, dh if h_pre is None else h_pre.float().contiguous(), g.contiguous(), x if dx is None else dx,
             dh, N, C, n=n, NP=_np(n), BT=bt, BC=bc, WRITE_DX=h_pre is not None)
     return dx, dh
+
+
+def _norm_tiles(C: int) -> tuple[int, int, int]:
+    """(BT tokens, BCP padded row, num_warps) of the row-owning norm kernels: ≥ 2048 elements per
+    tile, ≤ 16 fp32 row elements per thread (untimed: no sweep yet)."""
+    bcp = _p2(C, 16)
+    return max(1, 2048 // bcp), bcp, min(16, max(4, bcp // 256))
+
+
+def launch_pre_norm(x: Tensor, h_pre: Tensor, w: Tensor, eps: float) -> Tensor:
+    """RMSNorm(Σ_j h_pre[j] x[j]) · w: x [N, n, C] -> [N, C] in x's dtype (h in fp32, never rounded)."""
+    x = x.contiguous()
+    N, n, C = x.shape
+    out = x.new_empty(N, C)
+    bt, bcp, warps = _norm_tiles(C)
+    if N > 0:
+        nk.pre_norm_fwd[(triton.cdiv(N, bt),)](x, h_pre.float().contiguous(), w.contiguous(), out, N, C, eps,
+                                               n=n, BT=bt, BCP=bcp, num_warps=warps)
+    return out
+
+
+def launch_pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(dH_pre [N, n] fp32, dh [N, C] in x's dtype, dw [C] fp32) of launch_pre_norm, given dy [N, C]."""
+    x = x.contiguous()
+    N, n, C = x.shape
+    bt, bcp, warps = _norm_tiles(C)
+    progs = max(1, min(triton.cdiv(N, bt), 2 * _n_sm(x.device)))
+    tok = triton.cdiv(triton.cdiv(N, progs), bt) * bt
+    progs = max(1, triton.cdiv(N, tok))
+    dhp = torch.empty(N, n, device=x.device, dtype=torch.float32)
+    dh = torch.empty(N, C, device=x.device, dtype=x.dtype)
+    part = torch.zeros(progs, C, device=x.device, dtype=torch.float32)
+    if N > 0:
+        nk.pre_norm_bwd[(progs,)](x, h_pre.float().contiguous(), w.contiguous(), dy.contiguous(), dh, dhp, part,
+                                  N, C, eps, tok, n=n, NP=_np(n), BT=bt, BCP=bcp, num_warps=warps)
+    return dhp, dh, part.sum(0)
 
 
 def launch_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:

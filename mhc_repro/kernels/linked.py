@@ -31,6 +31,8 @@ g before the H_resᵀ transpose). Same values and gradients as the three referen
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -43,13 +45,15 @@ ADD_IN_PLACE = True
 
 
 def _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps,
-                precision, link_mode, out=None):
-    """(dx, dφ, dα, dbias) of the pair; dx written into ``out`` [N, n, C] when given."""
+                precision, link_mode, out=None, g_pre=None):
+    """(dx, dφ, dα, dbias) of the pair; dx written into ``out`` [N, n, C] when given. ``g_pre``: dH_pre
+    when already formed (by the fused norm's backward, ``pre_norm_bwd``), else Σ_c d_in·x_j here."""
     x = x.contiguous()
     N, _, C = x.shape
     if N == 0:
         return torch.zeros_like(x), torch.zeros_like(phi), torch.zeros_like(alpha), torch.zeros_like(bias)
-    g_pre = torch.ops.mhc_repro.pre_bwd_dh(x, d_in)
+    if g_pre is None:
+        g_pre = torch.ops.mhc_repro.pre_bwd_dh(x, d_in)
     xf = x.view(N, n * C)
     dbias, dm, c, dalpha, dmp = L.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps,
                                                   L.dm_parts(xf, m.shape[1], precision))
@@ -61,63 +65,93 @@ def _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_
 @torch.library.custom_op("mhc_repro::pre_linked_bwd", mutates_args=())
 def _pre_linked_bwd(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
                     m: Tensor, r: Tensor, d_in: Tensor, g_post: Tensor, g_res: Tensor, g_link: Tensor,
-                    n: int, t_max: int, eps: float,
-                    precision: str, link_mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                    n: int, t_max: int, eps: float, precision: str, link_mode: str,
+                    g_pre: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps,
-                       precision, link_mode)
+                       precision, link_mode, g_pre=g_pre)
 
 
 @_pre_linked_bwd.register_fake
 def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision,
-      link_mode):
+      link_mode, g_pre=None):
     return torch.empty_like(x), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
 @torch.library.custom_op("mhc_repro::pre_linked_bwd_add_", mutates_args=("g_link",))
 def _pre_linked_bwd_add_(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
                          m: Tensor, r: Tensor, d_in: Tensor, g_post: Tensor, g_res: Tensor, g_link: Tensor,
-                         n: int, t_max: int, eps: float, precision: str) -> tuple[Tensor, Tensor, Tensor]:
+                         n: int, t_max: int, eps: float, precision: str,
+                         g_pre: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """LINK_MODE "add" with the stream gradient written over g_link (= H_resᵀ g, dead afterwards):
     each element is read and then overwritten by the same program, so no second [N, n, C] buffer."""
     _, dphi, dalpha, dbias = _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link,
-                                         n, t_max, eps, precision, "add", out=g_link)
+                                         n, t_max, eps, precision, "add", out=g_link, g_pre=g_pre)
     return dphi, dalpha, dbias
 
 
 @_pre_linked_bwd_add_.register_fake
-def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision):
+def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision, g_pre=None):
     return torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
+
+
+# The branch's RMSNorm fused into pre (norm_kernels; mhc_pre_linked's norm_weight).
+@torch.library.custom_op("mhc_repro::pre_norm", mutates_args=())
+def _pre_norm(x: Tensor, h_pre: Tensor, w: Tensor, eps: float) -> Tensor:
+    return L.launch_pre_norm(x, h_pre, w, eps)
+
+
+@_pre_norm.register_fake
+def _(x, h_pre, w, eps):
+    return x.new_empty(x.shape[0], x.shape[2])
+
+
+@torch.library.custom_op("mhc_repro::pre_norm_bwd", mutates_args=())
+def _pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(dH_pre fp32, dh in x's dtype: the d_in of the dx pass, dw in w's dtype)."""
+    dhp, dh, dw = L.launch_pre_norm_bwd(x, h_pre, w, dy, eps)
+    return dhp, dh, dw.to(w.dtype)
+
+
+@_pre_norm_bwd.register_fake
+def _(x, h_pre, w, dy, eps):
+    return x.new_empty(x.shape[:2], dtype=torch.float32), x.new_empty(x.shape[0], x.shape[2]), torch.empty_like(w)
 
 
 class _PreLinked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, phi, alpha, bias, n, t_max, eps, rms_eps, precision):
+    def forward(ctx, x, phi, alpha, bias, norm_w, n, t_max, eps, rms_eps, norm_eps, precision):
         N, _, C = x.shape
         h_pre, h_post, h_res, m, r = torch.ops.mhc_repro.coefficients(
             x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps, precision)
-        branch_in = torch.ops.mhc_repro.pre(x, h_pre)
-        ctx.save_for_backward(x, phi, alpha, bias, h_pre, h_res, m, r)
-        ctx.cfg = (n, t_max, eps, precision, LINK_MODE)
+        if norm_w is None:
+            branch_in = torch.ops.mhc_repro.pre(x, h_pre)
+        else:
+            branch_in = torch.ops.mhc_repro.pre_norm(x, h_pre, norm_w, norm_eps)
+        ctx.save_for_backward(x, phi, alpha, bias, h_pre, h_res, m, r, norm_w)
+        ctx.cfg = (n, t_max, eps, norm_eps, precision, LINK_MODE)
         return branch_in, h_post, h_res, x.view_as(x)
 
     @staticmethod
     def backward(ctx, d_in, g_post, g_res, g_link):
-        x, phi, alpha, bias, h_pre, h_res, m, r = ctx.saved_tensors
-        n, t_max, eps, precision, link_mode = ctx.cfg
+        x, phi, alpha, bias, h_pre, h_res, m, r, norm_w = ctx.saved_tensors
+        n, t_max, eps, norm_eps, precision, link_mode = ctx.cfg
         zero = torch.zeros_like
         d_in = zero(x[:, 0]) if d_in is None else d_in
         g_post = zero(h_pre) if g_post is None else g_post
         g_res = zero(h_res) if g_res is None else g_res
         g_link = zero(x) if g_link is None else g_link
+        g_pre = dw = None
+        if norm_w is not None:  # d_in is the normalized input's gradient: the dx pass needs dh
+            g_pre, d_in, dw = torch.ops.mhc_repro.pre_norm_bwd(x, h_pre, norm_w, d_in, norm_eps)
         args = (x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post.float(), g_res.float(), g_link, n, t_max, eps,
                 precision)
         if link_mode == "add" and ADD_IN_PLACE and g_link.dtype == x.dtype and g_link.is_contiguous():
             # g_link is post_res_bwd's H_resᵀ g, used by nothing else (x_link's contract): overwrite it.
-            dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd_add_(*args)
+            dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd_add_(*args, g_pre=g_pre)
             dx = g_link
         else:
-            dx, dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd(*args, link_mode)
-        return dx, dphi, dalpha, dbias, None, None, None, None, None
+            dx, dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd(*args, link_mode, g_pre=g_pre)
+        return dx, dphi, dalpha, dbias, dw, None, None, None, None, None, None
 
 
 @torch.library.custom_op("mhc_repro::post_res_linked", mutates_args=())
@@ -147,9 +181,12 @@ _post_res_linked.register_autograd(_post_backward, setup_context=_post_setup)
 
 
 def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int = 20,
-                   eps: float = 1e-6, rms_eps: float = 1e-6, *,
-                   precision: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(branch_in [N, C], H_post [N, n], H_res [N, n, n], x_link) from x [N, n, C]; see the module."""
+                   eps: float = 1e-6, rms_eps: float = 1e-6, *, precision: str | None = None,
+                   norm_weight: Tensor | None = None,
+                   norm_eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(branch_in [N, C], H_post [N, n], H_res [N, n, n], x_link) from x [N, n, C]; see the module.
+    ``norm_weight`` [C]: branch_in is RMSNorm(pre) · norm_weight, the branch's own norm fused in
+    (norm_kernels; the branch then must not normalize again)."""
     precision = L.PROJ_PRECISION if precision is None else precision
     L._check_precision(precision)
     L._check(LINK_MODE in L.LINK_MODES,
@@ -157,8 +194,11 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
     L._check(x.dim() == 3 and x.shape[1] == n,
              f"mhc_pre_linked x shape {tuple(x.shape)} is invalid; expected [N, n={n}, C]")
     F._check_coefficient_args(x.reshape(x.shape[0], n * x.shape[2]), phi, alpha, bias, n, t_max)
-    return _PreLinked.apply(x.contiguous(), phi, alpha.reshape(3), bias.reshape(-1), int(n), int(t_max),
-                            float(eps), float(rms_eps), precision)
+    L._check(norm_weight is None or tuple(norm_weight.shape) == (x.shape[2],),
+             f"mhc_pre_linked norm_weight shape {None if norm_weight is None else tuple(norm_weight.shape)} "
+             f"is invalid; expected [C={x.shape[2]}]")
+    return _PreLinked.apply(x.contiguous(), phi, alpha.reshape(3), bias.reshape(-1), norm_weight, int(n),
+                            int(t_max), float(eps), float(rms_eps), float(norm_eps), precision)
 
 
 def mhc_post_res_linked(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:

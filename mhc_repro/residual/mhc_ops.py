@@ -69,12 +69,20 @@ def mhc_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
 
 
 def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int = 20,
-                   eps: float = 1e-6, rms_eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                   eps: float = 1e-6, rms_eps: float = 1e-6, *, norm_weight: Tensor | None = None,
+                   norm_eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(branch_in, H_post, H_res, x_link): coefficients + pre of x [N, n, C]; x_link = x, to be passed
-    to ``mhc_post_res_linked`` (the fused version routes the stream gradient through it)."""
+    to ``mhc_post_res_linked`` (the fused version routes the stream gradient through it).
+    ``norm_weight`` [C]: branch_in = RMSNorm(Σ_j H_pre[j] x[j]) · norm_weight, the aggregate kept in
+    the accumulation dtype (not rounded to x's dtype before the norm, as the fused kernel does)."""
     N, _, C = x.shape
     h_pre, h_post, h_res = mhc_coefficients(x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps)
-    return mhc_pre(x, h_pre), h_post, h_res, x
+    if norm_weight is None:
+        return mhc_pre(x, h_pre), h_post, h_res, x
+    xa = _acc(x)
+    h = torch.einsum("nj,njc->nc", h_pre.to(xa.dtype), xa)
+    y = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps) * norm_weight.to(xa.dtype)
+    return y.to(x.dtype), h_post, h_res, x
 
 
 def mhc_post_res_linked(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:

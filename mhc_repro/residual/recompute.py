@@ -50,7 +50,8 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 RECOMPUTE_MODES = ("none", "stream", "stream-ops")
 
 # mode "stream-ops": only these are forced to be recomputed; the rest is left to the compiler.
-STREAM_OPS = frozenset({"mhc_repro::pre", "mhc_repro::post_res", "mhc_repro::post_res_linked"})
+STREAM_OPS = frozenset({"mhc_repro::pre", "mhc_repro::pre_norm", "mhc_repro::post_res",
+                        "mhc_repro::post_res_linked"})  # pre_norm: pre with the branch's RMSNorm fused in
 
 # A bmm whose contraction is this small is a stream mix (the reference mHC einsums contract over the n
 # streams or none at all), not a model matmul: recompute it.

@@ -37,3 +37,11 @@ def test_mhc_block_reference_ops():
     assert y.shape == x.shape and torch.isfinite(x.grad).all() and b.phi.grad is not None
     b.linked = True  # the linked pair: same values
     torch.testing.assert_close(b(x), y, rtol=1e-5, atol=1e-5)
+    b.fuse_norm = True  # the branch's RMSNorm inside pre: the same values in fp32, the norm's weight learns
+    b.n1.weight.data.mul_(1.5)
+    b.zero_grad()
+    y_fused = b(x)
+    y_fused.square().mean().backward()
+    b.fuse_norm = False
+    torch.testing.assert_close(y_fused, b(x), rtol=1e-5, atol=1e-5)
+    assert b.n1.weight.grad is not None and b.n1.weight.grad.abs().sum() > 0
