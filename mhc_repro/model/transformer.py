@@ -2,8 +2,9 @@
 -> untied head.
 
 Each block has two sub-layers (attention, FFN); each sub-layer is wrapped by its own StreamResidual
-from ``build_residual`` (sub-layer index 2*block and 2*block+1), and its branch is its own RMSNorm +
-the sub-layer, mapping [B, T, C] -> [B, T, C]. The stream state between sub-layers is [B, T, n, C].
+from ``build_residual`` (sub-layer index 2*block and 2*block+1), which applies the sub-layer's RMSNorm
+(handed in beside the branch, so mHC can fuse it: ``residual.fuse_branch_norm``) and then the branch,
+mapping [B, T, C] -> [B, T, C]. The stream state between sub-layers is [B, T, n, C].
 The last block applies the StreamCollapse itself (so a compiled block graph holds it, see
 ``Block.forward``).
 
@@ -71,8 +72,9 @@ class Block(nn.Module):
 
     def _sublayers(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
                    kv: Optional[LayerKV] = None, start: int = 0) -> Tensor:
-        x = self.attn_residual(x, lambda h: self.attn(self.attn_norm(h), rope, mask, kv, start))
-        return self.ffn_residual(x, lambda h: self.ffn(self.ffn_norm(h)))
+        # the norms are handed to the residual modules (mHC can fuse them into its pre op)
+        x = self.attn_residual(x, lambda h: self.attn(h, rope, mask, kv, start), self.attn_norm)
+        return self.ffn_residual(x, self.ffn, self.ffn_norm)
 
 
 class LM(nn.Module):

@@ -1,7 +1,9 @@
 """The residual-connection interface shared by Pre-Norm, HC and mHC (docs/DESIGN.md).
 
 Stream state is always ``x: [B, T, n, C]``; one ``StreamResidual`` wraps one sub-layer (attention or
-FFN) and calls ``branch`` ([B, T, C] -> [B, T, C], holding its own RMSNorm) exactly once.
+FFN) and calls ``branch`` ([B, T, C] -> [B, T, C]) exactly once, on ``norm(branch input)`` when a
+``norm`` (the sub-layer's RMSNorm) is handed in, else on the branch input itself (the branch then holds
+its own norm). Handing the norm in lets mHC fuse it into its pre op (``ResidualConfig.fuse_branch_norm``).
 Matrix convention everywhere: ``x_out[i] = sum_j H_res[i, j] x[j]``.
 """
 
@@ -18,6 +20,11 @@ from .config import ResidualConfig
 _OPS: dict = {}
 
 Branch = Callable[[Tensor], Tensor]
+
+
+def normed(norm: Optional[nn.Module], h: Tensor) -> Tensor:
+    """``norm(h)``, or h when there is no norm to apply (the branch holds its own)."""
+    return h if norm is None else norm(h)
 
 # Parameter leaf names (see each module) that get no weight decay: HC static parts, mHC / collapse
 # gates and biases, norm weights.
@@ -44,7 +51,7 @@ class StreamResidual(nn.Module):
         self.capture = False
         self.last_h_res: Optional[Tensor] = None
 
-    def forward(self, x: Tensor, branch: Branch) -> Tensor:  # pragma: no cover - abstract
+    def forward(self, x: Tensor, branch: Branch, norm: Optional[nn.Module] = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def ops(self, device: torch.device):
@@ -70,14 +77,14 @@ class StreamResidual(nn.Module):
                              f"got shape {tuple(x.shape)}")
 
     def _mix(self, x3: Tensor, lead: tuple[int, ...], h_pre: Tensor, h_post: Tensor, h_res: Tensor,
-             branch: Branch, ops) -> Tensor:
+             branch: Branch, ops, norm: Optional[nn.Module] = None) -> Tensor:
         """``x_out[i] = Σ_j H_res[i,j] x[j] + H_post[i] F(Σ_j H_pre[j] x[j])`` on x3 [N, n, C] with
         [N, ...] fp32 coefficients; the stream ops run outside autocast, the branch under the caller's."""
         self._record(h_res, lead)
         c = x3.shape[-1]
         with torch.autocast(device_type=x3.device.type, enabled=False):
             branch_in = ops.mhc_pre(x3, h_pre)
-        f = branch(branch_in.reshape(*lead, c))
+        f = branch(normed(norm, branch_in.reshape(*lead, c)))
         with torch.autocast(device_type=x3.device.type, enabled=False):
             return ops.mhc_post_res(x3, f.reshape(-1, c).contiguous(), h_post, h_res)
 

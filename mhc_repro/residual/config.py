@@ -107,6 +107,14 @@ class ResidualConfig:
     streams always use tf32; the reference backend is always exact fp32. [open: the paper does not
     say which it used]"""
 
+    fuse_branch_norm: bool = False
+    """mHC, linked sub-layer: the branch's RMSNorm applied inside the pre op (fused kernels:
+    ``kernels/norm_kernels.py``; reference: the same formula) instead of by the branch, which saves
+    the norm's own read and write of the branch input and its backward's (≈ 4 of [N, C] per sub-layer).
+    The aggregate is normalized before any rounding to the stream dtype. Off by default: not yet timed
+    on a GPU (reports/kernels/RESULTS.md, session 11). Ignored by the residual baseline, HC and
+    sublayer_ops="three". [implementation choice, not in the paper]"""
+
     sublayer_ops: str = "linked"
     """How the mHC sub-layer is split into operators: "linked" (``mhc_pre_linked`` /
     ``mhc_post_res_linked``: split at the branch; the fused backward adds post_res's stream gradient
@@ -168,7 +176,7 @@ class ResidualConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"residual.{name}={v!r} is invalid; it must be a finite number")
-        for name in ("use_h_res", "use_h_pre", "use_h_post"):
+        for name in ("use_h_res", "use_h_pre", "use_h_post", "fuse_branch_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"residual.{name}={getattr(self, name)!r} is invalid; "
                                  "it must be true or false")

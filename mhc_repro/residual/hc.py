@@ -13,6 +13,7 @@ ops come from ``get_mhc_ops`` (they are generic in H), so HC also uses the fused
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -52,11 +53,11 @@ class HyperConnection(StreamResidual):
             h_res = torch.eye(n, device=x.device, dtype=xf.dtype).expand(*lead, n, n)
         return h_pre, h_post, h_res
 
-    def forward(self, x: Tensor, branch: Branch) -> Tensor:
+    def forward(self, x: Tensor, branch: Branch, norm: Optional[nn.Module] = None) -> Tensor:
         self._check_shape(x)
         lead, n, c = tuple(x.shape[:-2]), self.n, self.d_model
         num = math.prod(lead)
         h_pre, h_post, h_res = self.coefficients(x)
         return self._mix(x.reshape(num, n, c), lead, h_pre.reshape(num, n).contiguous(),
                          h_post.reshape(num, n).contiguous(), h_res.reshape(num, n, n).contiguous(),
-                         branch, self.ops(x.device)).reshape(x.shape)
+                         branch, self.ops(x.device), norm).reshape(x.shape)

@@ -13,11 +13,12 @@ For n = 1, H_res = 1 (up to the Sinkhorn eps) and mHC reduces to a residual.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from .base import Branch, StreamResidual
+from .base import Branch, StreamResidual, normed
 from .config import ResidualConfig
 
 
@@ -62,26 +63,30 @@ class ManifoldHyperConnection(StreamResidual):
             h_res = torch.eye(n, device=dev).expand(num, n, n).contiguous()
         return h_pre, h_post, h_res
 
-    def forward(self, x: Tensor, branch: Branch) -> Tensor:
+    def forward(self, x: Tensor, branch: Branch, norm: Optional[nn.Module] = None) -> Tensor:
         self._check_shape(x)
         lead, n, c = tuple(x.shape[:-2]), self.n, self.d_model
         ops = self.ops(x.device)
         x3 = x.reshape(math.prod(lead), n, c)
         cfg = self.cfg
         if cfg.sublayer_ops == "linked" and cfg.use_h_pre and cfg.use_h_post and cfg.use_h_res:
-            return self._linked(x3, lead, branch, ops).reshape(x.shape)
+            return self._linked(x3, lead, branch, ops, norm).reshape(x.shape)
         h_pre, h_post, h_res = self.coefficients(x3.reshape(-1, n * c), ops)
-        return self._mix(x3, lead, h_pre, h_post, h_res, branch, ops).reshape(x.shape)
+        return self._mix(x3, lead, h_pre, h_post, h_res, branch, ops, norm).reshape(x.shape)
 
-    def _linked(self, x3: Tensor, lead: tuple[int, ...], branch: Branch, ops) -> Tensor:
-        """The same sub-layer through the linked pair (cfg.sublayer_ops="linked")."""
+    def _linked(self, x3: Tensor, lead: tuple[int, ...], branch: Branch, ops, norm: Optional[nn.Module]) -> Tensor:
+        """The same sub-layer through the linked pair (cfg.sublayer_ops="linked"); with
+        cfg.fuse_branch_norm the pre op applies ``norm`` (an RMSNorm: ``weight``, ``eps``) itself."""
         cfg, c = self.cfg, self.d_model
+        fuse = cfg.fuse_branch_norm and norm is not None
+        extra = dict(norm_weight=norm.weight, norm_eps=float(norm.eps)) if fuse else {}
         off = dict(device_type=x3.device.type, enabled=False)
         with torch.autocast(**off):
             branch_in, h_post, h_res, x_link = ops.mhc_pre_linked(
                 x3, self.phi, self.alpha, self.bias, self.n, cfg.sinkhorn_iters, cfg.sinkhorn_eps,
-                self.norm_eps)
+                self.norm_eps, **extra)
         self._record(h_res, lead)
-        f = branch(branch_in.reshape(*lead, c))
+        branch_in = branch_in.reshape(*lead, c)
+        f = branch(branch_in if fuse else normed(norm, branch_in))
         with torch.autocast(**off):
             return ops.mhc_post_res_linked(x_link, f.reshape(-1, c).contiguous(), h_post, h_res)

@@ -46,3 +46,33 @@ def test_bad_sublayer_ops():
 
     with pytest.raises(ValueError, match="residual.sublayer_ops='two' is unknown; allowed: three, linked"):
         ResidualConfig(kind="mhc", sublayer_ops="two").validate()
+
+
+@pytest.mark.parametrize("backend,recompute", [("reference", "none"), ("triton", "none"), ("triton", "stream-ops")])
+def test_fused_branch_norm_equals_the_branch_norm(backend, recompute, request):
+    """residual.fuse_branch_norm: the sub-layer's RMSNorm applied inside mHC's pre op gives the LM the
+    same loss and gradients (the norm gains' included) as the branch normalizing (fp32 here, so the
+    fused form's unrounded aggregate changes nothing)."""
+    if backend == "triton":
+        request.getfixturevalue("triton_cpu")
+    la, ga = _grads(backend, "linked", recompute)
+    lb, gb = _grads(backend, "linked", recompute, fuse_branch_norm=True)
+    assert abs(la - lb) < 1e-6
+    for k in ga:
+        torch.testing.assert_close(gb[k], ga[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert any("attn_norm" in k and g.abs().sum() > 0 for k, g in gb.items())
+
+
+def test_fused_branch_norm_reaches_the_pre_op(monkeypatch):
+    """With fuse_branch_norm the norm's weight goes to mhc_pre_linked (and the branch gets no second norm)."""
+    from mhc_repro.residual import base, mhc_ops
+
+    monkeypatch.setattr(base, "_OPS", {})  # op namespaces are cached: rebuild them with the spy
+    seen = []
+    real = mhc_ops.mhc_pre_linked
+    monkeypatch.setattr(mhc_ops, "mhc_pre_linked", lambda *a, **kw: (seen.append(kw.get("norm_weight")), real(*a, **kw))[1])
+    _grads("reference", "linked", fuse_branch_norm=True)
+    assert len(seen) == 4 and all(w is not None and w.dim() == 1 for w in seen)  # 2 blocks x 2 sub-layers
+    seen.clear()
+    _grads("reference", "linked")
+    assert len(seen) == 4 and all(w is None for w in seen)

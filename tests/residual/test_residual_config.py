@@ -29,6 +29,7 @@ def test_residual_forces_one_stream():
     ("sinkhorn_iters", 0, "residual.sinkhorn_iters=0"),
     ("sinkhorn_eps", -1.0, "residual.sinkhorn_eps"),
     ("alpha_init", math.nan, "residual.alpha_init"),
+    ("fuse_branch_norm", "yes", "residual.fuse_branch_norm='yes'"),
 ])
 def test_bad_values_raise_one_line(field, value, needle):
     cfg = ResidualConfig()
