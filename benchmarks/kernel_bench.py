@@ -137,6 +137,8 @@ SWEEP = {
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
              ("mma", 16, 64, 4, 4), ("mma", 32, 64, 4, 4), ("mma", 16, 32, 1, 4), ("mma", 16, 128, 2, 4)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
+    # the fused branch norm's kernels (forward + backward): (BT tokens, num_warps); None = by C
+    "_PRE_NORM": [None, (1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 8)],
     "PROJ_FWD_MERGED": [False, True],
 }
 
@@ -154,6 +156,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
     alpha, bias = torch.rand(3, device=device), torch.randn(M, device=device)
     dm, cc = torch.randn(N, M, device=device) * 1e-3, torch.randn(N, device=device) * 1e-3
     hq, hr = torch.rand(N, n, device=device), torch.rand(N, n, n, device=device)
+    nw = 1 + 0.1 * torch.randn(c, **bf)  # a branch RMSNorm weight
     m = torch.randn(N, M, device=device)
     r = 1 + torch.rand(N, device=device)
 
@@ -169,6 +172,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
         "_PROJ_BWD_GEMM": dx_passes, "_PROJ_BWD_TMA": dx_passes, "PROJ_DX_TMA_ACC": dx_passes,
         "PROJ_DX_TMA_LOOP_STAGES": dx_passes, "PROJ_DX_TMA_DPHI": dx_passes,
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
+        "_PRE_NORM": lambda: (O.pre_norm(x, hq, nw, 1e-6),) + O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6, 2)),
     }

@@ -74,6 +74,9 @@ PROJ_DX_TMA_LOOP_STAGES = 2
 # the pair of passes as above): mode 2 516.3 µs, off 568.1, mode 1 984.4 (run 52: 1033 vs 632 at
 # loop stages 0); the tile sweep with mode 2 keeps the default tile.
 PROJ_DX_TMA_DPHI = 2
+# The branch's RMSNorm fused into pre (norm_kernels, ResidualConfig.fuse_branch_norm): (BT tokens per
+# program step, num_warps), or None = chosen by C (_norm_tiles). Not yet swept (--sweep-only _PRE_NORM).
+_PRE_NORM = None
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
@@ -351,9 +354,11 @@ def launch_pre_bwd(x: Tensor, h_pre: Tensor | None, g: Tensor) -> tuple[Tensor |
 
 
 def _norm_tiles(C: int) -> tuple[int, int, int]:
-    """(BT tokens, BCP padded row, num_warps) of the row-owning norm kernels: ≥ 2048 elements per
-    tile, ≤ 16 fp32 row elements per thread (untimed: no sweep yet)."""
+    """(BT tokens, BCP padded row, num_warps) of the row-owning norm kernels: _PRE_NORM's, or by C
+    (≥ 2048 elements per tile, ≤ 8 fp32 row elements per thread; untimed)."""
     bcp = _p2(C, 16)
+    if _PRE_NORM is not None:
+        return _PRE_NORM[0], bcp, _PRE_NORM[1]
     return max(1, 2048 // bcp), bcp, min(16, max(4, bcp // 256))
 
 

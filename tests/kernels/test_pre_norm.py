@@ -106,3 +106,13 @@ def test_pre_norm_opcheck(fused, device, op):
             "pre_norm_bwd": (x, h_pre, w, torch.randn(5, 16, device=device), 1e-6)}[op]
     torch.library.opcheck(getattr(torch.ops.mhc_repro, op).default, args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("tiles", [(1, 4), (2, 8), (4, 4)])
+def test_pre_norm_tiles_give_the_same_results(fused, launch, device, monkeypatch, tiles):
+    """launch._PRE_NORM (what the sweep tries): several tokens per program step, other warp counts."""
+    inp = _norm_inputs(23, 4, 40, torch.float32, device, seed=9)
+    ref = _run_norm(fused.ops(), inp, 4, upcast=False)
+    monkeypatch.setattr(launch, "_PRE_NORM", tiles)
+    got = _run_norm(fused.ops(), inp, 4, upcast=False)
+    _compare(got, ref, names=NAMES, tol=1e-6 if device == "cpu" else 1e-4)
