@@ -86,7 +86,9 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
 def _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M, cols, cm, k0, ch0, j0,
              dphi, BN: tl.constexpr, LO: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr,
              ACC: tl.constexpr, DPHI: tl.constexpr):
-    # one [BN, BK] tile of dx at tokens t0.., columns k0..; returns dphi (+ this tile's xᵀ·dm if DPHI)
+    # one [BN, BK] tile of dx at tokens t0.., columns k0..; returns dphi (+ this tile's xᵀ·dm if DPHI).
+    # dm's lo part is formed where each use needs it: hoisted once it compiles (Triton 3.6, sm_90)
+    # to other register counts than the kernels runs 52-56 timed (kernel_resources.py).
     t = t0 + tl.arange(0, BN)
     tm = t < hi
     dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & cm[None, :], other=0.0)

@@ -378,16 +378,17 @@ def launch_pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: fl
     """(dH_pre [N, n] fp32, dh [N, C] in x's dtype, dw [C] fp32) of launch_pre_norm, given dy [N, C]."""
     x = x.contiguous()
     N, n, C = x.shape
-    bt, bcp, warps = _norm_tiles(C)
-    progs = max(1, min(triton.cdiv(N, bt), 2 * _n_sm(x.device)))
-    tok = triton.cdiv(triton.cdiv(N, progs), bt) * bt
-    progs = max(1, triton.cdiv(N, tok))
     dhp = torch.empty(N, n, device=x.device, dtype=torch.float32)
     dh = torch.empty(N, C, device=x.device, dtype=x.dtype)
+    if N == 0:
+        return dhp, dh, torch.zeros(C, device=x.device, dtype=torch.float32)
+    bt, bcp, warps = _norm_tiles(C)
+    # persistent programs over fixed token ranges (a multiple of BT each): one dw partial per program
+    tok = triton.cdiv(triton.cdiv(N, min(triton.cdiv(N, bt), 2 * _n_sm(x.device))), bt) * bt
+    progs = triton.cdiv(N, tok)
     part = torch.zeros(progs, C, device=x.device, dtype=torch.float32)
-    if N > 0:
-        nk.pre_norm_bwd[(progs,)](x, h_pre.float().contiguous(), w.contiguous(), dy.contiguous(), dh, dhp, part,
-                                  N, C, eps, tok, n=n, NP=_np(n), BT=bt, BCP=bcp, num_warps=warps)
+    nk.pre_norm_bwd[(progs,)](x, h_pre.float().contiguous(), w.contiguous(), dy.contiguous(), dh, dhp, part,
+                              N, C, eps, tok, n=n, NP=_np(n), BT=bt, BCP=bcp, num_warps=warps)
     return dhp, dh, part.sum(0)
 
 

@@ -11,7 +11,8 @@ splits the sub-layer at the branch instead. ``x_link`` is a view of x that only 
 The pre op's backward writes the whole dx = (post_res part) + h_pre ⊗ d_in + dm·φᵀ + c·x in one
 pass over x (``coef_kernels.proj_bwd`` with LINK, or ``dx_kernels.proj_dx_tma`` on sm_90+; dφ is
 then one GEMM, or reduced in the same pass: by the TMA kernel with ``launch.PROJ_DX_TMA_DPHI``, the
-default, and by the pointer kernel when ``launch._PROJ_BWD_GEMM`` is None or n > 4). The post_res part, by ``LINK_MODE``:
+default, and by the pointer kernel when ``launch._PROJ_BWD_GEMM`` is None or n > 4). The post_res
+part, by ``LINK_MODE``:
 
 - "add": the post op's backward is the ordinary post_res_bwd; its dx = H_resᵀ g is the gradient of
   ``x_link`` and the pass adds it, read once at the stream tile's own offsets. Backward stream

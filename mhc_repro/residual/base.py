@@ -26,6 +26,7 @@ def normed(norm: Optional[nn.Module], h: Tensor) -> Tensor:
     """``norm(h)``, or h when there is no norm to apply (the branch holds its own)."""
     return h if norm is None else norm(h)
 
+
 # Parameter leaf names (see each module) that get no weight decay: HC static parts, mHC / collapse
 # gates and biases, norm weights.
 NO_DECAY_LEAVES = frozenset({"static_pre", "static_res", "static_post", "alpha", "bias"})

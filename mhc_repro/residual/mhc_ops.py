@@ -81,7 +81,7 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
         return mhc_pre(x, h_pre), h_post, h_res, x
     xa = _acc(x)
     h = torch.einsum("nj,njc->nc", h_pre.to(xa.dtype), xa)
-    y = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm_eps) * norm_weight.to(xa.dtype)
+    y = torch.nn.functional.rms_norm(h, (C,), norm_weight.to(xa.dtype), norm_eps)
     return y.to(x.dtype), h_post, h_res, x
 
 

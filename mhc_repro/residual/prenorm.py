@@ -5,12 +5,10 @@ The sub-layer's RMSNorm (handed in, or held by the branch) and the addition on t
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from typing import Optional
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .base import Branch, StreamResidual, normed
 

@@ -58,13 +58,16 @@ def train_tags(config: Mapping[str, Any], *, run_dir: str, commit: str) -> dict[
     return tags
 
 
-def log_config(client, run_id: str, config: Mapping[str, Any], params_total: int, params_active: int) -> None:
-    """Flattened resolved config + parameter counts as params, the full config as ``config/config.yaml``."""
+def log_config(client, run_id: str, config: Mapping[str, Any], params_total: int, params_active: int,
+               kernels: Mapping[str, Any] | None = None) -> None:
+    """Flattened resolved config + parameter counts (+ the fused kernels' switches as ``kernels.*``)
+    as params, the full config as ``config/config.yaml``."""
     from mlflow.entities import Param
 
     flat = flatten(config)
     flat["model.params_total"] = params_total
     flat["model.params_active"] = params_active
+    flat.update({f"kernels.{k}": v for k, v in (kernels or {}).items()})
     params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(flat.items())]
     for i in range(0, len(params), 100):  # log_batch accepts at most 100 params per call
         client.log_batch(run_id, params=params[i:i + 100])

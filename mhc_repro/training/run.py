@@ -134,7 +134,9 @@ def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int]):
         tmp = id_file.with_suffix(".tmp")
         tmp.write_text(run_id + "\n")
         tmp.replace(id_file)
-        log_config(client, run_id, cfg.to_dict(), *params)
+        from mhc_repro.kernels import launch_settings
+
+        log_config(client, run_id, cfg.to_dict(), *params, kernels=launch_settings())
     else:
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "resumed_at_commit", git_commit())

@@ -116,3 +116,10 @@ def test_pre_norm_tiles_give_the_same_results(fused, launch, device, monkeypatch
     monkeypatch.setattr(launch, "_PRE_NORM", tiles)
     got = _run_norm(fused.ops(), inp, 4, upcast=False)
     _compare(got, ref, names=NAMES, tol=1e-6 if device == "cpu" else 1e-4)
+
+
+def test_pre_norm_empty_batch(fused, device):
+    """No tokens: empty outputs and zero gradients (the backward's persistent grid has no programs)."""
+    inp = _norm_inputs(0, 2, 16, torch.float32, device, seed=3)
+    got = _run_norm(fused.ops(), inp, 2, upcast=False)
+    assert got[2].shape == (0, 16) and torch.equal(got[-1], torch.zeros_like(got[-1]))

@@ -36,6 +36,11 @@ def test_micro_run_logs_everything(tmp_path, corpus_dir, data_cache):
     params = run.data.params
     assert params["train.lr"] == "0.003" and params["model.residual.kind"] == "mhc"
     assert int(params["model.params_total"]) > 0
+    from mhc_repro.kernels import launch
+
+    # the fused kernels' switches are logged with the run (they decide its summation orders)
+    assert params["kernels.PROJ_DX_TMA_DPHI"] == str(launch.PROJ_DX_TMA_DPHI)
+    assert params["kernels._PROJ_BWD_TMA"] == str(launch._PROJ_BWD_TMA) and "kernels.linked.LINK_MODE" in params
     for key in ("train/loss", "train/ppl", "train/grad_norm", "train/lr", "train/tokens", "val/loss",
                 "amax/fwd_composite_max", "amax/bwd_single_max", "amax/log_colsum_max", "perf/tokens_per_sec"):
         assert key in run.data.metrics, key
