@@ -139,6 +139,9 @@ SWEEP = {
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
     # the fused branch norm's kernels (forward + backward): (BT tokens, num_warps); None = by C
     "_PRE_NORM": [None, (1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 8)],
+    # its backward alone: (BT tokens, num_warps, persistent programs per SM); None = _PRE_NORM's, 2
+    "_PRE_NORM_BWD": [None, (1, 4, 2), (1, 4, 4), (1, 8, 4), (1, 16, 1), (2, 8, 2), (2, 16, 2), (1, 8, 1)],
+    "PRE_NORM_BWD_PREFETCH": [False, True],
     "PROJ_FWD_MERGED": [False, True],
 }
 
@@ -173,6 +176,8 @@ def sweep_configs(c, n, N, device, precision, only=()):
         "PROJ_DX_TMA_LOOP_STAGES": dx_passes, "PROJ_DX_TMA_DPHI": dx_passes,
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_PRE_NORM": lambda: (O.pre_norm(x, hq, nw, 1e-6),) + O.pre_norm_bwd(x, hq, nw, f, 1e-6),
+        "_PRE_NORM_BWD": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
+        "PRE_NORM_BWD_PREFETCH": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6, 2)),
     }

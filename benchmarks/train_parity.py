@@ -52,7 +52,8 @@ def train(backend: str, args, device, dtype: str = "fp32", precision: str = "bf1
                               max_seq_len=args.seq, dense_ffn_width=2 * args.d_model,
                               attention=dataclasses.replace(base.attention, n_heads=2, head_dim=args.d_model // 2))
     cfg = with_variant(cfg, "mhc", n=args.n, backend=backend, kernel_precision=precision,
-                       sublayer_ops=args.sublayer_ops)
+                       sublayer_ops=args.sublayer_ops,
+                       **({} if args.fuse_branch_norm is None else dict(fuse_branch_norm=args.fuse_branch_norm)))
     torch.manual_seed(args.seed)
     model = LM(cfg.validate()).to(device)
     if dtype == "bf16-true":
@@ -88,6 +89,9 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16-mixed", "bf16-true"])
     ap.add_argument("--sublayer-ops", default="linked", choices=["linked", "three"],
                     help="residual.sublayer_ops of both backends (the reference has the same two forms)")
+    ap.add_argument("--fuse-branch-norm", action=argparse.BooleanOptionalAction, default=None,
+                    help="residual.fuse_branch_norm of both backends: the branch's RMSNorm inside mHC's pre "
+                         "(the kernels' pre_norm; the reference's F.rms_norm on pre's output); default: the config's")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="set mhc_repro.kernels.launch constants first (as bench_mhc.py --set), e.g. PROJ_DX_TMA_ACC=False")
     ap.add_argument("--backends", nargs="+", default=["reference", "triton"], choices=["reference", "triton"],

@@ -75,8 +75,13 @@ PROJ_DX_TMA_LOOP_STAGES = 2
 # loop stages 0); the tile sweep with mode 2 keeps the default tile.
 PROJ_DX_TMA_DPHI = 2
 # The branch's RMSNorm fused into pre (norm_kernels, ResidualConfig.fuse_branch_norm): (BT tokens per
-# program step, num_warps), or None = chosen by C (_norm_tiles). Not yet swept (--sweep-only _PRE_NORM).
+# program step, num_warps), or None = chosen by C (_norm_tiles). Run 57 (forward + backward, C = 2048,
+# the old backward): (1, 8) = the default by C, 248.8 µs; (1, 4) 248.9, (4, 8) 253.8, (2, 8) 278.2.
 _PRE_NORM = None
+# Its backward's own (BT, num_warps, persistent programs per SM), or None = _PRE_NORM's tiles and 2.
+_PRE_NORM_BWD = None
+# The backward loads the next BT tokens' rows before reducing the current ones (norm_kernels.pre_norm_bwd).
+PRE_NORM_BWD_PREFETCH = True
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
@@ -383,12 +388,18 @@ def launch_pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: fl
     if N == 0:
         return dhp, dh, torch.zeros(C, device=x.device, dtype=torch.float32)
     bt, bcp, warps = _norm_tiles(C)
+    per_sm = 2
+    if _PRE_NORM_BWD is not None:
+        bt, warps, per_sm = _PRE_NORM_BWD
+        _check(bt >= 1 and bt & (bt - 1) == 0 and per_sm >= 1,
+               f"launch._PRE_NORM_BWD {_PRE_NORM_BWD} is invalid; BT must be a power of two and programs per SM >= 1")
     # persistent programs over fixed token ranges (a multiple of BT each): one dw partial per program
-    tok = triton.cdiv(triton.cdiv(N, min(triton.cdiv(N, bt), 2 * _n_sm(x.device))), bt) * bt
+    tok = triton.cdiv(triton.cdiv(N, min(triton.cdiv(N, bt), per_sm * _n_sm(x.device))), bt) * bt
     progs = triton.cdiv(N, tok)
     part = torch.zeros(progs, C, device=x.device, dtype=torch.float32)
     nk.pre_norm_bwd[(progs,)](x, h_pre.float().contiguous(), w.contiguous(), dy.contiguous(), dh, dhp, part,
-                              N, C, eps, tok, n=n, NP=_np(n), BT=bt, BCP=bcp, num_warps=warps)
+                              N, C, eps, tok, n=n, NP=_np(n), BT=bt, BCP=bcp, PREFETCH=PRE_NORM_BWD_PREFETCH,
+                              num_warps=warps)
     return dhp, dh, part.sum(0)
 
 

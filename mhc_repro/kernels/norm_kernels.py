@@ -1,4 +1,4 @@
-"""The branch's RMSNorm fused into mHC's pre (forward) and its backward (not yet timed on a GPU).
+"""The branch's RMSNorm fused into mHC's pre (forward) and its backward.
 
 ``pre_norm_fwd`` writes ``RMSNorm(Σ_j h_pre[j] x[j]) · w`` directly, so the branch input is never
 written un-normalized and read back by a separate norm kernel; ``pre_norm_bwd`` recomputes the
@@ -47,10 +47,28 @@ def pre_norm_fwd(x_ptr, h_ptr, w_ptr, out_ptr, N, C, eps, n: tl.constexpr, BT: t
 
 
 @triton.jit
+def _bwd_rows(x_ptr, h_ptr, dy_ptr, t, hi, C, c, cm, j, n: tl.constexpr):
+    # the rows of tokens t (< hi) in their stored dtypes: x [BT, NP, BCP], h_pre [BT, NP], dy [BT, BCP]
+    tm = t < hi
+    t64 = t.to(tl.int64)
+    m2 = tm[:, None] & (j < n)[None, :]
+    x3 = tl.load(x_ptr + (t64[:, None, None] * n + j[None, :, None]) * C + c[None, None, :],
+                 mask=m2[:, :, None] & cm[None, None, :], other=0.0)
+    hp = tl.load(h_ptr + t[:, None] * n + j[None, :], mask=m2, other=0.0)
+    dy = tl.load(dy_ptr + t64[:, None] * C + c[None, :], mask=tm[:, None] & cm[None, :], other=0.0)
+    return x3, hp, dy
+
+
+@triton.jit
 def pre_norm_bwd(x_ptr, h_ptr, w_ptr, dy_ptr, dh_ptr, dhp_ptr, dw_ptr, N, C, eps, tok_per_prog,
-                 n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BCP: tl.constexpr):
+                 n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BCP: tl.constexpr,
+                 PREFETCH: tl.constexpr):
     # Program p owns tokens [p·tok_per_prog, (p+1)·tok_per_prog), BT at a time; writes dh [N, C]
     # (stream dtype), dH_pre [N, n] (fp32) and its partial of the weight's gradient dw_ptr[p, :C].
+    # Every row reduction comes from one round: A_j = Σ_c gy·x_j and B_j = Σ_c h·x_j (h = Σ_j p_j x_j,
+    # gy = dy·w) give Σh² = Σ_j p_j B_j, Σ gy·h = Σ_j p_j A_j and dH_pre_j = Σ_c dh·x_j = rstd·A_j − k·B_j
+    # (dh = rstd·gy − k·h, k = rstd³ Σ gy·h / C): no reduction waits on another. PREFETCH loads the
+    # next BT tokens' rows before reducing these, so the loads overlap the reductions.
     pid = tl.program_id(0)
     c = tl.arange(0, BCP)
     cm = c < C
@@ -59,23 +77,30 @@ def pre_norm_bwd(x_ptr, h_ptr, w_ptr, dy_ptr, dh_ptr, dhp_ptr, dw_ptr, N, C, eps
     dw = tl.zeros((BCP,), dtype=tl.float32)
     lo = pid * tok_per_prog
     hi = tl.minimum(lo + tok_per_prog, N)
+    if PREFETCH:
+        x3, hp, dy = _bwd_rows(x_ptr, h_ptr, dy_ptr, lo + tl.arange(0, BT), hi, C, c, cm, j, n)
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
+        if PREFETCH:
+            x3n, hpn, dyn = _bwd_rows(x_ptr, h_ptr, dy_ptr, t + BT, hi, C, c, cm, j, n)
+        else:
+            x3, hp, dy = _bwd_rows(x_ptr, h_ptr, dy_ptr, t, hi, C, c, cm, j, n)
+        xf = x3.to(tl.float32)
+        h = tl.sum(hp[:, :, None] * xf, axis=1)
+        dyf = dy.to(tl.float32)
+        gy = dyf * w[None, :]
+        a = tl.sum(gy[:, None, :] * xf, axis=2)
+        b = tl.sum(h[:, None, :] * xf, axis=2)
+        rstd = 1.0 / tl.sqrt(tl.sum(hp * b, axis=1) / C + eps)
+        k = rstd * rstd * rstd * tl.sum(hp * a, axis=1) / C
+        dh = rstd[:, None] * gy - k[:, None] * h
+        dw += tl.sum(dyf * h * rstd[:, None], axis=0)
         tm = t < hi
         t64 = t.to(tl.int64)
-        msk = tm[:, None] & cm[None, :]
-        m2 = tm[:, None] & (j < n)[None, :]
-        m3 = m2[:, :, None] & cm[None, None, :]
-        x3 = tl.load(x_ptr + (t64[:, None, None] * n + j[None, :, None]) * C + c[None, None, :], mask=m3,
-                     other=0.0).to(tl.float32)  # [BT, NP, BCP]: the tokens' rows, read once
-        hp = tl.load(h_ptr + t[:, None] * n + j[None, :], mask=m2, other=0.0)
-        h = tl.sum(hp[:, :, None] * x3, axis=1)
-        rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=1) / C + eps)
-        hn = h * rstd[:, None]
-        dy = tl.load(dy_ptr + t64[:, None] * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
-        dw += tl.sum(dy * hn, axis=0)
-        gy = dy * w[None, :]
-        dh = rstd[:, None] * (gy - hn * (tl.sum(gy * hn, axis=1) / C)[:, None])
-        tl.store(dh_ptr + t64[:, None] * C + c[None, :], dh.to(dh_ptr.dtype.element_ty), mask=msk)
-        tl.store(dhp_ptr + t[:, None] * n + j[None, :], tl.sum(x3 * dh[:, None, :], axis=2), mask=m2)
+        tl.store(dh_ptr + t64[:, None] * C + c[None, :], dh.to(dh_ptr.dtype.element_ty),
+                 mask=tm[:, None] & cm[None, :])
+        tl.store(dhp_ptr + t[:, None] * n + j[None, :], rstd[:, None] * a - k[:, None] * b,
+                 mask=tm[:, None] & (j < n)[None, :])
+        if PREFETCH:
+            x3, hp, dy = x3n, hpn, dyn
     tl.store(dw_ptr + pid * C + c, dw, mask=cm)

@@ -123,3 +123,24 @@ def test_pre_norm_empty_batch(fused, device):
     inp = _norm_inputs(0, 2, 16, torch.float32, device, seed=3)
     got = _run_norm(fused.ops(), inp, 2, upcast=False)
     assert got[2].shape == (0, 16) and torch.equal(got[-1], torch.zeros_like(got[-1]))
+
+
+@pytest.mark.parametrize("bwd", [(1, 4, 2, False), (2, 4, 4, True), (4, 8, 1, True), (2, 4, 3, False)])
+def test_pre_norm_backward_tiles_and_prefetch(fused, launch, device, monkeypatch, bwd):
+    """launch._PRE_NORM_BWD (BT, warps, programs per SM: token ranges of several steps, uneven last
+    ones) with and without PRE_NORM_BWD_PREFETCH: the float64 reference's values and gradients."""
+    *tiles, prefetch = bwd
+    monkeypatch.setattr(launch, "_PRE_NORM_BWD", tuple(tiles))
+    monkeypatch.setattr(launch, "PRE_NORM_BWD_PREFETCH", prefetch)
+    monkeypatch.setattr(launch, "_n_sm", lambda dev: 2)  # few programs: each loops over many steps
+    inp = _norm_inputs(41, 4, 40, torch.float32, device, seed=11)
+    got = _run_norm(fused.ops(), inp, 4, upcast=False)
+    ref = _run_norm(mhc_ops, inp, 4, upcast=True)
+    _compare(got, ref, names=NAMES, tol=2e-5 if device == "cpu" else 5e-3)
+
+
+def test_pre_norm_backward_rejects_a_tile_that_is_not_a_power_of_two(fused, launch, monkeypatch):
+    monkeypatch.setattr(launch, "_PRE_NORM_BWD", (3, 4, 2))
+    inp = _norm_inputs(5, 2, 16, torch.float32, "cpu", seed=4)
+    with pytest.raises(ValueError, match=r"_PRE_NORM_BWD \(3, 4, 2\) is invalid; BT must be a power of two"):
+        launch.launch_pre_norm_bwd(inp["x"], torch.rand(5, 2), inp["norm_w"], torch.randn(5, 16), 1e-6)
