@@ -81,7 +81,9 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
         return mhc_pre(x, h_pre), h_post, h_res, x
     xa = _acc(x)
     h = torch.einsum("nj,njc->nc", h_pre.to(xa.dtype), xa)
-    y = torch.nn.functional.rms_norm(h, (C,), norm_weight.to(xa.dtype), norm_eps)
+    # written out (as model.norm.RMSNorm), not F.rms_norm: its CPU composite works in place on an
+    # intermediate, which selective activation checkpointing (recompute="stream") rejects
+    y = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + norm_eps) * norm_weight.to(xa.dtype)
     return y.to(x.dtype), h_post, h_res, x
 
 

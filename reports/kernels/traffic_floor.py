@@ -32,9 +32,15 @@ DESIGNS = {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5,
         "dx pass (x, H_resᵀg, d_in, dx)": 13, "dφ GEMM": 4},
     # launch.PROJ_DX_TMA_DPHI: the dx pass forms dφ from the x tiles it reads anyway
-    "linked 'add', dφ in the dx pass (today's default, since run 55)": {
+    "linked 'add', dφ in the dx pass (the default of runs 55–57)": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd": 14, "pre_bwd_dh": 5,
         "dx pass + dφ (x, H_resᵀg, d_in, dx)": 13},
+    # residual.fuse_branch_norm (the default since session 12): pre writes RMSNorm(pre)·w, its backward
+    # (x, dy in; dh out) replaces pre_bwd_dh, and the branch's own norm (≈ 2 units forward: h in, out;
+    # 3 backward: dy, h in, dh out), which mHC ran on top of the residual's work, is no longer run.
+    "linked 'add', dφ in the dx pass, branch RMSNorm in pre (default since session 12)": {
+        "proj_fwd": 4, "pre_norm": 5, "post_res": 9, "post_res_bwd": 14, "pre_norm_bwd": 6,
+        "dx pass + dφ (x, H_resᵀg, d_in, dx)": 13, "the branch's own norm, no longer run": -5},
     "linked 'add' + the projection formed by the previous post op (built: kernel 3x slower, removed)": {
         "post_res + next proj": 9, "pre": 5, "post_res_bwd": 14, "pre_bwd_dh": 5,
         "dx pass (x, H_resᵀg, d_in, dx)": 13, "dφ GEMM": 4},

@@ -55,7 +55,7 @@ def test_fused_branch_norm_equals_the_branch_norm(backend, recompute, request):
     fused form's unrounded aggregate changes nothing)."""
     if backend == "triton":
         request.getfixturevalue("triton_cpu")
-    la, ga = _grads(backend, "linked", recompute)
+    la, ga = _grads(backend, "linked", recompute, fuse_branch_norm=False)
     lb, gb = _grads(backend, "linked", recompute, fuse_branch_norm=True)
     assert abs(la - lb) < 1e-6
     for k in ga:
@@ -74,5 +74,8 @@ def test_fused_branch_norm_reaches_the_pre_op(monkeypatch):
     _grads("reference", "linked", fuse_branch_norm=True)
     assert len(seen) == 4 and all(w is not None and w.dim() == 1 for w in seen)  # 2 blocks x 2 sub-layers
     seen.clear()
-    _grads("reference", "linked")
+    _grads("reference", "linked", fuse_branch_norm=False)
     assert len(seen) == 4 and all(w is None for w in seen)
+    seen.clear()
+    _grads("reference", "linked")  # the default fuses
+    assert len(seen) == 4 and all(w is not None for w in seen)
