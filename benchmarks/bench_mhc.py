@@ -5,7 +5,7 @@ Variants (each at every C, eager and compiled): `residual` (Pre-Norm), `mhc_ref`
 recorded as skipped when not importable) and the fused Triton mHC — `mhc_fused_linked` (the model's
 defaults: linked sub-layer, "bf16x2" projections), `mhc_fused` (the three ops). Name parts:
 `_bf16` "bf16" projections; `_linked` the linked pair (kernels/linked.py; `_gather` LINK_MODE
-"gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` each block under the paper's
+"gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` / `_rcpost` each block under the paper's
 recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"; `_savebc`: "stream-ops" saving
 the first block's copy of the broadcast input, see recompute.COPY_OPS); `_2mma` launch.PROJ_FWD_MERGED off;
 `_ptr` the pointer dx pass (launch._PROJ_BWD_TMA None); `_acc` / `_mmasum` launch.PROJ_DX_TMA_ACC on / off;

@@ -57,13 +57,14 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     for b in blocks:
         b.linked = "_linked" in kind  # *_linked: the linked sub-layer pair
         b.fuse_norm = "_fnorm" in kind  # *_linked_fnorm: the branch's RMSNorm fused into its pre
-    if kind.endswith("_rc") or kind.endswith("_rcops"):  # PAPER §5 recomputation: each block under
-        # the mHC recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run)
+    if kind.endswith(("_rc", "_rcops", "_rcpost")):  # PAPER §5 recomputation: each block under the mHC
+        # recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run; *_rcpost:
+        # "stream-post", only post_res re-run)
         # (residual_rc: the plain residual under the same policy, for a like-with-like memory ratio)
         from mhc_repro.residual.recompute import checkpoint_block
 
         for b in blocks:
-            mode = "stream-ops" if kind.endswith("_rcops") else "stream"
+            mode = {"_rcops": "stream-ops", "_rcpost": "stream-post"}.get(kind[kind.rindex("_"):], "stream")
             b.forward = lambda *a, f=b.forward, mode=mode: checkpoint_block(f, *a, mode=mode)
     # *_cg: CUDA graphs (Inductor's "reduce-overhead"), which take the host's launch work (the kernels'
     # Python launchers included) off the step; compare with residual_cg for like with like.

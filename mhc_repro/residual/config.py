@@ -15,7 +15,7 @@ PHI_INITS = ("normal", "zeros")
 BIAS_INITS = ("zeros", "hc")
 COLLAPSES = ("sum", "mean", "learned")
 BACKENDS = ("auto", "reference", "triton")
-RECOMPUTES = ("none", "stream", "stream-ops")
+RECOMPUTES = ("none", "stream", "stream-ops", "stream-post")
 KERNEL_PRECISIONS = ("bf16x2", "bf16")
 SUBLAYER_OPS = ("three", "linked")
 
@@ -97,7 +97,9 @@ class ResidualConfig:
     elementwise ops per step; gradients are those of "none". "stream-ops" (for compiled blocks) forces
     only the two stream ops to be re-run and leaves every other op to torch.compile's partitioner:
     less recompute than "stream", less memory saved (in eager mode it saves less than "none": use
-    "stream" there). ``model.activation_checkpointing``
+    "stream" there). "stream-post" (compiled blocks) forces only the post op to be re-run: each block's
+    middle stream is not stored, its branch inputs are, for one re-run stream kernel per block instead
+    of three (RESULTS.md session 12 measures the three policies). ``model.activation_checkpointing``
     (full recompute) takes precedence when on. Training only (no effect with a KV cache or no grad)."""
 
     kernel_precision: str = "bf16x2"

@@ -47,11 +47,14 @@ from typing import Any, Callable
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-RECOMPUTE_MODES = ("none", "stream", "stream-ops")
+RECOMPUTE_MODES = ("none", "stream", "stream-ops", "stream-post")
 
 # mode "stream-ops": only these are forced to be recomputed; the rest is left to the compiler.
 STREAM_OPS = frozenset({"mhc_repro::pre", "mhc_repro::pre_norm", "mhc_repro::post_res",
                         "mhc_repro::post_res_linked"})  # pre_norm: pre with the branch's RMSNorm fused in
+# mode "stream-post": only the post ops, i.e. the block's middle stream (n·C per token) is re-run; the
+# branch inputs (C per token each) are kept, so backward re-runs one stream kernel per block, not three.
+POST_OPS = frozenset({"mhc_repro::post_res", "mhc_repro::post_res_linked"})
 
 # A bmm whose contraction is this small is a stream mix (the reference mHC einsums contract over the n
 # streams or none at all), not a model matmul: recompute it.
@@ -94,21 +97,33 @@ def _is_broadcast(t: Any) -> bool:
         st == 0 and sz > 1 for st, sz in zip(t.stride(), t.shape))
 
 
-def stream_ops_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
-    """SAC policy of ``recompute="stream-ops"`` (meant for torch.compile): the mHC stream ops (and a
-    copy of a broadcast view, see COPY_OPS) must be re-run, matmuls / attention / coefficients must be
-    saved, everything else is PREFER_SAVE, which under torch.compile leaves it to the partitioner (it
-    keeps only what the backward needs, as without checkpointing). In eager mode PREFER_SAVE caches
-    every output: there use "stream"."""
+def _forced_recompute(forced: frozenset, func, args) -> CheckpointPolicy:
+    # the ops in ``forced`` (and copies of broadcast views) re-run, the SAVE_OPS kept, the rest left
+    # to the compiler's partitioner
     name = _op_name(func)
-    if name in STREAM_OPS or (name in COPY_OPS and args and _is_broadcast(args[0])):
+    if name in forced or (name in COPY_OPS and args and _is_broadcast(args[0])):
         return CheckpointPolicy.MUST_RECOMPUTE
     if name in SAVE_OPS:
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_SAVE
 
 
-POLICIES = {"stream": recompute_policy, "stream-ops": stream_ops_policy}
+def stream_ops_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+    """SAC policy of ``recompute="stream-ops"`` (meant for torch.compile): the mHC stream ops (and a
+    copy of a broadcast view, see COPY_OPS) must be re-run, matmuls / attention / coefficients must be
+    saved, everything else is PREFER_SAVE, which under torch.compile leaves it to the partitioner (it
+    keeps only what the backward needs, as without checkpointing). In eager mode PREFER_SAVE caches
+    every output: there use "stream"."""
+    return _forced_recompute(STREAM_OPS, func, args)
+
+
+def stream_post_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+    """SAC policy of ``recompute="stream-post"``: as "stream-ops" with only the post ops forced to be
+    re-run (POST_OPS): less memory saved, one stream kernel re-run per block instead of three."""
+    return _forced_recompute(POST_OPS, func, args)
+
+
+POLICIES = {"stream": recompute_policy, "stream-ops": stream_ops_policy, "stream-post": stream_post_policy}
 
 
 def mhc_recompute_context(mode: str = "stream") -> Callable[[], tuple]:

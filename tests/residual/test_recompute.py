@@ -132,11 +132,11 @@ def test_inference_paths_unchanged():
     torch.testing.assert_close(inc, full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["stream", "stream-ops"])
+@pytest.mark.parametrize("mode", ["stream", "stream-ops", "stream-post"])
 def test_compiled_block_recomputes_stream_ops(mode, triton_cpu):
     """Each block compiled in place (as training.compile does), aot_eager: the checkpoint and its
-    policy are traced, the backward graph re-runs the middle stream's post_res and both pre ops, and
-    the gradients match eager without recomputation."""
+    policy are traced, the backward graph re-runs the middle stream's post_res and both pre ops (only
+    the post_res under "stream-post"), and the gradients match eager without recomputation."""
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.debugging import aot_eager
 
@@ -163,7 +163,8 @@ def test_compiled_block_recomputes_stream_ops(mode, triton_cpu):
     # the middle stream's post op, re-run (post_res_linked with the default sublayer_ops="linked")
     assert targets.count("mhc_repro.post_res.default") + targets.count("mhc_repro.post_res_linked.default") == 1
     # both pre ops (pre_norm: with the branch's RMSNorm fused in, residual.fuse_branch_norm's default)
-    assert targets.count("mhc_repro.pre.default") + targets.count("mhc_repro.pre_norm.default") == 2
+    pre_reruns = 0 if mode == "stream-post" else 2
+    assert targets.count("mhc_repro.pre.default") + targets.count("mhc_repro.pre_norm.default") == pre_reruns
     assert targets.count("mhc_repro.coefficients.default") == 0  # saved, not re-run
 
 
