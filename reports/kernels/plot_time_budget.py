@@ -4,9 +4,11 @@ Per kernel of the default sub-layer (linked pair, given projection precision): i
 (CUDA-graph replays since run 34) beside the time its bytes take at the copy bandwidth measured in the
 same run; then the stack's measured overhead per sub-layer, and the budget of the issue's target.
 
-    python reports/kernels/plot_time_budget.py reports/kernels/run34_14b9211_bench_2048.json out.png
+    python reports/kernels/plot_time_budget.py reports/kernels/run34_14b9211_bench_2048.json out.png [C]
 
-prints the same figures as a table.
+prints the same figures as a table (C: which width of a run with several; default its first). Where the
+run has the `mhc_fused_linked_fnorm` stack (the branch's RMSNorm fused into pre, the default since
+session 12) and the `pre_norm` kernel rows, the sub-layer is that one.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 TARGETS = {2048: 1.10, 4096: 1.07}  # issue 6
 
 
-def sublayer_kernels(precision: str = "bf16x2") -> list[tuple[str, str]]:
-    """(label, kernel-table name) of the default linked sub-layer, forward then backward."""
+def sublayer_kernels(precision: str = "bf16x2", fnorm: bool = False) -> list[tuple[str, str]]:
+    """(label, kernel-table name) of the default linked sub-layer, forward then backward (``fnorm``:
+    with the branch's RMSNorm fused into pre)."""
     return [("fwd: coefficients (projection + Sinkhorn)", f"coefficients [{precision}] (proj+sumsq, epilogue)"),
-            ("fwd: pre", "pre"),
+            ("fwd: pre + branch RMSNorm", "pre_norm (pre + branch RMSNorm)") if fnorm else ("fwd: pre", "pre"),
             ("fwd: post_res", "post_res"),
             ("bwd: post_res_bwd", "post_res_bwd"),
-            ("bwd: pre_bwd_dh", "pre_bwd_dh (compiled path)"),
+            ("bwd: pre_norm_bwd", "pre_norm_bwd (dh, dH_pre, dw)") if fnorm
+            else ("bwd: pre_bwd_dh", "pre_bwd_dh (compiled path)"),
             ("bwd: Sinkhorn backward", "coef_bwd (Sinkhorn bwd recomputed)"),
             ("bwd: dx pass and dφ", f"proj_bwd linked add [{precision}] (all of dx, dφ)")]
 
@@ -38,26 +42,28 @@ def budget(run: dict, c: int, precision: str = "bf16x2") -> dict:
     and the target's budget (None without a target or stack rows)."""
     table = {k["kernel"].strip(): k for k in run["kernels"] if k["C"] == c}
     copy = run["copy_gb_s"]
+    stack = {s["variant"]: s for s in run["stack"] if s["C"] == c and s["mode"] == "compiled" and "ms" in s}
+    fnorm = "mhc_fused_linked_fnorm" in stack and "pre_norm (pre + branch RMSNorm)" in table
+    mhc = "mhc_fused_linked_fnorm" if fnorm else "mhc_fused_linked"
     rows = []
-    for label, name in sublayer_kernels(precision):
+    for label, name in sublayer_kernels(precision, fnorm):
         k = table[name]
         us = 1e3 * k["ms"]
         rows.append((label, us, us * k["gb_s"] / copy))  # bytes / copy bandwidth
-    stack = {s["variant"]: s for s in run["stack"] if s["C"] == c and s["mode"] == "compiled" and "ms" in s}
     over = target = None
-    if "residual" in stack and "mhc_fused_linked" in stack:
+    if "residual" in stack and mhc in stack:
         sub = 2 * stack["residual"]["blocks"]
-        over = 1e3 * (stack["mhc_fused_linked"]["ms"] - stack["residual"]["ms"]) / sub
+        over = 1e3 * (stack[mhc]["ms"] - stack["residual"]["ms"]) / sub
         if c in TARGETS:
             target = 1e3 * (TARGETS[c] - 1) * stack["residual"]["ms"] / sub
-    return dict(rows=rows, overhead_us=over, target_us=target)
+    return dict(rows=rows, overhead_us=over, target_us=target, variant=mhc)
 
 
-def main(src: str, dst: str) -> None:
+def main(src: str, dst: str, c: int | None = None) -> None:
     run = json.load(open(src))
-    c = run["kernels"][0]["C"]
+    c = c or run["kernels"][0]["C"]
     b = budget(run, c)
-    print(f"{src}: C = {c}, µs per sub-layer (measured | its bytes at copy speed)")
+    print(f"{src}: C = {c}, {b['variant']}, µs per sub-layer (measured | its bytes at copy speed)")
     for label, us, floor in b["rows"]:
         print(f"  {label:45s} {us:7.1f} | {floor:7.1f}")
     print(f"  {'all kernels':45s} {sum(r[1] for r in b['rows']):7.1f} | {sum(r[2] for r in b['rows']):7.1f}")
@@ -90,4 +96,4 @@ def main(src: str, dst: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -41,6 +41,17 @@ DESIGNS = {
     "linked 'add', dφ in the dx pass, branch RMSNorm in pre (default since session 12)": {
         "proj_fwd": 4, "pre_norm": 5, "post_res": 9, "post_res_bwd": 14, "pre_norm_bwd": 6,
         "dx pass + dφ (x, H_resᵀg, d_in, dx)": 13, "the branch's own norm, no longer run": -5},
+    # Not implemented (the next step, RESULTS.md session 12): one backward reduction pass per sub-layer
+    # (post_res_bwd without dx, plus the norm's row sums A_j = Σ dy·w·x_j, B_j = Σ h·x_j: per-token
+    # scalars only) and a dx pass whose programs own all n streams of a channel chunk, so that it reads g
+    # once (H_resᵀg formed in registers), forms h = Σ h_pre_j x_j and dh from dy itself (no dh written
+    # and read back), and writes dx, dφ's and dw's per-split partials.
+    "fused norm + one reduction pass + all-stream dx pass (not implemented)": {
+        "proj_fwd": 4, "pre_norm": 5, "post_res": 9, "reductions (g, x, f, dy in; df out)": 11,
+        "all-stream dx pass (x, g, dy in; dx out)": 13, "the branch's own norm, no longer run": -5},
+    "the same + projection and pre_norm in one forward pass (x re-read from L2; not implemented)": {
+        "proj_fwd + pre_norm": 5, "post_res": 9, "reductions (g, x, f, dy in; df out)": 11,
+        "all-stream dx pass (x, g, dy in; dx out)": 13, "the branch's own norm, no longer run": -5},
     "linked 'add' + the projection formed by the previous post op (built: kernel 3x slower, removed)": {
         "post_res + next proj": 9, "pre": 5, "post_res_bwd": 14, "pre_bwd_dh": 5,
         "dx pass (x, H_resᵀg, d_in, dx)": 13, "dφ GEMM": 4},

@@ -35,3 +35,17 @@ def test_plot_writes_png(tmp_path):
     dst = tmp_path / "budget.png"
     plot_time_budget.main(str(src), str(dst))
     assert dst.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_budget_takes_the_fused_norm_sub_layer_when_the_run_has_it():
+    """A run with the *_fnorm stack and the pre_norm rows: the sub-layer's pre / pre_bwd_dh rows are
+    pre_norm / pre_norm_bwd and the overhead is that stack's."""
+    rec = _record()
+    names = [name for _, name in plot_time_budget.sublayer_kernels(fnorm=True)]
+    rec["kernels"] += [dict(C=2048, kernel=name, ms=0.5, gb_s=2000.0) for name in names if name.startswith("pre_norm")]
+    rec["stack"].append(dict(C=2048, mode="compiled", variant="mhc_fused_linked_fnorm", blocks=4, ms=46.0))
+    b = plot_time_budget.budget(rec, 2048)
+    assert b["variant"] == "mhc_fused_linked_fnorm"
+    assert [r[0] for r in b["rows"]] == [label for label, _ in plot_time_budget.sublayer_kernels(fnorm=True)]
+    assert b["rows"][1][1] == pytest.approx(500.0) and b["rows"][4][1] == pytest.approx(500.0)
+    assert b["overhead_us"] == pytest.approx(1e3 * 6.0 / 8)
