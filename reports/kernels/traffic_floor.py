@@ -41,17 +41,21 @@ DESIGNS = {
     "linked 'add', dφ in the dx pass, branch RMSNorm in pre (default since session 12)": {
         "proj_fwd": 4, "pre_norm": 5, "post_res": 9, "post_res_bwd": 14, "pre_norm_bwd": 6,
         "dx pass + dφ (x, H_resᵀg, d_in, dx)": 13, "the branch's own norm, no longer run": -5},
-    # Not implemented (the next step, RESULTS.md session 12): one backward reduction pass per sub-layer
-    # (post_res_bwd without dx, plus the norm's row sums A_j = Σ dy·w·x_j, B_j = Σ h·x_j: per-token
-    # scalars only) and a dx pass whose programs own all n streams of a channel chunk, so that it reads g
-    # once (H_resᵀg formed in registers), forms h = Σ h_pre_j x_j and dh from dy itself (no dh written
-    # and read back), and writes dx, dφ's and dw's per-split partials.
-    "fused norm + one reduction pass + all-stream dx pass (not implemented)": {
-        "proj_fwd": 4, "pre_norm": 5, "post_res": 9, "reductions (g, x, f, dy in; df out)": 11,
-        "all-stream dx pass (x, g, dy in; dx out)": 13, "the branch's own norm, no longer run": -5},
+    # Not implemented (the next step, RESULTS.md session 12). Backward order fixes what can be merged:
+    # post's backward (g, x, f -> df, dH_res, dH_post) runs before the branch's, which turns df into
+    # the norm's input gradient dy; only then can the norm's row sums (x, dy) run, then the Sinkhorn
+    # backward (dm), then the dx pass (x again). So x is read three times in backward. What can go:
+    # post_res_bwd's H_resᵀg write (4 units, and its read back) and the norm backward's dh write and
+    # read back (1 + 1), if the dx pass owns all n streams of a channel chunk: it reads g once and forms
+    # H_resᵀg, h and dh in registers (writes dx and per-split partials of dφ and dw).
+    "fused norm + all-stream dx pass (g read once, dh never written; not implemented)": {
+        "proj_fwd": 4, "pre_norm": 5, "post_res": 9, "post_res_bwd_red (g, x, f in; df out)": 10,
+        "norm row sums (x, dy in)": 5, "all-stream dx pass (x, g, dy in; dx out)": 13,
+        "the branch's own norm, no longer run": -5},
     "the same + projection and pre_norm in one forward pass (x re-read from L2; not implemented)": {
-        "proj_fwd + pre_norm": 5, "post_res": 9, "reductions (g, x, f, dy in; df out)": 11,
-        "all-stream dx pass (x, g, dy in; dx out)": 13, "the branch's own norm, no longer run": -5},
+        "proj_fwd + pre_norm": 5, "post_res": 9, "post_res_bwd_red (g, x, f in; df out)": 10,
+        "norm row sums (x, dy in)": 5, "all-stream dx pass (x, g, dy in; dx out)": 13,
+        "the branch's own norm, no longer run": -5},
     "linked 'add' + the projection formed by the previous post op (built: kernel 3x slower, removed)": {
         "post_res + next proj": 9, "pre": 5, "post_res_bwd": 14, "pre_bwd_dh": 5,
         "dx pass (x, H_resᵀg, d_in, dx)": 13, "dφ GEMM": 4},
