@@ -140,8 +140,10 @@ SWEEP = {
     # the fused branch norm's kernels (forward + backward): (BT tokens, num_warps); None = by C
     "_PRE_NORM": [None, (1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 8)],
     # its backward alone: (BT tokens, num_warps, persistent programs per SM); None = _PRE_NORM's, 2
-    "_PRE_NORM_BWD": [None, (1, 4, 2), (1, 4, 4), (1, 8, 4), (1, 16, 1), (2, 8, 2), (2, 16, 2), (1, 8, 1)],
-    "PRE_NORM_BWD_PREFETCH": [False, True],
+    # (run 58, C = 2048, PREFETCH 1: (1, 16, 1) 462.5 µs, (2, 16, 2) 272.4, (1, 8, 1) 197.8; dropped)
+    "_PRE_NORM_BWD": [None, (1, 8, 3), (1, 4, 2), (1, 4, 4), (1, 4, 6), (1, 8, 4), (2, 8, 2)],
+    "PRE_NORM_BWD_PREFETCH": [0, 1, 2],
+    "PRE_NORM_BWD_STAGES": [0, 2, 3],  # with --set PRE_NORM_BWD_PREFETCH=0
     "PROJ_FWD_MERGED": [False, True],
 }
 
@@ -178,6 +180,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
         "_PRE_NORM": lambda: (O.pre_norm(x, hq, nw, 1e-6),) + O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "_PRE_NORM_BWD": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "PRE_NORM_BWD_PREFETCH": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
+        "PRE_NORM_BWD_STAGES": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6, 2)),
     }

@@ -185,8 +185,16 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--dump-ptx", default=None, metavar="DIR",
                     help="also write each compiled kernel's PTX there, debug lines dropped (to diff two commits' code)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="launch constants first (as bench_mhc.py --set), e.g. PRE_NORM_BWD_PREFETCH=2")
     args = ap.parse_args()
     import triton
+
+    from mhc_repro.kernels import launch
+    from stack_variants import parse_settings
+
+    for name, value in parse_settings(args.set).items():
+        setattr(launch, name, value)
 
     print(f"triton {triton.__version__}, target cuda:90 (H200), C = {args.C}, n = {args.n}")
     print("table dx rows: the pointer dx pass (launch._PROJ_BWD_TMA = None); the TMA dx pass (default on sm_90) last")

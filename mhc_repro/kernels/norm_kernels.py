@@ -62,45 +62,63 @@ def _bwd_rows(x_ptr, h_ptr, dy_ptr, t, hi, C, c, cm, j, n: tl.constexpr):
 @triton.jit
 def pre_norm_bwd(x_ptr, h_ptr, w_ptr, dy_ptr, dh_ptr, dhp_ptr, dw_ptr, N, C, eps, tok_per_prog,
                  n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BCP: tl.constexpr,
-                 PREFETCH: tl.constexpr):
+                 PREFETCH: tl.constexpr, STAGES: tl.constexpr = 0):
     # Program p owns tokens [p·tok_per_prog, (p+1)·tok_per_prog), BT at a time; writes dh [N, C]
     # (stream dtype), dH_pre [N, n] (fp32) and its partial of the weight's gradient dw_ptr[p, :C].
-    # Every row reduction comes from one round: A_j = Σ_c gy·x_j and B_j = Σ_c h·x_j (h = Σ_j p_j x_j,
-    # gy = dy·w) give Σh² = Σ_j p_j B_j, Σ gy·h = Σ_j p_j A_j and dH_pre_j = Σ_c dh·x_j = rstd·A_j − k·B_j
-    # (dh = rstd·gy − k·h, k = rstd³ Σ gy·h / C): no reduction waits on another. PREFETCH loads the
-    # next BT tokens' rows before reducing these, so the loads overlap the reductions.
+    # PREFETCH (0, 1, 2): how many steps ahead the rows are loaded (held in registers, so the loads
+    # overlap this step's reductions). STAGES > 0 (with PREFETCH 0): tl.range(num_stages=STAGES)
+    # instead, Triton's own pipelining of the loop's loads.
     pid = tl.program_id(0)
     c = tl.arange(0, BCP)
     cm = c < C
     j = tl.arange(0, NP)
+    ar = tl.arange(0, BT)
     w = tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float32)
     dw = tl.zeros((BCP,), dtype=tl.float32)
     lo = pid * tok_per_prog
     hi = tl.minimum(lo + tok_per_prog, N)
-    if PREFETCH:
-        x3, hp, dy = _bwd_rows(x_ptr, h_ptr, dy_ptr, lo + tl.arange(0, BT), hi, C, c, cm, j, n)
-    for t0 in range(lo, hi, BT):
-        t = t0 + tl.arange(0, BT)
-        if PREFETCH:
-            x3n, hpn, dyn = _bwd_rows(x_ptr, h_ptr, dy_ptr, t + BT, hi, C, c, cm, j, n)
-        else:
-            x3, hp, dy = _bwd_rows(x_ptr, h_ptr, dy_ptr, t, hi, C, c, cm, j, n)
-        xf = x3.to(tl.float32)
-        h = tl.sum(hp[:, :, None] * xf, axis=1)
-        dyf = dy.to(tl.float32)
-        gy = dyf * w[None, :]
-        a = tl.sum(gy[:, None, :] * xf, axis=2)
-        b = tl.sum(h[:, None, :] * xf, axis=2)
-        rstd = 1.0 / tl.sqrt(tl.sum(hp * b, axis=1) / C + eps)
-        k = rstd * rstd * rstd * tl.sum(hp * a, axis=1) / C
-        dh = rstd[:, None] * gy - k[:, None] * h
-        dw += tl.sum(dyf * h * rstd[:, None], axis=0)
-        tm = t < hi
-        t64 = t.to(tl.int64)
-        tl.store(dh_ptr + t64[:, None] * C + c[None, :], dh.to(dh_ptr.dtype.element_ty),
-                 mask=tm[:, None] & cm[None, :])
-        tl.store(dhp_ptr + t[:, None] * n + j[None, :], rstd[:, None] * a - k[:, None] * b,
-                 mask=tm[:, None] & (j < n)[None, :])
-        if PREFETCH:
-            x3, hp, dy = x3n, hpn, dyn
+    if STAGES > 0:
+        for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
+            x3, hp, dy = _bwd_rows(x_ptr, h_ptr, dy_ptr, t0 + ar, hi, C, c, cm, j, n)
+            dw = _bwd_step(x3, hp, dy, w, dw, t0 + ar, hi, C, c, cm, j, dh_ptr, dhp_ptr, eps, n)
+    else:
+        if PREFETCH >= 1:
+            x3, hp, dy = _bwd_rows(x_ptr, h_ptr, dy_ptr, lo + ar, hi, C, c, cm, j, n)
+        if PREFETCH == 2:
+            x3b, hpb, dyb = _bwd_rows(x_ptr, h_ptr, dy_ptr, lo + BT + ar, hi, C, c, cm, j, n)
+        for t0 in range(lo, hi, BT):
+            t = t0 + ar
+            if PREFETCH == 0:
+                x3, hp, dy = _bwd_rows(x_ptr, h_ptr, dy_ptr, t, hi, C, c, cm, j, n)
+            else:
+                x3n, hpn, dyn = _bwd_rows(x_ptr, h_ptr, dy_ptr, t + PREFETCH * BT, hi, C, c, cm, j, n)
+            dw = _bwd_step(x3, hp, dy, w, dw, t, hi, C, c, cm, j, dh_ptr, dhp_ptr, eps, n)
+            if PREFETCH == 1:
+                x3, hp, dy = x3n, hpn, dyn
+            elif PREFETCH == 2:
+                x3, hp, dy = x3b, hpb, dyb
+                x3b, hpb, dyb = x3n, hpn, dyn
     tl.store(dw_ptr + pid * C + c, dw, mask=cm)
+
+
+@triton.jit
+def _bwd_step(x3, hp, dy, w, dw, t, hi, C, c, cm, j, dh_ptr, dhp_ptr, eps, n: tl.constexpr):
+    # One step of BT tokens; returns dw + this step's Σ_t dy·ĥ. Every row reduction comes from one
+    # round: A_j = Σ_c gy·x_j and B_j = Σ_c h·x_j (h = Σ_j p_j x_j, gy = dy·w) give Σh² = Σ_j p_j B_j,
+    # Σ gy·h = Σ_j p_j A_j and dH_pre_j = Σ_c dh·x_j = rstd·A_j − k·B_j (dh = rstd·gy − k·h,
+    # k = rstd³ Σ gy·h / C): no reduction waits on another.
+    xf = x3.to(tl.float32)
+    h = tl.sum(hp[:, :, None] * xf, axis=1)
+    dyf = dy.to(tl.float32)
+    gy = dyf * w[None, :]
+    a = tl.sum(gy[:, None, :] * xf, axis=2)
+    b = tl.sum(h[:, None, :] * xf, axis=2)
+    rstd = 1.0 / tl.sqrt(tl.sum(hp * b, axis=1) / C + eps)
+    k = rstd * rstd * rstd * tl.sum(hp * a, axis=1) / C
+    dh = rstd[:, None] * gy - k[:, None] * h
+    tm = t < hi
+    t64 = t.to(tl.int64)
+    tl.store(dh_ptr + t64[:, None] * C + c[None, :], dh.to(dh_ptr.dtype.element_ty), mask=tm[:, None] & cm[None, :])
+    tl.store(dhp_ptr + t[:, None] * n + j[None, :], rstd[:, None] * a - k[:, None] * b,
+             mask=tm[:, None] & (j < n)[None, :])
+    return dw + tl.sum(dyf * h * rstd[:, None], axis=0)

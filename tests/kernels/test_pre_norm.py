@@ -125,13 +125,16 @@ def test_pre_norm_empty_batch(fused, device):
     assert got[2].shape == (0, 16) and torch.equal(got[-1], torch.zeros_like(got[-1]))
 
 
-@pytest.mark.parametrize("bwd", [(1, 4, 2, False), (2, 4, 4, True), (4, 8, 1, True), (2, 4, 3, False)])
+@pytest.mark.parametrize("bwd", [(1, 4, 2, 0, 0), (2, 4, 4, 1, 0), (4, 8, 1, 1, 0), (2, 4, 3, 0, 0), (1, 4, 2, 2, 0),
+                                 (2, 4, 1, 2, 0), (1, 4, 2, 0, 2), (2, 4, 1, 0, 3)])
 def test_pre_norm_backward_tiles_and_prefetch(fused, launch, device, monkeypatch, bwd):
     """launch._PRE_NORM_BWD (BT, warps, programs per SM: token ranges of several steps, uneven last
-    ones) with and without PRE_NORM_BWD_PREFETCH: the float64 reference's values and gradients."""
-    *tiles, prefetch = bwd
+    ones) with PRE_NORM_BWD_PREFETCH 0 / 1 / 2 steps ahead, or PRE_NORM_BWD_STAGES (Triton's loop
+    pipelining): the float64 reference's values and gradients."""
+    *tiles, prefetch, stages = bwd
     monkeypatch.setattr(launch, "_PRE_NORM_BWD", tuple(tiles))
     monkeypatch.setattr(launch, "PRE_NORM_BWD_PREFETCH", prefetch)
+    monkeypatch.setattr(launch, "PRE_NORM_BWD_STAGES", stages)
     monkeypatch.setattr(launch, "_n_sm", lambda dev: 2)  # few programs: each loops over many steps
     inp = _norm_inputs(41, 4, 40, torch.float32, device, seed=11)
     got = _run_norm(fused.ops(), inp, 4, upcast=False)

@@ -1,0 +1,35 @@
+"""benchmarks/sweep_grid.py's command line: grid specs parse to the combinations it runs, and bad specs,
+ops and names fail with one line naming them (the sweep itself needs CUDA)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from sweep_grid import parse_grid  # noqa: E402
+
+
+def test_grid_specs_single_and_joint():
+    g = parse_grid(["PRE_NORM_BWD_PREFETCH+PRE_NORM_BWD_STAGES=[(1, 0), (0, 2)]", "PROJ_DX_TMA_ACC=[False, True]"])
+    assert g == {("PRE_NORM_BWD_PREFETCH", "PRE_NORM_BWD_STAGES"): [(1, 0), (0, 2)],
+                 ("PROJ_DX_TMA_ACC",): [(False,), (True,)]}
+
+
+@pytest.mark.parametrize("spec,msg", [("A=1,2", "expected NAME=\\[V1, V2, ...\\]"), ("A=[]", "expected NAME"),
+                                      ("A+B=[(1, 2, 3)]", "each value must be a tuple of 2")])
+def test_bad_grid_specs(spec, msg):
+    with pytest.raises(SystemExit, match=msg):
+        parse_grid([spec])
+
+
+@pytest.mark.parametrize("args,msg", [(["--op", "nope"], "--op 'nope' is unknown; allowed: "),
+                                      (["--op", "_PRE_NORM_BWD", "--grid", "FOO=[1]"],
+                                       "--grid 'FOO': not a constant of mhc_repro.kernels.launch")])
+def test_bad_arguments_fail_with_one_line(args, msg):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "sweep_grid.py"), *args],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode != 0 and msg in p.stderr.strip().splitlines()[-1]
