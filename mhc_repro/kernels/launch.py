@@ -83,7 +83,9 @@ _PRE_NORM_BWD = None
 # The backward loads the rows of the step PRE_NORM_BWD_PREFETCH (0, 1, 2) steps ahead before reducing
 # the current ones (norm_kernels.pre_norm_bwd). Run 58 (C = 2048, backward alone): 1 135.4 µs, 0 143.5.
 PRE_NORM_BWD_PREFETCH = 1
-# > 0 (with PREFETCH 0): Triton's own loop pipelining, tl.range(num_stages=PRE_NORM_BWD_STAGES).
+# > 0 (with PREFETCH 0): Triton's own loop pipelining, tl.range(num_stages=PRE_NORM_BWD_STAGES). Run 61
+# (one sweep, device time): 3 stages at _PRE_NORM_BWD (1, 4, 2) 111.8 µs at C = 2048 and 213.9 at 4096,
+# against 134.9 / 279.5 for the default. Not the default yet: its GPU tests and stack A/B did not run.
 PRE_NORM_BWD_STAGES = 0
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
