@@ -15,9 +15,9 @@ and whose H_res is near-identity, so the branch contributes as in Pre-Norm). The
 initialise their own parameters; this module does not touch them.
 
 Memory: ``activation_checkpointing`` recomputes each whole block in backward; otherwise
-``residual.recompute`` ("stream" / "stream-ops" / "stream-post") runs each block under an mHC selective recompute policy
-(``mhc_repro.residual.recompute``, PAPER.md §5; applied in ``Block.forward``). Both apply only to
-forwards with grad enabled and no KV cache.
+``residual.recompute`` ("stream" / "stream-ops" / "stream-post") runs each block under an mHC
+selective recompute policy (``mhc_repro.residual.recompute``, PAPER.md §5; applied in
+``Block.forward``). Both apply only to forwards with grad enabled and no KV cache.
 """
 
 from __future__ import annotations

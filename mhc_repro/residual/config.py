@@ -113,9 +113,9 @@ class ResidualConfig:
     """mHC, linked sub-layer: the branch's RMSNorm applied inside the pre op (fused kernels:
     ``kernels/norm_kernels.py``; reference: the same formula) instead of by the branch, which saves
     the norm's own read and write of the branch input and its backward's (≈ 4 of [N, C] per sub-layer).
-    The aggregate is normalized before any rounding to the stream dtype. On by default since runs 57–58
-    (one H200, paired against the branch's own norm: 0.989× the step time at C = 2048 and 4096, and
-    0.5 GB less peak at 2048; reports/kernels/RESULTS.md, session 12); false = the paper's order of
+    The aggregate is normalized before any rounding to the stream dtype. On by default since runs 57–60
+    (one H200, paired against the branch's own norm: 0.989–0.994× the step time at C = 2048–4096, and
+    0.5 GB less peak; reports/kernels/RESULTS.md, session 12); false = the paper's order of
     rounding (pre's output rounded to the stream dtype, then normalized). Ignored by the residual
     baseline, HC and sublayer_ops="three". [implementation choice, not in the paper]"""
 
