@@ -26,6 +26,11 @@ part, by ``LINK_MODE``:
   + dφ GEMM 525 / 596 µs ("bf16" / "bf16x2") at C = 2048, 16k tokens; stack within ±1 % of the
   three ops. Three kernels that read g once (runs 10-12) were slower still and were not kept.
 
+- "streams" (``dx_streams``; built, not yet timed): as "gather" the post op only reduces, but the pass's
+  programs own all n streams of a channel chunk, so g is read once; with the fused norm the pass also
+  forms dh itself (the norm's backward writes per-token rstd, k only). 41 units per sub-layer against
+  "add"'s 46 (reports/kernels/traffic_floor.py). bf16 streams; fp32 streams run "gather".
+
 Contract: ``x_link`` may only be passed to ``mhc_post_res_linked`` (with "gather" its "gradient" is
 g before the H_resᵀ transpose). Same values and gradients as the three reference functions (tests).
 """
@@ -37,9 +42,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import dx_streams as DS
 from . import launch as L
 
-LINK_MODE = "add"  # one of launch.LINK_MODES; read when the pair runs forward
+LINK_MODE = "add"  # one of MODES; read when the pair runs forward
+# "streams" (dx_streams, untimed): post's backward only reduces and hands g through (as "gather"); the
+# pre op's dx pass owns all n streams of a channel chunk, so it forms H_resᵀ g from g read once and,
+# with the fused norm, dh from dy (its backward writes only the per-token rstd, k). bf16 streams; fp32
+# streams fall back to "gather".
+MODES = L.LINK_MODES + ("streams",)
 # "add": write the stream gradient over post_res_bwd's H_resᵀg buffer instead of a new one (one
 # [N, n, C] buffer less alive in the backward; Inductor re-inplaces the mutating op under compile).
 ADD_IN_PLACE = True
@@ -95,6 +106,37 @@ def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t
     return torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
+def _streams_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, dy, g_post, g_res, g, norm_w, n, t_max, eps, norm_eps,
+                 precision):
+    """(dx, dφ, dα, dbias, dw) of the pair with LINK_MODE "streams"; g is post's raw stream gradient,
+    dy the branch input's gradient (the normalized input's when norm_w is given)."""
+    x = x.contiguous()
+    N, _, C = x.shape
+    if norm_w is not None:
+        g_pre, rk, dw = L.launch_pre_norm_bwd(x, h_pre, norm_w, dy, norm_eps, write_dh=False)
+    else:
+        g_pre, rk, dw = torch.ops.mhc_repro.pre_bwd_dh(x, dy), None, x.new_zeros(0, dtype=torch.float32)
+    dbias, dm, c, dalpha, _ = L.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps)
+    dx, dphi = DS.launch_dx_streams(x, phi, dm, c, g, h_res, h_pre, dy, rk, norm_w, precision)
+    return dx, dphi.to(phi.dtype), dalpha.to(alpha.dtype), dbias.to(bias.dtype), dw
+
+
+@torch.library.custom_op("mhc_repro::pre_linked_bwd_streams", mutates_args=())
+def _pre_linked_bwd_streams(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
+                            m: Tensor, r: Tensor, dy: Tensor, g_post: Tensor, g_res: Tensor, g: Tensor,
+                            norm_w: Optional[Tensor], n: int, t_max: int, eps: float, norm_eps: float,
+                            precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """LINK_MODE "streams": (dx, dφ, dα, dbias, dw fp32 [C], or [0] without a norm)."""
+    return _streams_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, dy, g_post, g_res, g, norm_w, n, t_max, eps,
+                        norm_eps, precision)
+
+
+@_pre_linked_bwd_streams.register_fake
+def _(x, phi, alpha, bias, h_pre, h_res, m, r, dy, g_post, g_res, g, norm_w, n, t_max, eps, norm_eps, precision):
+    dw = x.new_empty(0 if norm_w is None else norm_w.shape[0], dtype=torch.float32)
+    return torch.empty_like(x), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias), dw
+
+
 # The branch's RMSNorm fused into pre (norm_kernels; mhc_pre_linked's norm_weight).
 @torch.library.custom_op("mhc_repro::pre_norm", mutates_args=())
 def _pre_norm(x: Tensor, h_pre: Tensor, w: Tensor, eps: float) -> Tensor:
@@ -141,6 +183,14 @@ class _PreLinked(torch.autograd.Function):
         g_post = zero(h_pre) if g_post is None else g_post
         g_res = zero(h_res) if g_res is None else g_res
         g_link = zero(x) if g_link is None else g_link
+        if link_mode == "streams":
+            if DS.streams_ok(x):  # g_link is post's raw g (its backward skipped H_resᵀ, as for "gather")
+                dx, dphi, dalpha, dbias, dw = torch.ops.mhc_repro.pre_linked_bwd_streams(
+                    x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post.float(), g_res.float(), g_link.contiguous(),
+                    norm_w, n, t_max, eps, norm_eps, precision)
+                dw = None if norm_w is None else dw.to(norm_w.dtype)
+                return dx, dphi, dalpha, dbias, dw, None, None, None, None, None, None
+            link_mode = "gather"
         g_pre = dw = None
         if norm_w is not None:  # d_in is the normalized input's gradient: the dx pass needs dh
             g_pre, d_in, dw = torch.ops.mhc_repro.pre_norm_bwd(x, h_pre, norm_w, d_in, norm_eps)
@@ -190,8 +240,7 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
     (norm_kernels; the branch then must not normalize again)."""
     precision = L.PROJ_PRECISION if precision is None else precision
     L._check_precision(precision)
-    L._check(LINK_MODE in L.LINK_MODES,
-             f"linked LINK_MODE {LINK_MODE!r} is unknown; allowed: {', '.join(L.LINK_MODES)}")
+    L._check(LINK_MODE in MODES, f"linked LINK_MODE {LINK_MODE!r} is unknown; allowed: {', '.join(MODES)}")
     L._check(x.dim() == 3 and x.shape[1] == n,
              f"mhc_pre_linked x shape {tuple(x.shape)} is invalid; expected [N, n={n}, C]")
     F._check_coefficient_args(x.reshape(x.shape[0], n * x.shape[2]), phi, alpha, bias, n, t_max)
