@@ -154,7 +154,8 @@ SWEEP = {
     "PRE_NORM_BWD_STAGES": [0, 2, 3],  # with --set PRE_NORM_BWD_PREFETCH=0
     # LINK_MODE "streams"'s dx pass: (BN tokens, BC channels, tokens per split, num_warps)
     "_DX_STREAMS": [(32, 32, 512, 4), (16, 64, 512, 4), (32, 64, 512, 8), (64, 32, 512, 4), (64, 64, 1024, 8),
-                    (16, 32, 256, 4), (32, 32, 1024, 4)],
+                    (16, 32, 256, 4), (32, 32, 1024, 4), (16, 16, 512, 4), (32, 16, 512, 4)],
+    "DX_STREAMS_FLAT": [False, True],
     "PROJ_FWD_MERGED": [False, True],
 }
 
@@ -194,6 +195,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
         "PRE_NORM_BWD_PREFETCH": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "PRE_NORM_BWD_STAGES": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "_DX_STREAMS": lambda: dx_streams.launch_dx_streams(x, phi, dm, cc, g, hr, hq, f, rk, nw, precision),
+        "DX_STREAMS_FLAT": lambda: dx_streams.launch_dx_streams(x, phi, dm, cc, g, hr, hq, f, rk, nw, precision),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6, 2)),
     }

@@ -95,6 +95,73 @@ def proj_dx_streams(x_ptr, g_ptr, dy_ptr, dx_ptr, phi_ptr, dm_ptr, c_ptr, hpre_p
     tl.store(part_ptr + sp * (n * C) * M + pk * M + cols[None, :, None], dphi, mask=pmask)
 
 
+
+@triton.jit
+def proj_dx_streams_flat(x_ptr, g_ptr, dy_ptr, dx_ptr, phi_ptr, dm_ptr, c_ptr, hpre_ptr, hres_ptr, rk_ptr, w_ptr,
+                         part_ptr, N, C, M, tok_per_split, phi_ld, phi_lo,
+                         n: tl.constexpr, NP: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr,
+                         MP: tl.constexpr, LO: tl.constexpr, NORM: tl.constexpr, INTERP: tl.constexpr):
+    # proj_dx_streams with the tiles token-major, [BN, NP, BC], and every MMA one 2-D product over
+    # the streams' columns side by side: dm [BN, MP] · φ [MP, NP·BC] and dmᵀ [MP, BN] · x [BN, NP·BC]
+    # (instead of [NP, ·, ·] batched MMAs on a broadcast dm). Same arguments and results.
+    cb = tl.program_id(0)
+    sp = tl.program_id(1)
+    ch = cb * BC + tl.arange(0, BC)
+    chm = ch < C
+    s = tl.arange(0, NP)
+    sm = s < n
+    cols = tl.arange(0, MP)
+    colm = cols < M
+    kk = tl.reshape(s[:, None] * C + ch[None, :], (NP * BC,))  # K index of each flat column
+    km = tl.reshape(sm[:, None] & chm[None, :], (NP * BC,))
+    pmask = colm[:, None] & km[None, :]
+    ph = tl.load(phi_ptr + kk[None, :] * phi_ld + cols[:, None], mask=pmask, other=0.0)  # [MP, NP·BC]
+    pl = ph  # unused unless LO
+    if LO:
+        pl = tl.load(phi_ptr + phi_lo + kk[None, :] * phi_ld + cols[:, None], mask=pmask, other=0.0)
+    w = tl.zeros((BC,), dtype=tl.float32)  # unused unless NORM
+    if NORM:
+        w = tl.load(w_ptr + ch, mask=chm, other=0.0).to(tl.float32)
+    dphi = tl.zeros((MP, NP * BC), dtype=tl.float32)
+    lo = sp * tok_per_split
+    hi = tl.minimum(lo + tok_per_split, N)
+    for t0 in range(lo, hi, BN):
+        t = t0 + tl.arange(0, BN)
+        tm = t < hi
+        t64 = t.to(tl.int64)
+        m2 = tm[:, None] & chm[None, :]
+        ts = tm[:, None] & sm[None, :]  # [BN, NP]
+        m3 = ts[:, :, None] & chm[None, None, :]
+        off3 = t64[:, None, None] * (n * C) + s[None, :, None] * C + ch[None, None, :]  # [BN, NP, BC]
+        x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
+        xf = x3.to(tl.float32)
+        hp = tl.load(hpre_ptr + t[:, None] * n + s[None, :], mask=ts, other=0.0)  # [BN, NP]
+        dh = tl.load(dy_ptr + t64[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
+        if NORM:
+            rstd = tl.load(rk_ptr + t * 2, mask=tm, other=0.0)
+            k = tl.load(rk_ptr + t * 2 + 1, mask=tm, other=0.0)
+            dh = rstd[:, None] * dh * w[None, :] - k[:, None] * tl.sum(hp[:, :, None] * xf, axis=1)
+        c = tl.load(c_ptr + t, mask=tm, other=0.0)
+        dv = c[:, None, None] * xf + hp[:, :, None] * dh[:, None, :]
+        for j in tl.static_range(n):  # + (H_resᵀ g)_i, each g_j tile read once
+            gj = tl.load(g_ptr + (t64[:, None] * n + j) * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
+            hr = tl.load(hres_ptr + t[:, None] * (n * n) + j * n + s[None, :], mask=ts, other=0.0)  # H_res[t, j, i]
+            dv += hr[:, :, None] * gj[:, None, :]
+        dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & colm[None, :], other=0.0)
+        dm_hi = dm.to(tl.bfloat16)
+        x2 = tl.reshape(x3, (BN, NP * BC))
+        mm = _dot3(dm_hi, ph, tl.zeros((BN, NP * BC), dtype=tl.float32), INTERP)
+        dphi = _dot3(tl.trans(dm_hi), x2, dphi, INTERP)
+        if LO:
+            dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
+            mm = _dot3(dm_lo, ph, mm, INTERP)
+            mm = _dot3(dm_hi, pl, mm, INTERP)
+            dphi = _dot3(tl.trans(dm_lo), x2, dphi, INTERP)
+        dv += tl.reshape(mm, (BN, NP, BC))
+        tl.store(dx_ptr + off3, dv.to(dx_ptr.dtype.element_ty), mask=m3)
+    tl.store(part_ptr + sp * (n * C) * M + kk[None, :] * M + cols[:, None], dphi, mask=pmask)
+
+
 def streams_ok(x) -> bool:
     """Whether the "streams" dx pass runs for stream x [N, n, C] (bf16; elsewhere "gather" does it)."""
     import torch
@@ -123,7 +190,8 @@ def launch_dx_streams(x, phi, dm, c, g, h_res, h_pre, dy, rk, w, precision: str)
     dx = torch.empty_like(x)
     part = torch.empty(splits, n * C, M, device=x.device, dtype=torch.float32)
     norm = rk is not None
-    proj_dx_streams[(triton.cdiv(C, bc), splits)](
+    kernel = proj_dx_streams_flat if L.DX_STREAMS_FLAT else proj_dx_streams
+    kernel[(triton.cdiv(C, bc), splits)](
         x, g.contiguous(), dy.contiguous(), dx, p, dm.contiguous(), c.contiguous(), h_pre.float().contiguous(),
         h_res.float().contiguous(), rk if norm else c, w.contiguous() if norm else c, part, N, C, M, tok, ld, lo_off,
         n=n, NP=L._np(n), BN=bn, BC=bc, MP=MP, LO=lo, NORM=norm, INTERP=L._interpreted(), num_warps=warps)

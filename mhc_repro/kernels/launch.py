@@ -90,6 +90,9 @@ PRE_NORM_BWD_STAGES = 0
 # The dx pass of linked.LINK_MODE "streams" (dx_streams.proj_dx_streams): (BN tokens, BC channels per
 # program, tokens per split, num_warps). Untimed.
 _DX_STREAMS = (32, 32, 512, 4)
+# Its MMAs: False = batched over the streams ([n, ·, ·] products on a broadcast dm; 255 registers at the
+# default tile, sm_90); True = one 2-D product over the streams' columns side by side (proj_dx_streams_flat).
+DX_STREAMS_FLAT = False
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.

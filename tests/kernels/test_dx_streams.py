@@ -39,12 +39,14 @@ def _streams_inputs(N, n, C, dtype, device, seed):
     return inp
 
 
-@pytest.fixture
-def streams(fused, launch, monkeypatch):
-    """The fused ops with LINK_MODE "streams"; ``.calls`` counts the all-stream dx pass's launches."""
+@pytest.fixture(params=[False, True], ids=["batched", "flat"])
+def streams(fused, launch, monkeypatch, request):
+    """The fused ops with LINK_MODE "streams", its dx pass in both MMA forms (launch.DX_STREAMS_FLAT);
+    ``.calls`` counts the pass's launches."""
     from mhc_repro.kernels import dx_streams, linked
 
     monkeypatch.setattr(linked, "LINK_MODE", "streams")
+    monkeypatch.setattr(launch, "DX_STREAMS_FLAT", request.param)
     monkeypatch.setattr(launch, "_DX_STREAMS", (16, 16, 32, 4))  # several splits and chunks at test sizes
     real, calls = dx_streams.launch_dx_streams, []
     monkeypatch.setattr(dx_streams, "launch_dx_streams", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
