@@ -21,14 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _dot3(a, b, acc, INTERP: tl.constexpr):
-    # acc + a·b batched over the streams (bf16 operands, fp32 accumulate; fp32 on the interpreter)
-    if INTERP:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
+from .dx_kernels import _mma_acc  # acc + a·b, bf16 operands (fp32 on the interpreter); batched for 3-D
 
 
 @triton.jit
@@ -84,13 +77,13 @@ def proj_dx_streams(x_ptr, g_ptr, dy_ptr, dx_ptr, phi_ptr, dm_ptr, c_ptr, hpre_p
             dv += hr[:, :, None] * gj[None, :, :]
         dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & colm[None, :], other=0.0)
         dm_hi = dm.to(tl.bfloat16)
-        dv = _dot3(tl.broadcast_to(dm_hi[None, :, :], (NP, BN, MP)), ph, dv, INTERP)
-        dphi = _dot3(tl.broadcast_to(tl.trans(dm_hi)[None, :, :], (NP, MP, BN)), x3, dphi, INTERP)
+        dv = _mma_acc(tl.broadcast_to(dm_hi[None, :, :], (NP, BN, MP)), ph, dv, INTERP)
+        dphi = _mma_acc(tl.broadcast_to(tl.trans(dm_hi)[None, :, :], (NP, MP, BN)), x3, dphi, INTERP)
         if LO:
             dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
-            dv = _dot3(tl.broadcast_to(dm_lo[None, :, :], (NP, BN, MP)), ph, dv, INTERP)
-            dv = _dot3(tl.broadcast_to(dm_hi[None, :, :], (NP, BN, MP)), pl, dv, INTERP)
-            dphi = _dot3(tl.broadcast_to(tl.trans(dm_lo)[None, :, :], (NP, MP, BN)), x3, dphi, INTERP)
+            dv = _mma_acc(tl.broadcast_to(dm_lo[None, :, :], (NP, BN, MP)), ph, dv, INTERP)
+            dv = _mma_acc(tl.broadcast_to(dm_hi[None, :, :], (NP, BN, MP)), pl, dv, INTERP)
+            dphi = _mma_acc(tl.broadcast_to(tl.trans(dm_lo)[None, :, :], (NP, MP, BN)), x3, dphi, INTERP)
         tl.store(dx_ptr + off3, dv.to(dx_ptr.dtype.element_ty), mask=m3)
     tl.store(part_ptr + sp * (n * C) * M + pk * M + cols[None, :, None], dphi, mask=pmask)
 
@@ -103,7 +96,8 @@ def proj_dx_streams_flat(x_ptr, g_ptr, dy_ptr, dx_ptr, phi_ptr, dm_ptr, c_ptr, h
                          MP: tl.constexpr, LO: tl.constexpr, NORM: tl.constexpr, INTERP: tl.constexpr):
     # proj_dx_streams with the tiles token-major, [BN, NP, BC], and every MMA one 2-D product over
     # the streams' columns side by side: dm [BN, MP] · φ [MP, NP·BC] and dmᵀ [MP, BN] · x [BN, NP·BC]
-    # (instead of [NP, ·, ·] batched MMAs on a broadcast dm). Same arguments and results.
+    # (instead of [NP, ·, ·] batched MMAs on a broadcast dm). Same arguments and results; kept beside
+    # the batched form until the sweep (_DX_STREAMS, DX_STREAMS_FLAT) has timed both on a GPU.
     cb = tl.program_id(0)
     sp = tl.program_id(1)
     ch = cb * BC + tl.arange(0, BC)
@@ -150,13 +144,13 @@ def proj_dx_streams_flat(x_ptr, g_ptr, dy_ptr, dx_ptr, phi_ptr, dm_ptr, c_ptr, h
         dm = tl.load(dm_ptr + t[:, None] * M + cols[None, :], mask=tm[:, None] & colm[None, :], other=0.0)
         dm_hi = dm.to(tl.bfloat16)
         x2 = tl.reshape(x3, (BN, NP * BC))
-        mm = _dot3(dm_hi, ph, tl.zeros((BN, NP * BC), dtype=tl.float32), INTERP)
-        dphi = _dot3(tl.trans(dm_hi), x2, dphi, INTERP)
+        mm = _mma_acc(dm_hi, ph, tl.zeros((BN, NP * BC), dtype=tl.float32), INTERP)
+        dphi = _mma_acc(tl.trans(dm_hi), x2, dphi, INTERP)
         if LO:
             dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
-            mm = _dot3(dm_lo, ph, mm, INTERP)
-            mm = _dot3(dm_hi, pl, mm, INTERP)
-            dphi = _dot3(tl.trans(dm_lo), x2, dphi, INTERP)
+            mm = _mma_acc(dm_lo, ph, mm, INTERP)
+            mm = _mma_acc(dm_hi, pl, mm, INTERP)
+            dphi = _mma_acc(tl.trans(dm_lo), x2, dphi, INTERP)
         dv += tl.reshape(mm, (BN, NP, BC))
         tl.store(dx_ptr + off3, dv.to(dx_ptr.dtype.element_ty), mask=m3)
     tl.store(part_ptr + sp * (n * C) * M + kk[None, :] * M + cols[:, None], dphi, mask=pmask)

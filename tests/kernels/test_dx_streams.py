@@ -13,30 +13,17 @@ import torch
 
 from mhc_repro.residual import mhc_ops
 
-from .test_fused_parity import _compare, _inputs
+from .test_fused_parity import _compare
+from .test_pre_norm import _norm_inputs, _run_norm
 
 NAMES = ["h_post", "h_res", "branch_in", "x_out", "d_x", "d_phi", "d_alpha", "d_bias", "d_f", "d_norm_w"]
 
 
 def _run(ops, inp, n: int, norm: bool, upcast: bool = False):
-    conv = (lambda t: t.double()) if upcast else (lambda t: t)
-    keys = ("x", "phi", "alpha", "bias", "f") + (("norm_w",) if norm else ())
-    leaves = {k: conv(inp[k]).detach().requires_grad_() for k in keys}
-    x, f = leaves["x"], leaves["f"]
-    b, h_post, h_res, x_link = ops.mhc_pre_linked(x, leaves["phi"], leaves["alpha"], leaves["bias"], n, 20,
-                                                  norm_weight=leaves.get("norm_w"))
-    y = ops.mhc_post_res_linked(x_link, f * b.to(f.dtype), h_post, h_res)
-    outs = [h_post, h_res, b, y]
-    loss = sum((o.double() * conv(w).double()).sum() for o, w in zip(outs, inp["w"][1:]))
-    grads = torch.autograd.grad(loss, [leaves[k] for k in keys])
-    return [o.detach() for o in outs] + list(grads)
+    return _run_norm(ops, inp, n, upcast, norm=norm)
 
 
-def _streams_inputs(N, n, C, dtype, device, seed):
-    inp = _inputs(N, n, C, dtype, device, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    inp["norm_w"] = (1.0 + 0.3 * torch.randn(C, generator=g)).to(device=device, dtype=dtype)
-    return inp
+_streams_inputs = _norm_inputs
 
 
 @pytest.fixture(params=[False, True], ids=["batched", "flat"])

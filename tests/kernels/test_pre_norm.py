@@ -15,13 +15,15 @@ from .test_fused_parity import _compare, _inputs
 NAMES = ["h_post", "h_res", "branch_in", "x_out", "d_x", "d_phi", "d_alpha", "d_bias", "d_f", "d_norm_w"]
 
 
-def _run_norm(ops, inp, n: int, upcast: bool, norm_eps: float = 1e-6):
+def _run_norm(ops, inp, n: int, upcast: bool, norm_eps: float = 1e-6, norm: bool = True):
+    """Outputs and gradients (the norm weight's last) of the linked pair with (or, norm False, without)
+    the fused branch norm."""
     conv = (lambda t: t.double()) if upcast else (lambda t: t)
-    keys = ("x", "phi", "alpha", "bias", "f", "norm_w")
+    keys = ("x", "phi", "alpha", "bias", "f") + (("norm_w",) if norm else ())
     leaves = {k: conv(inp[k]).detach().requires_grad_() for k in keys}
     x, f = leaves["x"], leaves["f"]
     b, h_post, h_res, x_link = ops.mhc_pre_linked(x, leaves["phi"], leaves["alpha"], leaves["bias"], n, 20,
-                                                  norm_weight=leaves["norm_w"], norm_eps=norm_eps)
+                                                  norm_weight=leaves.get("norm_w"), norm_eps=norm_eps)
     y = ops.mhc_post_res_linked(x_link, f * b.to(f.dtype), h_post, h_res)
     outs = [h_post, h_res, b, y]
     loss = sum((o.double() * conv(w).double()).sum() for o, w in zip(outs, inp["w"][1:]))
