@@ -26,43 +26,54 @@ def _run(ops, inp, n: int, norm: bool, upcast: bool = False):
 _streams_inputs = _norm_inputs
 
 
-@pytest.fixture(params=[False, True], ids=["batched", "flat"])
-def streams(fused, launch, monkeypatch, request):
-    """The fused ops with LINK_MODE "streams", its dx pass in both MMA forms (launch.DX_STREAMS_FLAT);
+def _streams_ops(launch, monkeypatch, flat: bool) -> SimpleNamespace:
+    """The fused ops with LINK_MODE "streams", its dx pass in the given MMA form (launch.DX_STREAMS_FLAT);
     ``.calls`` counts the pass's launches."""
-    from mhc_repro.kernels import dx_streams, linked
+    from mhc_repro.kernels import dx_streams, fused, linked
 
     monkeypatch.setattr(linked, "LINK_MODE", "streams")
-    monkeypatch.setattr(launch, "DX_STREAMS_FLAT", request.param)
+    monkeypatch.setattr(launch, "DX_STREAMS_FLAT", flat)
     monkeypatch.setattr(launch, "_DX_STREAMS", (16, 16, 32, 4))  # several splits and chunks at test sizes
     real, calls = dx_streams.launch_dx_streams, []
     monkeypatch.setattr(dx_streams, "launch_dx_streams", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
     return SimpleNamespace(**vars(fused.ops()), calls=calls)  # ops() is shared: not mutated
 
 
+@pytest.fixture(params=[False, True], ids=["batched", "flat"])
+def streams_forms(fused, launch, monkeypatch, request):
+    """Both MMA forms of the pass (the parity tests)."""
+    return _streams_ops(launch, monkeypatch, request.param)
+
+
+@pytest.fixture
+def streams(fused, launch, monkeypatch):
+    """The default (batched) form (the tests of the wiring around it)."""
+    return _streams_ops(launch, monkeypatch, False)
+
+
 @pytest.mark.parametrize("norm", [True, False])
 @pytest.mark.parametrize("N,n,C", [(37, 4, 40), (21, 2, 33), (9, 1, 48), (40, 3, 16)])
-def test_streams_bf16_matches_the_reference(streams, device, norm, N, n, C):
+def test_streams_bf16_matches_the_reference(streams_forms, device, norm, N, n, C):
     """bf16 stream: within bf16 rounding of the reference at the same dtypes, and of float64."""
     inp = _streams_inputs(N, n, C, torch.bfloat16, device, seed=3 * N + C)
     names = NAMES if norm else NAMES[:-1]
-    got = _run(streams, inp, n, norm)
-    assert len(streams.calls) == 1  # the all-stream pass ran (no fallback)
+    got = _run(streams_forms, inp, n, norm)
+    assert len(streams_forms.calls) == 1  # the all-stream pass ran (no fallback)
     _compare(got, _run(mhc_ops, inp, n, norm), names=names, tol=2e-2)
     _compare(got, _run(mhc_ops, inp, n, norm, upcast=True), names=names, tol=2e-2)
 
 
 @pytest.mark.parametrize("precision", ["bf16x2", "bf16"])
-def test_streams_equals_add_mode_within_rounding(streams, device, monkeypatch, precision):
+def test_streams_equals_add_mode_within_rounding(streams_forms, device, monkeypatch, precision):
     """The same sub-layer through "streams" and through the default "add" pass: the same gradients up
     to summation order (bf16 outputs: a few bf16 ulps)."""
     from mhc_repro.kernels import launch, linked
 
     monkeypatch.setattr(launch, "PROJ_PRECISION", precision)
     inp = _streams_inputs(33, 4, 32, torch.bfloat16, device, seed=5)
-    got = _run(streams, inp, 4, norm=True)
+    got = _run(streams_forms, inp, 4, norm=True)
     monkeypatch.setattr(linked, "LINK_MODE", "add")
-    ref = _run(streams, inp, 4, norm=True)
+    ref = _run(streams_forms, inp, 4, norm=True)
     _compare(got, ref, names=NAMES, tol=1e-2)
 
 
