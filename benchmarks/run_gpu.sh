@@ -2,7 +2,9 @@
 # One device call: GPU parity tests for the fused mHC kernels, then the stack benchmark.
 # Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> bash benchmarks/run_gpu.sh [bench args...]
 # Optional: AB_C="2048 4096" (+ AB_VARIANTS, AB_ARGS) also runs ab_stack.py (interleaved A/B, 95 % intervals);
-# PROFILE_C="2048" (+ PROFILE_VARIANTS) also runs profile_stack.py (every kernel of whole steps).
+# PROFILE_C="2048" (+ PROFILE_VARIANTS) also runs profile_stack.py (every kernel of whole steps);
+# GRID_OP=_DX_STREAMS GRID="DX_STREAMS_FLAT=[False,True]" (+ GRID_C) runs sweep_grid.py after the tests (specs
+# without spaces, several separated by spaces).
 # The device's copy of the repository may carry stale git metadata: pass GIT_COMMIT by hand.
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -15,6 +17,10 @@ if [ -d .whl ]; then
 fi
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.limit --format=csv; python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
 timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -m gpu ${TEST_PATHS:-tests/kernels} 2>&1 | tee "$OUT/gpu_tests.log"
+if [ -n "${GRID_OP:-}" ]; then
+  python3 benchmarks/sweep_grid.py --C ${GRID_C:-2048 4096} --op "$GRID_OP" --grid ${GRID:-} --out "$OUT/grid.json" 2>&1 \
+    | tee "$OUT/grid.log" | grep -E "best|error"
+fi
 python3 benchmarks/bench_mhc.py --commit "${GIT_COMMIT:-unknown}" --out "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
 # Loss curves, fused vs reference, in fp32 / bf16-mixed / bf16-true (set PARITY_STEPS=0 to skip).
 if [ "${PARITY_STEPS:-300}" -gt 0 ]; then
