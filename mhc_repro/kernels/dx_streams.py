@@ -47,9 +47,7 @@ def proj_dx_streams(x_ptr, g_ptr, dy_ptr, dx_ptr, phi_ptr, dm_ptr, c_ptr, hpre_p
     pl = ph  # unused unless LO
     if LO:
         pl = tl.load(phi_ptr + phi_lo + pk * phi_ld + cols[None, :, None], mask=pmask, other=0.0)
-    w = tl.zeros((BC,), dtype=tl.float32)  # unused unless NORM
-    if NORM:
-        w = tl.load(w_ptr + ch, mask=chm, other=0.0).to(tl.float32)
+    w = _norm_weight(w_ptr, ch, chm, BC, NORM)
     dphi = tl.zeros((NP, MP, BC), dtype=tl.float32)
     lo = sp * tok_per_split
     hi = tl.minimum(lo + tok_per_split, N)
@@ -64,11 +62,7 @@ def proj_dx_streams(x_ptr, g_ptr, dy_ptr, dx_ptr, phi_ptr, dm_ptr, c_ptr, hpre_p
         x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
         xf = x3.to(tl.float32)
         hp = tl.load(hpre_ptr + t[None, :] * n + s[:, None], mask=st, other=0.0)  # h_pre as [NP, BN]
-        dh = tl.load(dy_ptr + t64[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
-        if NORM:
-            rstd = tl.load(rk_ptr + t * 2, mask=tm, other=0.0)
-            k = tl.load(rk_ptr + t * 2 + 1, mask=tm, other=0.0)
-            dh = rstd[:, None] * dh * w[None, :] - k[:, None] * tl.sum(hp[:, :, None] * xf, axis=0)
+        dh = _branch_grad(dy_ptr, rk_ptr, w, hp[:, :, None] * xf, t, tm, t64, ch, m2, C, 0, NORM)
         c = tl.load(c_ptr + t, mask=tm, other=0.0)
         dv = c[None, :, None] * xf + hp[:, :, None] * dh[None, :, :]
         for j in tl.static_range(n):  # + (H_resᵀ g)_i, each g_j tile read once
@@ -113,9 +107,7 @@ def proj_dx_streams_flat(x_ptr, g_ptr, dy_ptr, dx_ptr, phi_ptr, dm_ptr, c_ptr, h
     pl = ph  # unused unless LO
     if LO:
         pl = tl.load(phi_ptr + phi_lo + kk[None, :] * phi_ld + cols[:, None], mask=pmask, other=0.0)
-    w = tl.zeros((BC,), dtype=tl.float32)  # unused unless NORM
-    if NORM:
-        w = tl.load(w_ptr + ch, mask=chm, other=0.0).to(tl.float32)
+    w = _norm_weight(w_ptr, ch, chm, BC, NORM)
     dphi = tl.zeros((MP, NP * BC), dtype=tl.float32)
     lo = sp * tok_per_split
     hi = tl.minimum(lo + tok_per_split, N)
@@ -130,11 +122,7 @@ def proj_dx_streams_flat(x_ptr, g_ptr, dy_ptr, dx_ptr, phi_ptr, dm_ptr, c_ptr, h
         x3 = tl.load(x_ptr + off3, mask=m3, other=0.0)
         xf = x3.to(tl.float32)
         hp = tl.load(hpre_ptr + t[:, None] * n + s[None, :], mask=ts, other=0.0)  # [BN, NP]
-        dh = tl.load(dy_ptr + t64[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
-        if NORM:
-            rstd = tl.load(rk_ptr + t * 2, mask=tm, other=0.0)
-            k = tl.load(rk_ptr + t * 2 + 1, mask=tm, other=0.0)
-            dh = rstd[:, None] * dh * w[None, :] - k[:, None] * tl.sum(hp[:, :, None] * xf, axis=1)
+        dh = _branch_grad(dy_ptr, rk_ptr, w, hp[:, :, None] * xf, t, tm, t64, ch, m2, C, 1, NORM)
         c = tl.load(c_ptr + t, mask=tm, other=0.0)
         dv = c[:, None, None] * xf + hp[:, :, None] * dh[:, None, :]
         for j in tl.static_range(n):  # + (H_resᵀ g)_i, each g_j tile read once
@@ -154,6 +142,27 @@ def proj_dx_streams_flat(x_ptr, g_ptr, dy_ptr, dx_ptr, phi_ptr, dm_ptr, c_ptr, h
         dv += tl.reshape(mm, (BN, NP, BC))
         tl.store(dx_ptr + off3, dv.to(dx_ptr.dtype.element_ty), mask=m3)
     tl.store(part_ptr + sp * (n * C) * M + kk[None, :] * M + cols[:, None], dphi, mask=pmask)
+
+
+@triton.jit
+def _norm_weight(w_ptr, ch, chm, BC: tl.constexpr, NORM: tl.constexpr):
+    # the norm weight's chunk in fp32 (zeros, unused, without the norm)
+    w = tl.zeros((BC,), dtype=tl.float32)
+    if NORM:
+        w = tl.load(w_ptr + ch, mask=chm, other=0.0).to(tl.float32)
+    return w
+
+
+@triton.jit
+def _branch_grad(dy_ptr, rk_ptr, w, hpx, t, tm, t64, ch, m2, C, AXIS: tl.constexpr, NORM: tl.constexpr):
+    # the branch input's gradient dh [BN, BC]: dy, or through the fused norm rstd·dy·w − k·h with
+    # h = Σ over the streams' axis AXIS of hpx = h_pre ⊙ x
+    dh = tl.load(dy_ptr + t64[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
+    if NORM:
+        rstd = tl.load(rk_ptr + t * 2, mask=tm, other=0.0)
+        k = tl.load(rk_ptr + t * 2 + 1, mask=tm, other=0.0)
+        dh = rstd[:, None] * dh * w[None, :] - k[:, None] * tl.sum(hpx, axis=AXIS)
+    return dh
 
 
 def streams_ok(x) -> bool:
