@@ -18,9 +18,11 @@ falls back to "gather" elsewhere. Batched [n, ·, ·] MMAs, one per stream.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
+from . import launch as L
 from .dx_kernels import _mma_acc  # acc + a·b, bf16 operands (fp32 on the interpreter); batched for 3-D
 
 
@@ -167,10 +169,6 @@ def _branch_grad(dy_ptr, rk_ptr, w, hpx, t, tm, t64, ch, m2, C, AXIS: tl.constex
 
 def streams_ok(x) -> bool:
     """Whether the "streams" dx pass runs for stream x [N, n, C] (bf16; elsewhere "gather" does it)."""
-    import torch
-
-    from . import launch as L
-
     return x.dtype == torch.bfloat16 and x.shape[0] > 0 and (x.is_cuda or L._interpreted())
 
 
@@ -178,10 +176,6 @@ def launch_dx_streams(x, phi, dm, c, g, h_res, h_pre, dy, rk, w, precision: str)
     """(dx [N, n, C] in x's dtype, dφ [K, M] fp32) of the linked sub-layer from x, g [N, n, C], the
     branch input's gradient dy [N, C] (the normalized input's, with ``rk`` = (rstd, k) [N, 2] and the
     norm weight ``w``; or the un-normalized input's, rk and w None), dm [N, M] and c [N]."""
-    import torch
-
-    from . import launch as L
-
     N, n, C = x.shape
     M = dm.shape[1]
     MP = L._p2(M, 16)

@@ -111,7 +111,7 @@ def _streams_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, dy, g_post, g_res, g, 
     """(dx, dφ, dα, dbias, dw) of the pair with LINK_MODE "streams"; g is post's raw stream gradient,
     dy the branch input's gradient (the normalized input's when norm_w is given)."""
     x = x.contiguous()
-    N, _, C = x.shape
+    C = x.shape[2]
     if norm_w is not None:
         g_pre, rk, dw = L.launch_pre_norm_bwd(x, h_pre, norm_w, dy, norm_eps, write_dh=False)
     else:
