@@ -83,10 +83,12 @@ _PRE_NORM_BWD = None
 # The backward loads the rows of the step PRE_NORM_BWD_PREFETCH (0, 1, 2) steps ahead before reducing
 # the current ones (norm_kernels.pre_norm_bwd). Run 58 (C = 2048, backward alone): 1 135.4 µs, 0 143.5.
 PRE_NORM_BWD_PREFETCH = 1
-# > 0 (with PREFETCH 0): Triton's own loop pipelining, tl.range(num_stages=PRE_NORM_BWD_STAGES). Run 61
-# (one sweep, device time): 3 stages at _PRE_NORM_BWD (1, 4, 2) 111.8 µs at C = 2048 and 213.9 at 4096,
-# against 134.9 / 279.5 for the default. Not the default yet: its GPU tests and stack A/B did not run.
-PRE_NORM_BWD_STAGES = 0
+# > 0: Triton's own loop pipelining instead, tl.range(num_stages=PRE_NORM_BWD_STAGES) (PREFETCH then
+# unused), at tile (1 token, 4 warps, 2 programs per SM) unless _PRE_NORM_BWD says otherwise, while the
+# stages' rows fit in shared memory (_NORM_BWD_SMEM); wider rows take the PREFETCH path. Run 61 (one
+# sweep): 3 stages 111.8 µs at C = 2048 and 213.9 at 4096, against 134.9 / 279.5 for PREFETCH 1.
+PRE_NORM_BWD_STAGES = 3
+_NORM_BWD_SMEM = 160 * 1024
 # The dx pass of linked.LINK_MODE "streams" (dx_streams.proj_dx_streams): (BN tokens, BC channels per
 # program, tokens per split, num_warps). Untimed.
 _DX_STREAMS = (32, 32, 512, 4)
@@ -403,18 +405,22 @@ def launch_pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: fl
     if N == 0:
         return dhp, dh, torch.zeros(C, device=x.device, dtype=torch.float32)
     bt, bcp, warps = _norm_tiles(C)
-    per_sm = 2
+    per_sm, stages = 2, int(PRE_NORM_BWD_STAGES)
+    if stages > 0:
+        bt, warps = 1, 4
     if _PRE_NORM_BWD is not None:
         bt, warps, per_sm = _PRE_NORM_BWD
         _check(bt >= 1 and bt & (bt - 1) == 0 and per_sm >= 1,
                f"launch._PRE_NORM_BWD {_PRE_NORM_BWD} is invalid; BT must be a power of two and programs per SM >= 1")
+    if stages > 0 and bt * (n + 1) * bcp * x.element_size() * stages > _NORM_BWD_SMEM:
+        stages = 0  # the pipelined rows would not fit in shared memory
     # persistent programs over fixed token ranges (a multiple of BT each): one dw partial per program
     tok = triton.cdiv(triton.cdiv(N, min(triton.cdiv(N, bt), per_sm * _n_sm(x.device))), bt) * bt
     progs = triton.cdiv(N, tok)
     part = torch.zeros(progs, C, device=x.device, dtype=torch.float32)
     nk.pre_norm_bwd[(progs,)](x, h_pre.float().contiguous(), w.contiguous(), dy.contiguous(), dh, dhp, part,
                               N, C, eps, tok, n=n, NP=_np(n), BT=bt, BCP=bcp, PREFETCH=int(PRE_NORM_BWD_PREFETCH),
-                              STAGES=int(PRE_NORM_BWD_STAGES), DH=write_dh, num_warps=warps)
+                              STAGES=stages, DH=write_dh, num_warps=warps)
     return dhp, dh, part.sum(0)
 
 

@@ -68,7 +68,7 @@ def pre_norm_bwd(x_ptr, h_ptr, w_ptr, dy_ptr, dh_ptr, dhp_ptr, dw_ptr, N, C, eps
     # DH False (linked.LINK_MODE "streams", whose dx pass forms dh itself): (rstd, k) per token into
     # dh_ptr [N, 2] (fp32) instead of dh.
     # PREFETCH (0, 1, 2): how many steps ahead the rows are loaded (held in registers, so the loads
-    # overlap this step's reductions). STAGES > 0 (with PREFETCH 0): tl.range(num_stages=STAGES)
+    # overlap this step's reductions). STAGES > 0 (PREFETCH then unused): tl.range(num_stages=STAGES)
     # instead, Triton's own pipelining of the loop's loads.
     pid = tl.program_id(0)
     c = tl.arange(0, BCP)
