@@ -12,7 +12,7 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     from triton.testing import do_bench
 
     from mhc_repro.kernels import fused, linked  # noqa: F401  (register torch.ops.mhc_repro.*)
-    from mhc_repro.kernels import dx_streams, launch
+    from mhc_repro.kernels import launch
 
     O = torch.ops.mhc_repro
     bf = dict(device=device, dtype=torch.bfloat16)
@@ -36,9 +36,6 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
         # the branch's RMSNorm fused in (the *_fnorm variants): against pre + the norm's own read and write
         "pre_norm (pre + branch RMSNorm)": (lambda: O.pre_norm(x, hp, nw, 1e-6), (n + 1) * e),
         "pre_norm_bwd (dh, dH_pre, dw)": (lambda: O.pre_norm_bwd(x, hp, nw, db, 1e-6), (n + 2) * e),
-        # linked.LINK_MODE "streams": the norm's row sums alone (no dh), then the all-stream dx pass
-        "pre_norm_bwd_red (dH_pre, rstd, k, dw)": (lambda: launch.launch_pre_norm_bwd(x, hp, nw, db, 1e-6, False),
-                                                   (n + 1) * e),
     }
     # The four coefficient kernels alone (the two ops above are these pairs), both precisions.
     ss = x.float().pow(2).sum((1, 2))
@@ -67,11 +64,6 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
                 (3 * n + 1 + (n if launch._PROJ_BWD_GEMM and (reread or lm != "add") else 0)) * e)
         cases[f"  dφ GEMM [{p}]"] = (lambda p=p: launch._dphi_gemm(x.view(N, -1), dm, p, dmp[p]), n * e)
     cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
-    # LINK_MODE "streams" (dx_streams): x, g, dy in; dx out (H_resᵀg and dh formed in registers), dφ
-    _, rk, _ = launch.launch_pre_norm_bwd(x, hp, nw, db, 1e-6, False)
-    for p in launch.PROJ_PRECISIONS:
-        cases[f"  proj_bwd linked streams [{p}] (all of dx, dφ)"] = (
-            lambda p=p: dx_streams.launch_dx_streams(x, phi, dm, cc, g, hr, hp, db, rk, nw, p), (3 * n + 1) * e)
     # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
     phb = phi.to(torch.bfloat16)
     cases["  ref: cuBLAS v·φ (bf16, no Σv²)"] = (lambda: xf @ phb, n * e + N * 4 * M)
@@ -151,11 +143,7 @@ SWEEP = {
     # (run 58, C = 2048, PREFETCH 1: (1, 16, 1) 462.5 µs, (2, 16, 2) 272.4, (1, 8, 1) 197.8; dropped)
     "_PRE_NORM_BWD": [None, (1, 8, 3), (1, 4, 2), (1, 4, 4), (1, 4, 6), (1, 8, 4), (2, 8, 2)],
     "PRE_NORM_BWD_PREFETCH": [0, 1, 2],
-    "PRE_NORM_BWD_STAGES": [0, 2, 3],  # with --set PRE_NORM_BWD_PREFETCH=0
-    # LINK_MODE "streams"'s dx pass: (BN tokens, BC channels, tokens per split, num_warps)
-    "_DX_STREAMS": [(32, 32, 512, 4), (16, 64, 512, 4), (32, 64, 512, 8), (64, 32, 512, 4), (64, 64, 1024, 8),
-                    (16, 32, 256, 4), (32, 32, 1024, 4), (16, 16, 512, 4), (32, 16, 512, 4)],
-    "DX_STREAMS_FLAT": [False, True],
+    "PRE_NORM_BWD_STAGES": [0, 2, 3],  # 0: the PREFETCH path
     "PROJ_FWD_MERGED": [False, True],
 }
 
@@ -163,7 +151,7 @@ SWEEP = {
 def sweep_configs(c, n, N, device, precision, only=()):
     """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each."""
 
-    from mhc_repro.kernels import dx_streams, fused, launch  # noqa: F401  (fused registers the ops)
+    from mhc_repro.kernels import fused, launch  # noqa: F401  (fused registers the ops)
 
     O = torch.ops.mhc_repro
     bf = dict(device=device, dtype=torch.bfloat16)
@@ -176,7 +164,6 @@ def sweep_configs(c, n, N, device, precision, only=()):
     nw = 1 + 0.1 * torch.randn(c, **bf)  # a branch RMSNorm weight
     m = torch.randn(N, M, device=device)
     r = 1 + torch.rand(N, device=device)
-    rk = torch.rand(N, 2, device=device)  # (rstd, k) of the "streams" dx pass
 
     def dx_passes():  # both users of the dx-pass tiles: the three-op pass and the linked pair's ("add")
         return (launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision)
@@ -194,8 +181,6 @@ def sweep_configs(c, n, N, device, precision, only=()):
         "_PRE_NORM_BWD": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "PRE_NORM_BWD_PREFETCH": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "PRE_NORM_BWD_STAGES": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
-        "_DX_STREAMS": lambda: dx_streams.launch_dx_streams(x, phi, dm, cc, g, hr, hq, f, rk, nw, precision),
-        "DX_STREAMS_FLAT": lambda: dx_streams.launch_dx_streams(x, phi, dm, cc, g, hr, hq, f, rk, nw, precision),
         "_SINKHORN": lambda: (launch.launch_coef_fwd(m, r, alpha, bias, n, n * c, 20, 1e-6, 1e-6)
                               + launch.launch_coef_bwd(m, r, alpha, bias, hq, hq, hr, n, n * c, 20, 1e-6, 2)),
     }

@@ -98,7 +98,7 @@ def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[st
     """(kernel table row, its recorded launches) for every row of kernel_bench.bench_kernels."""
     import triton.testing
 
-    from mhc_repro.kernels import coef_kernels, dx_streams, launch, norm_kernels, stream_kernels
+    from mhc_repro.kernels import coef_kernels, launch, norm_kernels, stream_kernels
 
     launches: list = []
     saved = {}
@@ -107,7 +107,7 @@ def record_kernel_table(c: int, n: int, N: int, precision: str) -> list[tuple[st
     # The table's dx rows: the pointer dx pass (what the device runs with _PROJ_BWD_TMA = None or off
     # sm_90); the TMA one needs CUDA tensors for its launcher's checks: record_dx_tma below.
     launch._PROJ_BWD_TMA = None
-    for mod in (coef_kernels, stream_kernels, norm_kernels, dx_streams):
+    for mod in (coef_kernels, stream_kernels, norm_kernels):
         for name, obj in vars(mod).items():
             if type(obj).__name__ == "JITFunction" and hasattr(obj, "params") and not name.startswith("_"):
                 saved[(mod, name)] = obj

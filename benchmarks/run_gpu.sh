@@ -3,7 +3,7 @@
 # Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> bash benchmarks/run_gpu.sh [bench args...]
 # Optional: AB_C="2048 4096" (+ AB_VARIANTS, AB_ARGS) also runs ab_stack.py (interleaved A/B, 95 % intervals);
 # PROFILE_C="2048" (+ PROFILE_VARIANTS) also runs profile_stack.py (every kernel of whole steps);
-# GRID_OP=_DX_STREAMS GRID="DX_STREAMS_FLAT=[False,True]" (+ GRID_C) runs sweep_grid.py after the tests (specs
+# GRID_OP=_PRE_NORM_BWD GRID="PRE_NORM_BWD_STAGES=[0,3]" (+ GRID_C) runs sweep_grid.py after the tests (specs
 # without spaces, several separated by spaces).
 # The device's copy of the repository may carry stale git metadata: pass GIT_COMMIT by hand.
 set -o pipefail

@@ -104,7 +104,7 @@ def patched(mod, **values):
 def kernel_switches(kind: str) -> contextlib.ExitStack:
     """The kernel module switches a variant name asks for: *_lazy H_resᵀ g left to Inductor
     (fused.LAZY_RES_DX, only under compile); *_gather the linked pair with LINK_MODE "gather";
-    *_streams with LINK_MODE "streams" (dx_streams: the all-stream dx pass); *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off); *_savebc (with _rcops): the
+    *_copy its "add" mode into a new buffer (linked.ADD_IN_PLACE off); *_savebc (with _rcops): the
     stream-ops policy without its broadcast-copy rule (recompute.COPY_OPS empty), its A/B; *_2mma the
     bf16x2 forward projection as two MMAs (φ_hi, φ_lo) instead of one on [φ_hi | φ_lo]; *_ptr the
     projection backward's pointer dx pass (launch._PROJ_BWD_TMA None) whatever the TMA tile; *_acc its
@@ -121,8 +121,6 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
         stack.enter_context(patched(launch, _PRB=LAZY_PRB[0]))
     if "_gather" in kind:
         stack.enter_context(patched(linked, LINK_MODE="gather"))
-    if "_streams" in kind:
-        stack.enter_context(patched(linked, LINK_MODE="streams"))
     if "_copy" in kind:
         stack.enter_context(patched(linked, ADD_IN_PLACE=False))
     if "_savebc" in kind:

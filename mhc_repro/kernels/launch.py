@@ -89,12 +89,6 @@ PRE_NORM_BWD_PREFETCH = 1
 # sweep): 3 stages 111.8 µs at C = 2048 and 213.9 at 4096, against 134.9 / 279.5 for PREFETCH 1.
 PRE_NORM_BWD_STAGES = 3
 _NORM_BWD_SMEM = 160 * 1024
-# The dx pass of linked.LINK_MODE "streams" (dx_streams.proj_dx_streams): (BN tokens, BC channels per
-# program, tokens per split, num_warps). Untimed.
-_DX_STREAMS = (32, 32, 512, 4)
-# Its MMAs: False = batched over the streams ([n, ·, ·] products on a broadcast dm; 255 registers at the
-# default tile, sm_90); True = one 2-D product over the streams' columns side by side (proj_dx_streams_flat).
-DX_STREAMS_FLAT = False
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
@@ -392,16 +386,12 @@ def launch_pre_norm(x: Tensor, h_pre: Tensor, w: Tensor, eps: float) -> Tensor:
     return out
 
 
-def launch_pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: float,
-                        write_dh: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """(dH_pre [N, n] fp32, dh [N, C] in x's dtype, dw [C] fp32) of launch_pre_norm, given dy [N, C].
-    ``write_dh`` False: (rstd, k) per token [N, 2] fp32 in dh's place (dh = rstd·dy·w − k·h), for the
-    dx pass of LINK_MODE "streams", which forms dh itself."""
+def launch_pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(dH_pre [N, n] fp32, dh [N, C] in x's dtype, dw [C] fp32) of launch_pre_norm, given dy [N, C]."""
     x = x.contiguous()
     N, n, C = x.shape
     dhp = torch.empty(N, n, device=x.device, dtype=torch.float32)
-    dh = torch.empty(N, C, device=x.device, dtype=x.dtype) if write_dh else torch.empty(N, 2, device=x.device,
-                                                                                       dtype=torch.float32)
+    dh = torch.empty(N, C, device=x.device, dtype=x.dtype)
     if N == 0:
         return dhp, dh, torch.zeros(C, device=x.device, dtype=torch.float32)
     bt, bcp, warps = _norm_tiles(C)
@@ -420,7 +410,7 @@ def launch_pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: fl
     part = torch.zeros(progs, C, device=x.device, dtype=torch.float32)
     nk.pre_norm_bwd[(progs,)](x, h_pre.float().contiguous(), w.contiguous(), dy.contiguous(), dh, dhp, part,
                               N, C, eps, tok, n=n, NP=_np(n), BT=bt, BCP=bcp, PREFETCH=int(PRE_NORM_BWD_PREFETCH),
-                              STAGES=stages, DH=write_dh, num_warps=warps)
+                              STAGES=stages, num_warps=warps)
     return dhp, dh, part.sum(0)
 
 

@@ -24,12 +24,9 @@ part, by ``LINK_MODE``:
   forms H_resᵀ g itself. Each program owns one stream's K stripe, so every g row is read n times
   (≈ 47 units moved for 32 needed). Measured (H200, reports/kernels/RESULTS.md run 9): LINK pass
   + dφ GEMM 525 / 596 µs ("bf16" / "bf16x2") at C = 2048, 16k tokens; stack within ±1 % of the
-  three ops. Three kernels that read g once (runs 10-12) were slower still and were not kept.
-
-- "streams" (``dx_streams``; built, not yet timed): as "gather" the post op only reduces, but the pass's
-  programs own all n streams of a channel chunk, so g is read once; with the fused norm the pass also
-  forms dh itself (the norm's backward writes per-token rstd, k only). 41 units per sub-layer against
-  "add"'s 46 (reports/kernels/traffic_floor.py). bf16 streams; fp32 streams run "gather".
+  three ops. Three kernels that read g once (runs 10-12) were slower still and were not kept, nor
+  was session 12's "streams" pass (each program all n streams of a channel chunk, g read once, 41
+  units against 46): 1008 µs against "add"'s 271 at C = 2048, stack 1.273× against 1.173× (run 62).
 
 Contract: ``x_link`` may only be passed to ``mhc_post_res_linked`` (with "gather" its "gradient" is
 g before the H_resᵀ transpose). Same values and gradients as the three reference functions (tests).
@@ -42,15 +39,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import dx_streams as DS
 from . import launch as L
 
 LINK_MODE = "add"  # one of MODES; read when the pair runs forward
-# "streams" (dx_streams, untimed): post's backward only reduces and hands g through (as "gather"); the
-# pre op's dx pass owns all n streams of a channel chunk, so it forms H_resᵀ g from g read once and,
-# with the fused norm, dh from dy (its backward writes only the per-token rstd, k). bf16 streams; fp32
-# streams fall back to "gather".
-MODES = L.LINK_MODES + ("streams",)
+MODES = L.LINK_MODES
 # "add": write the stream gradient over post_res_bwd's H_resᵀg buffer instead of a new one (one
 # [N, n, C] buffer less alive in the backward; Inductor re-inplaces the mutating op under compile).
 ADD_IN_PLACE = True
@@ -106,37 +98,6 @@ def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t
     return torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
-def _streams_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, dy, g_post, g_res, g, norm_w, n, t_max, eps, norm_eps,
-                 precision):
-    """(dx, dφ, dα, dbias, dw) of the pair with LINK_MODE "streams"; g is post's raw stream gradient,
-    dy the branch input's gradient (the normalized input's when norm_w is given)."""
-    x = x.contiguous()
-    C = x.shape[2]
-    if norm_w is not None:
-        g_pre, rk, dw = L.launch_pre_norm_bwd(x, h_pre, norm_w, dy, norm_eps, write_dh=False)
-    else:
-        g_pre, rk, dw = torch.ops.mhc_repro.pre_bwd_dh(x, dy), None, x.new_zeros(0, dtype=torch.float32)
-    dbias, dm, c, dalpha, _ = L.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps)
-    dx, dphi = DS.launch_dx_streams(x, phi, dm, c, g, h_res, h_pre, dy, rk, norm_w, precision)
-    return dx, dphi.to(phi.dtype), dalpha.to(alpha.dtype), dbias.to(bias.dtype), dw
-
-
-@torch.library.custom_op("mhc_repro::pre_linked_bwd_streams", mutates_args=())
-def _pre_linked_bwd_streams(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
-                            m: Tensor, r: Tensor, dy: Tensor, g_post: Tensor, g_res: Tensor, g: Tensor,
-                            norm_w: Optional[Tensor], n: int, t_max: int, eps: float, norm_eps: float,
-                            precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """LINK_MODE "streams": (dx, dφ, dα, dbias, dw fp32 [C], or [0] without a norm)."""
-    return _streams_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, dy, g_post, g_res, g, norm_w, n, t_max, eps,
-                        norm_eps, precision)
-
-
-@_pre_linked_bwd_streams.register_fake
-def _(x, phi, alpha, bias, h_pre, h_res, m, r, dy, g_post, g_res, g, norm_w, n, t_max, eps, norm_eps, precision):
-    dw = x.new_empty(0 if norm_w is None else norm_w.shape[0], dtype=torch.float32)
-    return torch.empty_like(x), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias), dw
-
-
 # The branch's RMSNorm fused into pre (norm_kernels; mhc_pre_linked's norm_weight).
 @torch.library.custom_op("mhc_repro::pre_norm", mutates_args=())
 def _pre_norm(x: Tensor, h_pre: Tensor, w: Tensor, eps: float) -> Tensor:
@@ -183,14 +144,6 @@ class _PreLinked(torch.autograd.Function):
         g_post = zero(h_pre) if g_post is None else g_post
         g_res = zero(h_res) if g_res is None else g_res
         g_link = zero(x) if g_link is None else g_link
-        if link_mode == "streams":
-            if DS.streams_ok(x):  # g_link is post's raw g (its backward skipped H_resᵀ, as for "gather")
-                dx, dphi, dalpha, dbias, dw = torch.ops.mhc_repro.pre_linked_bwd_streams(
-                    x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post.float(), g_res.float(), g_link.contiguous(),
-                    norm_w, n, t_max, eps, norm_eps, precision)
-                dw = None if norm_w is None else dw.to(norm_w.dtype)
-                return dx, dphi, dalpha, dbias, dw, None, None, None, None, None, None
-            link_mode = "gather"
         g_pre = dw = None
         if norm_w is not None:  # d_in is the normalized input's gradient: the dx pass needs dh
             g_pre, d_in, dw = torch.ops.mhc_repro.pre_norm_bwd(x, h_pre, norm_w, d_in, norm_eps)

@@ -62,11 +62,9 @@ def _bwd_rows(x_ptr, h_ptr, dy_ptr, t, hi, C, c, cm, j, n: tl.constexpr):
 @triton.jit
 def pre_norm_bwd(x_ptr, h_ptr, w_ptr, dy_ptr, dh_ptr, dhp_ptr, dw_ptr, N, C, eps, tok_per_prog,
                  n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BCP: tl.constexpr,
-                 PREFETCH: tl.constexpr, STAGES: tl.constexpr = 0, DH: tl.constexpr = True):
+                 PREFETCH: tl.constexpr, STAGES: tl.constexpr = 0):
     # Program p owns tokens [p·tok_per_prog, (p+1)·tok_per_prog), BT at a time; writes dh [N, C]
     # (stream dtype), dH_pre [N, n] (fp32) and its partial of the weight's gradient dw_ptr[p, :C].
-    # DH False (linked.LINK_MODE "streams", whose dx pass forms dh itself): (rstd, k) per token into
-    # dh_ptr [N, 2] (fp32) instead of dh.
     # PREFETCH (0, 1, 2): how many steps ahead the rows are loaded (held in registers, so the loads
     # overlap this step's reductions). STAGES > 0 (PREFETCH then unused): tl.range(num_stages=STAGES)
     # instead, Triton's own pipelining of the loop's loads.
@@ -82,7 +80,7 @@ def pre_norm_bwd(x_ptr, h_ptr, w_ptr, dy_ptr, dh_ptr, dhp_ptr, dw_ptr, N, C, eps
     if STAGES > 0:
         for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
             x3, hp, dy = _bwd_rows(x_ptr, h_ptr, dy_ptr, t0 + ar, hi, C, c, cm, j, n)
-            dw = _bwd_step(x3, hp, dy, w, dw, t0 + ar, hi, C, c, cm, j, dh_ptr, dhp_ptr, eps, n, DH)
+            dw = _bwd_step(x3, hp, dy, w, dw, t0 + ar, hi, C, c, cm, j, dh_ptr, dhp_ptr, eps, n)
     else:
         if PREFETCH >= 1:
             x3, hp, dy = _bwd_rows(x_ptr, h_ptr, dy_ptr, lo + ar, hi, C, c, cm, j, n)
@@ -94,7 +92,7 @@ def pre_norm_bwd(x_ptr, h_ptr, w_ptr, dy_ptr, dh_ptr, dhp_ptr, dw_ptr, N, C, eps
                 x3, hp, dy = _bwd_rows(x_ptr, h_ptr, dy_ptr, t, hi, C, c, cm, j, n)
             else:
                 x3n, hpn, dyn = _bwd_rows(x_ptr, h_ptr, dy_ptr, t + PREFETCH * BT, hi, C, c, cm, j, n)
-            dw = _bwd_step(x3, hp, dy, w, dw, t, hi, C, c, cm, j, dh_ptr, dhp_ptr, eps, n, DH)
+            dw = _bwd_step(x3, hp, dy, w, dw, t, hi, C, c, cm, j, dh_ptr, dhp_ptr, eps, n)
             if PREFETCH == 1:
                 x3, hp, dy = x3n, hpn, dyn
             elif PREFETCH == 2:
@@ -104,7 +102,7 @@ def pre_norm_bwd(x_ptr, h_ptr, w_ptr, dy_ptr, dh_ptr, dhp_ptr, dw_ptr, N, C, eps
 
 
 @triton.jit
-def _bwd_step(x3, hp, dy, w, dw, t, hi, C, c, cm, j, dh_ptr, dhp_ptr, eps, n: tl.constexpr, DH: tl.constexpr):
+def _bwd_step(x3, hp, dy, w, dw, t, hi, C, c, cm, j, dh_ptr, dhp_ptr, eps, n: tl.constexpr):
     # One step of BT tokens; returns dw + this step's Σ_t dy·ĥ. Every row reduction comes from one
     # round: A_j = Σ_c gy·x_j and B_j = Σ_c h·x_j (h = Σ_j p_j x_j, gy = dy·w) give Σh² = Σ_j p_j B_j,
     # Σ gy·h = Σ_j p_j A_j and dH_pre_j = Σ_c dh·x_j = rstd·A_j − k·B_j (dh = rstd·gy − k·h,
@@ -118,13 +116,9 @@ def _bwd_step(x3, hp, dy, w, dw, t, hi, C, c, cm, j, dh_ptr, dhp_ptr, eps, n: tl
     rstd = 1.0 / tl.sqrt(tl.sum(hp * b, axis=1) / C + eps)
     k = rstd * rstd * rstd * tl.sum(hp * a, axis=1) / C
     tm = t < hi
-    if DH:
-        dh = rstd[:, None] * gy - k[:, None] * h
-        tl.store(dh_ptr + t.to(tl.int64)[:, None] * C + c[None, :], dh.to(dh_ptr.dtype.element_ty),
-                 mask=tm[:, None] & cm[None, :])
-    else:
-        tl.store(dh_ptr + t * 2, rstd, mask=tm)
-        tl.store(dh_ptr + t * 2 + 1, k, mask=tm)
+    dh = rstd[:, None] * gy - k[:, None] * h
+    tl.store(dh_ptr + t.to(tl.int64)[:, None] * C + c[None, :], dh.to(dh_ptr.dtype.element_ty),
+             mask=tm[:, None] & cm[None, :])
     tl.store(dhp_ptr + t[:, None] * n + j[None, :], rstd[:, None] * a - k[:, None] * b,
              mask=tm[:, None] & (j < n)[None, :])
     return dw + tl.sum(dyf * h * rstd[:, None], axis=0)

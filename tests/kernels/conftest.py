@@ -34,7 +34,7 @@ def fused():
     pytest.importorskip("triton")
     import importlib
 
-    from mhc_repro.kernels import coef_kernels, dx_kernels, dx_streams, fused as mod, norm_kernels, stream_kernels
+    from mhc_repro.kernels import coef_kernels, dx_kernels, fused as mod, norm_kernels, stream_kernels
 
     # If something imported the kernels before this conftest set TRITON_INTERPRET, re-decorate them
     # in place (fused looks them up through the module at call time).
@@ -43,7 +43,6 @@ def fused():
         importlib.reload(dx_kernels)  # after coef_kernels: it imports its _mma
         importlib.reload(stream_kernels)
         importlib.reload(norm_kernels)
-        importlib.reload(dx_streams)
     return mod
 
 

@@ -27,8 +27,6 @@ def test_variant_switches_patch_and_restore(fused, launch):
         assert launch._PRB == stack_variants.LAZY_PRB[0] and fused.LAZY_RES_DX
     with stack_variants.kernel_switches("mhc_fused_bf16_linked_gather"):
         assert linked.LINK_MODE == "gather"
-    with stack_variants.kernel_switches("mhc_fused_linked_fnorm_streams"):
-        assert linked.LINK_MODE == "streams"
     with stack_variants.kernel_switches("mhc_fused_linked_copy_rcops"):
         assert linked.ADD_IN_PLACE is False
     with stack_variants.kernel_switches("mhc_fused_linked_savebc_rcops"):

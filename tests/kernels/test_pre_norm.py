@@ -144,6 +144,21 @@ def test_pre_norm_backward_tiles_and_prefetch(fused, launch, device, monkeypatch
     _compare(got, ref, names=NAMES, tol=2e-5 if device == "cpu" else 5e-3)
 
 
+@pytest.mark.parametrize("smem", [None, 1024])
+def test_pre_norm_backward_default_stages_and_the_shared_memory_fallback(fused, launch, device, monkeypatch, smem):
+    """The default backward (pipelined stages at its own tile) and, with a shared-memory budget too small
+    for the stages' rows (launch._NORM_BWD_SMEM), the PREFETCH path it falls back to: the float64
+    reference's values and gradients either way."""
+    assert launch.PRE_NORM_BWD_STAGES > 0 and launch._PRE_NORM_BWD is None
+    if smem is not None:
+        monkeypatch.setattr(launch, "_NORM_BWD_SMEM", smem)
+    monkeypatch.setattr(launch, "_n_sm", lambda dev: 2)
+    inp = _norm_inputs(37, 4, 72, torch.float32, device, seed=12)
+    got = _run_norm(fused.ops(), inp, 4, upcast=False)
+    ref = _run_norm(mhc_ops, inp, 4, upcast=True)
+    _compare(got, ref, names=NAMES, tol=2e-5 if device == "cpu" else 5e-3)
+
+
 def test_pre_norm_backward_rejects_a_tile_that_is_not_a_power_of_two(fused, launch, monkeypatch):
     monkeypatch.setattr(launch, "_PRE_NORM_BWD", (3, 4, 2))
     inp = _norm_inputs(5, 2, 16, torch.float32, "cpu", seed=4)
