@@ -85,8 +85,9 @@ _PRE_NORM_BWD = None
 PRE_NORM_BWD_PREFETCH = 1
 # > 0: Triton's own loop pipelining instead, tl.range(num_stages=PRE_NORM_BWD_STAGES) (PREFETCH then
 # unused), at tile (1 token, 4 warps, 2 programs per SM) unless _PRE_NORM_BWD says otherwise, while the
-# stages' rows fit in shared memory (_NORM_BWD_SMEM); wider rows take the PREFETCH path. Run 61 (one
-# sweep): 3 stages 111.8 µs at C = 2048 and 213.9 at 4096, against 134.9 / 279.5 for PREFETCH 1.
+# stages' rows fit in shared memory (_NORM_BWD_SMEM); wider rows take the PREFETCH path. Run 64
+# (kernel table): 110.8 µs at C = 2048 and 213.6 at 4096, against 134.9 / 266.7 for PREFETCH 1 (run 62);
+# stack paired 0.997× / 0.995× / 0.985× at C = 2048 / 4096 / 2560 (run 63, only 2560 resolved).
 PRE_NORM_BWD_STAGES = 3
 _NORM_BWD_SMEM = 160 * 1024
 # post_res backward: ("loop": token-owning programs loop over C | "split": 2-D grid with per-chunk
@@ -396,14 +397,16 @@ def launch_pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: fl
         return dhp, dh, torch.zeros(C, device=x.device, dtype=torch.float32)
     bt, bcp, warps = _norm_tiles(C)
     per_sm, stages = 2, int(PRE_NORM_BWD_STAGES)
-    if stages > 0:
-        bt, warps = 1, 4
     if _PRE_NORM_BWD is not None:
         bt, warps, per_sm = _PRE_NORM_BWD
         _check(bt >= 1 and bt & (bt - 1) == 0 and per_sm >= 1,
                f"launch._PRE_NORM_BWD {_PRE_NORM_BWD} is invalid; BT must be a power of two and programs per SM >= 1")
+    elif stages > 0:
+        bt, warps = 1, 4  # the pipelined loop's own tile (run 61)
     if stages > 0 and bt * (n + 1) * bcp * x.element_size() * stages > _NORM_BWD_SMEM:
-        stages = 0  # the pipelined rows would not fit in shared memory
+        stages = 0  # the stages' rows would not fit in shared memory: the PREFETCH path, its tiles by C
+        if _PRE_NORM_BWD is None:
+            bt, _, warps = _norm_tiles(C)
     # persistent programs over fixed token ranges (a multiple of BT each): one dw partial per program
     tok = triton.cdiv(triton.cdiv(N, min(triton.cdiv(N, bt), per_sm * _n_sm(x.device))), bt) * bt
     progs = triton.cdiv(N, tok)
