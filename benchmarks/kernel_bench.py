@@ -8,6 +8,15 @@ import subprocess
 import torch
 
 
+def _rereads(xf, link, link_mode) -> bool:
+    """Whether the linked dx pass leaves dφ to the GEMM (a second read of the stream): yes unless the
+    TMA pass runs this link mode and forms dφ itself (PROJ_DX_TMA_DPHI)."""
+    from mhc_repro.kernels import launch
+
+    return launch._PROJ_BWD_GEMM is not None and not (launch.PROJ_DX_TMA_DPHI
+                                                       and launch._dx_tma_ok(xf, xf, link, link_mode))
+
+
 def bench_kernels(c, n, N, device, copy_gbs, precision):
     from triton.testing import do_bench
 
@@ -48,7 +57,7 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     # Does the projection backward read the stream a second time for dφ? Yes with the dφ GEMM
     # (_PROJ_BWD_GEMM), no where the TMA dx pass forms dφ itself (PROJ_DX_TMA_DPHI).
     xf = x.view(N, -1)
-    reread = launch._PROJ_BWD_GEMM is not None and not (launch.PROJ_DX_TMA_DPHI and launch._dx_tma_ok(xf, xf, None, "add"))
+    reread = _rereads(xf, None, "add")
     for p in launch.PROJ_PRECISIONS:
         cases[f"  proj_fwd [{p}] (v·φ + Σv²)"] = (lambda p=p: launch.launch_proj_fwd(x.view(N, -1), phi, M, p), n * e + N * 4 * (M + 1))
         cases[f"  proj_bwd [{p}] (dv, dφ)"] = (lambda p=p: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, dmp=dmp[p]),
@@ -61,7 +70,7 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
             cases[f"  proj_bwd linked {lm} [{p}] (all of dx, dφ)"] = (
                 lambda p=p, lm=lm: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, p, link=(g, hr, hp, db),
                                                          link_mode=lm, dmp=dmp[p]),
-                (3 * n + 1 + (n if launch._PROJ_BWD_GEMM and (reread or lm != "add") else 0)) * e)
+                (3 * n + 1 + (n if _rereads(xf, (g, hr, hp, db), lm) else 0)) * e)
         cases[f"  dφ GEMM [{p}]"] = (lambda p=p: launch._dphi_gemm(x.view(N, -1), dm, p, dmp[p]), n * e)
     cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
     # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
@@ -132,6 +141,10 @@ SWEEP = {
     # dφ formed in the TMA dx pass instead of by the dφ GEMM (at the default tile; sweep _PROJ_BWD_TMA
     # with --set PROJ_DX_TMA_DPHI=1 for its own tile: (64, 64) and (32, 128) keep 3 blocks per SM)
     "PROJ_DX_TMA_DPHI": [0, 1, 2],
+    # linked "gather" through the TMA pass: the n programs of a channel chunk launched together or not
+    "PROJ_DX_TMA_GATHER_ADJ": [False, True],
+    "_PROJ_BWD_TMA_GATHER": [None, (32, 128, 1024, 3, 4), (32, 64, 1024, 3, 4), (64, 64, 1024, 3, 4),
+                             (32, 64, 512, 3, 4), (16, 128, 1024, 3, 4), (32, 128, 1024, 3, 8)],
     "_PRB": [("split", 2, 128, 2, 3), ("loop", 4, 128, 4, 3), ("mma", 16, 128, 4, 3), ("mma", 16, 256, 4, 3),
              ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
@@ -170,12 +183,16 @@ def sweep_configs(c, n, N, device, precision, only=()):
                 + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision, link=(g, hr, hq, f),
                                          link_mode="add"))
 
+    def gather_pass():  # the linked pair's dx pass with LINK_MODE "gather" (H_resᵀg formed in the pass)
+        return launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision, link=(g, hr, hq, f), link_mode="gather")
+
     ops = {
         "_PROJ_FWD": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "PROJ_FWD_MERGED": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "_PROJ_BWD": lambda: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
         "_PROJ_BWD_GEMM": dx_passes, "_PROJ_BWD_TMA": dx_passes, "PROJ_DX_TMA_ACC": dx_passes,
         "PROJ_DX_TMA_LOOP_STAGES": dx_passes, "PROJ_DX_TMA_DPHI": dx_passes,
+        "PROJ_DX_TMA_GATHER_ADJ": gather_pass, "_PROJ_BWD_TMA_GATHER": gather_pass,
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_PRE_NORM": lambda: (O.pre_norm(x, hq, nw, 1e-6),) + O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "_PRE_NORM_BWD": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
