@@ -107,9 +107,8 @@ def test_pipelined_token_loop_gives_the_same_dx(launch, monkeypatch, spy, device
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
 
 
-@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("linked,mode", [(False, 1), (False, 2), (True, 1), (True, 2), ("gather", 2)])
 @pytest.mark.parametrize("precision", ["bf16x2", "bf16"])
-@pytest.mark.parametrize("linked", [False, True, "gather"])
 @pytest.mark.parametrize("N,n,C", [(37, 4, 48), (70, 2, 32), (5, 1, 16)])
 def test_dphi_in_the_dx_pass(launch, monkeypatch, spy, device, N, n, C, precision, linked, mode):
     """launch.PROJ_DX_TMA_DPHI: dφ = xᵀ·dm from the pass's own x tiles (per-split partials) instead of
