@@ -197,11 +197,9 @@ def main() -> None:
     args = ap.parse_args()
     import triton
 
-    from mhc_repro.kernels import launch
-    from stack_variants import parse_settings
+    from stack_variants import launch_settings
 
-    for name, value in parse_settings(args.set).items():
-        setattr(launch, name, value)
+    launch_settings(args.set)
 
     print(f"triton {triton.__version__}, target cuda:90 (H200), C = {args.C}, n = {args.n}")
     print("table dx rows: the pointer dx pass (launch._PROJ_BWD_TMA = None); the TMA dx pass (default on sm_90) last")
