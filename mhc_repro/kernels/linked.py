@@ -43,8 +43,7 @@ from torch import Tensor
 
 from . import launch as L
 
-LINK_MODE = "add"  # one of MODES; read when the pair runs forward
-MODES = L.LINK_MODES
+LINK_MODE = "add"  # one of launch.LINK_MODES; read when the pair runs forward
 # "add": write the stream gradient over post_res_bwd's H_resᵀg buffer instead of a new one (one
 # [N, n, C] buffer less alive in the backward; Inductor re-inplaces the mutating op under compile).
 ADD_IN_PLACE = True
@@ -195,7 +194,8 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
     (norm_kernels; the branch then must not normalize again)."""
     precision = L.PROJ_PRECISION if precision is None else precision
     L._check_precision(precision)
-    L._check(LINK_MODE in MODES, f"linked LINK_MODE {LINK_MODE!r} is unknown; allowed: {', '.join(MODES)}")
+    L._check(LINK_MODE in L.LINK_MODES,
+             f"linked LINK_MODE {LINK_MODE!r} is unknown; allowed: {', '.join(L.LINK_MODES)}")
     L._check(x.dim() == 3 and x.shape[1] == n,
              f"mhc_pre_linked x shape {tuple(x.shape)} is invalid; expected [N, n={n}, C]")
     F._check_coefficient_args(x.reshape(x.shape[0], n * x.shape[2]), phi, alpha, bias, n, t_max)
