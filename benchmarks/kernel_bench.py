@@ -141,10 +141,6 @@ SWEEP = {
     # dφ formed in the TMA dx pass instead of by the dφ GEMM (at the default tile; sweep _PROJ_BWD_TMA
     # with --set PROJ_DX_TMA_DPHI=1 for its own tile: (64, 64) and (32, 128) keep 3 blocks per SM)
     "PROJ_DX_TMA_DPHI": [0, 1, 2],
-    # linked "gather" through the TMA pass: the n programs of a channel chunk launched together or not
-    "PROJ_DX_TMA_GATHER_ADJ": [False, True],
-    "_PROJ_BWD_TMA_GATHER": [None, (32, 128, 1024, 3, 4), (32, 64, 1024, 3, 4), (64, 64, 1024, 3, 4),
-                             (32, 64, 512, 3, 4), (16, 128, 1024, 3, 4), (32, 128, 1024, 3, 8)],
     "_PRB": [("split", 2, 128, 2, 3), ("loop", 4, 128, 4, 3), ("mma", 16, 128, 4, 3), ("mma", 16, 256, 4, 3),
              ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
@@ -183,16 +179,12 @@ def sweep_configs(c, n, N, device, precision, only=()):
                 + launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision, link=(g, hr, hq, f),
                                          link_mode="add"))
 
-    def gather_pass():  # the linked pair's dx pass with LINK_MODE "gather" (H_resᵀg formed in the pass)
-        return launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision, link=(g, hr, hq, f), link_mode="gather")
-
     ops = {
         "_PROJ_FWD": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "PROJ_FWD_MERGED": lambda: launch.launch_proj_fwd(x.view(N, -1), phi, M, precision),
         "_PROJ_BWD": lambda: launch.launch_proj_bwd(x.view(N, -1), phi, dm, cc, precision),
         "_PROJ_BWD_GEMM": dx_passes, "_PROJ_BWD_TMA": dx_passes, "PROJ_DX_TMA_ACC": dx_passes,
         "PROJ_DX_TMA_LOOP_STAGES": dx_passes, "PROJ_DX_TMA_DPHI": dx_passes,
-        "PROJ_DX_TMA_GATHER_ADJ": gather_pass, "_PROJ_BWD_TMA_GATHER": gather_pass,
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_PRE_NORM": lambda: (O.pre_norm(x, hq, nw, 1e-6),) + O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "_PRE_NORM_BWD": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),

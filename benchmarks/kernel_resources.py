@@ -169,13 +169,6 @@ def record_dx_tma(c: int, n: int, N: int) -> list[tuple[str, tuple]]:
                              + (f" loop{loop}" if loop else "") + (f" dphi{dphi}" if dphi else ""))
                     fn, grid, a, kw = rec[0]
                     out.append((label, (fn, grid, a, dict(kw, INTERP=False))))
-            if hasattr(launch, "PROJ_DX_TMA_GATHER"):  # linked "gather" at the defaults (session 13)
-                launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_LOOP_STAGES = True, 2
-                rec = []
-                dx_kernels.proj_dx_tma = Recorder(real, rec)
-                launch._launch_dx_tma(x, p, p.stride(0), MP, lo, dm, cc, dx, link, dphi=2, link_mode="gather")
-                fn, grid, a, kw = rec[0]
-                out.append((f"TMA dx pass linked gather [{prec}] ACC loop2 dphi2", (fn, grid, a, dict(kw, INTERP=False))))
     finally:
         dx_kernels.proj_dx_tma, launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_LOOP_STAGES = real, acc0, loop0
         if hasattr(launch, "PROJ_DX_TMA_DPHI"):

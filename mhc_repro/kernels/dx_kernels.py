@@ -1,8 +1,8 @@
 """The projection backward's dx pass with TMA tiles (Hopper tensor descriptors).
 
 ``proj_dx_tma`` computes what ``coef_kernels.proj_bwd`` computes on a bf16 stream — dx = dm·φᵀ + c·x,
-plus, for the linked sub-layer, g + h_pre ⊗ d_in ("add") or H_resᵀg + h_pre ⊗ d_in ("gather"), and
-(``DPHI``, the default) dφ's per-split partials — but moves the [BN, BK] stream tiles (x, g, d_in, dx) with tensor descriptors instead of
+plus, for the linked sub-layer ("add"), g + h_pre ⊗ d_in, and (``DPHI``, the default) dφ's per-split
+partials — but moves the [BN, BK] stream tiles (x, g, d_in, dx) with tensor descriptors instead of
 pointer tensors.
 Why: the pointer version keeps a [BN, BK] int64 offset tile and the loaded tiles in registers
 (254 per thread, 2 blocks per SM; ncu run 20: 41 % of stalls waiting on global loads) and runs at
@@ -26,17 +26,12 @@ from .coef_kernels import _mma
 
 
 @triton.jit
-def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_ptr, hres_ptr, part_ptr,
+def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_ptr, part_ptr,
                 N, K, M, C, tok_per_split, phi_ld, phi_lo,
                 BN: tl.constexpr, BK: tl.constexpr, MP: tl.constexpr, LO: tl.constexpr,
                 LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr, ACC: tl.constexpr,
-                LOOP_STAGES: tl.constexpr = 0, DPHI: tl.constexpr = 0, ADJ: tl.constexpr = False):
-    # LINK: 0 = dx = dm·φᵀ + c·x (three ops); 2 = + g + h_pre ⊗ d_in (linked "add", g = H_resᵀ g);
-    # 1 = + Σ_i H_res[i, j]·g_i + h_pre ⊗ d_in (linked "gather": g is post's raw gradient, so post's
-    # backward writes no H_resᵀg; each program loads the n g tiles of its channel chunk).
-    # ADJ (with LINK 1): program ids run stream-fastest, so the n programs of one channel chunk, which
-    # load the same n g tiles at about the same time, are launched together: one read from memory, the
-    # other n − 1 from L2 (untimed: launch.PROJ_DX_TMA_GATHER_ADJ).
+                LOOP_STAGES: tl.constexpr = 0, DPHI: tl.constexpr = 0):
+    # LINK: 0 = dx = dm·φᵀ + c·x (three ops); 2 = + g + h_pre ⊗ d_in (linked "add", g = H_resᵀ g).
     # LO ("bf16x2"): dm and φ as bf16 hi + lo parts, three MMAs (≈ fp32 products); else one MMA.
     # ACC: the elementwise terms first, the MMAs then accumulate into them (one live [BN, BK] fp32
     # tile instead of one per MMA: compiled for sm_90 the linked bf16x2 pass drops from 210 to 168
@@ -54,8 +49,6 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
     # as the B operand as stored; the default since run 55). Saves the dφ GEMM's second read of the
     # stream (4 units of [N, C] per sub-layer at n = 4).
     kb = tl.program_id(0)
-    if ADJ:
-        kb = (kb % n) * (C // BK) + kb // n  # (channel chunk, stream) -> the K tile of that stream
     sp = tl.program_id(1)
     k0 = kb * BK
     k = k0 + tl.arange(0, BK)
@@ -77,12 +70,12 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
         dphi = tl.zeros((BK, MP), dtype=tl.float32)  # unused unless DPHI
     if LOOP_STAGES == 0:
         for t0 in range(lo, hi, BN):
-            dphi = _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, hres_ptr,
-                            M, C, cols, cm, k0, ch0, j0, dphi, BN, LO, LINK, n, INTERP, ACC, DPHI)
+            dphi = _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M,
+                            cols, cm, k0, ch0, j0, dphi, BN, LO, LINK, n, INTERP, ACC, DPHI)
     else:
         for t0 in tl.range(lo, hi, BN, num_stages=LOOP_STAGES):
-            dphi = _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, hres_ptr,
-                            M, C, cols, cm, k0, ch0, j0, dphi, BN, LO, LINK, n, INTERP, ACC, DPHI)
+            dphi = _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M,
+                            cols, cm, k0, ch0, j0, dphi, BN, LO, LINK, n, INTERP, ACC, DPHI)
     if DPHI == 1:
         tl.store(part_ptr + sp * K * M + k[:, None] * M + cols[None, :], dphi, mask=pm)
     elif DPHI == 2:
@@ -90,8 +83,8 @@ def proj_dx_tma(x_desc, g_desc, din_desc, dx_desc, phi_ptr, dm_ptr, c_ptr, hpre_
 
 
 @triton.jit
-def _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, hres_ptr, M, C, cols, cm,
-             k0, ch0, j0, dphi, BN: tl.constexpr, LO: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr,
+def _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr, hpre_ptr, M, cols, cm, k0, ch0, j0,
+             dphi, BN: tl.constexpr, LO: tl.constexpr, LINK: tl.constexpr, n: tl.constexpr, INTERP: tl.constexpr,
              ACC: tl.constexpr, DPHI: tl.constexpr):
     # one [BN, BK] tile of dx at tokens t0.., columns k0..; returns dphi (+ this tile's xᵀ·dm if DPHI).
     # dm's lo part is formed where each use needs it: hoisted once it compiles (Triton 3.6, sm_90)
@@ -112,8 +105,8 @@ def _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr
             dphi = _mma_acc(tl.trans((dm - dm_hi.to(tl.float32)).to(tl.bfloat16)), xt, dphi, INTERP)
     if ACC:
         dv = c[:, None] * xt.to(tl.float32)
-        if LINK > 0:
-            dv = _add_link(dv, g_desc, din_desc, hpre_ptr, hres_ptr, t, tm, t0, k0, ch0, j0, C, LINK, n)
+        if LINK == 2:
+            dv = _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n)
         dv = _mma_acc(dm_hi, pt, dv, INTERP)
         if LO:
             dm_lo = (dm - dm_hi.to(tl.float32)).to(tl.bfloat16)
@@ -126,26 +119,18 @@ def _dx_tile(t0, hi, x_desc, g_desc, din_desc, dx_desc, pt, pt_lo, dm_ptr, c_ptr
         else:
             dv = _mma(dm_hi, pt, INTERP)
         dv += c[:, None] * xt.to(tl.float32)
-        if LINK > 0:
-            dv = _add_link(dv, g_desc, din_desc, hpre_ptr, hres_ptr, t, tm, t0, k0, ch0, j0, C, LINK, n)
+        if LINK == 2:
+            dv = _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n)
     dx_desc.store([t0, k0], dv.to(tl.bfloat16))  # bf16 stream (launch._dx_tma_ok)
     return dphi
 
 
 @triton.jit
-def _add_link(dv, g_desc, din_desc, hpre_ptr, hres_ptr, t, tm, t0, k0, ch0, j0, C, LINK: tl.constexpr,
-              n: tl.constexpr):
-    # dv + h_pre ⊗ d_in, then + g (LINK 2: g = H_resᵀ g) or + Σ_i H_res[i, j0] g_i (LINK 1): proj_bwd's
-    # order of the adds
+def _add_link(dv, g_desc, din_desc, hpre_ptr, t, tm, t0, k0, ch0, j0, n: tl.constexpr):
+    # dv + h_pre ⊗ d_in, then + g (= H_resᵀ g): proj_bwd's order of the adds
     hp = tl.load(hpre_ptr + t * n + j0, mask=tm, other=0.0)
     dv += hp[:, None] * din_desc.load([t0, ch0]).to(tl.float32)
-    if LINK == 2:
-        dv += g_desc.load([t0, k0]).to(tl.float32)
-    else:
-        for i in tl.static_range(n):
-            hr = tl.load(hres_ptr + t * (n * n) + i * n + j0, mask=tm, other=0.0)
-            dv += hr[:, None] * g_desc.load([t0, i * C + ch0]).to(tl.float32)
-    return dv
+    return dv + g_desc.load([t0, k0]).to(tl.float32)
 
 
 @triton.jit

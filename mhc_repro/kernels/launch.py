@@ -74,17 +74,6 @@ PROJ_DX_TMA_LOOP_STAGES = 2
 # the pair of passes as above): mode 2 516.3 µs, off 568.1, mode 1 984.4 (run 52: 1033 vs 632 at
 # loop stages 0); the tile sweep with mode 2 keeps the default tile.
 PROJ_DX_TMA_DPHI = 2
-# linked.LINK_MODE "gather" through that TMA pass too (H_resᵀg formed in the pass from post's raw g,
-# which post's backward then neither writes nor reads back: 42 units per sub-layer against "add"'s 46),
-# with the n programs of one channel chunk launched together (PROJ_DX_TMA_GATHER_ADJ) so that g is read
-# from memory once and from L2 n − 1 times. Untimed (session 13); "gather" is not the default mode.
-PROJ_DX_TMA_GATHER = True
-PROJ_DX_TMA_GATHER_ADJ = True
-# Its own tile (as _PROJ_BWD_TMA), or None = _PROJ_BWD_TMA's. The n g tiles each take a shared-memory
-# buffer: compiled for sm_90 (kernel_resources.py, C = 2048, bf16x2) the pass needs 141.6 KB and 253
-# registers at (64, 128) (1 block per SM), 80.8 KB and 175 at (32, 128) (2), 44.8 KB and 168 at
-# (32, 64) (3). Untimed; swept by kernel_bench.py (_PROJ_BWD_TMA_GATHER).
-_PROJ_BWD_TMA_GATHER = (32, 128, 1024, 3, 4)
 # The branch's RMSNorm fused into pre (norm_kernels, ResidualConfig.fuse_branch_norm): (BT tokens per
 # program step, num_warps), or None = chosen by C (_norm_tiles). Run 57 (forward + backward, C = 2048,
 # the old backward): (1, 8) = the default by C, 248.8 µs; (1, 4) 248.9, (4, 8) 253.8, (2, 8) 278.2.
@@ -254,7 +243,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     gemm = _dphi_as_gemm(M)
     dx = torch.empty_like(x) if out is None else out
     if gemm and _dx_tma_ok(x, dx, link, link_mode):
-        part = _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi=int(PROJ_DX_TMA_DPHI), link_mode=link_mode)
+        part = _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi=int(PROJ_DX_TMA_DPHI))
         return dx, (_dphi_gemm(x, dm, precision, dmp) if part is None else part.sum(0))
     if gemm:  # dx-only kernel; dφ below as one GEMM
         bn, bk, tok, stages, warps = _PROJ_BWD_GEMM
@@ -285,12 +274,10 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     return dx, (_dphi_gemm(x, dm, precision, dmp) if gemm else part.sum(0))
 
 
-def _dx_tma_tiles(K: int, link_mode: str = "add") -> tuple[int, int, int, int, int]:
-    """_PROJ_BWD_TMA (_PROJ_BWD_TMA_GATHER for "gather", if set) for a stream of width K: BK capped at
-    K, tokens per program a multiple of BN (a tile never crosses into the next split; the descriptor
-    clips only at N)."""
-    gather = link_mode == "gather" and _PROJ_BWD_TMA_GATHER is not None
-    bn, bk, tok, stages, warps = _PROJ_BWD_TMA_GATHER if gather else _PROJ_BWD_TMA
+def _dx_tma_tiles(K: int) -> tuple[int, int, int, int, int]:
+    """_PROJ_BWD_TMA for a stream of width K: BK capped at K, tokens per program a multiple of BN (a
+    tile never crosses into the next split; the descriptor clips only at N)."""
+    bn, bk, tok, stages, warps = _PROJ_BWD_TMA
     return bn, min(bk, _p2(K, 16)), triton.cdiv(tok, bn) * bn, stages, warps
 
 
@@ -301,41 +288,38 @@ def _dx_tma_ok(x: Tensor, dx: Tensor, link: tuple | None, link_mode: str) -> boo
     if not (_interpreted() or (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9)):
         return False
     C = x.shape[1] if link is None else link[0].shape[2]
-    bk = _dx_tma_tiles(x.shape[1], link_mode)[1]
+    bk = _dx_tma_tiles(x.shape[1])[1]
     tensors = (x, dx) if link is None else (x, dx, link[0], link[3])
-    modes = ("add", "gather") if PROJ_DX_TMA_GATHER else ("add",)
-    return ((link is None or link_mode in modes) and C % bk == 0 and C % 8 == 0
+    return ((link is None or link_mode == "add") and C % bk == 0 and C % 8 == 0
             and all(t.data_ptr() % 16 == 0 for t in tensors))
 
 
-def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi: int = 0, link_mode: str = "add") -> Tensor | None:
+def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi: int = 0) -> Tensor | None:
     """Writes dx; with ``dphi`` (a PROJ_DX_TMA_DPHI mode) also returns dφ's per-split partials
-    [splits, K, M] (fp32), else None. ``link_mode``: "add" (g is H_resᵀ g) or "gather" (raw g)."""
+    [splits, K, M] (fp32), else None."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     N, K = x.shape
     M = dm.shape[1]
-    bn, bk, tok, stages, warps = _dx_tma_tiles(K, "add" if link is None else link_mode)
+    bn, bk, tok, stages, warps = _dx_tma_tiles(K)
 
     def desc(t: Tensor) -> TensorDescriptor:
         return TensorDescriptor.from_tensor(t, [bn, bk])
 
     xd, dxd = desc(x), desc(dx)
     if link is None:
-        gd, dind, h_pre, h_res, C, n, mode = xd, xd, c, c, K, 1, 0  # unused (LINK=0)
+        gd, dind, h_pre, C, n = xd, xd, c, K, 1  # unused (LINK=0)
     else:
-        g, h_res, h_pre, d_in = link
+        g, _, h_pre, d_in = link
         n, C = g.shape[1], g.shape[2]
         gd, dind, h_pre = desc(g.contiguous().view(N, K)), desc(d_in.contiguous()), h_pre.float().contiguous()
-        mode = LINK_MODES.index(link_mode) + 1  # "gather" 1, "add" 2
-        h_res = h_res.float().contiguous() if mode == 1 else c  # unused unless "gather"
     splits = triton.cdiv(N, tok)
     part = torch.empty(splits, K, M, device=x.device, dtype=torch.float32) if dphi else None
     dk.proj_dx_tma[(triton.cdiv(K, bk), splits)](
-        xd, gd, dind, dxd, p, dm, c, h_pre, h_res, c if part is None else part, N, K, M, C, tok, ld, lo_off,
-        BN=bn, BK=bk, MP=_p2(M, 16), LO=lo, LINK=mode, n=n, INTERP=_interpreted(),
+        xd, gd, dind, dxd, p, dm, c, h_pre, c if part is None else part, N, K, M, C, tok, ld, lo_off,
+        BN=bn, BK=bk, MP=_p2(M, 16), LO=lo, LINK=0 if link is None else 2, n=n, INTERP=_interpreted(),
         ACC=bool(PROJ_DX_TMA_ACC), LOOP_STAGES=int(PROJ_DX_TMA_LOOP_STAGES), DPHI=dphi,
-        ADJ=mode == 1 and bool(PROJ_DX_TMA_GATHER_ADJ), num_stages=stages, num_warps=warps)
+        num_stages=stages, num_warps=warps)
     return part
 
 

@@ -24,9 +24,9 @@ part, by ``LINK_MODE``:
   forms H_resᵀ g itself. Each program owns one stream's K stripe, so every g row is read n times
   (≈ 47 units moved for 32 needed). Measured (H200, reports/kernels/RESULTS.md run 9): LINK pass
   + dφ GEMM 525 / 596 µs ("bf16" / "bf16x2") at C = 2048, 16k tokens; stack within ±1 % of the
-  three ops. Since session 13 the TMA dx pass runs it too, its programs ordered so that each g tile
-  is read from memory once and from L2 n − 1 times (launch.PROJ_DX_TMA_GATHER*; untimed). Three
-  kernels that read g once (runs 10-12) were slower still and were not kept, nor
+  three ops. Session 13 ran it through the TMA dx pass too (programs ordered so that each g tile is
+  read from memory once and from L2 n − 1 times): 393 µs at its best tile against "add"'s 270, stack
+  2.1 % slower than "add" (run 66); removed (in git at e3b8e35). Three kernels that read g once (runs 10-12) were slower still and were not kept, nor
   was session 12's "streams" pass (each program all n streams of a channel chunk, g read once, 41
   units against 46): 1008 µs against "add"'s 271 at C = 2048, stack 1.273× against 1.173× (run 62).
 

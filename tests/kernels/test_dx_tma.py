@@ -1,7 +1,6 @@
 """The TMA dx pass (``dx_kernels.proj_dx_tma``) against the pointer dx pass it can replace.
 
-Both compute dx = dm·φᵀ + c·x (+ g + h_pre ⊗ d_in for the linked "add" pair, + H_resᵀg + h_pre ⊗ d_in
-for "gather") with the same products
+Both compute dx = dm·φᵀ + c·x (+ g + h_pre ⊗ d_in for the linked "add" pair) with the same products
 in the same order, so on the interpreter they agree exactly; on the GPU within MMA rounding. Shapes
 with token counts that are not multiples of the tile (the descriptor clips the last tile at N) and
 several token splits (a tile must never write into the next split).
@@ -26,10 +25,10 @@ def _case(N, n, C, device, seed):
     return {k: v.to(device) for k, v in t.items()}
 
 
-def _dx(launch, a, precision, linked, out=None, link_mode="add"):
+def _dx(launch, a, precision, linked, out=None):
     link = (a["g"], a["h_res"], a["h_pre"], a["d_in"]) if linked else None
     dx, dphi = launch.launch_proj_bwd(a["x"], a["phi"], a["dm"], a["c"], precision, link=link,
-                                      link_mode=link_mode, out=out)
+                                      link_mode="add", out=out)
     return dx.clone(), dphi
 
 
@@ -39,7 +38,6 @@ def spy(launch, monkeypatch):
     real = launch._launch_dx_tma
     monkeypatch.setattr(launch, "_launch_dx_tma", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
     monkeypatch.setattr(launch, "_PROJ_BWD_GEMM", TILES)
-    monkeypatch.setattr(launch, "_PROJ_BWD_TMA_GATHER", None)  # "gather" on _PROJ_BWD_TMA's tile too
     return calls
 
 
@@ -107,8 +105,9 @@ def test_pipelined_token_loop_gives_the_same_dx(launch, monkeypatch, spy, device
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
 
 
-@pytest.mark.parametrize("linked,mode", [(False, 1), (False, 2), (True, 1), (True, 2), ("gather", 2)])
+@pytest.mark.parametrize("mode", [1, 2])
 @pytest.mark.parametrize("precision", ["bf16x2", "bf16"])
+@pytest.mark.parametrize("linked", [False, True])
 @pytest.mark.parametrize("N,n,C", [(37, 4, 48), (70, 2, 32), (5, 1, 16)])
 def test_dphi_in_the_dx_pass(launch, monkeypatch, spy, device, N, n, C, precision, linked, mode):
     """launch.PROJ_DX_TMA_DPHI: dφ = xᵀ·dm from the pass's own x tiles (per-split partials) instead of
@@ -117,11 +116,10 @@ def test_dphi_in_the_dx_pass(launch, monkeypatch, spy, device, N, n, C, precisio
     a = _case(N, n, C, device, seed=N + 2 * C + n)
     monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
     monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", 0)
-    lm = "gather" if linked == "gather" else "add"
-    ref = _dx(launch, a, precision, bool(linked), link_mode=lm)
+    ref = _dx(launch, a, precision, linked)
     monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", mode)
     monkeypatch.setattr(launch, "_dphi_gemm", lambda *args: pytest.fail("the dφ GEMM ran"))
-    got = _dx(launch, a, precision, bool(linked), link_mode=lm)
+    got = _dx(launch, a, precision, linked)
     assert len(spy) == 2, "the TMA dx pass did not run"
     assert torch.equal(got[0], ref[0])
     exact = a["x"].double().t() @ a["dm"].double()
@@ -143,56 +141,3 @@ def test_dphi_partials_cover_every_split(launch, monkeypatch, spy, device, mode)
     monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", mode)
     _, dphi = _dx(launch, a, "bf16", True)
     assert torch.equal(dphi, torch.full_like(dphi, 83.0))
-
-
-@pytest.mark.parametrize("acc,adj", [(False, True), (False, False), (True, True)])
-@pytest.mark.parametrize("precision", ["bf16x2", "bf16"])
-@pytest.mark.parametrize("N,n,C", [(37, 4, 48), (70, 2, 32), (5, 1, 16), (29, 3, 32)])
-def test_tma_gather_equals_pointer_gather(launch, monkeypatch, spy, device, N, n, C, precision, acc, adj):
-    """LINK_MODE "gather" through the TMA pass (H_resᵀg formed from the n g tiles of each channel
-    chunk), with program ids in stream-major or stream-fastest order (PROJ_DX_TMA_GATHER_ADJ): the
-    pointer kernel's dx, bit for bit on the interpreter without ACC (dφ: test_dphi_in_the_dx_pass)."""
-    a = _case(N, n, C, device, seed=3 * N + n + C)
-    monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", 0)  # dφ by the GEMM on both sides
-    monkeypatch.setattr(launch, "_PROJ_BWD_TMA", None)
-    ref = _dx(launch, a, precision, True, link_mode="gather")
-    monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
-    monkeypatch.setattr(launch, "PROJ_DX_TMA_ACC", acc)
-    monkeypatch.setattr(launch, "PROJ_DX_TMA_GATHER_ADJ", adj)
-    got = _dx(launch, a, precision, True, link_mode="gather")
-    assert len(spy) == 1, "the TMA dx pass did not run"
-    if device == "cpu" and not acc:
-        assert torch.equal(got[0], ref[0])
-    else:
-        torch.testing.assert_close(got[0].float(), ref[0].float(), rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(got[1], ref[1])
-
-
-def test_gather_takes_the_pointer_kernel_when_switched_off(launch, monkeypatch, spy, device):
-    """PROJ_DX_TMA_GATHER False: "gather" runs the pointer kernel (and "add" still the TMA pass)."""
-    a = _case(37, 4, 48, device, seed=5)
-    monkeypatch.setattr(launch, "_PROJ_BWD_TMA", TILES)
-    monkeypatch.setattr(launch, "PROJ_DX_TMA_GATHER", False)
-    _dx(launch, a, "bf16x2", True, link_mode="gather")
-    assert spy == []
-    _dx(launch, a, "bf16x2", True, link_mode="add")
-    assert len(spy) == 1
-
-
-def test_gather_uses_its_own_tile(launch, monkeypatch, spy, device):
-    """launch._PROJ_BWD_TMA_GATHER set: "gather" runs the TMA pass on that tile even where
-    _PROJ_BWD_TMA's would not fit the stream (BK 32 does not divide C = 48), and matches the pointer
-    kernel; "add" on that tile falls back to the pointer kernel."""
-    a = _case(37, 4, 48, device, seed=8)
-    monkeypatch.setattr(launch, "PROJ_DX_TMA_DPHI", 0)
-    monkeypatch.setattr(launch, "PROJ_DX_TMA_ACC", False)
-    monkeypatch.setattr(launch, "_PROJ_BWD_TMA", None)
-    ref = _dx(launch, a, "bf16x2", True, link_mode="gather")
-    monkeypatch.setattr(launch, "_PROJ_BWD_TMA", (16, 32, 32, 2, 4))
-    monkeypatch.setattr(launch, "_PROJ_BWD_TMA_GATHER", TILES)
-    got = _dx(launch, a, "bf16x2", True, link_mode="gather")
-    assert len(spy) == 1
-    assert torch.equal(got[0], ref[0]) if device == "cpu" else torch.allclose(got[0].float(), ref[0].float(),
-                                                                              rtol=1e-2, atol=1e-2)
-    _dx(launch, a, "bf16x2", True, link_mode="add")
-    assert len(spy) == 1
