@@ -52,10 +52,10 @@ DESIGNS = {
         "proj_fwd": 4, "pre_norm": 5, "post_res": 9, "post_res_bwd_red (g, x, f in; df out)": 10,
         "norm row sums (x, dy in)": 5, "all-stream dx pass (x, g, dy in; dx out)": 13,
         "the branch's own norm, no longer run": -5},
-    # launch.PROJ_DX_TMA_GATHER (session 13): "gather" in the TMA dx pass, the n programs of a channel
-    # chunk launched together so that g comes from memory once (its other n − 1 reads hit L2); post's
-    # backward only reduces. The norm's dh is still written and read back.
-    "fused norm + 'gather' TMA pass, g from L2 n − 1 times (built, untimed)": {
+    # "gather" in the TMA dx pass (built in session 13, removed in 14; code at e3b8e35): the n programs
+    # of a channel chunk launched together so that g comes from memory once (its other n − 1 reads hit
+    # L2); post's backward only reduces. The norm's dh is still written and read back.
+    "fused norm + 'gather' TMA pass, g from L2 n − 1 times (built, 51 % of copy, removed: run 66)": {
         "proj_fwd": 4, "pre_norm": 5, "post_res": 9, "post_res_bwd_red (g, x, f in; df out)": 10,
         "pre_norm_bwd": 6, "dx pass + dφ (x, g, d_in, dx)": 13, "the branch's own norm, no longer run": -5},
     "all-stream dx pass + projection and pre_norm in one forward pass (x re-read from L2; not implemented)": {
