@@ -37,6 +37,23 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
     return batch[:, :-1], batch[:, 1:]
 
 
+def raise_recompile_limit(n_blocks: int) -> int:
+    """Let every compiled block variant stay compiled: returns the recompile limit it set.
+
+    block.compile() shares one code object (Block.forward) between all blocks, and Dynamo guards it
+    per input layout and module state: the first block takes the stream as an expanded view (stride 0
+    over n), the last one runs the collapse, dense and MoE blocks differ, validation runs without
+    grad, and the Amax diagnostic flips each residual's ``capture`` flag. That is well over Dynamo's
+    default of 8 variants per code object, past which the remaining ones silently run eager (seen on
+    the tiny preset: the limit hit after 4 steps with validation and Amax). One variant per block and
+    mode bounds them: blocks × (grad, no grad) × (capture off, on)."""
+    import torch._dynamo.config as dynamo_config
+
+    need = 4 * max(n_blocks, 2)
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, need)
+    return dynamo_config.recompile_limit
+
+
 def lr_factor(step: int, warmup: int, max_steps: int, milestones: list[float], factors: list[float]) -> float:
     """LR multiplier for optimizer step ``step`` (0-based): linear warmup to 1, then the step schedule."""
     if warmup > 0 and step < warmup:
@@ -98,6 +115,7 @@ class LMModule(L.LightningModule):
             return
         self._configured = True
         if self.train_cfg["compile"]:
+            raise_recompile_limit(len(self.model.blocks))
             for block in self.model.blocks:
                 block.compile()
         mesh = getattr(self, "device_mesh", None)
