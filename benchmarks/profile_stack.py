@@ -28,9 +28,26 @@ from torch.autograd import DeviceType
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stack_variants import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
 
-# Kernel function names in mhc_repro/kernels (Triton names a kernel after its function).
-MHC_KERNELS = ("proj_fwd", "coef_fwd", "coef_bwd", "proj_bwd", "pre_fwd", "pre_bwd", "post_res_fwd",
-               "post_res_bwd", "phi_split", "sum_rows")
+# The kernel modules of mhc_repro/kernels: Triton names a GPU kernel after its @triton.jit function.
+KERNEL_MODULES = ("coef_kernels", "dx_kernels", "norm_kernels", "stream_kernels")
+
+
+def _mhc_kernel_names() -> tuple[str, ...]:
+    """Every public @triton.jit function of the kernel modules (read from the modules, so a kernel
+    added later is counted as mHC's, not as "other": the fused norm's and the TMA dx pass's were
+    missed by a hand-kept list until session 14)."""
+    import importlib
+
+    from triton.runtime.jit import KernelInterface  # JITFunction, or InterpretedFunction under TRITON_INTERPRET
+
+    names = []
+    for mod in KERNEL_MODULES:
+        m = importlib.import_module(f"mhc_repro.kernels.{mod}")
+        names += [k for k, v in vars(m).items() if isinstance(v, KernelInterface) and not k.startswith("_")]
+    return tuple(sorted(set(names)))
+
+
+MHC_KERNELS = _mhc_kernel_names()
 CATEGORIES = ("mhc", "inductor", "gemm", "attention", "memory", "other")
 
 

@@ -23,6 +23,13 @@ def test_category(name, cat):
     assert ps.category(name) == cat
 
 
+def test_every_kernel_of_the_package_is_mhc():
+    """The fused norm's kernels and the TMA dx pass included (they were "other" before)."""
+    assert {"pre_norm_fwd", "pre_norm_bwd", "proj_dx_tma", "post_res_bwd_split", "pre_fwd"} <= set(ps.MHC_KERNELS)
+    assert not any(k.startswith("_") for k in ps.MHC_KERNELS)
+    assert all(ps.category(k) == "mhc" for k in ps.MHC_KERNELS)
+
+
 def test_kernel_table_is_per_step():
     rows = [("proj_fwd", 90.0), ("proj_fwd", 94.0), ("triton_poi_fused_add_0", 10.0), ("proj_fwd", 92.0),
             ("nvjet_x", 300.0)]
