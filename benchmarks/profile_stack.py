@@ -28,67 +28,8 @@ from torch.autograd import DeviceType
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stack_variants import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
 
-# The kernel modules of mhc_repro/kernels: Triton names a GPU kernel after its @triton.jit function.
-KERNEL_MODULES = ("coef_kernels", "dx_kernels", "norm_kernels", "stream_kernels")
-
-
-def _mhc_kernel_names() -> tuple[str, ...]:
-    """Every public @triton.jit function of the kernel modules (read from the modules, so a kernel
-    added later is counted as mHC's, not as "other": the fused norm's and the TMA dx pass's were
-    missed by a hand-kept list until session 14)."""
-    import importlib
-
-    from triton.runtime.jit import KernelInterface  # JITFunction, or InterpretedFunction under TRITON_INTERPRET
-
-    names = []
-    for mod in KERNEL_MODULES:
-        m = importlib.import_module(f"mhc_repro.kernels.{mod}")
-        names += [k for k, v in vars(m).items() if isinstance(v, KernelInterface) and not k.startswith("_")]
-    return tuple(sorted(set(names)))
-
-
-MHC_KERNELS = _mhc_kernel_names()
-CATEGORIES = ("mhc", "inductor", "gemm", "attention", "memory", "other")
-
-
-def category(name: str) -> str:
-    """The category of a GPU kernel, from its name."""
-    low = name.lower()
-    if low.startswith(MHC_KERNELS):
-        return "mhc"
-    if low.startswith("triton_"):
-        return "inductor"
-    if any(s in low for s in ("flash", "fmha", "attention", "attn")):
-        return "attention"
-    if any(s in low for s in ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_")):
-        return "gemm"
-    if "memcpy" in low or "memset" in low:
-        return "memory"
-    return "other"
-
-
-def kernel_table(rows, steps: int) -> dict:
-    """{name: {category, calls, us}} per step from (kernel name, µs) rows of ``steps`` steps."""
-    calls, us = collections.Counter(), collections.Counter()
-    for name, t in rows:
-        calls[name] += 1
-        us[name] += t
-    return {k: dict(category=category(k), calls=calls[k] / steps, us=us[k] / steps) for k in us}
-
-
-def by_category(table: dict) -> dict:
-    out = dict.fromkeys(CATEGORIES, 0.0)
-    for row in table.values():
-        out[row["category"]] += row["us"]
-    return out
-
-
-def kernel_rows(prof, device_type=DeviceType.CUDA) -> list[tuple[str, float]]:
-    """(name, µs) of every event of ``device_type`` the profiler saw: GPU kernels and memory ops on
-    CUDA; on CPU (tests) the operators' self times."""
-    if device_type == DeviceType.CPU:
-        return [(e.name, e.self_cpu_time_total) for e in prof.events() if e.device_type == DeviceType.CPU]
-    return [(e.name, e.time_range.elapsed_us()) for e in prof.events() if e.device_type == device_type]
+from mhc_repro.diagnostics.kernel_profile import (  # noqa: E402,F401  (re-exported for the tests)
+    CATEGORIES, MHC_KERNELS, by_category, category, kernel_rows, kernel_table)
 
 
 def profiled_steps(kind, compiled, c, n, n_blocks, x0, dout, steps: int, warmup: int = 3,

@@ -5,6 +5,9 @@ own MFU, peak GPU memory, loss, and the Amax summary of the last step.
 
     python -m mhc_repro.training.bench --config experiments/3b/base.yaml --variants residual hc mhc \
         --steps 50 --micro-batch 4 --seq-len 4096 --out reports/training/h200_3b.json
+
+``--profile-steps K`` runs K more steps under torch.profiler after the timed ones and reports where
+their GPU time goes by kernel category (mhc_repro.diagnostics.kernel_profile).
 """
 
 from __future__ import annotations
@@ -79,9 +82,37 @@ class StepTimer(L.Callback):
             torch.cuda.synchronize()
 
 
+class StepProfiler(L.Callback):
+    """torch.profiler over optimizer steps [start, start + steps): where those steps' GPU time goes
+    (mhc_repro.diagnostics.kernel_profile.summarize), kept in ``summary``."""
+
+    def __init__(self, start: int, steps: int) -> None:
+        self.start, self.steps, self.prof, self.summary = start, steps, None, None
+
+    def on_train_batch_start(self, trainer, *a) -> None:
+        if self.prof is None and self.summary is None and trainer.global_step == self.start:
+            cuda = torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda"
+            acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+            self.cuda = cuda
+            StepTimer._sync()
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, *a) -> None:
+        if self.prof is not None and trainer.global_step == self.start + self.steps:
+            StepTimer._sync()
+            wall_us = 1e6 * (time.perf_counter() - self.t0) / self.steps
+            self.prof.__exit__(None, None, None)
+            from mhc_repro.diagnostics.kernel_profile import summarize
+
+            self.summary, self.prof = summarize(self.prof, self.steps, wall_us, self.cuda), None
+
+
 def bench_variant(args, variant: str) -> dict:
+    total = args.steps + args.profile_steps  # profiled steps run after the timed ones
     over = [f"train.variant={variant}", f"data.seq_len={args.seq_len}", f"data.batch_size={args.micro_batch}",
-            f"train.global_batch_size={args.micro_batch * args.accumulate}", f"train.max_steps={args.steps}",
+            f"train.global_batch_size={args.micro_batch * args.accumulate}", f"train.max_steps={total}",
             "train.strategy=auto", "train.devices=1", "tracking.enabled=false", f"train.compile={args.compile}",
             f"model.activation_checkpointing={args.activation_checkpointing}", "train.progress_bar=false",
             *args.set]
@@ -95,21 +126,23 @@ def bench_variant(args, variant: str) -> dict:
         module = LMModule(cfg.to_dict())
     build_s = time.perf_counter() - t_build
     tokens_per_step = args.micro_batch * args.accumulate * args.seq_len
-    data = SyntheticData(args.steps * args.accumulate * args.micro_batch, args.seq_len, cfg.model.vocab_size,
+    data = SyntheticData(total * args.accumulate * args.micro_batch, args.seq_len, cfg.model.vocab_size,
                          args.micro_batch)
     timer, perf = StepTimer(), PerfMonitor(window=min(10, args.steps * args.accumulate))
     step_end = StepEnd(val_every=args.steps, val_batches=1, amax_every=args.steps, diag_dir=Path(args.diag_dir))
-    trainer = L.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision=precision, max_steps=args.steps,
+    profiler = StepProfiler(args.steps, args.profile_steps)
+    callbacks = [perf, timer, step_end] + ([profiler] if args.profile_steps else [])
+    trainer = L.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision=precision, max_steps=total,
                         max_epochs=-1, accumulate_grad_batches=args.accumulate, logger=False,
                         enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                        callbacks=[perf, timer, step_end])
+                        callbacks=callbacks)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=data)
     wall = time.perf_counter() - t0
-    times = timer.times
+    times = timer.times[:args.steps]  # the timed steps only (the profiled ones follow them)
     w = min(args.warmup, len(times) - 2)
     measured = len(times) - 1 - w
     elapsed = times[-1] - times[w]
@@ -120,7 +153,8 @@ def bench_variant(args, variant: str) -> dict:
     peak = (dense_peak_flops(device, precision) or get_available_flops(device, torch.bfloat16)) if gpu else None
     step_times = [b - a for a, b in zip([timer.t0] + times[:-1], times)]
     out = {
-        "variant": variant, "preset": cfg.train.preset, "steps": trainer.global_step, "warmup_steps_excluded": w,
+        "variant": variant, "preset": cfg.train.preset, "steps": len(times), "profiled_steps": args.profile_steps,
+        "warmup_steps_excluded": w,
         "seq_len": args.seq_len, "micro_batch": args.micro_batch, "accumulate": args.accumulate,
         "tokens_per_step": tokens_per_step, "tokens_per_sec": tok_s, "step_time_s_median":
             sorted(step_times[w + 1:])[len(step_times[w + 1:]) // 2], "first_step_s": step_times[0],
@@ -132,6 +166,8 @@ def bench_variant(args, variant: str) -> dict:
         "residual_backend": cfg.model.residual.backend,
         "residual_recompute": cfg.model.residual.recompute,
     }
+    if args.profile_steps:
+        out["profile"] = profiler.summary
     if gpu:
         out["peak_mem_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
         out["peak_mem_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
@@ -159,6 +195,9 @@ def main(argv=None) -> int:
     p.add_argument("--accumulate", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="after the timed steps, this many more under torch.profiler: µs per step by kernel "
+                        "category (mHC kernels, Inductor, GEMM, attention, memory, other) and the top kernels")
     p.add_argument("--activation-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
     p.add_argument("--precision", default=None)
     p.add_argument("--accelerator", default="auto")
@@ -192,6 +231,11 @@ def main(argv=None) -> int:
         report["results"].append(r)
         print(json.dumps({k: r.get(k) for k in ("variant", "tokens_per_sec", "mfu", "peak_mem_allocated_gib",
                                                 "step_time_s_median", "first_step_s", "total_s", "error")}), flush=True)
+        if r.get("profile"):
+            prof = r["profile"]
+            print(json.dumps({"variant": v, "profiled_steps": prof["steps"], "wall_us": round(prof["wall_us"]),
+                              "kernel_us": round(prof["kernel_us"]),
+                              "us_by_category": {k: round(x) for k, x in prof["categories"].items()}}), flush=True)
         Path(args.out).write_text(json.dumps(report, indent=1, default=str))
     return 0
 

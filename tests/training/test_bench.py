@@ -1,0 +1,29 @@
+"""mhc_repro.training.bench on CPU: a tiny model per variant, the timed steps apart from the profiled
+ones, and the profile's per-category sums."""
+import json
+
+from mhc_repro.diagnostics.kernel_profile import CATEGORIES
+from mhc_repro.training import bench
+
+SMALL = ["model.d_model=32", "model.n_blocks=2", "model.vocab_size=64", "model.max_seq_len=16",
+         "model.attention={n_heads: 2, head_dim: 16}", "model.dense_ffn_width=64"]
+
+
+def test_bench_times_then_profiles(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = ["--config", "experiments/tiny/base.yaml", "--variants", "residual", "mhc", "--steps", "4",
+            "--warmup", "1", "--micro-batch", "2", "--seq-len", "16", "--profile-steps", "2", "--out", str(out)]
+    for s in SMALL:
+        argv += ["--set", s]
+    assert bench.main(argv) == 0
+    rep = json.loads(out.read_text())
+    assert [r["variant"] for r in rep["results"]] == ["residual", "mhc"]
+    for r in rep["results"]:
+        assert "error" not in r, r.get("traceback")
+        assert r["steps"] == 4 and r["profiled_steps"] == 2 and r["tokens_per_sec"] > 0
+        prof = r["profile"]
+        assert prof["steps"] == 2 and set(prof["categories"]) == set(CATEGORIES)
+        assert prof["wall_us"] > 0 and prof["kernel_us"] > 0 and prof["top"]
+        assert abs(sum(prof["categories"].values()) - prof["kernel_us"]) < 1e-6 * prof["kernel_us"] + 1e-6
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [p["variant"] for p in printed if "us_by_category" in p] == ["residual", "mhc"]
