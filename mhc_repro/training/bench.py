@@ -206,6 +206,8 @@ def main(argv=None) -> int:
     p.add_argument("--diag-dir", default=None)
     p.add_argument("--retry-reference", action="store_true", help="mhc: on failure retry with the reference ops")
     args = p.parse_args(argv)
+    if args.profile_steps < 0:
+        p.error(f"--profile-steps {args.profile_steps} is invalid; allowed: 0 (off) or a positive number of steps")
     args.diag_dir = args.diag_dir or str(Path(args.out).with_suffix("")) + "_diag"
     Path(args.diag_dir).mkdir(parents=True, exist_ok=True)
     report = {"command": " ".join([Path(sys.executable).name, "-m", "mhc_repro.training.bench", *sys.argv[1:]]),

@@ -2,6 +2,8 @@
 ones, and the profile's per-category sums."""
 import json
 
+import pytest
+
 from mhc_repro.diagnostics.kernel_profile import CATEGORIES
 from mhc_repro.training import bench
 
@@ -27,3 +29,9 @@ def test_bench_times_then_profiles(tmp_path, capsys):
         assert abs(sum(prof["categories"].values()) - prof["kernel_us"]) < 1e-6 * prof["kernel_us"] + 1e-6
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [p["variant"] for p in printed if "us_by_category" in p] == ["residual", "mhc"]
+
+
+def test_negative_profile_steps_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--config", "experiments/tiny/base.yaml", "--profile-steps", "-1", "--out", str(tmp_path / "b.json")])
+    assert "--profile-steps -1 is invalid; allowed: 0 (off) or a positive number of steps" in capsys.readouterr().err
