@@ -9,7 +9,6 @@ launchers as ``torch.library`` custom ops; the kernels themselves are in ``coef_
 from __future__ import annotations
 
 import torch
-import triton
 from torch import Tensor
 
 from . import coef_kernels as ck
@@ -105,8 +104,14 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+# Plain-int forms of triton.cdiv / triton.next_power_of_2: Triton's are constexpr_functions that cost
+# ≈ 3 µs a call on the host (Triton 3.6), and one sub-layer's launchers make ≈ 40 of these calls.
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _p2(v: int, lo: int = 1) -> int:
-    return max(lo, triton.next_power_of_2(v))
+    return max(lo, 1 << (v - 1).bit_length() if v > 0 else 0)
 
 
 def _np(n: int) -> int:
@@ -142,7 +147,7 @@ def _phi_parts(phi: Tensor, x: Tensor, precision: str, MP: int) -> tuple[Tensor,
     lo = precision != "bf16"
     buf = torch.empty(K, 2 * MP if lo else MP, device=p.device, dtype=torch.bfloat16)
     bk = 64
-    ck.phi_split[(triton.cdiv(K, bk),)](p, buf, K, M, buf.stride(0), MP, MP=MP, BK=bk, LO=lo)
+    ck.phi_split[(_cdiv(K, bk),)](p, buf, K, M, buf.stride(0), MP, MP=MP, BK=bk, LO=lo)
     return buf, buf.stride(0), MP, True, lo
 
 
@@ -165,11 +170,11 @@ def launch_proj_fwd(x: Tensor, phi: Tensor, M: int, precision: str = PROJ_PRECIS
     merged = bool(PROJ_FWD_MERGED and lo)  # [φ_hi | φ_lo] as one operand of 2·MP columns
     bn, bk, stages, reload, warps, ksplit = _proj_tiles(_PROJ_FWD, K, M, split)  # same bytes merged
     ss_mode = "reload" if reload is True else ("diag" if reload == "diag" and split else "reg")
-    k_per = triton.cdiv(triton.cdiv(K, ksplit), bk) * bk
-    ksplit = triton.cdiv(K, k_per)
+    k_per = _cdiv(_cdiv(K, ksplit), bk) * bk
+    ksplit = _cdiv(K, k_per)
     m = torch.empty(ksplit, N, M, device=x.device, dtype=torch.float32)
     ss = torch.empty(ksplit, N, device=x.device, dtype=torch.float32)
-    ck.proj_fwd[(triton.cdiv(N, bn), ksplit)](
+    ck.proj_fwd[(_cdiv(N, bn), ksplit)](
         x, p, m, ss, N, K, M, k_per, ld, lo_off, BN=bn, BK=bk, MP=MP, PREC=DOT_PRECISION,
         SPLIT=split, LO=lo, INTERP=_interpreted(), SS=ss_mode, MERGED=merged, num_stages=stages, num_warps=warps)
     if ksplit == 1:
@@ -183,7 +188,7 @@ def launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps):
     h_pre, h_post, h_res = torch.empty(N, n, **f32), torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
     r = torch.empty(N, **f32)
     bt, warps = _SINKHORN
-    ck.coef_fwd[(triton.cdiv(N, bt),)](
+    ck.coef_fwd[(_cdiv(N, bt),)](
         m, ss, alpha.float().contiguous(), bias.float().contiguous(), h_pre, h_post, h_res, r,
         N, 1.0 / K, rms_eps, eps, t_max, n=n, NP=_np(n), BT=bt, num_warps=warps)
     return h_pre, h_post, h_res, r
@@ -196,7 +201,7 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps, p
     N, M = m.shape
     f32 = dict(device=m.device, dtype=torch.float32)
     NP, (BT, warps) = _np(n), _SINKHORN
-    n_prog = triton.cdiv(N, BT)
+    n_prog = _cdiv(N, BT)
     dm, c = torch.empty(N, M, **f32), torch.empty(N, **f32)
     part = torch.empty(n_prog, M + 3, **f32)
     dmp = torch.empty(N, parts * M, device=m.device, dtype=torch.bfloat16) if parts else None
@@ -248,15 +253,15 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
     if gemm:  # dx-only kernel; dφ below as one GEMM
         bn, bk, tok, stages, warps = _PROJ_BWD_GEMM
         bk, reload, trans = min(bk, _p2(K, 16)), False, False
-        tok = triton.cdiv(tok, bn) * bn
-        splits = triton.cdiv(N, tok)
+        tok = _cdiv(tok, bn) * bn
+        splits = _cdiv(N, tok)
     else:
         bn, bk, stages, reload, warps, trans = _proj_tiles(_PROJ_BWD, K, M, split)
         # Token splits for the dφ partial sums: enough programs to fill the device, no atomics.
-        splits = max(1, min(triton.cdiv(N, bn), triton.cdiv(4 * _n_sm(x.device), triton.cdiv(K, bk))))
-        tok = triton.cdiv(triton.cdiv(N, splits), bn) * bn
-        splits = max(1, triton.cdiv(N, tok))
-    n_kb = triton.cdiv(K, bk)
+        splits = max(1, min(_cdiv(N, bn), _cdiv(4 * _n_sm(x.device), _cdiv(K, bk))))
+        tok = _cdiv(_cdiv(N, splits), bn) * bn
+        splits = max(1, _cdiv(N, tok))
+    n_kb = _cdiv(K, bk)
     part = dm if gemm else torch.zeros(splits, K, M, device=x.device, dtype=torch.float32)  # dm: unused (DPHI=False)
     if link is None:
         g, h_res, h_pre, d_in, n, C = x, c, c, x, 1, K  # unused (LINK=0)
@@ -278,7 +283,7 @@ def _dx_tma_tiles(K: int) -> tuple[int, int, int, int, int]:
     """_PROJ_BWD_TMA for a stream of width K: BK capped at K, tokens per program a multiple of BN (a
     tile never crosses into the next split; the descriptor clips only at N)."""
     bn, bk, tok, stages, warps = _PROJ_BWD_TMA
-    return bn, min(bk, _p2(K, 16)), triton.cdiv(tok, bn) * bn, stages, warps
+    return bn, min(bk, _p2(K, 16)), _cdiv(tok, bn) * bn, stages, warps
 
 
 def _dx_tma_ok(x: Tensor, dx: Tensor, link: tuple | None, link_mode: str) -> bool:
@@ -313,9 +318,9 @@ def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi: int = 0) -> Tens
         g, _, h_pre, d_in = link
         n, C = g.shape[1], g.shape[2]
         gd, dind, h_pre = desc(g.contiguous().view(N, K)), desc(d_in.contiguous()), h_pre.float().contiguous()
-    splits = triton.cdiv(N, tok)
+    splits = _cdiv(N, tok)
     part = torch.empty(splits, K, M, device=x.device, dtype=torch.float32) if dphi else None
-    dk.proj_dx_tma[(triton.cdiv(K, bk), splits)](
+    dk.proj_dx_tma[(_cdiv(K, bk), splits)](
         xd, gd, dind, dxd, p, dm, c, h_pre, c if part is None else part, N, K, M, C, tok, ld, lo_off,
         BN=bn, BK=bk, MP=_p2(M, 16), LO=lo, LINK=0 if link is None else 2, n=n, INTERP=_interpreted(),
         ACC=bool(PROJ_DX_TMA_ACC), LOOP_STAGES=int(PROJ_DX_TMA_LOOP_STAGES), DPHI=dphi,
@@ -347,7 +352,7 @@ def launch_pre(x: Tensor, h_pre: Tensor) -> Tensor:
     out = x.new_empty(N, C)
     bt, bc = 8, min(256, _p2(C, 16))
     if N > 0:
-        sk.pre_fwd[(triton.cdiv(N, bt), triton.cdiv(C, bc))](
+        sk.pre_fwd[(_cdiv(N, bt), _cdiv(C, bc))](
             x, h_pre.float().contiguous(), out, N, C, n=n, BT=bt, BC=bc)
     return out
 
@@ -360,7 +365,7 @@ def launch_pre_bwd(x: Tensor, h_pre: Tensor | None, g: Tensor) -> tuple[Tensor |
     dx = None if h_pre is None else torch.empty_like(x)
     bt, bc = 4, min(256, _p2(C, 16))
     if N > 0:  # without h_pre the kernel's dx / h_pre pointers are placeholders it never touches
-        sk.pre_bwd[(triton.cdiv(N, bt),)](
+        sk.pre_bwd[(_cdiv(N, bt),)](
             x, dh if h_pre is None else h_pre.float().contiguous(), g.contiguous(), x if dx is None else dx,
             dh, N, C, n=n, NP=_np(n), BT=bt, BC=bc, WRITE_DX=h_pre is not None)
     return dx, dh
@@ -382,7 +387,7 @@ def launch_pre_norm(x: Tensor, h_pre: Tensor, w: Tensor, eps: float) -> Tensor:
     out = x.new_empty(N, C)
     bt, bcp, warps = _norm_tiles(C)
     if N > 0:
-        nk.pre_norm_fwd[(triton.cdiv(N, bt),)](x, h_pre.float().contiguous(), w.contiguous(), out, N, C, eps,
+        nk.pre_norm_fwd[(_cdiv(N, bt),)](x, h_pre.float().contiguous(), w.contiguous(), out, N, C, eps,
                                                n=n, BT=bt, BCP=bcp, num_warps=warps)
     return out
 
@@ -408,8 +413,8 @@ def launch_pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: fl
         if _PRE_NORM_BWD is None:
             bt, _, warps = _norm_tiles(C)
     # persistent programs over fixed token ranges (a multiple of BT each): one dw partial per program
-    tok = triton.cdiv(triton.cdiv(N, min(triton.cdiv(N, bt), per_sm * _n_sm(x.device))), bt) * bt
-    progs = triton.cdiv(N, tok)
+    tok = _cdiv(_cdiv(N, min(_cdiv(N, bt), per_sm * _n_sm(x.device))), bt) * bt
+    progs = _cdiv(N, tok)
     part = torch.zeros(progs, C, device=x.device, dtype=torch.float32)
     nk.pre_norm_bwd[(progs,)](x, h_pre.float().contiguous(), w.contiguous(), dy.contiguous(), dh, dhp, part,
                               N, C, eps, tok, n=n, NP=_np(n), BT=bt, BCP=bcp, PREFETCH=int(PRE_NORM_BWD_PREFETCH),
@@ -424,7 +429,7 @@ def launch_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tens
     out = torch.empty_like(x)
     bt, bc = 4, min(256, _p2(C, 16))
     if N > 0:
-        sk.post_res_fwd[(triton.cdiv(N, bt), triton.cdiv(C, bc))](
+        sk.post_res_fwd[(_cdiv(N, bt), _cdiv(C, bc))](
             x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), out, N, C,
             n=n, NP=_np(n), BT=bt, BC=bc)
     return out
@@ -445,17 +450,17 @@ def launch_post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, g: 
         args = (x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(), dx, df)
         if mode == "mma":  # bt = target rows (token, stream) per program
             bt = max(1, bt // n)
-            sk.post_res_bwd_mma[(triton.cdiv(N, bt),)](
+            sk.post_res_bwd_mma[(_cdiv(N, bt),)](
                 *args, dhp, dhr, N, C, n=n, BT=bt, R=_p2(bt * n, 16), TP=_p2(bt, 16), BC=max(bc, 16),
                 HILO=x.dtype == torch.bfloat16, INTERP=_interpreted(), WRITE_DX=write_dx, num_warps=warps,
                 num_stages=stages)
         elif mode == "split":
-            chunks = triton.cdiv(C, bc)
+            chunks = _cdiv(C, bc)
             php, phr = torch.empty(chunks, N, n, **f32), torch.empty(chunks, N, n, n, **f32)
-            sk.post_res_bwd_split[(triton.cdiv(N, bt), chunks)](
+            sk.post_res_bwd_split[(_cdiv(N, bt), chunks)](
                 *args, php, phr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
             dhp, dhr = php.sum(0), phr.sum(0)
         else:
-            sk.post_res_bwd[(triton.cdiv(N, bt),)](
+            sk.post_res_bwd[(_cdiv(N, bt),)](
                 *args, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
     return dx, df, dhp.to(h_post.dtype), dhr.to(h_res.dtype)
