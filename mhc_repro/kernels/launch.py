@@ -106,7 +106,7 @@ def _check(cond: bool, msg: str) -> None:
 
 # Plain-int forms of triton.cdiv / triton.next_power_of_2: Triton's are constexpr_functions that cost
 # 2.4–3.1 µs a call on the host (Triton 3.6) against 0.1–0.2 µs for these
-# (reports/kernels/host_helpers_session14.txt), and one sub-layer's launchers make ≈ 40 such calls.
+# and one sub-layer's launchers make 40 such calls (reports/kernels/host_helpers_session14.txt).
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

@@ -26,9 +26,10 @@ part, by ``LINK_MODE``:
   + dφ GEMM 525 / 596 µs ("bf16" / "bf16x2") at C = 2048, 16k tokens; stack within ±1 % of the
   three ops. Session 13 ran it through the TMA dx pass too (programs ordered so that each g tile is
   read from memory once and from L2 n − 1 times): 393 µs at its best tile against "add"'s 270, stack
-  2.1 % slower than "add" (run 66); removed (in git at e3b8e35). Three kernels that read g once (runs 10-12) were slower still and were not kept, nor
-  was session 12's "streams" pass (each program all n streams of a channel chunk, g read once, 41
-  units against 46): 1008 µs against "add"'s 271 at C = 2048, stack 1.273× against 1.173× (run 62).
+  2.1 % slower than "add" (run 66); removed (in git at e3b8e35). Three kernels that read g once
+  (runs 10-12) were slower still and were not kept, nor was session 12's "streams" pass (each
+  program all n streams of a channel chunk, g read once, 41 units against 46): 1008 µs against
+  "add"'s 271 at C = 2048, stack 1.273× against 1.173× (run 62).
 
 Contract: ``x_link`` may only be passed to ``mhc_post_res_linked`` (with "gather" its "gradient" is
 g before the H_resᵀ transpose). Same values and gradients as the three reference functions (tests).

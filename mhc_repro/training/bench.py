@@ -87,13 +87,12 @@ class StepProfiler(L.Callback):
     (mhc_repro.diagnostics.kernel_profile.summarize), kept in ``summary``."""
 
     def __init__(self, start: int, steps: int) -> None:
-        self.start, self.steps, self.prof, self.summary = start, steps, None, None
+        self.start, self.steps, self.prof, self.summary, self.cuda = start, steps, None, None, False
 
     def on_train_batch_start(self, trainer, *a) -> None:
         if self.prof is None and self.summary is None and trainer.global_step == self.start:
-            cuda = torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda"
-            acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-            self.cuda = cuda
+            self.cuda = torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda"
+            acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if self.cuda else [])
             StepTimer._sync()
             self.prof = torch.profiler.profile(activities=acts)
             self.prof.__enter__()

@@ -44,9 +44,9 @@ def raise_recompile_limit(n_blocks: int) -> int:
     per input layout and module state: the first block takes the stream as an expanded view (stride 0
     over n), the last one runs the collapse, dense and MoE blocks differ, validation runs without
     grad, and the Amax diagnostic flips each residual's ``capture`` flag. That is well over Dynamo's
-    default of 8 variants per code object, past which the remaining ones silently run eager (seen on
-    the tiny preset: the limit hit after 4 steps with validation and Amax). One variant per block and
-    mode bounds them: blocks × (grad, no grad) × (capture off, on)."""
+    default of 8 variants per code object, past which the remaining ones silently run eager (the tiny
+    preset asks for 9 in 4 steps with validation and Amax: reports/training/recompile_budget_tiny.txt).
+    One variant per block and mode bounds them: blocks × (grad, no grad) × (capture off, on)."""
     import torch._dynamo.config as dynamo_config
 
     need = 4 * max(n_blocks, 2)
