@@ -32,8 +32,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/cpu-constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[test]" -c requirements/cpu-constraints.txt
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir "$(TORCH_SPEC)" -e ".[test]" -c requirements/cpu-constraints.txt
 	@touch $(STAMP)
 
 test: $(STAMP)
