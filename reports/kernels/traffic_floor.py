@@ -71,6 +71,19 @@ DESIGNS = {
     "linked 'add' + cross-layer backward (dx pass of l does post_res_bwd of l-1; not implemented)": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd without g (x, f in; H_resᵀg, df out)": 10,
         "pre_bwd_dh": 5, "dx pass without dx write (x, H_resᵀg, d_in)": 9, "dφ GEMM": 4},
+    # Not built (session 15's model): on the default components, sub-layer l+1's dx pass also runs
+    # sub-layer l's post backward, which needs nothing in between: its g (= dx of l+1) is formed in
+    # registers and never written or read back (−8 units). Its programs must own all n streams of a
+    # channel chunk (H_resᵀg and the dH_res products mix streams): the per-tile work that made the
+    # all-stream "streams" pass lose (run 62). Per-token dH_res / dH_post leave as per-split partials.
+    "fused norm + cross-layer backward (dx pass of l+1 runs post_res_bwd of l; not built)": {
+        "proj_fwd": 4, "pre_norm": 5, "post_res": 9, "post_res_bwd inside the next dx pass (x, f in; H_resᵀg, df out)": 10,
+        "pre_norm_bwd": 6, "dx pass + dφ without its dx write (x, H_resᵀg, d_in)": 9,
+        "the branch's own norm, no longer run": -5},
+    "fused norm + cross-layer backward and forward (post_res of l forms the projection of l+1; not built)": {
+        "post_res + next proj": 9, "pre_norm": 5, "post_res_bwd inside the next dx pass (x, f in; H_resᵀg, df out)": 10,
+        "pre_norm_bwd": 6, "dx pass + dφ without its dx write (x, H_resᵀg, d_in)": 9,
+        "the branch's own norm, no longer run": -5},
     "linked, LINK_MODE='gather' (g read n times, dφ GEMM)": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
         "LINK dx pass (x, g ×n, d_in ×n, dx)": 28, "dφ GEMM": 4},
