@@ -28,8 +28,8 @@ from torch.autograd import DeviceType
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stack_variants import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
 
-from mhc_repro.diagnostics.kernel_profile import (  # noqa: E402,F401  (re-exported for the tests)
-    CATEGORIES, MHC_KERNELS, by_category, category, kernel_rows, kernel_table)
+from mhc_repro.diagnostics.kernel_profile import (  # noqa: E402,F401  (some re-exported for the tests)
+    CATEGORIES, MHC_KERNELS, by_category, category, kernel_rows, kernel_table, summarize)
 
 
 def profiled_steps(kind, compiled, c, n, n_blocks, x0, dout, steps: int, warmup: int = 3,
@@ -57,10 +57,8 @@ def profiled_steps(kind, compiled, c, n, n_blocks, x0, dout, steps: int, warmup:
 def profile_variant(kind, compiled, c, n, n_blocks, x0, dout, steps: int = 3, warmup: int = 3) -> dict:
     """Kernel table and wall time per step of one variant (built and run under its kernel switches)."""
     prof, wall_us = profiled_steps(kind, compiled, c, n, n_blocks, x0, dout, steps, warmup)
-    table = kernel_table(kernel_rows(prof, DeviceType.CUDA if x0.is_cuda else DeviceType.CPU), steps)
-    kernel_us = sum(r["us"] for r in table.values())
-    return dict(variant=kind, C=c, blocks=n_blocks, compiled=compiled, steps=steps, wall_us=wall_us,
-                kernel_us=kernel_us, idle_us=wall_us - kernel_us, categories=by_category(table), kernels=table)
+    return dict(variant=kind, C=c, blocks=n_blocks, compiled=compiled,
+                **summarize(prof, steps, wall_us, x0.is_cuda, full=True))
 
 
 def trace_kernels(kind, compiled, c, n, n_blocks, x0, dout, patterns, warmup: int = 3) -> list[dict]:

@@ -71,10 +71,12 @@ def kernel_rows(prof, device_type=DeviceType.CUDA) -> list[tuple[str, float]]:
     return [(e.name, e.time_range.elapsed_us()) for e in prof.events() if e.device_type == device_type]
 
 
-def summarize(prof, steps: int, wall_us: float, cuda: bool, top: int = 30) -> dict:
-    """Per step: µs by category, all kernels' sum, idle (wall − kernels) and the ``top`` kernels."""
+def summarize(prof, steps: int, wall_us: float, cuda: bool, top: int = 30, full: bool = False) -> dict:
+    """Per step: µs by category, all kernels' sum, idle (wall − kernels) and the ``top`` kernels;
+    with ``full`` also the whole kernel table as ``kernels``."""
     table = kernel_table(kernel_rows(prof, DeviceType.CUDA if cuda else DeviceType.CPU), steps)
     kernel_us = sum(r["us"] for r in table.values())
     tops = sorted(table.items(), key=lambda kv: -kv[1]["us"])[:top]
-    return dict(steps=steps, wall_us=wall_us, kernel_us=kernel_us, idle_us=wall_us - kernel_us,
-                categories=by_category(table), top=[dict(name=k, **v) for k, v in tops])
+    out = dict(steps=steps, wall_us=wall_us, kernel_us=kernel_us, idle_us=wall_us - kernel_us,
+               categories=by_category(table), top=[dict(name=k, **v) for k, v in tops])
+    return {**out, "kernels": table} if full else out

@@ -105,8 +105,8 @@ def _check(cond: bool, msg: str) -> None:
 
 
 # Plain-int forms of triton.cdiv / triton.next_power_of_2: Triton's are constexpr_functions that cost
-# 2.4–3.1 µs a call on the host (Triton 3.6) against 0.1–0.2 µs for these
-# and one sub-layer's launchers make 40 such calls (reports/kernels/host_helpers_session14.txt).
+# 2.4–3.1 µs a call on the host (Triton 3.6) against 0.1–0.2 µs for these; one sub-layer's launchers
+# make 40 such calls (reports/kernels/host_helpers_session14.txt).
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

@@ -88,6 +88,7 @@ class StepProfiler(L.Callback):
 
     def __init__(self, start: int, steps: int) -> None:
         self.start, self.steps, self.prof, self.summary, self.cuda = start, steps, None, None, False
+        self.t0 = 0.0  # perf_counter at the first profiled step
 
     def on_train_batch_start(self, trainer, *a) -> None:
         if self.prof is None and self.summary is None and trainer.global_step == self.start:
