@@ -150,7 +150,13 @@ class LM(nn.Module):
         start = cache.length if cache is not None else 0
         pos, mask = self._positions_and_mask(b, t, start, attention_mask, idx.device)
         rope = rope_cos_sin(pos, self._rope_dim, self.cfg.attention.rope_theta)
-        x = expand_streams(self.embed(idx), self.n_streams)
+        h = self.embed(idx)
+        dt = self.cfg.residual.stream_torch_dtype  # residual.stream_dtype (PAPER.md §1)
+        # under autocast (bf16-mixed) or with weights of that dtype; an fp32 model run without
+        # autocast (CPU evaluation) keeps its fp32 stream, as its fp32 branches need fp32 inputs
+        if dt is not None and (dt == h.dtype or torch.is_autocast_enabled(idx.device.type)):
+            h = h.to(dt)
+        x = expand_streams(h, self.n_streams)
         use_ckpt = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):

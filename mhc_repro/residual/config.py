@@ -16,6 +16,7 @@ BIAS_INITS = ("zeros", "hc")
 COLLAPSES = ("sum", "mean", "learned")
 BACKENDS = ("auto", "reference", "triton")
 RECOMPUTES = ("none", "stream", "stream-ops", "stream-post")
+STREAM_DTYPES = ("auto", "bfloat16", "float32")
 KERNEL_PRECISIONS = ("bf16x2", "bf16")
 SUBLAYER_OPS = ("three", "linked")
 
@@ -127,6 +128,14 @@ class ResidualConfig:
     (coefficients, pre, post_res; autograd / Inductor sums the three stream-gradient parts). Same
     values and gradients. Only with all three maps on (ablations always use "three")."""
 
+    stream_dtype: str = "auto"
+    """dtype of the residual stream between sub-layers, for every kind alike: "auto" (the embedding's
+    output: fp32 under bf16-mixed autocast, bf16 under bf16-true), "bfloat16" (PAPER.md §1: "stream in
+    bf16" [paper]; coefficients stay fp32; applied under autocast or with bf16 weights, so an fp32 model
+    run without autocast keeps an fp32 stream) or "float32". A bf16 stream halves the bytes the mHC ops
+    move and runs their bf16 kernels (an fp32 stream took 41.8 ms per step of mHC kernels in the 3B
+    training step, RESULTS.md run 69)."""
+
     def __post_init__(self) -> None:
         if self.kind == "residual":
             self.n = 1  # Pre-Norm residual has one stream by definition
@@ -136,6 +145,13 @@ class ResidualConfig:
     def num_streams(self) -> int:
         """Streams actually used (1 for the Pre-Norm residual)."""
         return 1 if self.kind == "residual" else self.n
+
+    @property
+    def stream_torch_dtype(self):
+        """torch dtype the stream is cast to after the embedding, or None ("auto": left as it is)."""
+        import torch
+
+        return {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}[self.stream_dtype]
 
     @property
     def output_init_scale(self) -> float:
@@ -165,6 +181,7 @@ class ResidualConfig:
         choice("sublayer_ops", self.sublayer_ops, SUBLAYER_OPS)
         choice("backend", self.backend, BACKENDS)
         choice("recompute", self.recompute, RECOMPUTES)
+        choice("stream_dtype", self.stream_dtype, STREAM_DTYPES)
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             raise ValueError(f"residual.n={self.n!r} is invalid; it must be an integer >= 1")
         if self.kind == "residual" and self.n != 1:
