@@ -44,9 +44,6 @@ LAZY_PRB = [("mma", 16, 128, 4, 3)]  # post_res backward tiles of the *_lazy var
 
 
 def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
-    # *_ovl: every branch linear forms its weight gradient on a side stream (mhc_repro/model/
-    # wgrad_overlap.py; stack_step runs the step on a high-priority stream), residual_ovl its baseline
-    overlap, kind = "_ovl" in kind, kind.replace("_ovl", "")
     if kind == "hc_pkg":  # the hyper-connections package's mHC (optional extra)
         blocks = _hc_package().build_hc_package_blocks(c, n, n_blocks, device, RMSNorm, Attention, SwiGLU)
         return blocks, block_fns(blocks, True, compiled, dynamic=False)
@@ -57,10 +54,6 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
         if not name.split(".")[-1] in ("phi", "alpha", "bias"):
             p.data = p.data.to(torch.bfloat16)
-    if overlap:
-        from mhc_repro.model.wgrad_overlap import use_overlap_linears
-
-        use_overlap_linears(blocks)
     for b in blocks:
         b.linked = "_linked" in kind  # *_linked: the linked sub-layer pair
         b.fuse_norm = "_fnorm" in kind  # *_linked_fnorm: the branch's RMSNorm fused into its pre
@@ -242,14 +235,5 @@ def stack_step(kind, compiled, c, n, n_blocks, x0, dout):
         for p in params:
             p.grad = None
         forward().backward(dout)
-
-    if "_ovl" in kind and x0.is_cuda:  # the critical path above the side stream's weight gradients
-        from mhc_repro.model import wgrad_overlap
-
-        plain, high = step, wgrad_overlap.high_priority_stream(x0.device)
-
-        def step():
-            with wgrad_overlap.on_stream(high):
-                plain()
 
     return step, forward, blocks
