@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="sweep kernel tiles first, keep the fastest")
     ap.add_argument("--sweep-only", nargs="*", default=(), help="sweep only these SWEEP entries")
     ap.add_argument("--no-kernels", action="store_true", help="skip the per-kernel GB/s table")
+    ap.add_argument("--kernel-stream-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                    help="stream dtype of the per-kernel table (float32: the model's stream under bf16-mixed)")
     ap.add_argument("--precision", default="bf16x2", choices=["bf16x2", "bf16"],
                     help="projection operands of variant mhc_fused (mhc_fused_bf16 is always bf16)")
     ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
@@ -185,7 +187,8 @@ def main() -> None:
         res["chosen"] = best
         print("chosen:", res["chosen"], flush=True)
     for c in [] if args.no_kernels else args.C:
-        res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs, args.precision)
+        res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs, args.precision,
+                                        getattr(torch, args.kernel_stream_dtype))
         dump()
     for c in args.C:
         nb, x0, dout = stack_inputs(c, args, dev)
@@ -231,6 +234,9 @@ def print_tables(res) -> None:
               f"{r['peak_gb']:8.2f} {rp:>7} {fp:7.2f} {r.get('host_ms', float('nan')):8.2f}")
     print(f"\n{'C':>5} {'kernel':44} {'us':>8} {'GB/s':>7} {'of copy':>7} {'launched us':>11}")
     for k in res["kernels"]:
+        if "error" in k:
+            print(f"{k['C']:>5} {k['kernel']:44} {k['error']}")
+            continue
         print(f"{k['C']:>5} {k['kernel']:44} {1000 * k['ms']:8.1f} {k['gb_s']:7.0f} {100 * k['frac_copy']:6.1f}% "
               f"{1000 * k.get('ms_launched', float('nan')):11.1f}")
 

@@ -17,14 +17,16 @@ def _rereads(xf, link, link_mode) -> bool:
                                                        and launch._dx_tma_ok(xf, xf, link, link_mode))
 
 
-def bench_kernels(c, n, N, device, copy_gbs, precision):
+def bench_kernels(c, n, N, device, copy_gbs, precision, stream_dtype=torch.bfloat16):
+    """Per-kernel rows on a ``stream_dtype`` stream (fp32: the model's stream under bf16-mixed); a
+    kernel that cannot run on it gives a row with its error."""
     from triton.testing import do_bench
 
     from mhc_repro.kernels import fused, linked  # noqa: F401  (register torch.ops.mhc_repro.*)
     from mhc_repro.kernels import launch
 
     O = torch.ops.mhc_repro
-    bf = dict(device=device, dtype=torch.bfloat16)
+    bf = dict(device=device, dtype=stream_dtype)
     M = n * n + 2 * n
     x, g = torch.randn(N, n, c, **bf), torch.randn(N, n, c, **bf)
     f, db = torch.randn(N, c, **bf), torch.randn(N, c, **bf)
@@ -32,7 +34,7 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     alpha, bias = torch.rand(3, device=device), torch.randn(M, device=device)
     hp, hq, hr, m, r = O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6, precision)
     nw = torch.ones(c, **bf)  # a branch RMSNorm weight
-    e = 2 * N * c  # bytes of one [N, C] bf16 tensor
+    e = x.element_size() * N * c  # bytes of one [N, C] stream tensor
     small = N * 4 * (3 * M + 2 * n + n * n + 2)
     cases = {
         f"coefficients [{precision}] (proj+sumsq, epilogue)": (lambda: O.coefficients(x.view(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6, precision), n * e + small),
@@ -84,7 +86,11 @@ def bench_kernels(c, n, N, device, copy_gbs, precision):
     # the first row 20-80 % slow).
     do_bench(next(iter(cases.values()))[0], warmup=200, rep=500)
     for name, (fn, nbytes) in cases.items():
-        ms, ms_launch = gpu_time(fn), do_bench(fn, warmup=25, rep=100, return_mode="median")
+        try:
+            ms, ms_launch = gpu_time(fn), do_bench(fn, warmup=25, rep=100, return_mode="median")
+        except Exception as exc:  # e.g. a bf16-only path on an fp32 stream: report, keep the rest
+            rows.append(dict(C=c, kernel=name, error=f"{type(exc).__name__}: {exc}"[:200]))
+            continue
         gbs = nbytes / ms / 1e6
         rows.append(dict(C=c, kernel=name, ms=ms, ms_launched=ms_launch, gb_s=gbs, frac_copy=gbs / copy_gbs))
     return rows

@@ -22,7 +22,7 @@ def test_kernel_table_and_sweep_on_cpu(fused, launch, monkeypatch):
     monkeypatch.setattr(triton.testing, "do_bench_cudagraph", lambda fn, **kw: (fn(), 0.5)[1])
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the Inductor Σv² yardstick, eager here
     rows = kernel_bench.bench_kernels(16, 4, 8, "cpu", 1000.0, "bf16x2")
-    names = [r["kernel"] for r in rows]
+    names, table = [r["kernel"] for r in rows], rows
     assert any("linked add" in k for k in names)
     # device time from the graph replay, plain launches beside it
     assert all(r["ms"] == 0.5 and r["ms_launched"] == 1.0 and r["gb_s"] > 0 for r in rows)
@@ -32,6 +32,13 @@ def test_kernel_table_and_sweep_on_cpu(fused, launch, monkeypatch):
     assert {r["op"] for r in rows} == set(swept)
     assert all(best[k][1] in kernel_bench.SWEEP[k] for k in swept), best
     assert [getattr(launch, k) for k in swept] == before  # the sweep restores the defaults
+    # an fp32 stream (the model's under bf16-mixed): every row timed or carrying its error
+    rows32 = kernel_bench.bench_kernels(16, 4, 8, "cpu", 1000.0, "bf16x2", torch.float32)
+    assert [r["kernel"] for r in rows32] == names
+    timed = [r for r in rows32 if "error" not in r]
+    assert any(r["kernel"] == "post_res_bwd" for r in timed)
+    assert all(r["gb_s"] == 2 * g["gb_s"] for r in timed for g in table if g["kernel"] == r["kernel"]
+               and r["kernel"] in ("pre", "post_res", "post_res_bwd"))  # twice the bytes per element
 
 
 def test_gpu_time_falls_back_to_plain_launches(monkeypatch):
