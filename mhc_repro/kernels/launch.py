@@ -93,6 +93,10 @@ _NORM_BWD_SMEM = 160 * 1024
 # partial reductions summed afterwards | "mma": token-owning, every product and reduction an MMA on
 # [(token, stream) rows, C] tiles; BT = rows then), BT tokens, BC channels, num_warps, num_stages.
 _PRB = ("mma", 16, 64, 2, 5)  # run 13 sweep: 253 µs (87 % of copy) vs 283 with 3 stages, 371 "split", 418 "loop"
+# post_res_bwd on an fp32 stream (the model's under bf16-mixed; None: _PRB). Its MMAs need "tf32x3"
+# there, three tf32 MMAs per product: run 71, C = 1280, 8k tokens: "mma" (_PRB) 440 µs (32 % of
+# copy), ("mma", 16, 32, 2, 3) 385, "loop" (4, 128, 4, 3) 192, this "split" tile 170 µs (82 %).
+_PRB_FP32 = ("split", 2, 128, 2, 3)
 # How the linked sub-layer (kernels.linked) forms the post_res part of the stream gradient in the
 # projection's dx pass: "gather" = H_resᵀ g inside the pass (post_res_bwd skips dx, the pass reads
 # each g row n times); "add" = post_res_bwd writes H_resᵀ g as usual and the pass adds it once.
@@ -441,7 +445,7 @@ def launch_post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, g: 
     x = x.contiguous()
     N, n, C = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
-    mode, bt, bc, warps, stages = _PRB
+    mode, bt, bc, warps, stages = _PRB if x.dtype == torch.bfloat16 or _PRB_FP32 is None else _PRB_FP32
     # Only mode "mma" can skip dx; then x stands in for the (never written) dx pointer.
     dx = torch.empty_like(x) if write_dx or mode != "mma" else x
     df = torch.empty(N, C, device=x.device, dtype=f.dtype)

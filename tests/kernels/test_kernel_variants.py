@@ -23,10 +23,13 @@ VARIANTS = {
     "proj fwd hi|lo merged": dict(PROJ_FWD_MERGED=True, _PROJ_FWD=(16, 32, 2, "diag", 4, 2)),
     "proj fwd hi|lo as two MMAs": dict(PROJ_FWD_MERGED=False),
     "proj bwd dx kernel + dphi gemm": dict(_PROJ_BWD_GEMM=(16, 32, 32, 2, 4)),
-    "post_res_bwd mma": dict(_PRB=("mma", 16, 32, 4, 2)),
-    "post_res_bwd mma 32 rows": dict(_PRB=("mma", 32, 16, 4, 4)),
-    "post_res_bwd split": dict(_PRB=("split", 4, 32, 4, 3)),
-    "post_res_bwd split odd": dict(_PRB=("split", 2, 16, 2, 3)),
+    # (_PRB_FP32 None: these fp32 cases run the _PRB tile; the bf16 cases run it anyway)
+    "post_res_bwd mma": dict(_PRB=("mma", 16, 32, 4, 2), _PRB_FP32=None),
+    "post_res_bwd mma 32 rows": dict(_PRB=("mma", 32, 16, 4, 4), _PRB_FP32=None),
+    "post_res_bwd split": dict(_PRB=("split", 4, 32, 4, 3), _PRB_FP32=None),
+    "post_res_bwd split odd": dict(_PRB=("split", 2, 16, 2, 3), _PRB_FP32=None),
+    "post_res_bwd loop": dict(_PRB=("loop", 4, 32, 4, 3), _PRB_FP32=None),
+    "post_res_bwd fp32 tile mma": dict(_PRB_FP32=("mma", 16, 64, 2, 3)),
     "sinkhorn 8 tokens, 1 warp": dict(_SINKHORN=(8, 1)),
 }
 
