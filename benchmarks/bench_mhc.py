@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--sweep-only", nargs="*", default=(), help="sweep only these SWEEP entries")
     ap.add_argument("--no-kernels", action="store_true", help="skip the per-kernel GB/s table")
     ap.add_argument("--kernel-stream-dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                    help="stream dtype of the per-kernel table (float32: the model's stream under bf16-mixed)")
+                    help="stream dtype of the per-kernel table and --sweep (float32: the model's stream under bf16-mixed)")
     ap.add_argument("--precision", default="bf16x2", choices=["bf16x2", "bf16"],
                     help="projection operands of variant mhc_fused (mhc_fused_bf16 is always bf16)")
     ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
@@ -174,7 +174,8 @@ def main() -> None:
     if args.sweep:
         from mhc_repro.kernels import launch
 
-        rows, best = sweep_configs(args.C[0], args.n, args.tokens, dev, args.precision, args.sweep_only)
+        rows, best = sweep_configs(args.C[0], args.n, args.tokens, dev, args.precision, args.sweep_only,
+                                   getattr(torch, args.kernel_stream_dtype))
         res["sweep"] = rows
         res["probe_after_sweep"] = machine_probe(dev)
         print("probe after the sweep:", res["probe_after_sweep"], flush=True)

@@ -151,6 +151,9 @@ SWEEP = {
              ("mma", 32, 128, 4, 3), ("mma", 32, 64, 4, 3), ("mma", 16, 64, 2, 3), ("mma", 64, 64, 8, 3),
              ("mma", 16, 64, 2, 2), ("mma", 16, 64, 2, 4), ("mma", 16, 64, 2, 5), ("mma", 16, 128, 4, 4),
              ("mma", 16, 64, 4, 4), ("mma", 32, 64, 4, 4), ("mma", 16, 32, 1, 4), ("mma", 16, 128, 2, 4)],
+    # post_res_bwd on an fp32 stream (run 71, C = 1280: split (2, 128, 2, 3) 170 µs, loop 192, mma 385-440)
+    "_PRB_FP32": [("split", 2, 128, 2, 3), ("split", 1, 128, 2, 3), ("split", 2, 256, 4, 3), ("split", 4, 128, 4, 3),
+                  ("split", 2, 64, 2, 4), ("split", 1, 256, 4, 2), ("loop", 4, 128, 4, 3), ("loop", 2, 256, 4, 3)],
     "_SINKHORN": [(64, 4), (128, 4), (64, 8), (128, 8), (256, 8), (32, 4)],
     # the fused branch norm's kernels (forward + backward): (BT tokens, num_warps); None = by C
     "_PRE_NORM": [None, (1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 8)],
@@ -163,13 +166,15 @@ SWEEP = {
 }
 
 
-def sweep_configs(c, n, N, device, precision, only=()):
-    """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each."""
+def sweep_configs(c, n, N, device, precision, only=(), stream_dtype=torch.bfloat16):
+    """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each.
+    On an fp32 stream post_res_bwd's tile is _PRB_FP32 (swept instead of _PRB)."""
 
     from mhc_repro.kernels import fused, launch  # noqa: F401  (fused registers the ops)
 
     O = torch.ops.mhc_repro
-    bf = dict(device=device, dtype=torch.bfloat16)
+    bf = dict(device=device, dtype=stream_dtype)
+    fp32 = stream_dtype == torch.float32
     M = n * n + 2 * n
     x, g, f = torch.randn(N, n, c, **bf), torch.randn(N, n, c, **bf), torch.randn(N, c, **bf)
     phi = torch.randn(n * c, M, device=device) * 0.01
@@ -192,6 +197,7 @@ def sweep_configs(c, n, N, device, precision, only=()):
         "_PROJ_BWD_GEMM": dx_passes, "_PROJ_BWD_TMA": dx_passes, "PROJ_DX_TMA_ACC": dx_passes,
         "PROJ_DX_TMA_LOOP_STAGES": dx_passes, "PROJ_DX_TMA_DPHI": dx_passes,
         "_PRB": lambda: O.post_res_bwd(x, f, hq, hr, g),
+        "_PRB_FP32": lambda: O.post_res_bwd(x, f, hq, hr, g),
         "_PRE_NORM": lambda: (O.pre_norm(x, hq, nw, 1e-6),) + O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "_PRE_NORM_BWD": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
         "PRE_NORM_BWD_PREFETCH": lambda: O.pre_norm_bwd(x, hq, nw, f, 1e-6),
@@ -205,8 +211,8 @@ def sweep_configs(c, n, N, device, precision, only=()):
 
     rows, best = [], {}
     for name, cands in SWEEP.items():
-        if only and name not in only:
-            continue
+        if only and name not in only or name == ("_PRB" if fp32 else "_PRB_FP32"):
+            continue  # the post_res_bwd tile the stream's dtype does not use
         saved = getattr(launch, name)
         ref = ops[name]()  # outputs of the default tiles: a candidate must reproduce them
         for cand in cands:

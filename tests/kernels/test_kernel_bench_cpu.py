@@ -32,6 +32,10 @@ def test_kernel_table_and_sweep_on_cpu(fused, launch, monkeypatch):
     assert {r["op"] for r in rows} == set(swept)
     assert all(best[k][1] in kernel_bench.SWEEP[k] for k in swept), best
     assert [getattr(launch, k) for k in swept] == before  # the sweep restores the defaults
+    # an fp32 stream sweeps post_res_bwd's fp32 tile, not the bf16 one, and restores it
+    rows, best = kernel_bench.sweep_configs(16, 4, 8, "cpu", "bf16x2", ("_PRB", "_PRB_FP32"), torch.float32)
+    assert {r["op"] for r in rows} == {"_PRB_FP32"} and "_PRB_FP32" in best
+    assert (launch._PRB, launch._PRB_FP32) == (before[0], kernel_bench.SWEEP["_PRB_FP32"][0])
     # an fp32 stream (the model's under bf16-mixed): every row timed or carrying its error
     rows32 = kernel_bench.bench_kernels(16, 4, 8, "cpu", 1000.0, "bf16x2", torch.float32)
     assert [r["kernel"] for r in rows32] == names
