@@ -23,7 +23,8 @@ from .launch import PROJ_PRECISIONS, _check, _check_precision
 
 # Under torch.compile: post_res's backward leaves dx = H_resᵀ g as an expression for Inductor to fuse
 # into the sum of the stream's gradient parts (the kernel then only reduces and writes df), instead of
-# writing dx and reading it back. Needs launch._PRB mode "mma" (other modes write dx anyway).
+# writing dx and reading it back. Saves bytes only where the stream's tile (launch._PRB, or _PRB_FP32
+# on an fp32 stream) is mode "mma"; other modes write dx anyway.
 LAZY_RES_DX = False
 
 
