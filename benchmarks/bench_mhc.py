@@ -171,11 +171,12 @@ def main() -> None:
             with open(args.out, "w") as fh:
                 json.dump(res, fh, indent=1)
 
+    stream_dtype = getattr(torch, args.kernel_stream_dtype)  # of the kernel table and the sweep
     if args.sweep:
         from mhc_repro.kernels import launch
 
         rows, best = sweep_configs(args.C[0], args.n, args.tokens, dev, args.precision, args.sweep_only,
-                                   getattr(torch, args.kernel_stream_dtype))
+                                   stream_dtype)
         res["sweep"] = rows
         res["probe_after_sweep"] = machine_probe(dev)
         print("probe after the sweep:", res["probe_after_sweep"], flush=True)
@@ -188,8 +189,7 @@ def main() -> None:
         res["chosen"] = best
         print("chosen:", res["chosen"], flush=True)
     for c in [] if args.no_kernels else args.C:
-        res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs, args.precision,
-                                        getattr(torch, args.kernel_stream_dtype))
+        res["kernels"] += bench_kernels(c, args.n, args.tokens, dev, copy_gbs, args.precision, stream_dtype)
         dump()
     for c in args.C:
         nb, x0, dout = stack_inputs(c, args, dev)
