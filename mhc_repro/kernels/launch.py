@@ -336,9 +336,12 @@ def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi: int = 0) -> Tens
 def _dphi_gemm(x: Tensor, dm: Tensor, precision: str, dmp: Tensor | None = None) -> Tensor:
     """dφ = xᵀ·dm [K, M] in fp32 as one GEMM. bf16 stream on CUDA: bf16 operands with fp32 output
     (dm as hi + lo bf16 parts for "bf16x2", like the kernels; ``dmp``: those parts, [N, M] or [N, 2M],
-    as coef_bwd wrote them); elsewhere in fp32."""
+    as coef_bwd wrote them); an fp32 stream on CUDA: tf32 operands where DOT_PRECISION is "tf32", like
+    the projection's MMAs; elsewhere in fp32."""
     M = dm.shape[1]
     if x.dtype != torch.bfloat16:
+        if x.is_cuda and DOT_PRECISION == "tf32":
+            return _mm_tf32(x.t().float(), dm.float())
         return x.t().float() @ dm.float()
     if dmp is None:
         hi = dm.to(torch.bfloat16)
@@ -348,6 +351,23 @@ def _dphi_gemm(x: Tensor, dm: Tensor, precision: str, dmp: Tensor | None = None)
     else:
         out = x.t().float() @ dmp.float()
     return out if dmp.shape[1] == M else out[:, :M] + out[:, M:]
+
+
+def _mm_tf32(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b with tf32 operands, fp32 accumulate, whatever the global matmul precision. The default
+    ("ieee") runs fp32 GEMMs without tensor cores: run 74 (3B training step, fp32 stream under
+    bf16-mixed) found the dφ GEMM as an FFMA kernel, 83.5 µs a call at C = 1280, 8k tokens. Uses the
+    per-backend switch of torch >= 2.9 (mixing it with the legacy global one makes
+    get_float32_matmul_precision raise), else the legacy allow_tf32."""
+    mm = torch.backends.cuda.matmul
+    attr, on = ("fp32_precision", "tf32") if hasattr(mm, "fp32_precision") else ("allow_tf32", True)
+    prev = getattr(mm, attr)
+    setattr(mm, attr, on)
+    try:
+        return a @ b
+    finally:
+        setattr(mm, attr, prev)
+
 
 # ---------------------------------------------------------------- stream kernels (4, 5 and backwards)
 def launch_pre(x: Tensor, h_pre: Tensor) -> Tensor:

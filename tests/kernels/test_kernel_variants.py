@@ -156,3 +156,37 @@ def test_sum_rows_splits_the_column_sums(fused, launch, device, R, W, split):
     ref = part.double().sum(0)
     assert torch.allclose(a.double(), ref[:split], rtol=1e-6, atol=1e-5)
     assert torch.allclose(b.double(), ref[split:], rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("setting", ["ieee", "tf32"])
+def test_mm_tf32_restores_the_matmul_precision(launch, setting):
+    """_mm_tf32 (the fp32 stream's dφ GEMM on CUDA) leaves the caller's precision switch as it found
+    it, also when the product raises."""
+    mm = torch.backends.cuda.matmul  # a __getattr__ module: monkeypatch cannot patch it
+    attr, val = ("fp32_precision", setting) if hasattr(mm, "fp32_precision") else ("allow_tf32", setting == "tf32")
+    before = getattr(mm, attr)
+    setattr(mm, attr, val)
+    try:
+        a, b = torch.randn(5, 7), torch.randn(7, 3)
+        assert torch.equal(launch._mm_tf32(a, b), a @ b) and getattr(mm, attr) == val
+        with pytest.raises(RuntimeError):
+            launch._mm_tf32(a, a)
+        assert getattr(mm, attr) == val
+    finally:
+        setattr(mm, attr, before)
+
+
+def test_dphi_gemm_on_an_fp32_stream(launch, device):
+    """dφ = xᵀ·dm on an fp32 stream: fp32 on the CPU; tf32 on CUDA (DOT_PRECISION), within tf32's
+    rounding of the fp64 product and not bit-equal to the fp32 GEMM (so tensor cores ran)."""
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    N, K, M = 4099, 3 * 257, 24
+    x, dm = torch.randn(N, K, generator=g), torch.randn(N, M, generator=g)
+    ref = x.double().t() @ dm.double()
+    got = launch._dphi_gemm(x.to(device), dm.to(device), "bf16x2").cpu()
+    err = ((got.double() - ref).norm() / ref.norm()).item()
+    if device == "cpu":
+        assert err < 1e-6
+    else:
+        ieee = (x.to(device).t() @ dm.to(device)).cpu()
+        assert err < 2e-3 and not torch.equal(got, ieee), f"relative error {err:.2e}"
