@@ -84,14 +84,22 @@ class StepTimer(L.Callback):
 
 class StepProfiler(L.Callback):
     """torch.profiler over optimizer steps [start, start + steps): where those steps' GPU time goes
-    (mhc_repro.diagnostics.kernel_profile.summarize), kept in ``summary``."""
+    (mhc_repro.diagnostics.kernel_profile.summarize), kept in ``summary``. The window runs from the
+    start of step ``start``'s first batch to the start of the batch after the window (the trainer
+    runs one step more), so it holds each profiled step's own end-of-step work (StepEnd: the MoE
+    routing-bias update) and not the validation / amax passes StepEnd runs at the last step. Stopping
+    in on_train_batch_end instead put one such pass inside the window (run 74: 4 loss forwards in
+    3 steps)."""
 
     def __init__(self, start: int, steps: int) -> None:
         self.start, self.steps, self.prof, self.summary, self.cuda = start, steps, None, None, False
         self.t0 = 0.0  # perf_counter at the first profiled step
 
     def on_train_batch_start(self, trainer, *a) -> None:
-        if self.prof is None and self.summary is None and trainer.global_step == self.start:
+        step = trainer.global_step
+        if self.prof is not None and step == self.start + self.steps:
+            self._stop()
+        elif self.prof is None and self.summary is None and step == self.start:
             self.cuda = torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda"
             acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if self.cuda else [])
             StepTimer._sync()
@@ -99,18 +107,22 @@ class StepProfiler(L.Callback):
             self.prof.__enter__()
             self.t0 = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, *a) -> None:
-        if self.prof is not None and trainer.global_step == self.start + self.steps:
-            StepTimer._sync()
-            wall_us = 1e6 * (time.perf_counter() - self.t0) / self.steps
-            self.prof.__exit__(None, None, None)
-            from mhc_repro.diagnostics.kernel_profile import summarize
+    def on_train_end(self, trainer, *a) -> None:
+        if self.prof is not None:  # fewer batches than the window needs: keep what was profiled
+            self._stop()
 
-            self.summary, self.prof = summarize(self.prof, self.steps, wall_us, self.cuda), None
+    def _stop(self) -> None:
+        StepTimer._sync()
+        wall_us = 1e6 * (time.perf_counter() - self.t0) / self.steps
+        self.prof.__exit__(None, None, None)
+        from mhc_repro.diagnostics.kernel_profile import summarize
+
+        self.summary, self.prof = summarize(self.prof, self.steps, wall_us, self.cuda), None
 
 
 def bench_variant(args, variant: str) -> dict:
-    total = args.steps + args.profile_steps  # profiled steps run after the timed ones
+    # profiled steps run after the timed ones, and one more step closes their window (StepProfiler)
+    total = args.steps + (args.profile_steps + 1 if args.profile_steps else 0)
     over = [f"train.variant={variant}", f"data.seq_len={args.seq_len}", f"data.batch_size={args.micro_batch}",
             f"train.global_batch_size={args.micro_batch * args.accumulate}", f"train.max_steps={total}",
             "train.strategy=auto", "train.devices=1", "tracking.enabled=false", f"train.compile={args.compile}",
@@ -129,7 +141,8 @@ def bench_variant(args, variant: str) -> dict:
     data = SyntheticData(total * args.accumulate * args.micro_batch, args.seq_len, cfg.model.vocab_size,
                          args.micro_batch)
     timer, perf = StepTimer(), PerfMonitor(window=min(10, args.steps * args.accumulate))
-    step_end = StepEnd(val_every=args.steps, val_batches=1, amax_every=args.steps, diag_dir=Path(args.diag_dir))
+    # validation and amax once, after the last step: outside the timed steps and the profiled window
+    step_end = StepEnd(val_every=total, val_batches=1, amax_every=total, diag_dir=Path(args.diag_dir))
     profiler = StepProfiler(args.steps, args.profile_steps)
     callbacks = [perf, timer, step_end] + ([profiler] if args.profile_steps else [])
     trainer = L.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision=precision, max_steps=total,

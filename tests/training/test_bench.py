@@ -31,6 +31,34 @@ def test_bench_times_then_profiles(tmp_path, capsys):
     assert [p["variant"] for p in printed if "us_by_category" in p] == ["residual", "mhc"]
 
 
+def test_profile_window_holds_the_profiled_steps_only(tmp_path, monkeypatch):
+    """Validation and the amax pass run outside the profiler's window (one of them inside it added a
+    forward pass to every profiled step's sums: run 74), and the window closes after its steps."""
+    import torch
+
+    from mhc_repro.training import callbacks
+
+    seen = []
+    for name in ("validate", "amax"):
+        orig = getattr(callbacks.StepEnd, name)
+
+        def spy(self, *a, _orig=orig, _name=name):
+            seen.append((_name, torch._C._autograd._profiler_enabled()))
+            return _orig(self, *a)
+
+        monkeypatch.setattr(callbacks.StepEnd, name, spy)
+    argv = ["--config", "experiments/tiny/base.yaml", "--variants", "mhc", "--steps", "3", "--warmup", "1",
+            "--micro-batch", "2", "--seq-len", "16", "--profile-steps", "3", "--out", str(tmp_path / "b.json"),
+            "--diag-dir", str(tmp_path / "diag")]
+    for s in SMALL:
+        argv += ["--set", s]
+    assert bench.main(argv) == 0
+    r = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert "error" not in r, r.get("traceback")
+    assert sorted(seen) == [("amax", False), ("validate", False)], seen
+    assert r["profile"]["steps"] == 3 and r["val_loss"] is not None
+
+
 def test_negative_profile_steps_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--config", "experiments/tiny/base.yaml", "--profile-steps", "-1", "--out", str(tmp_path / "b.json")])
