@@ -98,7 +98,7 @@ class StepProfiler(L.Callback):
     def on_train_batch_start(self, trainer, *a) -> None:
         step = trainer.global_step
         if self.prof is not None and step == self.start + self.steps:
-            self._stop()
+            self._stop(trainer)
         elif self.prof is None and self.summary is None and step == self.start:
             self.cuda = torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda"
             acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if self.cuda else [])
@@ -108,16 +108,17 @@ class StepProfiler(L.Callback):
             self.t0 = time.perf_counter()
 
     def on_train_end(self, trainer, *a) -> None:
-        if self.prof is not None:  # fewer batches than the window needs: keep what was profiled
-            self._stop()
+        if self.prof is not None:  # training ended inside the window: keep the steps it holds
+            self._stop(trainer)
 
-    def _stop(self) -> None:
+    def _stop(self, trainer) -> None:
         StepTimer._sync()
-        wall_us = 1e6 * (time.perf_counter() - self.t0) / self.steps
+        steps = max(1, trainer.global_step - self.start)  # optimizer steps the window holds
+        wall_us = 1e6 * (time.perf_counter() - self.t0) / steps
         self.prof.__exit__(None, None, None)
         from mhc_repro.diagnostics.kernel_profile import summarize
 
-        self.summary, self.prof = summarize(self.prof, self.steps, wall_us, self.cuda), None
+        self.summary, self.prof = summarize(self.prof, steps, wall_us, self.cuda), None
 
 
 def bench_variant(args, variant: str) -> dict:
