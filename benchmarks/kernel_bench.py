@@ -76,9 +76,14 @@ def bench_kernels(c, n, N, device, copy_gbs, precision, stream_dtype=torch.bfloa
         cases[f"  dφ GEMM [{p}]"] = (lambda p=p: launch._dphi_gemm(x.view(N, -1), dm, p, dmp[p]), n * e)
     cases["post_res_bwd_red (df, dH only)"] = (lambda: O.post_res_bwd_red(x, f, hq, hr, g), (2 * n + 2) * e)
     # Yardsticks for the projection: cuBLAS GEMM alone (no Σv², no φ split) and Inductor's Σv² alone.
-    phb = phi.to(torch.bfloat16)
-    cases["  ref: cuBLAS v·φ (bf16, no Σv²)"] = (lambda: xf @ phb, n * e + N * 4 * M)
-    cases["  ref: cuBLAS vᵀ·dm (bf16 dφ alone)"] = (lambda: xf.t() @ dm.to(torch.bfloat16), n * e)
+    # On an fp32 stream: tf32 operands, as the kernels (launch.DOT_PRECISION) and the dφ GEMM use.
+    if stream_dtype == torch.bfloat16:
+        phb, dmb = phi.to(torch.bfloat16), dm.to(torch.bfloat16)
+        cases["  ref: cuBLAS v·φ (bf16, no Σv²)"] = (lambda: xf @ phb, n * e + N * 4 * M)
+        cases["  ref: cuBLAS vᵀ·dm (bf16 dφ alone)"] = (lambda: xf.t() @ dmb, n * e)
+    else:
+        cases["  ref: cuBLAS v·φ (tf32, no Σv²)"] = (lambda: launch._mm_tf32(xf, phi), n * e + N * 4 * M)
+        cases["  ref: cuBLAS vᵀ·dm (tf32 dφ alone)"] = (lambda: launch._mm_tf32(xf.t(), dm), n * e)
     sumsq = torch.compile(lambda v: v.float().square().sum(-1))
     cases["  ref: Inductor Σv² alone"] = (lambda: sumsq(xf), n * e)
     rows = []
