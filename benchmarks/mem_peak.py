@@ -82,10 +82,9 @@ def main() -> None:
     for kind in args.variants:
         with stack_variants.kernel_switches(kind):
             blocks, fns = stack_variants.build(kind, c, args.n, nb, True, dev)
-            n_streams = 1 if kind.startswith("residual") else args.n
 
             def forward():
-                return stack_variants.stack_forward(fns, x0, n_streams)
+                return stack_variants.stack_forward(fns, x0)
 
             forward().backward(dout)  # compile
             for p in blocks.parameters():

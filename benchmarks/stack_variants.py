@@ -43,10 +43,17 @@ LAZY_PRB = [("mma", 16, 128, 4, 3)]  # post_res backward tiles of the *_lazy var
 
 
 
+def _expand_outside(kind: str) -> tuple[str, bool]:
+    """(the variant name without its "_expout" suffix, whether it has one): *_expout expands the
+    streams before the compiled first block, as up to session 17 (block_fns), for an A/B."""
+    return (kind[:-len("_expout")], True) if kind.endswith("_expout") else (kind, False)
+
+
 def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
+    kind, outside = _expand_outside(kind)
     if kind == "hc_pkg":  # the hyper-connections package's mHC (optional extra)
         blocks = _hc_package().build_hc_package_blocks(c, n, n_blocks, device, RMSNorm, Attention, SwiGLU)
-        return blocks, block_fns(blocks, True, compiled, dynamic=False)
+        return blocks, block_fns(blocks, n, compiled, outside, dynamic=False)
     prec = "bf16" if kind.startswith("mhc_fused_bf16") else PRECISION[0]
     ops = None if kind.startswith("residual") else get_mhc_ops("reference" if kind == "mhc_ref" else "triton", device, prec)
     torch.manual_seed(0)
@@ -69,22 +76,32 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     # *_cg: CUDA graphs (Inductor's "reduce-overhead"), which take the host's launch work (the kernels'
     # Python launchers included) off the step; compare with residual_cg for like with like.
     opts = dict(dynamic=False, mode="reduce-overhead") if "_cg" in kind else dict(dynamic=False)
-    return blocks, block_fns(blocks, ops is not None, compiled, **opts)
+    return blocks, block_fns(blocks, n if ops is not None else 1, compiled, outside, **opts)
 
 
 
-def block_fns(blocks, collapse: bool, compiled: bool, **opts) -> list:
+def block_fns(blocks, n_streams: int, compiled: bool, expand_outside: bool = False, **opts) -> list:
     """The blocks as the step calls them, each under torch.compile(**opts) when ``compiled``. With
-    ``collapse`` (n-stream stacks) the last one also sums the streams, inside the same compiled
-    graph, as the model does (LM.forward hands its StreamCollapse to the last block): the sum's
-    broadcast gradient then forms inside that graph. Up to run 40 the stack summed outside, eagerly,
-    and the last block's backward copied the expand-view gradient through a slow strided path (322 µs
-    of 54 ms at C = 2048, run 38)."""
+    n_streams > 1 the first one also expands x0 [B, T, C] into the streams (a broadcast view, as
+    mhc_repro.residual.expand_streams) and the last one sums them, each inside its compiled graph, as
+    the model does (LM.forward hands both to its first and last block): the broadcast's copy and its
+    gradient's sum then form inside those graphs. Up to run 40 the stack summed outside, eagerly, and
+    the last block's backward copied the expand-view gradient through a slow strided path (322 µs of
+    54 ms at C = 2048, run 38); up to session 17 it expanded outside, and the expand's gradient was an
+    eager sum (run 69, C = 2048: 160 µs, beside a 338 µs eager broadcast copy of unknown origin).
+    ``expand_outside`` (the *_expout variants) keeps that old layout, for an A/B."""
     fns = list(blocks)
-    if collapse:
-        fns[-1] = lambda x, b=blocks[-1]: b(x).sum(2)
-    return [torch.compile(f, **opts) if compiled else f for f in fns]
+    if n_streams > 1:
+        def expand(x):
+            return x.unsqueeze(2).expand(-1, -1, n_streams, -1)
 
+        fns[-1] = lambda x, b=fns[-1]: b(x).sum(2)
+        if not expand_outside:
+            fns[0] = lambda x, f=fns[0]: f(expand(x))
+    fns = [torch.compile(f, **opts) if compiled else f for f in fns]
+    if n_streams > 1 and expand_outside:
+        fns[0] = lambda x, f=fns[0]: f(expand(x))
+    return fns
 
 
 @contextlib.contextmanager
@@ -111,12 +128,13 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     TMA dx pass with the MMAs accumulating into the elementwise terms (launch.PROJ_DX_TMA_ACC, the
     default), *_mmasum with the MMA results summed after them (the pointer kernel's order); *_dphi its
     TMA dx pass forming dφ too (launch.PROJ_DX_TMA_DPHI 1; *_dphi2 mode 2). Then the variant's own launch settings
-    (VARIANT_SETTINGS, from --variant-set), e.g. another tile for one variant of an A/B."""
+    (VARIANT_SETTINGS, from --variant-set), e.g. another tile for one variant of an A/B. (*_expout, a
+    suffix, is no kernel switch: see build.)"""
     from mhc_repro.kernels import fused, launch, linked
     from mhc_repro.residual import recompute
 
     stack = contextlib.ExitStack()
-    if kind.endswith("_lazy"):
+    if _expand_outside(kind)[0].endswith("_lazy"):
         stack.enter_context(patched(fused, LAZY_RES_DX=True))
         stack.enter_context(patched(launch, _PRB=LAZY_PRB[0]))
     if "_gather" in kind:
@@ -184,19 +202,17 @@ def launch_settings(pairs) -> dict:
 
 
 
-def stack_forward(fns, x0, n_streams: int):
-    """The stack's output from x0 [B, T, C]: streams expanded, every block, streams summed (by the
-    last of ``fns``, see block_fns).
+def stack_forward(fns, x0):
+    """The stack's output from x0 [B, T, C]: every block in turn (an n-stream stack's first block
+    expands the streams and its last sums them, see block_fns).
 
     The n-stream lives only inside this function, as inside a model's forward: once collapsed it is
     freed (up to run 17 the benchmark held the last stream, 4 units of [N, C], through the whole
-    backward, which a model does not; it inflated mHC's peak, not the residual's). The expansion is
-    a broadcast view, as mhc_repro.residual.expand_streams returns, materialized by block 0's ops."""
-    x = x0 if n_streams == 1 else x0.unsqueeze(2).expand(-1, -1, n_streams, -1)
+    backward, which a model does not; it inflated mHC's peak, not the residual's)."""
+    x = x0
     for f in fns:
         x = f(x)
     return x
-
 
 
 def add_stack_args(ap) -> None:
@@ -226,10 +242,9 @@ def stack_step(kind, compiled, c, n, n_blocks, x0, dout):
     and its forward alone; the blocks hold the parameters (keep them alive while timing)."""
     blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
     params = list(blocks.parameters())
-    n_streams = 1 if kind.startswith("residual") else n
 
     def forward():
-        return stack_forward(fns, x0, n_streams)
+        return stack_forward(fns, x0)
 
     def step():
         for p in params:

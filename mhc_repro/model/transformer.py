@@ -5,8 +5,8 @@ Each block has two sub-layers (attention, FFN); each sub-layer is wrapped by its
 from ``build_residual`` (sub-layer index 2*block and 2*block+1), which applies the sub-layer's RMSNorm
 (handed in beside the branch, so mHC can fuse it: ``residual.fuse_branch_norm``) and then the branch,
 mapping [B, T, C] -> [B, T, C]. The stream state between sub-layers is [B, T, n, C].
-The last block applies the StreamCollapse itself (so a compiled block graph holds it, see
-``Block.forward``).
+The first block expands the embedding into the streams and the last applies the StreamCollapse, each
+itself (so a compiled block graph holds them, see ``Block.forward``).
 
 Init: every linear/embedding weight ~ N(0, init_std); the output projections of every branch
 (attention ``out_proj``, FFN/expert ``down_proj``) use init_std / ``residual.output_init_scale``
@@ -59,11 +59,17 @@ class Block(nn.Module):
         self.recompute_mode = cfg.residual.recompute
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
-                kv: Optional[LayerKV] = None, start: int = 0, collapse: Optional[nn.Module] = None) -> Tensor:
-        """[B, T, n, C] -> [B, T, n, C]; with ``collapse`` (the last block) -> collapse(...) [B, T, C].
-        The collapse runs inside this block's forward so that, compiled, its broadcast gradient forms
-        inside the block's graph: handed in from outside, the block's backward would copy that
-        expand view through a slow strided path (H200, C = 2048, 16k tokens: 322 µs; RESULTS.md run 38)."""
+                kv: Optional[LayerKV] = None, start: int = 0, collapse: Optional[nn.Module] = None,
+                expand: int = 0) -> Tensor:
+        """[B, T, n, C] -> [B, T, n, C]; with ``collapse`` (the last block) -> collapse(...) [B, T, C];
+        with ``expand`` = n (the first block) x is the embedding [B, T, C], expanded here.
+        Both run inside this block's forward so that, compiled, they and their gradients form inside
+        the block's graph. A collapse handed in from outside made the block's backward copy its
+        expand-view gradient through a slow strided path (H200, C = 2048, 16k tokens: 322 µs;
+        RESULTS.md run 38); an expansion outside left its gradient's sum to an eager kernel (160 µs,
+        run 69)."""
+        if expand:
+            x = expand_streams(x, expand)
         if self.recompute_stream and kv is None and torch.is_grad_enabled():
             x = checkpoint_block(self._sublayers, x, rope, mask, mode=self.recompute_mode)
         else:
@@ -156,17 +162,18 @@ class LM(nn.Module):
         # autocast (CPU evaluation) keeps its fp32 stream, as its fp32 branches need fp32 inputs
         if dt is not None and (dt == h.dtype or torch.is_autocast_enabled(idx.device.type)):
             h = h.to(dt)
-        x = expand_streams(h, self.n_streams)
+        x = h  # the first block expands it into the streams (expand_streams), the last collapses them
         use_ckpt = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            collapse = self.collapse if i == last else None  # the last block collapses the streams
+            collapse = self.collapse if i == last else None
+            expand = self.n_streams if i == 0 else 0
             if use_ckpt:
-                x = checkpoint(block, x, rope, mask, collapse=collapse, use_reentrant=False)
+                x = checkpoint(block, x, rope, mask, collapse=collapse, expand=expand, use_reentrant=False)
             else:
-                x = block(x, rope, mask, cache.layers[i] if cache is not None else None, start, collapse)
+                x = block(x, rope, mask, cache.layers[i] if cache is not None else None, start, collapse, expand)
         if not self.blocks:
-            x = self.collapse(x)
+            x = self.collapse(expand_streams(h, self.n_streams))
         if cache is not None:
             cache.length = start + t
         return self.head(self.norm(x)).float()

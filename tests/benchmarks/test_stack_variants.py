@@ -14,9 +14,39 @@ def test_bench_stack_forward_cpu():
     x0 = torch.randn(1, 8, 128, dtype=torch.bfloat16, requires_grad=True)
     for kind, n in (("residual", 1), ("mhc_ref", 4)):
         blocks, fns = stack_variants.build(kind, 128, 4, 2, False, torch.device("cpu"))
-        out = stack_variants.stack_forward(fns, x0, n)
+        out = stack_variants.stack_forward(fns, x0)
         out.float().square().mean().backward()
         assert out.shape == x0.shape and all(p.grad is not None for p in blocks.parameters()), kind
+
+
+def test_expansion_inside_the_first_block(monkeypatch):
+    """The first compiled function gets x0 [B, T, C] and expands the streams itself (the model's
+    layout since session 17); *_expout hands it the broadcast view, expanded outside, as before.
+    Same output and gradients either way (torch.compile recorded, not run)."""
+    seen = []
+
+    def fake_compile(f, **opts):
+        def g(x):
+            seen.append((tuple(x.shape), x.stride()))
+            return f(x)
+        return g
+
+    monkeypatch.setattr(stack_variants.torch, "compile", fake_compile)
+
+    def run(kind):
+        seen.clear()
+        blocks, fns = stack_variants.build(kind, 128, 4, 2, True, torch.device("cpu"))
+        x0 = torch.randn(1, 8, 128, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        out = stack_variants.stack_forward(fns, x0)
+        out.float().square().mean().backward()
+        return list(seen), out, x0.grad, [p.grad for p in blocks.parameters()]
+
+    a, b = run("mhc_ref"), run("mhc_ref_expout")
+    assert a[0][0] == ((1, 8, 128), (1024, 128, 1))  # x0 itself
+    assert b[0][0] == ((1, 8, 4, 128), (1024, 128, 0, 1))  # a broadcast view of it
+    assert a[0][1] == b[0][1] == ((1, 8, 4, 128), (4096, 512, 128, 1))
+    assert a[1].shape == (1, 8, 128) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    assert all(torch.equal(u, v) for u, v in zip(a[3], b[3]))
 
 
 def test_block_fns_collapse_inside_the_last_block():
@@ -24,8 +54,9 @@ def test_block_fns_collapse_inside_the_last_block():
     hands its collapse to the last block; the other blocks keep the stream."""
     blocks, fns = stack_variants.build("mhc_ref", 128, 4, 2, False, torch.device("cpu"))
     x = torch.randn(1, 8, 4, 128, dtype=torch.bfloat16)
+    x0 = torch.randn(1, 8, 128, dtype=torch.bfloat16)
     with torch.no_grad():
-        assert fns[0](x).shape == x.shape and torch.equal(fns[0](x), blocks[0](x))
+        assert torch.equal(fns[0](x0), blocks[0](x0.unsqueeze(2).expand(-1, -1, 4, -1)))
         assert torch.equal(fns[1](x), blocks[1](x).sum(2))
     res_blocks, res_fns = stack_variants.build("residual", 128, 4, 2, False, torch.device("cpu"))
     assert all(f is b for f, b in zip(res_fns, res_blocks))  # no streams, nothing to collapse
