@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The device calls session 17 left (reports/kernels/RESULTS.md, "Session 17"), one script, in parts:
+# 1. the GPU tests at this commit (kernels, residual, model, the eval engine);
+# 2. the stream expansion inside the first block against the old layout (*_expout): ab_stack.py at
+#    C = 2048 and 4096, then profile_stack.py at 2048 tracing the eager copy (direct_copy);
+# 3. the 3B training step, fp32 against bf16 stream, residual and mHC, paired (ab_train.py).
+# Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> SKIP="3" bash benchmarks/run_expand_stream_ab.sh
+# Each part fits one call: run part 3 alone (SKIP="1 2"), parts 1 and 2 together or apart.
+# Knobs: SKIP (space-separated parts), ROUNDS (ab_stack, 12), TRAIN_ROUNDS (ab_train, 3).
+# `timeout -k 10`: Lightning catches a plain SIGTERM and can keep the process alive past its timeout.
+set -o pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONPATH=. PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+export GIT_COMMIT=${GIT_COMMIT:-unknown} MHC_GIT_COMMIT=${GIT_COMMIT:-unknown}  # stale git metadata there
+skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.limit --format=csv
+  python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
+if ! skip 1; then
+  timeout -k 10 300 python3 -m pytest -q -m gpu tests/kernels tests/residual tests/model \
+    tests/evaluation/test_engine_gpu.py 2>&1 | grep -v USDT > "$OUT/gpu_tests.log"
+  echo "gpu tests: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; tail -2 "$OUT/gpu_tests.log"
+fi
+if ! skip 2; then
+  V="residual mhc_fused_linked_fnorm mhc_fused_linked_fnorm_expout"
+  timeout -k 10 280 python3 benchmarks/ab_stack.py --C 2048 4096 --rounds "${ROUNDS:-12}" --variants $V \
+    --out "$OUT/ab_expand.json" 2>&1 | grep -v USDT > "$OUT/ab_expand.log"
+  echo "ab_stack: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; grep -E "^C =|  (residual|mhc)" "$OUT/ab_expand.log"
+  timeout -k 10 150 python3 benchmarks/profile_stack.py --C 2048 --top 12 --variants $V --trace direct_copy \
+    --out "$OUT/profile_expand.json" 2>&1 | grep -v USDT > "$OUT/profile_expand.log"
+  echo "profile_stack: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"
+fi
+if ! skip 3; then
+  timeout -k 10 560 python3 benchmarks/ab_train.py --config experiments/3b/base.yaml --compile \
+    --rounds "${TRAIN_ROUNDS:-3}" --steps 12 --warmup 4 --timeout 150 --out "$OUT/ab_train_3b.json" \
+    --arm residual residual --arm mhc mhc \
+    --arm residual_bf16 residual model.residual.stream_dtype=bfloat16 \
+    --arm mhc_bf16 mhc model.residual.stream_dtype=bfloat16 2>&1 | grep -v USDT | tee "$OUT/ab_train_3b.log" | tail -6
+  echo "ab_train: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"
+fi
