@@ -126,11 +126,12 @@ def parse_arms(ap: argparse.ArgumentParser, specs: list[list[str]]) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--config", required=True)
-    ap.add_argument("--arm", nargs="+", action="append", default=[], metavar="NAME VARIANT [KEY=VALUE",
-                    help="an arm: its name, the training variant, its --set overrides; the first arm is the baseline")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--arm", nargs="+", action="append", default=[], metavar="SPEC",
+                    help="an arm, as NAME VARIANT [KEY=VALUE ...]: its name, the training variant and its --set "
+                         "overrides; the first arm is the baseline")
+    ap.add_argument("--rounds", type=int, default=3, help="every arm once per round, order rotated")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--micro-batch", type=int, default=2)
