@@ -41,8 +41,8 @@ def raise_recompile_limit(n_blocks: int) -> int:
     """Let every compiled block variant stay compiled: returns the recompile limit it set.
 
     block.compile() shares one code object (Block.forward) between all blocks, and Dynamo guards it
-    per input layout and module state: the first block takes the stream as an expanded view (stride 0
-    over n), the last one runs the collapse, dense and MoE blocks differ, validation runs without
+    per input layout and module state: the first block takes the embedding and expands it into the
+    streams, the last one runs the collapse, dense and MoE blocks differ, validation runs without
     grad, and the Amax diagnostic flips each residual's ``capture`` flag. That is well over Dynamo's
     default of 8 variants per code object, past which the remaining ones silently run eager (the tiny
     preset asks for 9 in 4 steps with validation and Amax: reports/training/recompile_budget_tiny.txt).
