@@ -11,7 +11,8 @@ the first block's copy of the broadcast input, see recompute.COPY_OPS); `_2mma` 
 `_ptr` the pointer dx pass (launch._PROJ_BWD_TMA None); `_acc` / `_mmasum` launch.PROJ_DX_TMA_ACC on / off;
 `_dphi` launch.PROJ_DX_TMA_DPHI on (dφ formed in the TMA dx pass; `ab_stack.py --variant-set` gives one variant its own tile);
 `_fnorm` (with `_linked`) the branch's RMSNorm fused into pre (kernels/norm_kernels.py); `_lazy` H_resᵀg left to Inductor;
-`_expout` (a suffix) the streams expanded before the compiled first block, the layout up to session 17; `_cg` blocks compiled with CUDA graphs ("reduce-overhead"; compare
+`_expout` (a suffix) the streams expanded before the compiled first block, the layout up to session 17;
+`_gcopy` post_res_bwd copying its stream gradient contiguous first (launch.PRB_G_BY_STRIDES off); `_cg` blocks compiled with CUDA graphs ("reduce-overhead"; compare
 with `residual_cg`). Each stack row also gives the host's time per step (`host_ms`) beside the time to
 completion (`queued_ms`). Then every fused kernel alone, its achieved GB/s against a
 device-to-device copy measured in the same run.

@@ -128,8 +128,9 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     TMA dx pass with the MMAs accumulating into the elementwise terms (launch.PROJ_DX_TMA_ACC, the
     default), *_mmasum with the MMA results summed after them (the pointer kernel's order); *_dphi its
     TMA dx pass forming dφ too (launch.PROJ_DX_TMA_DPHI 1; *_dphi2 mode 2). Then the variant's own launch settings
-    (VARIANT_SETTINGS, from --variant-set), e.g. another tile for one variant of an A/B. (*_expout, a
-    suffix, is no kernel switch: see build.)"""
+    (VARIANT_SETTINGS, from --variant-set), e.g. another tile for one variant of an A/B. *_gcopy:
+    post_res_bwd copies its stream gradient contiguous first (launch.PRB_G_BY_STRIDES off, as up
+    to session 18). (*_expout, a suffix, is no kernel switch: see build.)"""
     from mhc_repro.kernels import fused, launch, linked
     from mhc_repro.residual import recompute
 
@@ -153,6 +154,8 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
         stack.enter_context(patched(launch, PROJ_DX_TMA_ACC=False))
     if "_dphi" in kind:
         stack.enter_context(patched(launch, PROJ_DX_TMA_DPHI=2 if "_dphi2" in kind else 1))
+    if "_gcopy" in kind:
+        stack.enter_context(patched(launch, PRB_G_BY_STRIDES=False))
     if VARIANT_SETTINGS.get(kind):
         stack.enter_context(patched(launch, **VARIANT_SETTINGS[kind]))
     return stack

@@ -460,6 +460,19 @@ def launch_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tens
     return out
 
 
+# post_res_bwd reads g through its strides (False: copies g contiguous first, as up to session 18;
+# the benchmark's *_gcopy variants, for an A/B)
+PRB_G_BY_STRIDES = True
+
+
+def _rows_by_strides(g: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """A [N, n, C] gradient and its (token, stream) strides, copied only if C is not unit-stride.
+    The last block's stream gradient is often the collapse's broadcast (stream stride 0);
+    .contiguous() would materialise it (335 µs per step at C = 2048, run 78)."""
+    g = g if g.stride(-1) == 1 and PRB_G_BY_STRIDES else g.contiguous()
+    return g, (g.stride(0), g.stride(1))
+
+
 def launch_post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, g: Tensor,
                          write_dx: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x = x.contiguous()
@@ -472,20 +485,21 @@ def launch_post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, g: 
     dhp, dhr = torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
     bc = min(bc, _p2(C, 16))
     if N > 0:
-        args = (x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g.contiguous(), dx, df)
+        g, sg = _rows_by_strides(g)
+        args = (x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g, dx, df)
         if mode == "mma":  # bt = target rows (token, stream) per program
             bt = max(1, bt // n)
             sk.post_res_bwd_mma[(_cdiv(N, bt),)](
-                *args, dhp, dhr, N, C, n=n, BT=bt, R=_p2(bt * n, 16), TP=_p2(bt, 16), BC=max(bc, 16),
+                *args, dhp, dhr, N, C, *sg, n=n, BT=bt, R=_p2(bt * n, 16), TP=_p2(bt, 16), BC=max(bc, 16),
                 HILO=x.dtype == torch.bfloat16, INTERP=_interpreted(), WRITE_DX=write_dx, num_warps=warps,
                 num_stages=stages)
         elif mode == "split":
             chunks = _cdiv(C, bc)
             php, phr = torch.empty(chunks, N, n, **f32), torch.empty(chunks, N, n, n, **f32)
             sk.post_res_bwd_split[(_cdiv(N, bt), chunks)](
-                *args, php, phr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
+                *args, php, phr, N, C, *sg, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
             dhp, dhr = php.sum(0), phr.sum(0)
         else:
             sk.post_res_bwd[(_cdiv(N, bt),)](
-                *args, dhp, dhr, N, C, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
+                *args, dhp, dhr, N, C, *sg, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
     return dx, df, dhp.to(h_post.dtype), dhr.to(h_res.dtype)

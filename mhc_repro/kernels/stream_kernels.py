@@ -54,10 +54,11 @@ def post_res_fwd(x_ptr, f_ptr, hp_ptr, hr_ptr, out_ptr, N, C,
 
 
 @triton.jit
-def _post_res_bwd_chunk(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, t, c0, N, C,
+def _post_res_bwd_chunk(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, t, c0, N, C, sgt, sgs,
                         n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """One [BT tokens, BC channels] chunk: stores dx = H_resᵀ g and df = Σ_i H_post[i] g[i], returns
-    this chunk's parts of dH_res [BT, NP(i), NP(j)] and dH_post [BT, NP]."""
+    this chunk's parts of dH_res [BT, NP(i), NP(j)] and dH_post [BT, NP]. g is read through its token
+    and stream strides (sgt, sgs): a stream-broadcast g (stride 0) needs no copy."""
     tm = t < N
     t64 = t.to(tl.int64)
     j = tl.arange(0, NP)
@@ -75,7 +76,7 @@ def _post_res_bwd_chunk(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, t, 
     dh = tl.zeros((BT, NP, NP), dtype=tl.float32)
     dhp = tl.zeros((BT, NP), dtype=tl.float32)
     for i in tl.static_range(n):
-        gi = tl.load(g_ptr + (t64[:, None] * n + i) * C + c[None, :], mask=msk, other=0.0).to(tl.float32)
+        gi = tl.load(g_ptr + t64[:, None] * sgt + i * sgs + c[None, :], mask=msk, other=0.0).to(tl.float32)
         hrow = tl.load(hr_ptr + t[:, None] * (n * n) + i * n + j[None, :], mask=m2, other=0.0)
         dx += hrow[:, :, None] * gi[:, None, :]
         df += tl.load(hp_ptr + t * n + i, mask=tm, other=0.0)[:, None] * gi
@@ -99,7 +100,7 @@ def _store_dh(dhp_ptr, dhr_ptr, t, N, dh, dhp, n: tl.constexpr, NP: tl.constexpr
 
 
 @triton.jit
-def post_res_bwd(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C,
+def post_res_bwd(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C, sgt, sgs,
                  n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     # Token-owning programs loop over C: the per-token reductions stay in registers.
     t = tl.program_id(0) * BT + tl.arange(0, BT)
@@ -107,7 +108,7 @@ def post_res_bwd(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, d
     dhp = tl.zeros((BT, NP), dtype=tl.float32)
     for c0 in range(0, C, BC):
         pdh, pdhp = _post_res_bwd_chunk(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, t, c0, N, C,
-                                        n, NP, BT, BC)
+                                        sgt, sgs, n, NP, BT, BC)
         dh += pdh
         dhp += pdhp
     _store_dh(dhp_ptr, dhr_ptr, t, N, dh, dhp, n, NP)
@@ -115,13 +116,13 @@ def post_res_bwd(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, d
 
 @triton.jit
 def post_res_bwd_split(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C,
-                       n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+                       sgt, sgs, n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     # 2-D grid (tokens, C chunks), no loop: each program writes its chunk's partial reductions to
     # slot program_id(1) of [chunks, N, n(, n)]; the caller sums the slots (deterministic, no atomics).
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     ch = tl.program_id(1)
     dh, dhp = _post_res_bwd_chunk(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, t, ch * BC, N, C,
-                                  n, NP, BT, BC)
+                                  sgt, sgs, n, NP, BT, BC)
     o = ch.to(tl.int64) * N
     _store_dh(dhp_ptr + o * n, dhr_ptr + o * (n * n), t, N, dh, dhp, n, NP)
 
@@ -156,7 +157,7 @@ def _mma_tt(a, b, HILO: tl.constexpr, INTERP: tl.constexpr):
 
 
 @triton.jit
-def post_res_bwd_mma(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C,
+def post_res_bwd_mma(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_ptr, dhr_ptr, N, C, sgt, sgs,
                      n: tl.constexpr, BT: tl.constexpr, R: tl.constexpr, TP: tl.constexpr, BC: tl.constexpr,
                      HILO: tl.constexpr, INTERP: tl.constexpr, WRITE_DX: tl.constexpr):
     # BT tokens = R rows (token, stream) of the [N·n, C] stream matrix (R = pow2 >= max(16, BT·n),
@@ -171,6 +172,7 @@ def post_res_bwd_mma(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_pt
     rs = r % n
     rv = (r < BT * n) & (rt < N)
     row = t0.to(tl.int64) * n + r
+    go = rt.to(tl.int64)[:, None] * sgt + rs[:, None] * sgs  # g's rows through its strides (see _chunk)
     s = tl.arange(0, TP)
     st = t0 + s
     sv = (s < BT) & (st < N)
@@ -188,7 +190,7 @@ def post_res_bwd_mma(x_ptr, f_ptr, hp_ptr, hr_ptr, g_ptr, dx_ptr, df_ptr, dhp_pt
         mf = sv[:, None] & cm[None, :]
         ro = row[:, None] * C + c[None, :]
         fo = st.to(tl.int64)[:, None] * C + c[None, :]
-        g = tl.load(g_ptr + ro, mask=m2, other=0.0)
+        g = tl.load(g_ptr + go + c[None, :], mask=m2, other=0.0)
         x = tl.load(x_ptr + ro, mask=m2, other=0.0)
         f = tl.load(f_ptr + fo, mask=mf, other=0.0)
         if WRITE_DX:  # else the caller forms H_resᵀ g itself (fused into the stream-gradient sum)

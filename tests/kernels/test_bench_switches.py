@@ -22,7 +22,7 @@ def test_variant_switches_patch_and_restore(fused, launch):
     from mhc_repro.residual import recompute
 
     before = (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
-              launch.PROJ_FWD_MERGED, launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_DPHI)
+              launch.PROJ_FWD_MERGED, launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_DPHI, launch.PRB_G_BY_STRIDES)
     with stack_variants.kernel_switches("mhc_fused_lazy"):
         assert launch._PRB == stack_variants.LAZY_PRB[0] and fused.LAZY_RES_DX
     with stack_variants.kernel_switches("mhc_fused_bf16_linked_gather"):
@@ -43,8 +43,11 @@ def test_variant_switches_patch_and_restore(fused, launch):
         assert launch.PROJ_DX_TMA_DPHI == 1
     with stack_variants.kernel_switches("mhc_fused_linked_dphi2"):
         assert launch.PROJ_DX_TMA_DPHI == 2
+    with stack_variants.kernel_switches("mhc_fused_linked_fnorm_gcopy"):
+        assert launch.PRB_G_BY_STRIDES is False
     assert (launch._PRB, fused.LAZY_RES_DX, linked.LINK_MODE, linked.ADD_IN_PLACE, recompute.COPY_OPS,
-            launch.PROJ_FWD_MERGED, launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_DPHI) == before
+            launch.PROJ_FWD_MERGED, launch.PROJ_DX_TMA_ACC, launch.PROJ_DX_TMA_DPHI,
+            launch.PRB_G_BY_STRIDES) == before
     assert recompute.COPY_OPS  # the broadcast-copy rule is on by default
 
 
