@@ -5,7 +5,8 @@
 #    C = 2048 and 4096, then profile_stack.py at 2048 tracing the eager copy (direct_copy);
 # 3. the 3B training step, fp32 against bf16 stream, residual and mHC, paired (ab_train.py).
 # Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> SKIP="3" bash benchmarks/run_expand_stream_ab.sh
-# Each part fits one call: run part 3 alone (SKIP="1 2"), parts 1 and 2 together or apart.
+# Parts 1 and 2 each fit one call (run 79: 206 s; run 78: 144 s). Part 3 does not at 3 rounds: each bench
+# process takes 60-105 s (compile included), so its 4 arms x 3 rounds need ~900 s; run 80 got 1.5 rounds.
 # Knobs: SKIP (space-separated parts), ROUNDS (ab_stack, 12), TRAIN_ROUNDS (ab_train, 3).
 # `timeout -k 10`: Lightning catches a plain SIGTERM and can keep the process alive past its timeout.
 set -o pipefail

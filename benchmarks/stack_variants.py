@@ -88,7 +88,7 @@ def block_fns(blocks, n_streams: int, compiled: bool, expand_outside: bool = Fal
     gradient's sum then form inside those graphs. Up to run 40 the stack summed outside, eagerly, and
     the last block's backward copied the expand-view gradient through a slow strided path (322 µs of
     54 ms at C = 2048, run 38); up to session 17 it expanded outside, and the expand's gradient was an
-    eager sum (run 69, C = 2048: 160 µs, beside a 338 µs eager broadcast copy of unknown origin).
+    eager sum (run 69, C = 2048: 160 µs; the 338 µs eager copy beside it was post_res_bwd's, run 78).
     ``expand_outside`` (the *_expout variants) keeps that old layout, for an A/B."""
     fns = list(blocks)
     if n_streams > 1:

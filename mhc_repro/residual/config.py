@@ -133,8 +133,8 @@ class ResidualConfig:
     output: fp32 under bf16-mixed autocast, bf16 under bf16-true), "bfloat16" (PAPER.md §1: "stream in
     bf16" [paper]; coefficients stay fp32; applied under autocast or with bf16 weights, so an fp32 model
     run without autocast keeps an fp32 stream) or "float32". A bf16 stream halves the bytes the mHC ops
-    move, yet in the 3B training step it barely sped mHC (224–226 against 227 ms) and slowed the
-    residual (211–212 against 199–207 ms; reports/training/README.md, session 16): off by default."""
+    move, yet in the 3B training step it slowed both: mHC 239 against 222–224 ms, the residual
+    213–215 against 201 ms (reports/training/README.md, session 18, run 80): off by default."""
 
     def __post_init__(self) -> None:
         if self.kind == "residual":
