@@ -10,7 +10,8 @@ Shared experts are one SwiGLU of width n_shared * expert_width (same function as
 
 Dispatch (exact, no capacity drop): the (token, expert) assignments are sorted by expert, the tokens
 gathered, all routed experts run as one batched computation over weights stacked [E, ., .], and the
-results scatter-added back weighted by the gates. ``MoEConfig.dispatch`` picks the batched kernel:
+results scatter-added back weighted by the gates, in fp32 whatever the stream's dtype (a bf16 stream's
+token is rounded once, not after each of its k expert outputs). ``MoEConfig.dispatch`` picks the batched kernel:
 ``"grouped"`` (``torch._grouped_mm`` over the jagged groups, no host sync; bf16 on CUDA), ``"bmm"``
 (groups padded to the largest one, one host sync per layer) or ``"loop"`` (one matmul group per
 expert; the reference). ``"auto"`` = grouped on CUDA (sm90+) in bf16, else bmm.
@@ -217,7 +218,10 @@ class MoE(nn.Module):
         token = order // self.k
         gate = gates.flatten()[order]
         out = self._run_experts(x.index_select(0, token), counts)
-        y = torch.zeros_like(x).index_add_(0, token, (out * gate[:, None].to(x.dtype)).to(x.dtype))
+        # the k gated expert outputs of a token summed in fp32, rounded once: a bf16 buffer would round
+        # after each of the k adds, in the (on CUDA, atomic and unordered) order they land
+        acc = torch.promote_types(x.dtype, torch.float32)
+        y = x.new_zeros(x.shape, dtype=acc).index_add_(0, token, out.to(acc) * gate[:, None].to(acc)).to(x.dtype)
         if self.shared is not None:
             y = y + self.shared(x)
         return y.reshape(shape)

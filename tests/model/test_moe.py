@@ -29,6 +29,28 @@ def test_dispatch_matches_dense_reference(score_func):
     torch.testing.assert_close(moe(x), _dense_reference(moe, x.reshape(-1, 16)).reshape(3, 7, 16))
 
 
+def test_bf16_combine_rounds_once(monkeypatch):
+    """A bf16 token's k gated expert outputs are summed in fp32 and rounded to bf16 once: the result is
+    the fp64 sum rounded to bf16 (up to rare fp32 ties), not k successive bf16 roundings."""
+    moe = _moe(n_shared=0).to(torch.bfloat16)
+    moe.k = 4
+    x = torch.randn(64, 16).to(torch.bfloat16)
+    outs = {}
+
+    def fake_experts(xs, counts):  # fixed expert outputs with many significant bits
+        outs["out"] = torch.randn(xs.shape[0], 16, dtype=torch.float32).to(torch.bfloat16) * 3
+        return outs["out"]
+
+    monkeypatch.setattr(moe, "_run_experts", fake_experts)
+    y = moe(x)
+    idx, gates = moe.route(x)
+    order = torch.argsort(idx.flatten(), stable=True)
+    want = torch.zeros(64, 16, dtype=torch.float64).index_add_(
+        0, order // moe.k, outs["out"].double() * gates.flatten()[order][:, None].double())
+    assert y.dtype == torch.bfloat16
+    assert (y.float() == want.to(torch.bfloat16).float()).float().mean() > 0.99
+
+
 def test_gates_from_unbiased_scores():
     moe = _moe()
     x = torch.randn(50, 16)
