@@ -114,6 +114,13 @@ class MoEConfig:
     ``"bmm"`` if it raises); ``"bmm"`` = groups padded to the largest, one ``torch.bmm`` per projection
     (one host sync per layer); ``"loop"`` = one matmul group per expert (reference, slow on GPU);
     ``"auto"`` = ``"grouped"`` on CUDA sm90+ (H100/H200) under bf16, else ``"bmm"``."""
+    shuffle: Literal["index_add", "gather"] = "index_add"
+    """How tokens move to their experts and back (``model/moe_shuffle.py``; same values up to fp32
+    summation order): ``"index_add"`` = an index_select whose backward is a scatter-add, and a
+    scatter-add combine (atomic adds on CUDA, bf16 ones in the backward on a bf16 stream: the rounding
+    follows the order they land in); ``"gather"`` = gathers both ways through the inverse permutation,
+    each token's k slots summed in fp32 (no atomics, deterministic). [implementation choice, not in the
+    paper; "gather" is untimed on the GPU, hence not the default]"""
 
     def validate(self) -> None:
         for name in ("n_routed", "n_active_routed", "expert_width"):
@@ -130,6 +137,8 @@ class MoEConfig:
         _check(self.route_scale > 0, f"moe.route_scale={self.route_scale}; must be > 0")
         _check(self.dispatch in ("auto", "loop", "bmm", "grouped"),
                f"moe.dispatch={self.dispatch!r}; allowed: 'auto', 'loop', 'bmm', 'grouped'")
+        _check(self.shuffle in ("index_add", "gather"),
+               f"moe.shuffle={self.shuffle!r}; allowed: 'index_add', 'gather'")
 
 
 @dataclass

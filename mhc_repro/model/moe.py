@@ -10,8 +10,9 @@ Shared experts are one SwiGLU of width n_shared * expert_width (same function as
 
 Dispatch (exact, no capacity drop): the (token, expert) assignments are sorted by expert, the tokens
 gathered, all routed experts run as one batched computation over weights stacked [E, ., .], and the
-results scatter-added back weighted by the gates, in fp32 whatever the stream's dtype (a bf16 stream's
-token is rounded once, not after each of its k expert outputs). ``MoEConfig.dispatch`` picks the batched kernel:
+results summed back weighted by the gates, in fp32 whatever the stream's dtype (a bf16 stream's token
+is rounded once, not after each of its k expert outputs); ``MoEConfig.shuffle`` picks scatter-adds or
+gathers for these moves (``moe_shuffle``). ``MoEConfig.dispatch`` picks the batched kernel:
 ``"grouped"`` (``torch._grouped_mm`` over the jagged groups, no host sync; bf16 on CUDA), ``"bmm"``
 (groups padded to the largest one, one host sync per layer) or ``"loop"`` (one matmul group per
 expert; the reference). ``"auto"`` = grouped on CUDA (sm90+) in bf16, else bmm.
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from mhc_repro.config import ModelConfig
 
+from . import moe_shuffle as shuffle
 from .ffn import SwiGLU
 
 
@@ -155,7 +157,7 @@ class MoE(nn.Module):
         m = cfg.moe
         self.n_routed, self.k = m.n_routed, m.n_active_routed
         self.score_func, self.route_scale, self.rate = m.score_func, m.route_scale, m.bias_update_rate
-        self.dispatch = m.dispatch
+        self.dispatch, self.shuffle = m.dispatch, m.shuffle
         self.router = nn.Linear(cfg.d_model, m.n_routed, bias=False)
         self.experts = ExpertBank(m.n_routed, cfg.d_model, m.expert_width)
         self.shared = SwiGLU(cfg.d_model, m.n_shared * m.expert_width) if m.n_shared > 0 else None
@@ -215,13 +217,9 @@ class MoE(nn.Module):
         if self.training:
             self._load = counts if self._load is None else self._load + counts
         order = torch.argsort(flat, stable=True)  # assignments grouped by expert, tokens in order
-        token = order // self.k
-        gate = gates.flatten()[order]
-        out = self._run_experts(x.index_select(0, token), counts)
-        # the k gated expert outputs of a token summed in fp32, rounded once: a bf16 buffer would round
-        # after each of the k adds, in the (on CUDA, atomic and unordered) order they land
-        acc = torch.promote_types(x.dtype, torch.float32)
-        y = x.new_zeros(x.shape, dtype=acc).index_add_(0, token, out.to(acc) * gate[:, None].to(acc)).to(x.dtype)
+        inv = shuffle.inverse(order) if self.shuffle == "gather" else None
+        out = self._run_experts(shuffle.to_experts(x, order, inv, self.k, self.shuffle), counts)
+        y = shuffle.from_experts(out, order, inv, gates, self.k, x.dtype, self.shuffle)
         if self.shared is not None:
             y = y + self.shared(x)
         return y.reshape(shape)
