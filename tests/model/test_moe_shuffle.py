@@ -11,10 +11,10 @@ from mhc_repro.model import moe_shuffle
 from mhc_repro.model.moe import MoE
 
 
-def _moe(shuffle: str, k: int = 3, seed: int = 0) -> MoE:
+def _moe(shuffle: str, k: int = 3, seed: int = 0, dispatch: str = "bmm") -> MoE:
     torch.manual_seed(seed)
     cfg = ModelConfig(d_model=16, ffn="moe", moe=MoEConfig(n_routed=8, n_active_routed=k, n_shared=1,
-                      expert_width=8, route_scale=2.5, dispatch="bmm", shuffle=shuffle))
+                      expert_width=8, route_scale=2.5, dispatch=dispatch, shuffle=shuffle))
     return MoE(cfg).train()
 
 
@@ -97,3 +97,20 @@ def test_config_choices_and_bad_value():
     assert choices == moe_shuffle.SHUFFLES
     with pytest.raises(ValueError, match="moe.shuffle='scatter'; allowed: 'index_add', 'gather'"):
         MoEConfig(shuffle="scatter").validate()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gather_on_cuda_matches_and_repeats_bit_for_bit():
+    """bf16 on CUDA (the grouped dispatch): "gather" matches "index_add" within bf16 rounding, and two
+    runs give the same bits (no atomics); the index_add backward's atomics need not."""
+    x = torch.randn(4096, 16, device="cuda").to(torch.bfloat16)
+    runs = {}
+    for shuffle in ("index_add", "gather", "gather"):
+        moe = _moe(shuffle, dispatch="auto").to(device="cuda", dtype=torch.bfloat16)
+        runs.setdefault(shuffle, []).append(_step(moe, x))
+    (y0, g0), ((y1, g1), (y2, g2)) = runs["index_add"][0], runs["gather"]
+    torch.testing.assert_close(y1.float(), y0.float(), rtol=2e-2, atol=2e-2)
+    for name in g0:
+        torch.testing.assert_close(g1[name].float(), g0[name].float(), rtol=5e-2, atol=5e-2, msg=name)
+    assert torch.equal(y1, y2) and all(torch.equal(g1[n], g2[n]) for n in g1)

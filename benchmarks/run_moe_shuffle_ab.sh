@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The device calls session 18 left (reports/kernels/RESULTS.md, "Session 18"), one script, in parts that
+# each fit one call (SKIP lists the parts to leave out):
+# 1. the GPU tests at this commit (kernels, residual, model, the eval engine): the strided-g
+#    post_res_bwd (cd5cdc1) and the MoE shuffle (b28164c) have had only part of them on CUDA;
+# 2. the 3B training step with MoEConfig.shuffle "gather" against "index_add", paired (ab_train.py),
+#    for the variant(s) in VARIANTS (default "residual"; a second call with VARIANTS=mhc);
+# 3. the 3B step on a bf16 stream, profiled (residual, mHC): why it is 7-8 % slower than the fp32
+#    stream (run 80); compare with run 77's fp32-stream profile.
+# Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> SKIP="2 3" bash benchmarks/run_moe_shuffle_ab.sh
+# Times: part 1 ~210 s (run 79); part 2 ~65-105 s per bench process, 2 arms x TRAIN_ROUNDS (3) = 6;
+# part 3 ~130 s per variant. CONFIG (experiments/3b/base.yaml) and AB_ARGS (more ab_train.py arguments, last wins) for part 2; part 3 takes run_train_profile.sh's knobs.
+# `timeout -k 10`: Lightning catches a plain SIGTERM and can keep the process alive past its timeout.
+set -o pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONPATH=. PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+export GIT_COMMIT=${GIT_COMMIT:-unknown} MHC_GIT_COMMIT=${GIT_COMMIT:-unknown}  # stale git metadata there
+skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.limit --format=csv
+  python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
+if ! skip 1; then
+  timeout -k 10 300 python3 -m pytest -q -m gpu tests/kernels tests/residual tests/model \
+    tests/evaluation/test_engine_gpu.py 2>&1 | grep -v USDT > "$OUT/gpu_tests.log"
+  echo "gpu tests: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; tail -2 "$OUT/gpu_tests.log"
+fi
+if ! skip 2; then
+  for v in ${VARIANTS:-residual}; do
+    timeout -k 10 "${TRAIN_TIMEOUT:-540}" python3 benchmarks/ab_train.py --config "${CONFIG:-experiments/3b/base.yaml}" --compile \
+      --rounds "${TRAIN_ROUNDS:-3}" --steps 12 --warmup 4 --timeout 150 --out "$OUT/ab_shuffle_$v.json" \
+      --arm "$v" "$v" --arm "${v}_gather" "$v" model.moe.shuffle=gather ${AB_ARGS:-} 2>&1 | grep -v USDT \
+      | tee "$OUT/ab_shuffle_$v.log" | tail -4
+    echo "ab_train $v: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"
+  done
+fi
+if ! skip 3; then
+  SETS="model.residual.stream_dtype=bfloat16" TAG=_bf16 PER_VARIANT_TIMEOUT=130 STEPS=12 WARMUP=4 \
+    bash benchmarks/run_train_profile.sh
+fi
