@@ -30,7 +30,7 @@ RESUME_FREE_KEYS = {"train.progress_bar", "train.torch_threads", "train.devices"
                     "train.out_dir", "train.compile", "tracking.enabled", "tracking.tracking_uri", "data.num_workers",
                     "data.cache_dir", "model.residual.backend", "model.activation_checkpointing",
                     "model.residual.recompute", "model.residual.kernel_precision",
-                    "model.residual.sublayer_ops"}
+                    "model.residual.sublayer_ops", "model.moe.dispatch", "model.moe.shuffle"}
 
 
 class RunFinishedError(ValueError):

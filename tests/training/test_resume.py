@@ -108,3 +108,16 @@ def test_exception_checkpoint_resumes_exactly(tmp_path, corpus_dir, data_cache, 
     resumed = train(build_config([], over, env={}))
     assert resumed["resumed_from"].endswith("step0000004-exception.ckpt")
     assert resumed["final_train_loss"] == ref["final_train_loss"]
+
+
+def test_resume_check_ignores_only_the_free_keys():
+    """A rerun may change how the math is executed (kernels, MoE dispatch and shuffle), not the math."""
+    from mhc_repro.training.run import _first_difference
+
+    saved = {"model": {"d_model": 64, "moe": {"shuffle": "index_add", "dispatch": "auto"},
+                       "residual": {"backend": "auto"}}}
+    now = {"model": {"d_model": 64, "moe": {"shuffle": "gather", "dispatch": "bmm"},
+                     "residual": {"backend": "reference"}}}
+    assert _first_difference(saved, now) is None
+    now["model"]["d_model"] = 128
+    assert _first_difference(saved, now) == "model.d_model: 64 (run dir) vs 128 (now)"
