@@ -9,18 +9,8 @@
 # process takes 60-105 s (compile included), so its 4 arms x 3 rounds need ~900 s; run 80 got 1.5 rounds.
 # Knobs: SKIP (space-separated parts), ROUNDS (ab_stack, 12), TRAIN_ROUNDS (ab_train, 3).
 # `timeout -k 10`: Lightning catches a plain SIGTERM and can keep the process alive past its timeout.
-set -o pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONPATH=. PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
-export GIT_COMMIT=${GIT_COMMIT:-unknown} MHC_GIT_COMMIT=${GIT_COMMIT:-unknown}  # stale git metadata there
-skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
-{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.limit --format=csv
-  python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
-if ! skip 1; then
-  timeout -k 10 300 python3 -m pytest -q -m gpu tests/kernels tests/residual tests/model \
-    tests/evaluation/test_engine_gpu.py 2>&1 | grep -v USDT > "$OUT/gpu_tests.log"
-  echo "gpu tests: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; tail -2 "$OUT/gpu_tests.log"
-fi
+source benchmarks/device_common.sh
+if ! skip 1; then gpu_tests 300; fi
 if ! skip 2; then
   V="residual mhc_fused_linked_fnorm mhc_fused_linked_fnorm_expout"
   timeout -k 10 280 python3 benchmarks/ab_stack.py --C 2048 4096 --rounds "${ROUNDS:-12}" --variants $V \

@@ -11,18 +11,8 @@
 # Times: part 1 ~210 s (run 79); part 2 ~65-105 s per bench process, 2 arms x TRAIN_ROUNDS (3) = 6;
 # part 3 ~130 s per variant. CONFIG (experiments/3b/base.yaml) and AB_ARGS (more ab_train.py arguments, last wins) for part 2; part 3 takes run_train_profile.sh's knobs.
 # `timeout -k 10`: Lightning catches a plain SIGTERM and can keep the process alive past its timeout.
-set -o pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONPATH=. PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
-export GIT_COMMIT=${GIT_COMMIT:-unknown} MHC_GIT_COMMIT=${GIT_COMMIT:-unknown}  # stale git metadata there
-skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
-{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.limit --format=csv
-  python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
-if ! skip 1; then
-  timeout -k 10 300 python3 -m pytest -q -m gpu tests/kernels tests/residual tests/model \
-    tests/evaluation/test_engine_gpu.py 2>&1 | grep -v USDT > "$OUT/gpu_tests.log"
-  echo "gpu tests: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; tail -2 "$OUT/gpu_tests.log"
-fi
+source benchmarks/device_common.sh
+if ! skip 1; then gpu_tests 300; fi
 if ! skip 2; then
   for v in ${VARIANTS:-residual}; do
     timeout -k 10 "${TRAIN_TIMEOUT:-540}" python3 benchmarks/ab_train.py --config "${CONFIG:-experiments/3b/base.yaml}" --compile \
