@@ -5,7 +5,8 @@ The 3B step's residual baseline drifts 200–208 ms between processes (reports/k
 runs 72–76), more than the differences one asks about (a bf16 stream, a kernel tile). Sequential
 runs cannot separate those; paired rounds can (statistics: ``ab_stats``). Each process is timed by
 the bench itself (median step after its warm-up); Inductor's cache makes every process after an
-arm's first start in seconds.
+arm's first start in seconds. The bench's final validation and Amax pass are left out (their
+eval-mode graphs compile anew in every process: a third of a tiny-moe process on the CPU).
 
     PYTHONPATH=. python benchmarks/ab_train.py --config experiments/3b/base.yaml --compile --rounds 3 \
         --arm residual residual --arm mhc mhc \
@@ -38,7 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def bench_command(args, variant: str, sets: list[str], out: str) -> list[str]:
     cmd = [sys.executable, "-m", "mhc_repro.training.bench", "--config", args.config, "--variants", variant,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
-           "--seq-len", str(args.seq_len), "--out", out, "--diag-dir", os.path.join(os.path.dirname(out), "diag")]
+           "--seq-len", str(args.seq_len), "--out", out, "--diag-dir", os.path.join(os.path.dirname(out), "diag"),
+           "--final-pass", "false"]  # no validation / Amax after the steps (--bench-args "--final-pass true")
     cmd += ["--compile"] if args.compile else []
     for s in sets:
         cmd += ["--set", s]
@@ -91,7 +93,7 @@ def run_rounds(arms: dict[str, tuple[str, list[str]]], rounds: int, make_cmd, ru
                 print(f"round {r + 1}/{rounds} {name:>16}: {1e3 * row['step_time_s_median']:8.2f} ms/step "
                       f"({dt:.0f} s)", flush=True)
             rows.append({n: {k: got[n].get(k) for k in ("step_time_s_median", "first_step_s", "peak_mem_allocated_gib",
-                                                      "final_train_loss", "device")} for n in got})
+                                                      "final_train_loss", "final_pass", "device")} for n in got})
             if len(got) == len(names):
                 for n in names:
                     ms[n].append(1e3 * got[n]["step_time_s_median"])

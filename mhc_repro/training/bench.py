@@ -143,7 +143,9 @@ def bench_variant(args, variant: str) -> dict:
                          args.micro_batch)
     timer, perf = StepTimer(), PerfMonitor(window=min(10, args.steps * args.accumulate))
     # validation and amax once, after the last step: outside the timed steps and the profiled window
-    step_end = StepEnd(val_every=total, val_batches=1, amax_every=total, diag_dir=Path(args.diag_dir))
+    # (--final-pass false: neither; their eval-mode graphs cost compile time an A/B of step times wastes)
+    every = total if args.final_pass else 0
+    step_end = StepEnd(val_every=every, val_batches=1, amax_every=every, diag_dir=Path(args.diag_dir))
     profiler = StepProfiler(args.steps, args.profile_steps)
     callbacks = [perf, timer, step_end] + ([profiler] if args.profile_steps else [])
     trainer = L.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision=precision, max_steps=total,
@@ -176,7 +178,7 @@ def bench_variant(args, variant: str) -> dict:
         "throughput_monitor": module.last_perf, "params": module.model.num_params(),
         "final_train_loss": module.last_train_loss, "val_loss": module.last_val_loss,
         "build_s": build_s, "fit_wall_s": wall, "precision": precision, "compile": args.compile,
-        "activation_checkpointing": args.activation_checkpointing,
+        "activation_checkpointing": args.activation_checkpointing, "final_pass": args.final_pass,
         "residual_backend": cfg.model.residual.backend,
         "residual_recompute": cfg.model.residual.recompute,
     }
@@ -213,6 +215,8 @@ def main(argv=None) -> int:
                    help="after the timed steps, this many more under torch.profiler: µs per step by kernel "
                         "category (mHC kernels, Inductor, GEMM, attention, memory, other) and the top kernels")
     p.add_argument("--activation-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--final-pass", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                   help="validate and run the Amax diagnostics once after the last step (default true)")
     p.add_argument("--precision", default=None)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--set", action="append", default=[])

@@ -103,7 +103,7 @@ class StepEnd(L.Callback):
         self.micro_since_step = 0
         pl_module.after_optimizer_step()
         max_steps = trainer.max_steps
-        if step % self.val_every == 0 or step == max_steps:
+        if self.val_every and (step % self.val_every == 0 or step == max_steps):  # 0: never
             self.validate(trainer, pl_module)
         if self.amax_every and (step % self.amax_every == 0 or step == max_steps):
             self.amax(trainer, pl_module)

@@ -85,4 +85,5 @@ def test_real_bench_processes_on_cpu(tmp_path, capsys):
     assert set(rec["summary"]) == {"residual", "mhc"} and rec["summary"]["residual"]["ratio_median"] == 1.0
     assert all(t > 0 for v in rec["ms"].values() for t in v)
     assert rec["arms"]["mhc"] == {"variant": "mhc", "sets": SMALL}
+    assert all(row[n]["final_pass"] is False for row in rec["rows"] for n in row)  # no eval-mode compile
     assert "x " in capsys.readouterr().out

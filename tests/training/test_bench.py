@@ -63,3 +63,16 @@ def test_negative_profile_steps_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--config", "experiments/tiny/base.yaml", "--profile-steps", "-1", "--out", str(tmp_path / "b.json")])
     assert "--profile-steps -1 is invalid; allowed: 0 (off) or a positive number of steps" in capsys.readouterr().err
+
+
+def test_final_pass_off_skips_validation_and_amax(tmp_path):
+    """--final-pass false: no validation loss and no Amax file after the steps (what ab_train runs)."""
+    from mhc_repro.training import bench
+
+    out = tmp_path / "b.json"
+    bench.main(["--config", "experiments/tiny/base.yaml", "--variants", "residual", "--steps", "3", "--warmup", "1",
+                "--micro-batch", "2", "--seq-len", "16", "--accelerator", "cpu", "--final-pass", "false",
+                "--diag-dir", str(tmp_path / "diag"), "--out", str(out)])
+    row = json.loads(out.read_text())["results"][0]
+    assert row["final_pass"] is False and row["val_loss"] is None and "amax_last" not in row
+    assert row["final_train_loss"] is not None
