@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from mhc_repro.config import ModelConfig
 
-from . import moe_shuffle as shuffle
+from . import moe_shuffle
 from .ffn import SwiGLU
 
 
@@ -217,9 +217,9 @@ class MoE(nn.Module):
         if self.training:
             self._load = counts if self._load is None else self._load + counts
         order = torch.argsort(flat, stable=True)  # assignments grouped by expert, tokens in order
-        inv = shuffle.inverse(order) if self.shuffle == "gather" else None
-        out = self._run_experts(shuffle.to_experts(x, order, inv, self.k, self.shuffle), counts)
-        y = shuffle.from_experts(out, order, inv, gates, self.k, x.dtype, self.shuffle)
+        inv = moe_shuffle.inverse(order) if self.shuffle == "gather" else None
+        out = self._run_experts(moe_shuffle.to_experts(x, order, inv, self.k, self.shuffle), counts)
+        y = moe_shuffle.from_experts(out, order, inv, gates, self.k, x.dtype, self.shuffle)
         if self.shared is not None:
             y = y + self.shared(x)
         return y.reshape(shape)
