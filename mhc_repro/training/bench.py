@@ -201,6 +201,11 @@ def bench_variant(args, variant: str) -> dict:
     return out
 
 
+def _flag(text: str) -> bool:
+    """A true/false command-line value (1/true/yes are true)."""
+    return text.lower() in ("1", "true", "yes")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", action="append", required=True)
@@ -214,8 +219,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile-steps", type=int, default=0,
                    help="after the timed steps, this many more under torch.profiler: µs per step by kernel "
                         "category (mHC kernels, Inductor, GEMM, attention, memory, other) and the top kernels")
-    p.add_argument("--activation-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
-    p.add_argument("--final-pass", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+    p.add_argument("--activation-checkpointing", type=_flag, default=True)
+    p.add_argument("--final-pass", type=_flag, default=True,
                    help="validate and run the Amax diagnostics once after the last step (default true)")
     p.add_argument("--precision", default=None)
     p.add_argument("--accelerator", default="auto")
