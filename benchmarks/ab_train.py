@@ -6,7 +6,8 @@ runs 72–76), more than the differences one asks about (a bf16 stream, a kernel
 runs cannot separate those; paired rounds can (statistics: ``ab_stats``). Each process is timed by
 the bench itself (median step after its warm-up); Inductor's cache makes every process after an
 arm's first start in seconds. The bench's final validation and Amax pass are left out (their
-eval-mode graphs compile anew in every process: a third of a tiny-moe process on the CPU).
+eval-mode graphs compile anew in every process: 9 of 25 s of the mHC tiny-moe process on the CPU,
+reports/training/moe_and_bench_cpu_checks.txt).
 
     PYTHONPATH=. python benchmarks/ab_train.py --config experiments/3b/base.yaml --compile --rounds 3 \
         --arm residual residual --arm mhc mhc \
