@@ -94,7 +94,8 @@ def run_rounds(arms: dict[str, tuple[str, list[str]]], rounds: int, make_cmd, ru
                 print(f"round {r + 1}/{rounds} {name:>16}: {1e3 * row['step_time_s_median']:8.2f} ms/step "
                       f"({dt:.0f} s)", flush=True)
             rows.append({n: {k: got[n].get(k) for k in ("step_time_s_median", "first_step_s", "peak_mem_allocated_gib",
-                                                      "final_train_loss", "final_pass", "device")} for n in got})
+                                                      "final_train_loss", "final_pass", "device",
+                                                      "step_times_s")} for n in got})
             if len(got) == len(names):
                 for n in names:
                     ms[n].append(1e3 * got[n]["step_time_s_median"])

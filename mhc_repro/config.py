@@ -114,13 +114,14 @@ class MoEConfig:
     ``"bmm"`` if it raises); ``"bmm"`` = groups padded to the largest, one ``torch.bmm`` per projection
     (one host sync per layer); ``"loop"`` = one matmul group per expert (reference, slow on GPU);
     ``"auto"`` = ``"grouped"`` on CUDA sm90+ (H100/H200) under bf16, else ``"bmm"``."""
-    shuffle: Literal["index_add", "gather"] = "index_add"
+    shuffle: Literal["index_add", "gather"] = "gather"
     """How tokens move to their experts and back (``model/moe_shuffle.py``; same values up to fp32
-    summation order): ``"index_add"`` = an index_select whose backward is a scatter-add, and a
-    scatter-add combine (atomic adds on CUDA, bf16 ones in the backward on a bf16 stream: the rounding
-    follows the order they land in); ``"gather"`` = gathers both ways through the inverse permutation,
-    each token's k slots summed in fp32 (no atomics, deterministic). [implementation choice, not in the
-    paper; "gather" is untimed on the GPU, hence not the default]"""
+    summation order): ``"gather"`` = gathers both ways through the inverse permutation, each token's k
+    slots summed in fp32 (no atomics, the same bits every run); ``"index_add"`` = an index_select whose
+    backward is a scatter-add, and a scatter-add combine (atomic adds on CUDA, bf16 ones in the
+    backward on a bf16 stream: the rounding follows the order they land in; the backward's is an
+    unfused ATen kernel, 5.9 ms of a 3B step, reports/kernels/RESULTS.md "Session 19").
+    [implementation choice, not in the paper]"""
 
     def validate(self) -> None:
         for name in ("n_routed", "n_active_routed", "expert_width"):

@@ -21,7 +21,7 @@ def _moe(shuffle: str, k: int = 3, seed: int = 0, dispatch: str = "bmm") -> MoE:
 def _step(moe: MoE, x: torch.Tensor, call=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     x = x.clone().requires_grad_(True)
     y = (moe if call is None else call)(x)
-    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    (y * torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)).sum().backward()
     grads = {"x": x.grad} | {n: p.grad for n, p in moe.named_parameters() if p.grad is not None}
     return y.detach(), grads
 

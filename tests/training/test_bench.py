@@ -23,6 +23,11 @@ def test_bench_times_then_profiles(tmp_path, capsys):
     for r in rep["results"]:
         assert "error" not in r, r.get("traceback")
         assert r["steps"] == 4 and r["profiled_steps"] == 2 and r["tokens_per_sec"] > 0
+        # every timed step is kept; the median is over those after the warm-up ones
+        times = r["step_times_s"]
+        assert len(times) == 4 and times[0] == r["first_step_s"] and min(times) > 0
+        after = sorted(times[r["warmup_steps_excluded"] + 1:])
+        assert r["step_time_s_median"] == after[len(after) // 2]
         prof = r["profile"]
         assert prof["steps"] == 2 and set(prof["categories"]) == set(CATEGORIES)
         assert prof["wall_us"] > 0 and prof["kernel_us"] > 0 and prof["top"]
