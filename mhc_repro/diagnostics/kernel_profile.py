@@ -74,12 +74,35 @@ def kernel_rows(prof, device_type=DeviceType.CUDA) -> list[tuple[str, float]]:
             if e.device_type == device_type and not getattr(e, "is_user_annotation", False)]
 
 
+# CUDA runtime / driver calls, which CUPTI records as host-side events: launches queue work, the
+# synchronising calls wait for it. GPU idle time with little host time in the waits means the host
+# (Python, launch overhead) set the pace, not the GPU: the question for mHC's bf16-stream slow mode.
+HOST_API = {"launch": ("cudaLaunch", "cuLaunch", "cudaGraphLaunch"),
+            "sync": ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize"),
+            "memcpy": ("cudaMemcpy", "cuMemcpy")}
+
+
+def host_api(prof, steps: int) -> dict:
+    """Per step, for each HOST_API group: calls and host µs. All zero without CUDA."""
+    out = {g: {"calls": 0.0, "us": 0.0} for g in HOST_API}
+    for e in prof.events():
+        if e.device_type != DeviceType.CPU:
+            continue
+        for group, prefixes in HOST_API.items():
+            if e.name.startswith(prefixes):
+                out[group]["calls"] += 1 / steps
+                out[group]["us"] += e.time_range.elapsed_us() / steps
+                break
+    return out
+
+
 def summarize(prof, steps: int, wall_us: float, cuda: bool, top: int = 30, full: bool = False) -> dict:
-    """Per step: µs by category, all kernels' sum, idle (wall − kernels) and the ``top`` kernels;
-    with ``full`` also the whole kernel table as ``kernels``."""
+    """Per step: µs by category, all kernels' sum, idle (wall − kernels), the ``top`` kernels and the
+    host's CUDA API time (``host_api``); with ``full`` also the whole kernel table as ``kernels``."""
     table = kernel_table(kernel_rows(prof, DeviceType.CUDA if cuda else DeviceType.CPU), steps)
     kernel_us = sum(r["us"] for r in table.values())
     tops = sorted(table.items(), key=lambda kv: -kv[1]["us"])[:top]
     out = dict(steps=steps, wall_us=wall_us, kernel_us=kernel_us, idle_us=wall_us - kernel_us,
-               categories=by_category(table), top=[dict(name=k, **v) for k, v in tops])
+               categories=by_category(table), top=[dict(name=k, **v) for k, v in tops],
+               host_api=host_api(prof, steps))
     return {**out, "kernels": table} if full else out

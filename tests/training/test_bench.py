@@ -32,6 +32,8 @@ def test_bench_times_then_profiles(tmp_path, capsys):
         assert prof["steps"] == 2 and set(prof["categories"]) == set(CATEGORIES)
         assert prof["wall_us"] > 0 and prof["kernel_us"] > 0 and prof["top"]
         assert abs(sum(prof["categories"].values()) - prof["kernel_us"]) < 1e-6 * prof["kernel_us"] + 1e-6
+        assert abs(sum(r["us"] for r in prof["kernels"].values()) - prof["kernel_us"]) < 1e-6 * prof["kernel_us"] + 1e-6
+        assert set(prof["host_api"]) == {"launch", "sync", "memcpy"}  # zeros on the CPU
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [p["variant"] for p in printed if "us_by_category" in p] == ["residual", "mhc"]
 
