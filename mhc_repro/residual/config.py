@@ -133,8 +133,10 @@ class ResidualConfig:
     output: fp32 under bf16-mixed autocast, bf16 under bf16-true), "bfloat16" (PAPER.md §1: "stream in
     bf16" [paper]; coefficients stay fp32; applied under autocast or with bf16 weights, so an fp32 model
     run without autocast keeps an fp32 stream) or "float32". A bf16 stream halves the bytes the mHC ops
-    move, yet in the 3B training step it slowed both: mHC 239 against 222–224 ms, the residual
-    213–215 against 201 ms (reports/training/README.md, session 18, run 80): off by default."""
+    move (3B step, H200: mHC kernels 11.7 against 20.7 ms, GPU kernel time 1.050× the residual's), but
+    mHC's timed 3B steps on it are bimodal per process, 215–218 or 239–248 ms against 223–227 on fp32,
+    the residual's 202–207 either way (reports/training/README.md, session 19, runs 83–86). Off by
+    default, a deviation from the paper, until that slow mode is understood."""
 
     def __post_init__(self) -> None:
         if self.kind == "residual":
