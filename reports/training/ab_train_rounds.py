@@ -1,0 +1,41 @@
+"""Every round of ab_train.py runs, one line per round: each arm's median step (ms) and its ratio to a
+base arm of the same round. What per-round figures the READMEs quote come from (session 19: mHC's
+bimodal bf16-stream steps).
+
+    python reports/training/ab_train_rounds.py BASE FILE.json [FILE.json ...]
+
+A partial file (a run stopped by its timeout) counts its complete rounds only; an arm missing from a
+round (or BASE missing) prints "-"."""
+import json
+import sys
+
+
+def rounds(path: str) -> tuple[list[str], list[dict[str, float]]]:
+    """(arm names, [{arm: ms} per round]) of one ab_train.py output."""
+    run = json.loads(open(path).read())
+    arms = list(run["ms"])
+    per_round = [{a: 1e3 * r[a]["step_time_s_median"] for a in r if r[a].get("step_time_s_median")}
+                 for r in run["rows"]]
+    return arms, per_round
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__.split("\n\n")[1].strip())
+        return 2
+    base, files = argv[0], argv[1:]
+    for path in files:
+        arms, per_round = rounds(path)
+        print(f"== {path}")
+        for i, r in enumerate(per_round, 1):
+            cells = []
+            for a in arms:
+                ms = r.get(a)
+                ratio = f"{ms / r[base]:.3f}x" if ms and r.get(base) else "-"
+                cells.append(f"{a} {ms:.1f} ms ({ratio})" if ms else f"{a} -")
+            print(f"round {i}: " + "; ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
