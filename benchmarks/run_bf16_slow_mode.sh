@@ -13,6 +13,8 @@
 # Times (runs 83-86): ~65 s per bench process; part 1 = 4 arms x TRAIN_ROUNDS (2) = 8 processes,
 # part 2 ~130 s per process.
 source benchmarks/device_common.sh
+# where the process may land: a per-process slow mode could be the host's placement (NUMA node, cores)
+{ lscpu | grep -iE "model name|^cpu\(s\)|numa|thread"; nvidia-smi topo -m; } > "$OUT/machine_topo.txt" 2>&1
 if ! skip 1; then
   bf16="model.residual.stream_dtype=bfloat16"
   timeout -k 10 "${TRAIN_TIMEOUT:-580}" python3 benchmarks/ab_train.py --config "${CONFIG:-experiments/3b/base.yaml}" \
