@@ -11,14 +11,15 @@
 #    residual on a bf16 stream profiled once as the baseline.
 # Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> SKIP="2" bash benchmarks/run_bf16_slow_mode.sh
 # Times (runs 83-86): ~65 s per bench process; part 1 = 4 arms x TRAIN_ROUNDS (2) = 8 processes,
-# part 2 ~130 s per process.
+# part 2 ~130 s per process. Knobs: CONFIG, SEQ (4096), TRAIN_ROUNDS, TRAIN_TIMEOUT, PROFILE_REPEATS.
 source benchmarks/device_common.sh
 # where the process may land: a per-process slow mode could be the host's placement (NUMA node, cores)
 { lscpu | grep -iE "model name|^cpu\(s\)|numa|thread"; nvidia-smi topo -m; } > "$OUT/machine_topo.txt" 2>&1
 if ! skip 1; then
   bf16="model.residual.stream_dtype=bfloat16"
   timeout -k 10 "${TRAIN_TIMEOUT:-580}" python3 benchmarks/ab_train.py --config "${CONFIG:-experiments/3b/base.yaml}" \
-    --compile --rounds "${TRAIN_ROUNDS:-2}" --steps 12 --warmup 4 --timeout 150 --out "$OUT/ab_stream_gather.json" \
+    --compile --rounds "${TRAIN_ROUNDS:-2}" --steps 12 --warmup 4 --seq-len "${SEQ:-4096}" --timeout 150 \
+    --out "$OUT/ab_stream_gather.json" \
     --arm residual residual --arm mhc mhc --arm residual_bf16 residual "$bf16" --arm mhc_bf16 mhc "$bf16" \
     2>&1 | grep -v USDT | tee "$OUT/ab_stream_gather.log" | tail -6
   echo "ab_train: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"
