@@ -95,7 +95,7 @@ def run_rounds(arms: dict[str, tuple[str, list[str]]], rounds: int, make_cmd, ru
                       f"({dt:.0f} s)", flush=True)
             rows.append({n: {k: got[n].get(k) for k in ("step_time_s_median", "first_step_s", "peak_mem_allocated_gib",
                                                       "final_train_loss", "final_pass", "device",
-                                                      "step_times_s")} for n in got})
+                                                      "step_times_s", "warmup_steps_excluded")} for n in got})
             if len(got) == len(names):
                 for n in names:
                     ms[n].append(1e3 * got[n]["step_time_s_median"])

@@ -5,7 +5,9 @@ bimodal bf16-stream steps).
     python reports/training/ab_train_rounds.py BASE FILE.json [FILE.json ...]
 
 A partial file (a run stopped by its timeout) counts its complete rounds only; an arm missing from a
-round (or BASE missing) prints "-"."""
+round (or BASE missing) prints "-". Where the rows keep every step (``step_times_s``, since session 19)
+each arm also shows the fastest and slowest timed step after the warm-up: a slow process has all its
+steps slow, a process with slow steps a wide range."""
 import json
 import sys
 
@@ -19,6 +21,15 @@ def rounds(path: str) -> tuple[list[str], list[dict[str, float]]]:
     return arms, per_round
 
 
+def step_range(row: dict) -> str:
+    """' [steps a–b ms]' over the timed steps after the warm-up, or '' where the row has no steps."""
+    times = row.get("step_times_s")
+    if not times:
+        return ""
+    after = times[(row.get("warmup_steps_excluded") or 0) + 1:] or times
+    return f" [steps {1e3 * min(after):.1f}–{1e3 * max(after):.1f} ms]"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__.split("\n\n")[1].strip())
@@ -26,13 +37,14 @@ def main(argv: list[str]) -> int:
     base, files = argv[0], argv[1:]
     for path in files:
         arms, per_round = rounds(path)
+        rows = json.loads(open(path).read())["rows"]
         print(f"== {path}")
-        for i, r in enumerate(per_round, 1):
+        for i, (r, row) in enumerate(zip(per_round, rows), 1):
             cells = []
             for a in arms:
                 ms = r.get(a)
                 ratio = f"{ms / r[base]:.3f}x" if ms and r.get(base) else "-"
-                cells.append(f"{a} {ms:.1f} ms ({ratio})" if ms else f"{a} -")
+                cells.append(f"{a} {ms:.1f} ms ({ratio}){step_range(row[a])}" if ms else f"{a} -")
             print(f"round {i}: " + "; ".join(cells))
     return 0
 
