@@ -176,7 +176,7 @@ def bench_variant(args, variant: str) -> dict:
         "tokens_per_step": tokens_per_step, "tokens_per_sec": tok_s, "step_time_s_median":
             sorted(step_times[w + 1:])[len(step_times[w + 1:]) // 2], "first_step_s": step_times[0],
         # every step, so a slow process can be told from slow steps (3B mHC on a bf16 stream: medians of
-        # 215-218 or 242-248 ms per process, reports/training/run83_0fa65a8_bf16_stream)
+        # 215-218 or 242-248 ms per process, reports/training/run85_0fa65a8_stream_dtype_ab)
         "step_times_s": step_times,
         "flops_per_token": fpt, "peak_flops": peak, "mfu": (fpt * tok_s / peak) if peak else None,
         "throughput_monitor": module.last_perf, "params": module.model.num_params(),
