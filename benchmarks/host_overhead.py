@@ -5,7 +5,7 @@ torch ops they call. Also counted: the torch ops that would each be a GPU kernel
 allocations). Runs on the CPU; the H200 takes a few paths the CPU does not (the TMA dx pass and its
 host-side descriptors), so this is a floor for the device's host work, not the figure itself.
 
-    PYTHONPATH=. python benchmarks/host_overhead.py [--n 4] [--C 1280] [--tokens 1] [--repeat 200]
+    PYTHONPATH=. python benchmarks/host_overhead.py [--n 4] [--C 1280] [--tokens 1] [--layers 8] [--repeat 100] [--compile]
 
 Why: on a bf16 stream mHC's 3B training steps are bimodal (reports/kernels/RESULTS.md, session 19), and
 the spare time is GPU idle; this says how much host time each sub-layer asks for."""
@@ -54,7 +54,8 @@ def leaf_aten_ops(prof) -> collections.Counter:
 
 @contextlib.contextmanager
 def stubbed_kernels(counter: collections.Counter):
-    """Every @triton.jit kernel of the kernel modules replaced by a counting stub, restored after."""
+    """Every @triton.jit kernel of the kernel modules (and the CPU path's dφ GEMM) replaced by a counting
+    stub, restored after."""
     from triton.runtime.jit import KernelInterface
 
     saved = []
@@ -64,6 +65,16 @@ def stubbed_kernels(counter: collections.Counter):
             if isinstance(v, KernelInterface):
                 saved.append((m, k, v))
                 setattr(m, k, _Stub(k, counter))
+    # the dφ GEMM of the CPU path (a torch matmul that would run for real here; on the H200 the TMA dx
+    # pass forms dφ itself and this GEMM does not run): an allocation and a counted launch instead
+    from mhc_repro.kernels import launch
+
+    def dphi_gemm(x, dm, precision, dmp=None):
+        counter["dphi_gemm"] += 1
+        return torch.empty(x.shape[1], dm.shape[1], dtype=torch.float32)
+
+    saved.append((launch, "_dphi_gemm", launch._dphi_gemm))
+    launch._dphi_gemm = dphi_gemm
     try:
         yield
     finally:
@@ -76,7 +87,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--C", type=int, default=1280, help="stream width (the 3B preset's d_model)")
     ap.add_argument("--tokens", type=int, default=1, help="few: the torch ops between the stubs run for real on the CPU")
-    ap.add_argument("--repeat", type=int, default=200)
+    ap.add_argument("--layers", type=int, default=8, help="sub-layers chained into one backward")
+    ap.add_argument("--repeat", type=int, default=100)
+    ap.add_argument("--compile", action="store_true", help="the chain under torch.compile (fullgraph)")
     args = ap.parse_args(argv)
     launches = collections.Counter()
     with stubbed_kernels(launches):
@@ -86,21 +99,26 @@ def main(argv=None) -> dict:
 def _measure(args, launches: collections.Counter) -> dict:
     from mhc_repro.kernels import linked
 
-    n, C, N = args.n, args.C, args.tokens
+    n, C, N, L = args.n, args.C, args.tokens, args.layers
     M = n * n + 2 * n
     x = torch.randn(N, n, C, dtype=torch.bfloat16, requires_grad=True)
-    phi = (torch.randn(n * C, M) * 0.01).requires_grad_()
-    alpha, bias = torch.rand(3, requires_grad=True), torch.randn(M, requires_grad=True)
-    w = torch.ones(C, dtype=torch.bfloat16, requires_grad=True)
+    params = [((torch.randn(n * C, M) * 0.01).requires_grad_(), torch.rand(3, requires_grad=True),
+               torch.randn(M, requires_grad=True), torch.ones(C, dtype=torch.bfloat16, requires_grad=True))
+              for _ in range(L)]
     g = torch.randn(N, n, C, dtype=torch.bfloat16)
 
-    def step():
-        b, hp, hr, xl = linked.mhc_pre_linked(x, phi, alpha, bias, n, norm_weight=w)
-        linked.mhc_post_res_linked(xl, b, hp, hr).backward(g)
+    def forward():  # L sub-layers in a chain, the branch left out (f = the branch input)
+        h = x
+        for phi, alpha, bias, w in params:
+            b, hp, hr, xl = linked.mhc_pre_linked(h, phi, alpha, bias, n, norm_weight=w)
+            h = linked.mhc_post_res_linked(xl, b, hp, hr)
+        return h
 
-    def forward():
-        b, hp, hr, xl = linked.mhc_pre_linked(x, phi, alpha, bias, n, norm_weight=w)
-        return linked.mhc_post_res_linked(xl, b, hp, hr)
+    if args.compile:  # as the training recipe runs blocks: the custom ops called from Inductor's code
+        forward = torch.compile(forward, fullgraph=True)
+
+    def step():  # one backward call for the chain, as a training step has (its fixed cost shared)
+        forward().backward(g)
 
     def median_us(fn) -> float:
         t = []
@@ -116,15 +134,18 @@ def _measure(args, launches: collections.Counter) -> dict:
         launches.clear()
         step()
     ops, kernels = leaf_aten_ops(prof), dict(launches)
+    us, fwd_us = median_us(step) / L, median_us(forward) / L
+    kernels = {k: v / L for k, v in kernels.items()}
+    ops = {k: v / L for k, v in ops.items()}
     n_launch = sum(kernels.values())
-    us, fwd_us = median_us(step), median_us(forward)
-    res = dict(n=n, C=C, tokens=N, host_us_per_sublayer=us, host_us_forward=fwd_us, triton_launches=n_launch,
-               kernels=kernels, torch_ops=sum(ops.values()), torch_op_names=dict(ops),
+    res = dict(n=n, C=C, tokens=N, layers=L, compile=args.compile, host_us_per_sublayer=us, host_us_forward=fwd_us,
+               triton_launches=n_launch, kernels=kernels, torch_ops=sum(ops.values()), torch_op_names=ops,
                torch=torch.__version__)
-    print(f"one sub-layer, forward + backward (linked pair, fused norm, bf16 stream, n = {n}, C = {C}):")
+    print(f"per sub-layer of a chain of {L}{' (compiled)' if args.compile else ''}, forward + backward (linked pair, fused norm, bf16 stream, "
+          f"n = {n}, C = {C}, {N} token(s)):")
     print(f"  host time {us:.0f} µs, of which forward {fwd_us:.0f} µs (medians of {args.repeat}; GPU kernels stubbed)")
-    print(f"  Triton launches {n_launch}: {kernels}")
-    print(f"  torch ops that launch GPU work {sum(ops.values())}: {dict(ops)}")
+    print(f"  Triton launches {n_launch:g}: {kernels}")
+    print(f"  torch ops that launch GPU work {sum(ops.values()):g}: {ops}")
     return res
 
 
