@@ -5,7 +5,7 @@ torch ops they call. Also counted: the torch ops that would each be a GPU kernel
 allocations). Runs on the CPU; the H200 takes a few paths the CPU does not (the TMA dx pass and its
 host-side descriptors), so this is a floor for the device's host work, not the figure itself.
 
-    PYTHONPATH=. python benchmarks/host_overhead.py [--n 4] [--C 1280] [--tokens 1] [--layers 8] [--repeat 100] [--compile]
+    PYTHONPATH=. python benchmarks/host_overhead.py [--n 4] [--C 1280] [--tokens 1] [--layers 8] [--repeat 100] [--compile] [--cprofile K]
 
 Why: on a bf16 stream mHC's 3B training steps are bimodal (reports/kernels/RESULTS.md, session 19), and
 the spare time is GPU idle; this says how much host time each sub-layer asks for."""
@@ -90,6 +90,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--layers", type=int, default=8, help="sub-layers chained into one backward")
     ap.add_argument("--repeat", type=int, default=100)
     ap.add_argument("--compile", action="store_true", help="the chain under torch.compile (fullgraph)")
+    ap.add_argument("--cprofile", type=int, default=0, metavar="K",
+                    help="also print the K functions with the most cumulative host time over --repeat steps")
     args = ap.parse_args(argv)
     launches = collections.Counter()
     with stubbed_kernels(launches):
@@ -141,6 +143,13 @@ def _measure(args, launches: collections.Counter) -> dict:
     res = dict(n=n, C=C, tokens=N, layers=L, compile=args.compile, host_us_per_sublayer=us, host_us_forward=fwd_us,
                triton_launches=n_launch, kernels=kernels, torch_ops=sum(ops.values()), torch_op_names=ops,
                torch=torch.__version__)
+    if args.cprofile:  # where the host time goes: torch's custom-op dispatch against our launchers
+        import cProfile
+        import pstats
+
+        pr = cProfile.Profile()
+        pr.runcall(lambda: [step() for _ in range(args.repeat)])
+        pstats.Stats(pr).sort_stats("cumtime").print_stats(args.cprofile)
     print(f"per sub-layer of a chain of {L}{' (compiled)' if args.compile else ''}, forward + backward (linked pair, fused norm, bf16 stream, "
           f"n = {n}, C = {C}, {N} token(s)):")
     print(f"  host time {us:.0f} µs, of which forward {fwd_us:.0f} µs (medians of {args.repeat}; GPU kernels stubbed)")
