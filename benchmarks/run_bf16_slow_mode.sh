@@ -24,11 +24,11 @@ if ! skip 1; then
     2>&1 | grep -v USDT | tee "$OUT/ab_stream_gather.log" | tail -6
   echo "ab_train: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"
 fi
+profile_bf16() {  # VARIANT TAG: one profiled bench process on a bf16 stream
+  VARIANTS=$1 SETS="model.residual.stream_dtype=bfloat16" TAG=$2 PER_VARIANT_TIMEOUT=130 STEPS=12 WARMUP=4 \
+    bash benchmarks/run_train_profile.sh | grep '"profiled_steps"'
+}
 if ! skip 2; then
-  for i in $(seq "${PROFILE_REPEATS:-3}"); do
-    VARIANTS=mhc SETS="model.residual.stream_dtype=bfloat16" TAG="_bf16_$i" PER_VARIANT_TIMEOUT=130 STEPS=12 \
-      WARMUP=4 bash benchmarks/run_train_profile.sh | grep '"profiled_steps"'
-  done
-  VARIANTS=residual SETS="model.residual.stream_dtype=bfloat16" TAG=_bf16 PER_VARIANT_TIMEOUT=130 STEPS=12 \
-    WARMUP=4 bash benchmarks/run_train_profile.sh | grep '"profiled_steps"'
+  for i in $(seq "${PROFILE_REPEATS:-3}"); do profile_bf16 mhc "_bf16_$i"; done
+  profile_bf16 residual _bf16
 fi
