@@ -14,7 +14,8 @@ reports/training/moe_and_bench_cpu_checks.txt).
         --arm residual_bf16 residual model.residual.stream_dtype=bfloat16 \
         --arm mhc_bf16 mhc model.residual.stream_dtype=bfloat16 --out ab_train.json
 
-``--arm NAME VARIANT [KEY=VALUE ...]``: the variant and its ``--set`` overrides. ``--out`` is written
+``--arm NAME VARIANT [KEY=VALUE ...]``: the variant and its ``--set`` overrides; ``env:KEY=VALUE`` sets an
+environment variable of the arm's processes instead (``env:MHC_KERNEL_OPS=custom_op``). ``--out`` is written
 once, when every round is done (``<out>.partial`` after each round meanwhile), so a failed or
 interrupted run leaves an earlier record of the same name as it was.
 """
@@ -38,7 +39,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bench_command(args, variant: str, sets: list[str], out: str) -> list[str]:
-    cmd = [sys.executable, "-m", "mhc_repro.training.bench", "--config", args.config, "--variants", variant,
+    envs = [s[len("env:"):] for s in sets if s.startswith("env:")]  # run through env(1)
+    sets = [s for s in sets if not s.startswith("env:")]
+    cmd = (["env", *envs] if envs else []) + [sys.executable, "-m", "mhc_repro.training.bench", "--config", args.config, "--variants", variant,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
            "--seq-len", str(args.seq_len), "--out", out, "--diag-dir", os.path.join(os.path.dirname(out), "diag"),
            "--final-pass", "false"]  # no validation / Amax after the steps (--bench-args "--final-pass true")

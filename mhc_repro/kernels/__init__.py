@@ -34,16 +34,17 @@ def _triton_ops(precision: str | None) -> SimpleNamespace:
 
 def launch_settings() -> dict[str, object]:
     """The fused kernels' module switches (``launch``'s tiles, projection precision and dx-pass
-    options; ``linked.LINK_MODE`` / ``ADD_IN_PLACE``; ``fused.LAZY_RES_DX``), logged with a training
+    options; ``linked.LINK_MODE`` / ``ADD_IN_PLACE``; ``fused.LAZY_RES_DX``; how the ops are registered,
+    ``registration.OP_REGISTRATION``), logged with a training
     run as ``kernels.*`` params: they decide the kernels' summation orders, so a run records which
     were in force. {} when Triton is not importable."""
     try:
-        from mhc_repro.kernels import fused, launch, linked
+        from mhc_repro.kernels import fused, launch, linked, registration
     except ImportError:
         return {}
     out = {k: v for k, v in vars(launch).items() if k.lstrip("_").isupper() and not callable(v)}
     out.update({"linked.LINK_MODE": linked.LINK_MODE, "linked.ADD_IN_PLACE": linked.ADD_IN_PLACE,
-                "fused.LAZY_RES_DX": fused.LAZY_RES_DX})
+                "fused.LAZY_RES_DX": fused.LAZY_RES_DX, "fused.OP_REGISTRATION": registration.OP_REGISTRATION})
     return out
 
 

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from . import launch as L
 from .launch import PROJ_PRECISIONS, _check, _check_precision
+from .registration import fake, op
 
 # Under torch.compile: post_res's backward leaves dx = H_resᵀ g as an expression for Inductor to fuse
 # into the sum of the stream's gradient parts (the kernel then only reduces and writes df), instead of
@@ -27,8 +28,7 @@ from .launch import PROJ_PRECISIONS, _check, _check_precision
 # on an fp32 stream) is mode "mma"; other modes write dx anyway.
 LAZY_RES_DX = False
 
-
-@torch.library.custom_op("mhc_repro::coefficients", mutates_args=())
+@op("coefficients")
 def _coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int,
                   eps: float, rms_eps: float, precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     x = x_flat.contiguous()
@@ -42,14 +42,14 @@ def _coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: i
     return h_pre, h_post, h_res, m, r
 
 
-@_coefficients.register_fake
+@fake(_coefficients)
 def _(x_flat, phi, alpha, bias, n, t_max, eps, rms_eps, precision):
     N = x_flat.shape[0]
     e = lambda *s: x_flat.new_empty(s, dtype=torch.float32)  # noqa: E731
     return e(N, n), e(N, n), e(N, n, n), e(N, n * n + 2 * n), e(N)
 
 
-@torch.library.custom_op("mhc_repro::coefficients_bwd", mutates_args=())
+@op("coefficients_bwd", traceable=False)
 def _coefficients_bwd(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, m: Tensor, r: Tensor,
                       g_pre: Tensor, g_post: Tensor, g_res: Tensor, n: int, t_max: int,
                       eps: float, precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -63,7 +63,7 @@ def _coefficients_bwd(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, 
     return dx, dphi.to(phi.dtype), dalpha.to(alpha.dtype), dbias.to(bias.dtype)
 
 
-@_coefficients_bwd.register_fake
+@fake(_coefficients_bwd)
 def _(x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps, precision):
     return torch.empty_like(x_flat), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
@@ -91,34 +91,34 @@ _coefficients.register_autograd(_coef_backward, setup_context=_coef_setup)
 
 
 # ---------------------------------------------------------------- apply H_pre (kernel 4)
-@torch.library.custom_op("mhc_repro::pre", mutates_args=())
+@op("pre")
 def _pre(x: Tensor, h_pre: Tensor) -> Tensor:
     return L.launch_pre(x, h_pre)
 
 
-@_pre.register_fake
+@fake(_pre)
 def _(x, h_pre):
     return x.new_empty(x.shape[0], x.shape[2])
 
 
-@torch.library.custom_op("mhc_repro::pre_bwd", mutates_args=())
+@op("pre_bwd")
 def _pre_bwd(x: Tensor, h_pre: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     dx, dh = L.launch_pre_bwd(x, h_pre, g)
     return dx, dh.to(h_pre.dtype)
 
 
-@_pre_bwd.register_fake
+@fake(_pre_bwd)
 def _(x, h_pre, g):
     return torch.empty_like(x), torch.empty_like(h_pre)
 
 
-@torch.library.custom_op("mhc_repro::pre_bwd_dh", mutates_args=())
+@op("pre_bwd_dh")
 def _pre_bwd_dh(x: Tensor, g: Tensor) -> Tensor:
     """Only dH_pre[t, j] = Σ_c g[t, c] x[t, j, c] (fp32)."""
     return L.launch_pre_bwd(x, None, g)[1]
 
 
-@_pre_bwd_dh.register_fake
+@fake(_pre_bwd_dh)
 def _(x, g):
     return x.new_empty(x.shape[:2], dtype=torch.float32)
 
@@ -142,35 +142,35 @@ _pre.register_autograd(_pre_backward, setup_context=_pre_setup)
 
 
 # ---------------------------------------------------------------- H_res + H_post + merge (kernel 5)
-@torch.library.custom_op("mhc_repro::post_res", mutates_args=())
+@op("post_res")
 def _post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
     return L.launch_post_res(x, f, h_post, h_res)
 
 
-@_post_res.register_fake
+@fake(_post_res)
 def _(x, f, h_post, h_res):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("mhc_repro::post_res_bwd", mutates_args=())
+@op("post_res_bwd")
 def _post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
                   g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return L.launch_post_res_bwd(x, f, h_post, h_res, g, True)
 
 
-@torch.library.custom_op("mhc_repro::post_res_bwd_red", mutates_args=())
+@op("post_res_bwd_red")
 def _post_res_bwd_red(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor,
                       g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """post_res_bwd without dx (df, dH_post, dH_res); dx only skipped in mode "mma"."""
     return L.launch_post_res_bwd(x, f, h_post, h_res, g, False)[1:]
 
 
-@_post_res_bwd_red.register_fake
+@fake(_post_res_bwd_red)
 def _(x, f, h_post, h_res, g):
     return torch.empty_like(f), torch.empty_like(h_post), torch.empty_like(h_res)
 
 
-@_post_res_bwd.register_fake
+@fake(_post_res_bwd)
 def _(x, f, h_post, h_res, g):
     return torch.empty_like(x), torch.empty_like(f), torch.empty_like(h_post), torch.empty_like(h_res)
 

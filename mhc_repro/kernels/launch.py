@@ -127,6 +127,24 @@ def _interpreted() -> bool:
     return type(ck.proj_fwd).__name__ == "InterpretedFunction"
 
 
+def _k(kernel):
+    """A kernel as every launcher calls it: through ``torch.library.wrap_triton``, so that a
+    ``triton_op`` body (``fused.OP_REGISTRATION``) traces its launches into the graph for Inductor to
+    launch. Outside a trace wrap_triton hands back the kernel itself (triton_op's eager path turns the
+    wrapping off; the custom ops' bodies do too, ``fused.plain_launches``). Interpreted kernels
+    (TRITON_INTERPRET=1, CPU) are launched as they are: they cannot be traced."""
+    return kernel if _interpreted() else torch.library.wrap_triton(kernel)
+
+
+def _aligned16(t: Tensor) -> bool:
+    """Whether t's first element sits on a 16-byte boundary (TMA's requirement). Under a trace (fake
+    tensors have no address) by its storage offset: the allocators' blocks are aligned further."""
+    try:
+        return t.data_ptr() % 16 == 0
+    except RuntimeError:
+        return t.storage_offset() * t.element_size() % 16 == 0
+
+
 def _n_sm(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -152,7 +170,7 @@ def _phi_parts(phi: Tensor, x: Tensor, precision: str, MP: int) -> tuple[Tensor,
     lo = precision != "bf16"
     buf = torch.empty(K, 2 * MP if lo else MP, device=p.device, dtype=torch.bfloat16)
     bk = 64
-    ck.phi_split[(_cdiv(K, bk),)](p, buf, K, M, buf.stride(0), MP, MP=MP, BK=bk, LO=lo)
+    _k(ck.phi_split)[(_cdiv(K, bk),)](p, buf, K, M, buf.stride(0), MP, MP=MP, BK=bk, LO=lo)
     return buf, buf.stride(0), MP, True, lo
 
 
@@ -179,7 +197,7 @@ def launch_proj_fwd(x: Tensor, phi: Tensor, M: int, precision: str = PROJ_PRECIS
     ksplit = _cdiv(K, k_per)
     m = torch.empty(ksplit, N, M, device=x.device, dtype=torch.float32)
     ss = torch.empty(ksplit, N, device=x.device, dtype=torch.float32)
-    ck.proj_fwd[(_cdiv(N, bn), ksplit)](
+    _k(ck.proj_fwd)[(_cdiv(N, bn), ksplit)](
         x, p, m, ss, N, K, M, k_per, ld, lo_off, BN=bn, BK=bk, MP=MP, PREC=DOT_PRECISION,
         SPLIT=split, LO=lo, INTERP=_interpreted(), SS=ss_mode, MERGED=merged, num_stages=stages, num_warps=warps)
     if ksplit == 1:
@@ -193,7 +211,7 @@ def launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps):
     h_pre, h_post, h_res = torch.empty(N, n, **f32), torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
     r = torch.empty(N, **f32)
     bt, warps = _SINKHORN
-    ck.coef_fwd[(_cdiv(N, bt),)](
+    _k(ck.coef_fwd)[(_cdiv(N, bt),)](
         m, ss, alpha.float().contiguous(), bias.float().contiguous(), h_pre, h_post, h_res, r,
         N, 1.0 / K, rms_eps, eps, t_max, n=n, NP=_np(n), BT=bt, num_warps=warps)
     return h_pre, h_post, h_res, r
@@ -211,7 +229,7 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps, p
     part = torch.empty(n_prog, M + 3, **f32)
     dmp = torch.empty(N, parts * M, device=m.device, dtype=torch.bfloat16) if parts else None
     scratch = torch.empty(n_prog * BT * 2 * t_max * NP, **f32)
-    ck.coef_bwd[(n_prog,)](
+    _k(ck.coef_bwd)[(n_prog,)](
         m, r, alpha.float().contiguous(), bias.float().contiguous(),
         g_pre.float().contiguous(), g_post.float().contiguous(), g_res.float().contiguous(),
         scratch, part, dm, c, dm if dmp is None else dmp, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT,
@@ -219,7 +237,7 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps, p
     # one small kernel, two outputs (not two views of one: a custom op's outputs must not alias);
     # torch's column sums of the slices took ~8 µs each (run 39)
     dbias, dalpha = torch.empty(M, **f32), torch.empty(3, **f32)
-    ck.sum_rows[(1,)](part, dbias, dalpha, n_prog, M + 3, M, BR=32, WP=_p2(M + 3, 16))
+    _k(ck.sum_rows)[(1,)](part, dbias, dalpha, n_prog, M + 3, M, BR=32, WP=_p2(M + 3, 16))
     return dbias, dm, c, dalpha, dmp
 
 
@@ -276,7 +294,7 @@ def launch_proj_bwd(x: Tensor, phi: Tensor, dm: Tensor, c: Tensor,
                f"proj_bwd link_mode={link_mode!r} cannot write dx over g; only 'add' can")
         n, C = g.shape[1], g.shape[2]
         h_res, h_pre = h_res.float(), h_pre.float()
-    ck.proj_bwd[(n_kb, splits)](
+    _k(ck.proj_bwd)[(n_kb, splits)](
         x, p, dm, c, dx, part, N, K, M, tok, ld, lo_off, g, h_res, h_pre, d_in, C, BN=bn, BK=bk,
         MP=_p2(M, 16), PREC=DOT_PRECISION, SPLIT=split, LO=lo, INTERP=_interpreted(), RELOAD=reload,
         TRANS=trans, LINK=0 if link is None else LINK_MODES.index(link_mode) + 1, n=n, DPHI=not gemm,
@@ -301,7 +319,7 @@ def _dx_tma_ok(x: Tensor, dx: Tensor, link: tuple | None, link_mode: str) -> boo
     bk = _dx_tma_tiles(x.shape[1])[1]
     tensors = (x, dx) if link is None else (x, dx, link[0], link[3])
     return ((link is None or link_mode == "add") and C % bk == 0 and C % 8 == 0
-            and all(t.data_ptr() % 16 == 0 for t in tensors))
+            and all(_aligned16(t) for t in tensors))
 
 
 def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi: int = 0) -> Tensor | None:
@@ -325,7 +343,7 @@ def _launch_dx_tma(x, p, ld, lo_off, lo, dm, c, dx, link, dphi: int = 0) -> Tens
         gd, dind, h_pre = desc(g.contiguous().view(N, K)), desc(d_in.contiguous()), h_pre.float().contiguous()
     splits = _cdiv(N, tok)
     part = torch.empty(splits, K, M, device=x.device, dtype=torch.float32) if dphi else None
-    dk.proj_dx_tma[(_cdiv(K, bk), splits)](
+    _k(dk.proj_dx_tma)[(_cdiv(K, bk), splits)](
         xd, gd, dind, dxd, p, dm, c, h_pre, c if part is None else part, N, K, M, C, tok, ld, lo_off,
         BN=bn, BK=bk, MP=_p2(M, 16), LO=lo, LINK=0 if link is None else 2, n=n, INTERP=_interpreted(),
         ACC=bool(PROJ_DX_TMA_ACC), LOOP_STAGES=int(PROJ_DX_TMA_LOOP_STAGES), DPHI=dphi,
@@ -377,7 +395,7 @@ def launch_pre(x: Tensor, h_pre: Tensor) -> Tensor:
     out = x.new_empty(N, C)
     bt, bc = 8, min(256, _p2(C, 16))
     if N > 0:
-        sk.pre_fwd[(_cdiv(N, bt), _cdiv(C, bc))](
+        _k(sk.pre_fwd)[(_cdiv(N, bt), _cdiv(C, bc))](
             x, h_pre.float().contiguous(), out, N, C, n=n, BT=bt, BC=bc)
     return out
 
@@ -390,7 +408,7 @@ def launch_pre_bwd(x: Tensor, h_pre: Tensor | None, g: Tensor) -> tuple[Tensor |
     dx = None if h_pre is None else torch.empty_like(x)
     bt, bc = 4, min(256, _p2(C, 16))
     if N > 0:  # without h_pre the kernel's dx / h_pre pointers are placeholders it never touches
-        sk.pre_bwd[(_cdiv(N, bt),)](
+        _k(sk.pre_bwd)[(_cdiv(N, bt),)](
             x, dh if h_pre is None else h_pre.float().contiguous(), g.contiguous(), x if dx is None else dx,
             dh, N, C, n=n, NP=_np(n), BT=bt, BC=bc, WRITE_DX=h_pre is not None)
     return dx, dh
@@ -412,7 +430,7 @@ def launch_pre_norm(x: Tensor, h_pre: Tensor, w: Tensor, eps: float) -> Tensor:
     out = x.new_empty(N, C)
     bt, bcp, warps = _norm_tiles(C)
     if N > 0:
-        nk.pre_norm_fwd[(_cdiv(N, bt),)](x, h_pre.float().contiguous(), w.contiguous(), out, N, C, eps,
+        _k(nk.pre_norm_fwd)[(_cdiv(N, bt),)](x, h_pre.float().contiguous(), w.contiguous(), out, N, C, eps,
                                                n=n, BT=bt, BCP=bcp, num_warps=warps)
     return out
 
@@ -441,7 +459,7 @@ def launch_pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: fl
     tok = _cdiv(_cdiv(N, min(_cdiv(N, bt), per_sm * _n_sm(x.device))), bt) * bt
     progs = _cdiv(N, tok)
     part = torch.zeros(progs, C, device=x.device, dtype=torch.float32)
-    nk.pre_norm_bwd[(progs,)](x, h_pre.float().contiguous(), w.contiguous(), dy.contiguous(), dh, dhp, part,
+    _k(nk.pre_norm_bwd)[(progs,)](x, h_pre.float().contiguous(), w.contiguous(), dy.contiguous(), dh, dhp, part,
                               N, C, eps, tok, n=n, NP=_np(n), BT=bt, BCP=bcp, PREFETCH=int(PRE_NORM_BWD_PREFETCH),
                               STAGES=stages, num_warps=warps)
     return dhp, dh, part.sum(0)
@@ -454,7 +472,7 @@ def launch_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tens
     out = torch.empty_like(x)
     bt, bc = 4, min(256, _p2(C, 16))
     if N > 0:
-        sk.post_res_fwd[(_cdiv(N, bt), _cdiv(C, bc))](
+        _k(sk.post_res_fwd)[(_cdiv(N, bt), _cdiv(C, bc))](
             x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), out, N, C,
             n=n, NP=_np(n), BT=bt, BC=bc)
     return out
@@ -489,17 +507,17 @@ def launch_post_res_bwd(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor, g: 
         args = (x, f.contiguous(), h_post.float().contiguous(), h_res.float().contiguous(), g, dx, df)
         if mode == "mma":  # bt = target rows (token, stream) per program
             bt = max(1, bt // n)
-            sk.post_res_bwd_mma[(_cdiv(N, bt),)](
+            _k(sk.post_res_bwd_mma)[(_cdiv(N, bt),)](
                 *args, dhp, dhr, N, C, *sg, n=n, BT=bt, R=_p2(bt * n, 16), TP=_p2(bt, 16), BC=max(bc, 16),
                 HILO=x.dtype == torch.bfloat16, INTERP=_interpreted(), WRITE_DX=write_dx, num_warps=warps,
                 num_stages=stages)
         elif mode == "split":
             chunks = _cdiv(C, bc)
             php, phr = torch.empty(chunks, N, n, **f32), torch.empty(chunks, N, n, n, **f32)
-            sk.post_res_bwd_split[(_cdiv(N, bt), chunks)](
+            _k(sk.post_res_bwd_split)[(_cdiv(N, bt), chunks)](
                 *args, php, phr, N, C, *sg, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
             dhp, dhr = php.sum(0), phr.sum(0)
         else:
-            sk.post_res_bwd[(_cdiv(N, bt),)](
+            _k(sk.post_res_bwd)[(_cdiv(N, bt),)](
                 *args, dhp, dhr, N, C, *sg, n=n, NP=_np(n), BT=bt, BC=bc, num_warps=warps, num_stages=stages)
     return dx, df, dhp.to(h_post.dtype), dhr.to(h_res.dtype)

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from . import launch as L
+from .registration import fake, op
 
 LINK_MODE = "add"  # one of launch.LINK_MODES; read when the pair runs forward
 # "add": write the stream gradient over post_res_bwd's H_resᵀg buffer instead of a new one (one
@@ -68,7 +69,7 @@ def _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_
     return dx.view(N, n, C), dphi.to(phi.dtype), dalpha.to(alpha.dtype), dbias.to(bias.dtype)
 
 
-@torch.library.custom_op("mhc_repro::pre_linked_bwd", mutates_args=())
+@op("pre_linked_bwd", traceable=False)
 def _pre_linked_bwd(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
                     m: Tensor, r: Tensor, d_in: Tensor, g_post: Tensor, g_res: Tensor, g_link: Tensor,
                     n: int, t_max: int, eps: float, precision: str, link_mode: str,
@@ -77,13 +78,13 @@ def _pre_linked_bwd(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: 
                        precision, link_mode, g_pre=g_pre)
 
 
-@_pre_linked_bwd.register_fake
+@fake(_pre_linked_bwd)
 def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision,
       link_mode, g_pre=None):
     return torch.empty_like(x), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
-@torch.library.custom_op("mhc_repro::pre_linked_bwd_add_", mutates_args=("g_link",))
+@op("pre_linked_bwd_add_", traceable=False, mutates_args=("g_link",))
 def _pre_linked_bwd_add_(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
                          m: Tensor, r: Tensor, d_in: Tensor, g_post: Tensor, g_res: Tensor, g_link: Tensor,
                          n: int, t_max: int, eps: float, precision: str,
@@ -95,30 +96,30 @@ def _pre_linked_bwd_add_(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_
     return dphi, dalpha, dbias
 
 
-@_pre_linked_bwd_add_.register_fake
+@fake(_pre_linked_bwd_add_)
 def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision, g_pre=None):
     return torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
 # The branch's RMSNorm fused into pre (norm_kernels; mhc_pre_linked's norm_weight).
-@torch.library.custom_op("mhc_repro::pre_norm", mutates_args=())
+@op("pre_norm")
 def _pre_norm(x: Tensor, h_pre: Tensor, w: Tensor, eps: float) -> Tensor:
     return L.launch_pre_norm(x, h_pre, w, eps)
 
 
-@_pre_norm.register_fake
+@fake(_pre_norm)
 def _(x, h_pre, w, eps):
     return x.new_empty(x.shape[0], x.shape[2])
 
 
-@torch.library.custom_op("mhc_repro::pre_norm_bwd", mutates_args=())
+@op("pre_norm_bwd")
 def _pre_norm_bwd(x: Tensor, h_pre: Tensor, w: Tensor, dy: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """(dH_pre fp32, dh in x's dtype: the d_in of the dx pass, dw in w's dtype)."""
     dhp, dh, dw = L.launch_pre_norm_bwd(x, h_pre, w, dy, eps)
     return dhp, dh, dw.to(w.dtype)
 
 
-@_pre_norm_bwd.register_fake
+@fake(_pre_norm_bwd)
 def _(x, h_pre, w, dy, eps):
     return x.new_empty(x.shape[:2], dtype=torch.float32), x.new_empty(x.shape[0], x.shape[2]), torch.empty_like(w)
 
@@ -160,12 +161,12 @@ class _PreLinked(torch.autograd.Function):
         return dx, dphi, dalpha, dbias, dw, None, None, None, None, None, None
 
 
-@torch.library.custom_op("mhc_repro::post_res_linked", mutates_args=())
+@op("post_res_linked")
 def _post_res_linked(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
     return torch.ops.mhc_repro.post_res(x_link, f, h_post, h_res)
 
 
-@_post_res_linked.register_fake
+@fake(_post_res_linked)
 def _(x_link, f, h_post, h_res):
     return torch.empty_like(x_link)
 

@@ -87,3 +87,13 @@ def test_real_bench_processes_on_cpu(tmp_path, capsys):
     assert rec["arms"]["mhc"] == {"variant": "mhc", "sets": SMALL}
     assert all(row[n]["final_pass"] is False for row in rec["rows"] for n in row)  # no eval-mode compile
     assert "x " in capsys.readouterr().out
+
+
+def test_env_overrides_become_the_processes_environment():
+    args = ab_train.main.__globals__["argparse"].Namespace(
+        config="c.yaml", steps=3, warmup=1, micro_batch=2, seq_len=16, compile=False, bench_args="")
+    cmd = ab_train.bench_command(args, "mhc", ["env:MHC_KERNEL_OPS=custom_op", "model.n_blocks=2"], "/tmp/o.json")
+    assert cmd[:3] == ["env", "MHC_KERNEL_OPS=custom_op", sys.executable]
+    assert cmd[cmd.index("--set") + 1] == "model.n_blocks=2" and cmd.count("--set") == 1
+    plain = ab_train.bench_command(args, "mhc", ["model.n_blocks=2"], "/tmp/o.json")
+    assert plain[0] == sys.executable
