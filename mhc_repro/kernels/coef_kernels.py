@@ -123,6 +123,8 @@ def _sigmoid(z):
 def coef_fwd(m_ptr, ss_ptr, alpha_ptr, bias_ptr, hpre_ptr, hpost_ptr, hres_ptr, r_ptr,
              N, inv_k, rms_eps, eps, t_max,
              n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr):
+    # Inductor passes Python floats as fp64 (a triton_op's launch): computed in fp32 as in eager
+    inv_k, rms_eps, eps = tl.cast(inv_k, tl.float32), tl.cast(rms_eps, tl.float32), tl.cast(eps, tl.float32)
     M = n * n + 2 * n
     pid = tl.program_id(0)
     t = pid * BT + tl.arange(0, BT)

@@ -35,6 +35,7 @@ def _row_aggregate(x_ptr, h_ptr, t, N, C, c, cm, n: tl.constexpr, BT: tl.constex
 
 @triton.jit
 def pre_norm_fwd(x_ptr, h_ptr, w_ptr, out_ptr, N, C, eps, n: tl.constexpr, BT: tl.constexpr, BCP: tl.constexpr):
+    eps = tl.cast(eps, tl.float32)  # Inductor passes a Python float as fp64 (a triton_op's launch)
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     c = tl.arange(0, BCP)
     cm = c < C
@@ -68,6 +69,7 @@ def pre_norm_bwd(x_ptr, h_ptr, w_ptr, dy_ptr, dh_ptr, dhp_ptr, dw_ptr, N, C, eps
     # PREFETCH (0, 1, 2): how many steps ahead the rows are loaded (held in registers, so the loads
     # overlap this step's reductions). STAGES > 0 (PREFETCH then unused): tl.range(num_stages=STAGES)
     # instead, Triton's own pipelining of the loop's loads.
+    eps = tl.cast(eps, tl.float32)  # Inductor passes a Python float as fp64: dw would turn fp64 in the loop
     pid = tl.program_id(0)
     c = tl.arange(0, BCP)
     cm = c < C
