@@ -129,9 +129,9 @@ def _interpreted() -> bool:
 
 def _k(kernel):
     """A kernel as every launcher calls it: through ``torch.library.wrap_triton``, so that a
-    ``triton_op`` body (``fused.OP_REGISTRATION``) traces its launches into the graph for Inductor to
+    ``triton_op`` body (``registration.OP_REGISTRATION``) traces its launches into the graph for Inductor to
     launch. Outside a trace wrap_triton hands back the kernel itself (triton_op's eager path turns the
-    wrapping off; the custom ops' bodies do too, ``fused.plain_launches``). Interpreted kernels
+    wrapping off; the custom ops' bodies do too, ``registration.plain_launches``). Interpreted kernels
     (TRITON_INTERPRET=1, CPU) are launched as they are: they cannot be traced."""
     return kernel if _interpreted() else torch.library.wrap_triton(kernel)
 
