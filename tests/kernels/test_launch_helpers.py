@@ -2,6 +2,7 @@
 forms, which cost ~3 µs a call) agree with Triton's on every value the launchers can see."""
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 
@@ -15,3 +16,16 @@ def test_cdiv_and_p2_match_triton():
     for a in range(0, 600):
         for b in (1, 2, 3, 7, 16, 64, 100, 128, 1024):
             assert launch._cdiv(a, b) == triton.cdiv(a, b), (a, b)
+
+
+def test_aligned16_real_and_fake_tensors(fused):
+    """TMA's 16-byte check: by address on real tensors, by storage offset on fake ones (a trace)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mhc_repro.kernels import launch
+
+    base = torch.zeros(64, dtype=torch.bfloat16)
+    assert launch._aligned16(base) and launch._aligned16(base[8:]) and not launch._aligned16(base[1:])
+    with FakeTensorMode():
+        fake = torch.zeros(64, dtype=torch.bfloat16)
+        assert launch._aligned16(fake[8:]) and not launch._aligned16(fake[3:])
