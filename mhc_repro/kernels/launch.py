@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from triton.runtime.jit import JITFunction
 
 from . import coef_kernels as ck
 from . import dx_kernels as dk
@@ -132,8 +133,8 @@ def _k(kernel):
     ``triton_op`` body (``registration.OP_REGISTRATION``) traces its launches into the graph for Inductor to
     launch. Outside a trace wrap_triton hands back the kernel itself (triton_op's eager path turns the
     wrapping off; the custom ops' bodies do too, ``registration.plain_launches``). Interpreted kernels
-    (TRITON_INTERPRET=1, CPU) are launched as they are: they cannot be traced."""
-    return kernel if _interpreted() else torch.library.wrap_triton(kernel)
+    (TRITON_INTERPRET=1, CPU) and benchmarks/host_overhead.py's stubs are launched as they are."""
+    return torch.library.wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
 
 
 def _aligned16(t: Tensor) -> bool:
