@@ -134,7 +134,14 @@ def _k(kernel):
     launch. Outside a trace wrap_triton hands back the kernel itself (triton_op's eager path turns the
     wrapping off; the custom ops' bodies do too, ``registration.plain_launches``). Interpreted kernels
     (TRITON_INTERPRET=1, CPU) and benchmarks/host_overhead.py's stubs are launched as they are."""
-    return torch.library.wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
+    if WRAP_LAUNCHES and isinstance(kernel, JITFunction):
+        return torch.library.wrap_triton(kernel)
+    return kernel
+
+
+# Set by registration when the ops are triton_ops. Off (custom ops), launches skip wrap_triton:
+# even when it hands the kernel back it costs ~10 µs a call on the host (12 launches per sub-layer).
+WRAP_LAUNCHES = False
 
 
 def _aligned16(t: Tensor) -> bool:

@@ -27,6 +27,7 @@ import os
 
 import torch
 
+from . import launch
 from .launch import _check
 
 OP_REGISTRATIONS = ("triton_op", "custom_op")
@@ -34,6 +35,7 @@ OP_REGISTRATION = os.environ.get("MHC_KERNEL_OPS") or "custom_op"
 _check(OP_REGISTRATION in OP_REGISTRATIONS,
        f"MHC_KERNEL_OPS={OP_REGISTRATION!r} is unknown; allowed: {', '.join(OP_REGISTRATIONS)}")
 _TRACED: set[str] = set()  # the names registered as triton_ops
+launch.WRAP_LAUNCHES = OP_REGISTRATION == "triton_op"
 
 
 def plain_launches(fn):
@@ -62,7 +64,8 @@ def op(name: str, *, traceable: bool = True, mutates_args=()):
             return torch.library.triton_op(qualname, mutates_args=mutates_args)(fn)
         # the schema from fn itself: its string annotations name types of fn's module, not this one's
         schema = torch.library.infer_schema(fn, mutates_args=mutates_args)
-        return torch.library.custom_op(qualname, plain_launches(fn), mutates_args=mutates_args, schema=schema)
+        body = plain_launches(fn) if launch.WRAP_LAUNCHES else fn  # launches wrapped only for triton_ops
+        return torch.library.custom_op(qualname, body, mutates_args=mutates_args, schema=schema)
     return register
 
 
