@@ -41,7 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def bench_command(args, variant: str, sets: list[str], out: str) -> list[str]:
     envs = [s[len("env:"):] for s in sets if s.startswith("env:")]  # run through env(1)
     sets = [s for s in sets if not s.startswith("env:")]
-    cmd = (["env", *envs] if envs else []) + [sys.executable, "-m", "mhc_repro.training.bench", "--config", args.config, "--variants", variant,
+    cmd = (["env", *envs] if envs else []) + [
+           sys.executable, "-m", "mhc_repro.training.bench", "--config", args.config, "--variants", variant,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
            "--seq-len", str(args.seq_len), "--out", out, "--diag-dir", os.path.join(os.path.dirname(out), "diag"),
            "--final-pass", "false"]  # no validation / Amax after the steps (--bench-args "--final-pass true")

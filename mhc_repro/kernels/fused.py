@@ -28,6 +28,7 @@ from .registration import fake, op
 # on an fp32 stream) is mode "mma"; other modes write dx anyway.
 LAZY_RES_DX = False
 
+
 @op("coefficients")
 def _coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int,
                   eps: float, rms_eps: float, precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

@@ -128,20 +128,20 @@ def _interpreted() -> bool:
     return type(ck.proj_fwd).__name__ == "InterpretedFunction"
 
 
+# Set by registration (True when the ops are triton_ops). Off, launches skip wrap_triton: even when
+# it hands the kernel back it cost 17 µs a call on the host (RESULTS.md session 20), 12 per sub-layer.
+WRAP_LAUNCHES = False
+
+
 def _k(kernel):
-    """A kernel as every launcher calls it: through ``torch.library.wrap_triton``, so that a
-    ``triton_op`` body (``registration.OP_REGISTRATION``) traces its launches into the graph for Inductor to
-    launch. Outside a trace wrap_triton hands back the kernel itself (triton_op's eager path turns the
-    wrapping off; the custom ops' bodies do too, ``registration.plain_launches``). Interpreted kernels
-    (TRITON_INTERPRET=1, CPU) and benchmarks/host_overhead.py's stubs are launched as they are."""
+    """A kernel as every launcher calls it. With WRAP_LAUNCHES through ``torch.library.wrap_triton``,
+    so that a triton_op body traces its launches into the graph for Inductor to launch (in eager mode
+    triton_op turns the wrapping off, and so does ``registration.plain_launches`` for the custom ops).
+    Otherwise, and for interpreted kernels (TRITON_INTERPRET=1) or benchmarks/host_overhead.py's
+    stubs, the kernel itself."""
     if WRAP_LAUNCHES and isinstance(kernel, JITFunction):
         return torch.library.wrap_triton(kernel)
     return kernel
-
-
-# Set by registration when the ops are triton_ops. Off (custom ops), launches skip wrap_triton:
-# even when it hands the kernel back it costs ~10 µs a call on the host (12 launches per sub-layer).
-WRAP_LAUNCHES = False
 
 
 def _aligned16(t: Tensor) -> bool:
