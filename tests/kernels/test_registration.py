@@ -115,6 +115,13 @@ def test_compiled_sublayer_launches_kernels_inline(fused):
         assert f"mhc_repro.{name}." not in code, name
     assert "proj_fwd" in code and "pre_norm_fwd" in code and "post_res_fwd" in code
     assert "mhc_repro.pre_linked_bwd_add_" in code or "mhc_repro.pre_linked_bwd." in code
-    for a, b in zip(got, step(sub, la)):
-        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+    # Inductor keeps bf16 pointwise math in fp32 where eager rounds each op, so compiled and eager differ
+    # by a few bf16 ulps: both are measured against the same kernels on an fp32 stream, and the
+    # compiled error may not exceed twice eager's (a race or a wrong buffer gives O(1) errors).
+    eager = step(sub, la)
+    ref = step(sub, [t.detach().float().requires_grad_() for t in leaves])
+    errs = [((a.float() - r).abs().max().item(), (b.float() - r).abs().max().item(), r.abs().max().item())
+            for a, b, r in zip(got, eager, ref)]
+    report = ", ".join(f"#{i}: compiled {c:.3g} eager {e:.3g} |ref| {m:.3g}" for i, (c, e, m) in enumerate(errs))
+    assert all(c <= 2 * e + 1e-3 * m for c, e, m in errs), report
     torch._dynamo.reset()
