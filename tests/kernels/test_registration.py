@@ -119,7 +119,7 @@ def test_compiled_sublayer_launches_kernels_inline(fused):
     # by a few bf16 ulps: both are measured against the same kernels on an fp32 stream, and the
     # compiled error may not exceed twice eager's (a race or a wrong buffer gives O(1) errors).
     eager = step(sub, la)
-    ref = step(sub, [t.detach().float().requires_grad_() for t in leaves])
+    ref = step(sub, [t.cuda().float().requires_grad_() for t in leaves])
     errs = [((a.float() - r).abs().max().item(), (b.float() - r).abs().max().item(), r.abs().max().item())
             for a, b, r in zip(got, eager, ref)]
     report = ", ".join(f"#{i}: compiled {c:.3g} eager {e:.3g} |ref| {m:.3g}" for i, (c, e, m) in enumerate(errs))
