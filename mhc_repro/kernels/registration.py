@@ -11,10 +11,10 @@ run as ``kernels.fused.OP_REGISTRATION``):
   triton_op runs its body like a custom op.
 - "custom_op": opaque custom ops with hand-written fakes, as up to session 19.
 
-Default: "custom_op", the path the GPU tests have passed. "triton_op" is opt-in and NOT yet verified on
-the GPU: its first run (run 90, 5d100f0) failed to compile in the 3B step (Inductor types a Python float
-argument fp64; the kernels now cast their float scalars to fp32, 4d49139, untested on CUDA) and one GPU
-test failed, unidentified (the suite hit its timeout). Under TRITON_INTERPRET (CPU) triton_op bodies run
+Default ("auto"): triton_op where CUDA is available and the kernels are compiled, else custom_op. The
+GPU tests pass under both (runs 91-93); on the 3B step triton_op was faster than custom_op in three paired
+rounds out of three, 0.89-0.96x (runs 92-93, RESULTS.md "Session 21"). Run 90's compile failure (Inductor
+types a Python float argument fp64) is fixed by the kernels' fp32 casts of their float scalars. Under TRITON_INTERPRET (CPU) triton_op bodies run
 in eager mode only: interpreted kernels cannot run on fake tensors. The projection's backward ops stay custom ops either way (``traceable=False``): their
 TMA path checks addresses, and on an fp32 stream their dφ GEMM turns tf32 on for one call, which a
 trace would not keep.
@@ -30,10 +30,20 @@ import torch
 from . import launch
 from .launch import _check
 
-OP_REGISTRATIONS = ("triton_op", "custom_op")
-OP_REGISTRATION = os.environ.get("MHC_KERNEL_OPS") or "custom_op"
-_check(OP_REGISTRATION in OP_REGISTRATIONS,
-       f"MHC_KERNEL_OPS={OP_REGISTRATION!r} is unknown; allowed: {', '.join(OP_REGISTRATIONS)}")
+OP_REGISTRATIONS = ("auto", "triton_op", "custom_op")
+REQUESTED = os.environ.get("MHC_KERNEL_OPS") or "auto"
+_check(REQUESTED in OP_REGISTRATIONS,
+       f"MHC_KERNEL_OPS={REQUESTED!r} is unknown; allowed: {', '.join(OP_REGISTRATIONS)}")
+
+
+def _auto() -> str:
+    """triton_op where Inductor can compile the kernels (CUDA, not interpreted), else custom_op: under
+    TRITON_INTERPRET a triton_op cannot be traced (interpreted kernels do not run on fake tensors)."""
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return "triton_op" if torch.cuda.is_available() and not interpreted else "custom_op"
+
+
+OP_REGISTRATION = _auto() if REQUESTED == "auto" else REQUESTED  # what was registered
 _TRACED: set[str] = set()  # the names registered as triton_ops
 launch.WRAP_LAUNCHES = OP_REGISTRATION == "triton_op"
 

@@ -67,14 +67,25 @@ def test_bad_registration_is_one_clear_error():
     pytest.importorskip("triton")
     r = _run("import mhc_repro.kernels.fused", MHC_KERNEL_OPS="opaque", TRITON_INTERPRET="1")
     assert r.returncode != 0
-    assert "MHC_KERNEL_OPS='opaque' is unknown; allowed: triton_op, custom_op" in r.stderr.strip().splitlines()[-1]
+    assert "MHC_KERNEL_OPS='opaque' is unknown; allowed: auto, triton_op, custom_op" in r.stderr.strip().splitlines()[-1]
 
 
 def test_default_registration(fused):
-    from mhc_repro.kernels import launch_settings, registration
+    """"auto" (the default): triton_op with CUDA and compiled kernels, custom_op under the interpreter."""
+    from mhc_repro.kernels import launch, launch_settings, registration
 
-    assert registration.OP_REGISTRATION == os.environ.get("MHC_KERNEL_OPS", "custom_op")
+    auto = "triton_op" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") == "0" else "custom_op"
+    requested = os.environ.get("MHC_KERNEL_OPS") or "auto"
+    assert registration.OP_REGISTRATION == (auto if requested == "auto" else requested)
     assert launch_settings()["fused.OP_REGISTRATION"] == registration.OP_REGISTRATION
+    assert launch.WRAP_LAUNCHES is (registration.OP_REGISTRATION == "triton_op")
+
+
+def test_auto_is_custom_op_when_interpreted():
+    pytest.importorskip("triton")
+    r = _run("from mhc_repro.kernels import registration as r; print(r.REQUESTED, r.OP_REGISTRATION)",
+             MHC_KERNEL_OPS="", TRITON_INTERPRET="1")
+    assert r.stdout.split() == ["auto", "custom_op"], r.stderr[-2000:]
 
 
 @pytest.mark.gpu
