@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
-# Session 20's device call (run 90, at 5d100f0, when triton_op was the default; the default is
-# custom_op again): the kernels registered as triton_ops (kernels/registration.py, MHC_KERNEL_OPS)
-# against custom ops. The 3B step's GPU time is 1.05x the residual's on a bf16 stream but its wall
-# time 0.99-1.27x (runs 85-90): the host falls behind, and most of mHC's host time is the custom
-# ops' dispatch and the launchers' Python, which a triton_op leaves to Inductor's generated code.
-# 1. the GPU tests of the kernels and residual modules with triton_ops (compile parity, opcheck, the
-#    inline-launch test);
-# 2. the 3B step paired on a bf16 stream: residual, mHC (triton_op), mHC (custom_op).
-# Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> bash benchmarks/run_triton_op_ab.sh
-# Knobs: SKIP ("1", "2"), TEST_TIMEOUT (300 s; run 90's 170 s was too short), TRAIN_ROUNDS (2),
-# TRAIN_TIMEOUT (400 s), CONFIG, SEQ.
+# The kernels registered as triton_ops (kernels/registration.py) against custom ops, on the GPU. Since
+# de265cd MHC_KERNEL_OPS=auto is the default: triton_op on CUDA, custom_op under the interpreter.
+# Session 21 (runs 91-94) chose it; session 22 re-ran it at HEAD for the record (runs 95-97), in parts:
+# 1. the whole GPU suite with the default registration (kernels, residual, model, eval engine);
+# 2. the stack at HEAD (ab_stack.py, compiled, residual vs the default fused stack, C = 2048 and 4096):
+#    issue 6's targets, with the kernels launched from Inductor's code;
+# 3. the 3B step paired on a bf16 stream: residual, mHC with triton_ops, mHC with custom ops. One
+#    bench process per arm and round takes ~125 s (compile included), so one round of three arms
+#    fits a call; ORDER=2 puts the arms in the reverse order for a second call.
+# Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> SKIP="2 3" bash benchmarks/run_triton_op_ab.sh
+# Knobs: SKIP (space-separated parts), TEST_TIMEOUT (400 s; run 94: 241 tests in 242 s), ROUNDS
+# (ab_stack, 8), TRAIN_ROUNDS (1), TRAIN_STEPS (12), TRAIN_TIMEOUT (520 s), ORDER (1|2), CONFIG, SEQ.
 source benchmarks/device_common.sh
 if ! skip 1; then
-  MHC_KERNEL_OPS=triton_op timeout -k 10 "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu tests/kernels tests/residual 2>&1 \
-    | grep -v USDT > "$OUT/gpu_tests.log"
-  echo "gpu tests: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; tail -4 "$OUT/gpu_tests.log"
+  gpu_tests "${TEST_TIMEOUT:-400}"
   grep -i "assuming every input is mutated\|graph break" "$OUT/gpu_tests.log" | sort | uniq -c | head -5
 fi
 if ! skip 2; then
+  timeout -k 10 "${STACK_TIMEOUT:-200}" python3 benchmarks/ab_stack.py --C 2048 4096 --rounds "${ROUNDS:-8}" \
+    --variants residual mhc_fused_linked_fnorm --out "$OUT/ab_stack_head.json" 2>&1 | grep -v USDT > "$OUT/ab_stack_head.log"
+  echo "ab_stack: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; grep -E "^C =|  (residual|mhc)" "$OUT/ab_stack_head.log"
+fi
+if ! skip 3; then
   bf16="model.residual.stream_dtype=bfloat16"
-  timeout -k 10 "${TRAIN_TIMEOUT:-400}" python3 benchmarks/ab_train.py --config "${CONFIG:-experiments/3b/base.yaml}" \
-    --compile --rounds "${TRAIN_ROUNDS:-2}" --steps 12 --warmup 4 --seq-len "${SEQ:-4096}" --timeout 150 \
-    --out "$OUT/ab_triton_op.json" \
-    --arm residual_bf16 residual "$bf16" --arm mhc_bf16 mhc "$bf16" env:MHC_KERNEL_OPS=triton_op \
-    --arm mhc_bf16_custom_op mhc "$bf16" env:MHC_KERNEL_OPS=custom_op \
-    2>&1 | grep -v USDT | tee "$OUT/ab_triton_op.log" | tail -8
+  res=(--arm residual_bf16 residual "$bf16")
+  trt=(--arm mhc_bf16_triton_op mhc "$bf16" env:MHC_KERNEL_OPS=triton_op)
+  cus=(--arm mhc_bf16_custom_op mhc "$bf16" env:MHC_KERNEL_OPS=custom_op)
+  if [[ "${ORDER:-1}" == 2 ]]; then arms=("${cus[@]}" "${trt[@]}" "${res[@]}"); else arms=("${res[@]}" "${trt[@]}" "${cus[@]}"); fi
+  timeout -k 10 "${TRAIN_TIMEOUT:-520}" python3 benchmarks/ab_train.py --config "${CONFIG:-experiments/3b/base.yaml}" \
+    --compile --rounds "${TRAIN_ROUNDS:-1}" --steps "${TRAIN_STEPS:-12}" --warmup 4 --seq-len "${SEQ:-4096}" --timeout 170 \
+    --out "$OUT/ab_triton_op_order${ORDER:-1}.json" "${arms[@]}" \
+    2>&1 | grep -v USDT | tee "$OUT/ab_triton_op_order${ORDER:-1}.log" | tail -8
   echo "ab_train: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"
 fi
