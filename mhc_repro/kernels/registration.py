@@ -12,11 +12,12 @@ run as ``kernels.fused.OP_REGISTRATION``):
 - "custom_op": opaque custom ops with hand-written fakes, as up to session 19.
 
 Default ("auto"): triton_op where CUDA is available and the kernels are compiled, else custom_op. The
-GPU tests pass under both (runs 91-93); on the 3B step triton_op was faster than custom_op in three paired
-rounds out of three, 0.89-0.96x (runs 92-93, RESULTS.md "Session 21"). Run 90's compile failure (Inductor
-types a Python float argument fp64) is fixed by the kernels' fp32 casts of their float scalars. Under TRITON_INTERPRET (CPU) triton_op bodies run
-in eager mode only: interpreted kernels cannot run on fake tensors. The projection's backward ops stay custom ops either way (``traceable=False``): their
-TMA path checks addresses, and on an fp32 stream their dφ GEMM turns tf32 on for one call, which a
+whole GPU suite passes with it on the H200 (runs 95 + 99); on the 3B step triton_op's process medians
+were 0.79x / 1.02x custom_op's (run 97, reports/kernels/RESULTS.md "Session 22"). Run 90's compile
+failure (Inductor types a Python float argument fp64) is fixed by the kernels' fp32 casts of their
+float scalars. Under TRITON_INTERPRET (CPU) triton_op bodies run in eager mode only: interpreted
+kernels cannot run on fake tensors. The projection's backward ops stay custom ops either way
+(``traceable=False``): their TMA path checks addresses, and on an fp32 stream their dφ GEMM turns tf32 on for one call, which a
 trace would not keep.
 """
 
