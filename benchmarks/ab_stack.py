@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -40,8 +41,11 @@ def make_step(kind: str, compiled: bool, c: int, n: int, n_blocks: int, x0, dout
 
 
 def run_ab(variants: list[str], c: int, n: int, n_blocks: int, compiled: bool, x0, dout, rounds: int,
-           iters: int, timer=time_cuda, probe=None) -> dict:
-    """Per-round step times (ms) of every variant, rotated order; see the module docstring."""
+           iters: int, timer=time_cuda, probe=None, slot_warmup: int = 1) -> dict:
+    """Per-round step times (ms) of every variant, rotated order; see the module docstring.
+    ``slot_warmup`` untimed steps open each variant's slot in a round: the GPU runs power-capped, and
+    run 95 at C = 4096 timed whichever variant came second in a round 3-4 ms slower (4-5 %) than
+    when it came first, after the probe's idle pause; more warm-up steps let the clocks settle."""
     steps = {}
     for kind in variants:
         step, blocks = make_step(kind, compiled, c, n, n_blocks, x0, dout)
@@ -55,11 +59,27 @@ def run_ab(variants: list[str], c: int, n: int, n_blocks: int, compiled: bool, x
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for kind in order:
             with kernel_switches(kind):  # launch-time switches (e.g. _2mma) must hold while it runs
-                ms[kind].append(timer(steps[kind][0], 1, iters))
+                ms[kind].append(timer(steps[kind][0], slot_warmup, iters))
         if probe is not None:
             probes.append(probe())
-    return dict(C=c, blocks=n_blocks, compiled=compiled, rounds=rounds, iters=iters, ms=ms, probes=probes,
+    return dict(C=c, blocks=n_blocks, compiled=compiled, rounds=rounds, iters=iters, slot_warmup=slot_warmup,
+                ms=ms, probes=probes,
                 first_step_s={k: v[2] for k, v in steps.items()}, summary=summarize(ms, variants[0]))
+
+
+def position_effect(ms: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """Per variant, (median ms in the rounds it ran first, median ms in the others), from the rotation
+    run_ab uses (round r starts with variant r mod k, in ``ms``'s order). A gap between the two that
+    all variants share is a bias of the slot, not of the variant; the rotation cancels it in the mean
+    of the per-round ratios but widens their interval."""
+    names = list(ms)
+    out = {}
+    for i, kind in enumerate(names):
+        first = [t for r, t in enumerate(ms[kind]) if r % len(names) == i]
+        rest = [t for r, t in enumerate(ms[kind]) if r % len(names) != i]
+        if first and rest:
+            out[kind] = (statistics.median(first), statistics.median(rest))
+    return out
 
 
 def print_run(run: dict) -> None:
@@ -72,6 +92,10 @@ def print_run(run: dict) -> None:
         mlo, mhi = s["ratio_median_ci95"]
         print(f"  {kind:34} {s['ms_median']:8.2f} ms  x {s['ratio_median']:.4f}  (95 % t: {lo:.4f}–{hi:.4f};"
               f" median: {mlo:.4f}–{mhi:.4f})  min {s['ms_min']:.2f} ms, x {s['ratio_of_min']:.4f}")
+    pos = position_effect(run["ms"])
+    if pos:
+        print(f"  slot bias ({run.get('slot_warmup', 1)} warm-up step(s) per slot), median ms first in a round / later: "
+              + ", ".join(f"{k} {a:.2f} / {b:.2f}" for k, (a, b) in pos.items()))
 
 
 def resummarize(path: str, base: str | None = None) -> None:
@@ -97,6 +121,8 @@ def main() -> None:
     ap.add_argument("--eager", action="store_true", help="time eager blocks (default: torch.compile)")
     ap.add_argument("--rounds", type=int, default=16, help="the median's 95 %% interval needs >= 9 (with 8 it is the range)")
     ap.add_argument("--iters", type=int, default=5, help="steps per variant per round (median taken)")
+    ap.add_argument("--slot-warmup", type=int, default=1,
+                    help="untimed steps before each variant's timed steps in every round (clocks settle)")
     ap.add_argument("--set", nargs="*", default=(), metavar="NAME=VALUE",
                     help="set mhc_repro.kernels.launch constants for every variant (Python literals)")
     ap.add_argument("--variant-set", nargs="*", default=(), metavar="VARIANT:NAME=VALUE",
@@ -109,6 +135,8 @@ def main() -> None:
     settings, per_variant = launch_settings(args.set), variant_settings(args.variant_set)
     if args.rounds < 2:
         ap.error(f"--rounds {args.rounds} is too few; the interval needs at least 2")
+    if args.slot_warmup < 0:
+        ap.error(f"--slot-warmup {args.slot_warmup} is negative; allowed: 0 or more steps")
     # every variant's compiled blocks stay alive at once: room for all their graphs
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 512)
@@ -118,7 +146,7 @@ def main() -> None:
     for c in args.C:
         nb, x0, dout = stack_inputs(c, args, dev)
         run = run_ab(args.variants, c, args.n, nb, not args.eager, x0, dout, args.rounds, args.iters,
-                     probe=lambda: machine_probe(dev))
+                     probe=lambda: machine_probe(dev), slot_warmup=args.slot_warmup)
         res["runs"].append(run)
         print_run(run)
         if args.out:

@@ -88,3 +88,19 @@ def test_summarize_against_another_base(tmp_path, capsys):
     assert f"x {statistics.median([11.4 / 12.0, 1.0, 12.0 / 12.1]):.4f}" in new_line
     with pytest.raises(SystemExit, match="'nope' is not a variant"):
         ab_stack.resummarize(str(path), base="nope")
+
+
+def test_position_effect_follows_the_rotation():
+    """Round r starts with variant r mod k: a slot bias shows as the same gap in every variant."""
+    ms = {"a": [10.0, 12.0, 10.2, 12.2], "b": [21.0, 20.0, 21.4, 20.2]}  # a first in rounds 0, 2; b in 1, 3
+    pos = ab_stack.position_effect(ms)
+    assert pos["a"] == pytest.approx((10.1, 12.1)) and pos["b"] == pytest.approx((20.1, 21.2))
+    assert ab_stack.position_effect({"a": [1.0]}) == {}
+
+
+def test_slot_warmup_reaches_the_timer(monkeypatch):
+    seen = []
+    monkeypatch.setattr(ab_stack, "make_step", lambda kind, *a: ((lambda: None), None))
+    ab_stack.run_ab(["x", "y"], 8, 1, 1, False, None, None, rounds=2, iters=3,
+                    timer=lambda fn, warmup, iters: seen.append((warmup, iters)) or 1.0, slot_warmup=4)
+    assert seen == [(4, 3)] * 4
