@@ -18,7 +18,7 @@ if ! skip 1; then
 fi
 if ! skip 2; then
   timeout -k 10 "${STACK_TIMEOUT:-200}" python3 benchmarks/ab_stack.py --C 2048 4096 --rounds "${ROUNDS:-8}" \
-    --variants residual mhc_fused_linked_fnorm --out "$OUT/ab_stack_head.json" 2>&1 | grep -v USDT > "$OUT/ab_stack_head.log"
+    --variants residual mhc_fused_linked_fnorm --slot-warmup "${SLOT_WARMUP:-4}" --out "$OUT/ab_stack_head.json" 2>&1 | grep -v USDT > "$OUT/ab_stack_head.log"
   echo "ab_stack: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; grep -E "^C =|  (residual|mhc)" "$OUT/ab_stack_head.log"
 fi
 if ! skip 3; then

@@ -102,5 +102,5 @@ def test_slot_warmup_reaches_the_timer(monkeypatch):
     seen = []
     monkeypatch.setattr(ab_stack, "make_step", lambda kind, *a: ((lambda: None), None))
     ab_stack.run_ab(["x", "y"], 8, 1, 1, False, None, None, rounds=2, iters=3,
-                    timer=lambda fn, warmup, iters: seen.append((warmup, iters)) or 1.0, slot_warmup=4)
-    assert seen == [(4, 3)] * 4
+                    timer=lambda fn, warmup, iters: seen.append((warmup, iters)) or 1.0, slot_warmup=2)
+    assert seen == [(2, 3)] * 4
