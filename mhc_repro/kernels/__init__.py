@@ -35,7 +35,7 @@ def _triton_ops(precision: str | None) -> SimpleNamespace:
 def launch_settings() -> dict[str, object]:
     """The fused kernels' module switches (``launch``'s tiles, projection precision and dx-pass
     options; ``linked.LINK_MODE`` / ``ADD_IN_PLACE``; ``fused.LAZY_RES_DX``; how the ops are registered,
-    ``registration.OP_REGISTRATION``), logged with a training
+    ``registration.OP_REGISTRATION``, and ``MHC_KERNEL_OPS`` as asked: "auto" or forced), logged with a training
     run as ``kernels.*`` params: they decide the kernels' summation orders, so a run records which
     were in force. {} when Triton is not importable."""
     try:
@@ -44,7 +44,8 @@ def launch_settings() -> dict[str, object]:
         return {}
     out = {k: v for k, v in vars(launch).items() if k.lstrip("_").isupper() and not callable(v)}
     out.update({"linked.LINK_MODE": linked.LINK_MODE, "linked.ADD_IN_PLACE": linked.ADD_IN_PLACE,
-                "fused.LAZY_RES_DX": fused.LAZY_RES_DX, "fused.OP_REGISTRATION": registration.OP_REGISTRATION})
+                "fused.LAZY_RES_DX": fused.LAZY_RES_DX, "fused.OP_REGISTRATION": registration.OP_REGISTRATION,
+                "fused.OP_REGISTRATION_REQUESTED": registration.REQUESTED})
     return out
 
 

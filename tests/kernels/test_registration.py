@@ -78,6 +78,7 @@ def test_default_registration(fused):
     requested = os.environ.get("MHC_KERNEL_OPS") or "auto"
     assert registration.OP_REGISTRATION == (auto if requested == "auto" else requested)
     assert launch_settings()["fused.OP_REGISTRATION"] == registration.OP_REGISTRATION
+    assert launch_settings()["fused.OP_REGISTRATION_REQUESTED"] == registration.REQUESTED == requested
     assert launch.WRAP_LAUNCHES is (registration.OP_REGISTRATION == "triton_op")
 
 
