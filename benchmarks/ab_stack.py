@@ -44,7 +44,7 @@ def run_ab(variants: list[str], c: int, n: int, n_blocks: int, compiled: bool, x
            iters: int, timer=time_cuda, probe=None, slot_warmup: int = 4) -> dict:
     """Per-round step times (ms) of every variant, rotated order; see the module docstring.
     ``slot_warmup`` untimed steps open each variant's slot in a round: the GPU runs power-capped, and
-    run 95 at C = 4096 timed whichever variant came second in a round 3-4 ms slower (4-5 %) than
+    run 95 at C = 4096 timed whichever variant came second in a round 2-3.6 ms slower (2.5-5 %) than
     when it came first, after the probe's idle pause. With 4 (run 100) the gap was within 1 ms and the
     interval of the ratio 5x narrower; records before run 100 used 1."""
     steps = {}
