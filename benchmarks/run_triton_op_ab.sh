@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kernels registered as triton_ops (kernels/registration.py) against custom ops, on the GPU. Since
 # de265cd MHC_KERNEL_OPS=auto is the default: triton_op on CUDA, custom_op under the interpreter.
-# Session 21 (runs 91-94) chose it; session 22 re-ran it at HEAD for the record (runs 95-97), in parts:
+# Session 21 (runs 91-94, files lost) chose it; session 22 re-ran it at HEAD for the record (runs 95-99), in parts:
 # 1. the whole GPU suite with the default registration (kernels, residual, model, eval engine);
 # 2. the stack at HEAD (ab_stack.py, compiled, residual vs the default fused stack, C = 2048 and 4096):
 #    issue 6's targets, with the kernels launched from Inductor's code;
