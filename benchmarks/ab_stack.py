@@ -40,6 +40,12 @@ def make_step(kind: str, compiled: bool, c: int, n: int, n_blocks: int, x0, dout
     return step, blocks
 
 
+def round_order(variants: list[str], r: int) -> list[str]:
+    """The order of round r: the variants rotated by r, so each opens a round in turn."""
+    k = r % len(variants)
+    return variants[k:] + variants[:k]
+
+
 def run_ab(variants: list[str], c: int, n: int, n_blocks: int, compiled: bool, x0, dout, rounds: int,
            iters: int, timer=time_cuda, probe=None, slot_warmup: int = 4) -> dict:
     """Per-round step times (ms) of every variant, rotated order; see the module docstring.
@@ -57,8 +63,7 @@ def run_ab(variants: list[str], c: int, n: int, n_blocks: int, compiled: bool, x
     ms = {kind: [] for kind in variants}
     probes = []  # compute speed after every round: a clock slowdown shows here, not in the ratios alone
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
-        for kind in order:
+        for kind in round_order(variants, r):
             with kernel_switches(kind):  # launch-time switches (e.g. _2mma) must hold while it runs
                 ms[kind].append(timer(steps[kind][0], slot_warmup, iters))
         if probe is not None:
@@ -69,15 +74,15 @@ def run_ab(variants: list[str], c: int, n: int, n_blocks: int, compiled: bool, x
 
 
 def position_effect(ms: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
-    """Per variant, (median ms in the rounds it ran first, median ms in the others), from the rotation
-    run_ab uses (round r starts with variant r mod k, in ``ms``'s order). A gap between the two that
+    """Per variant, (median ms in the rounds it ran first, median ms in the others), from run_ab's
+    rotation (``round_order`` over ``ms``'s order). A gap between the two that
     all variants share is a bias of the slot, not of the variant; the rotation cancels it in the mean
     of the per-round ratios but widens their interval."""
     names = list(ms)
     out = {}
-    for i, kind in enumerate(names):
-        first = [t for r, t in enumerate(ms[kind]) if r % len(names) == i]
-        rest = [t for r, t in enumerate(ms[kind]) if r % len(names) != i]
+    for kind in names:
+        first = [t for r, t in enumerate(ms[kind]) if round_order(names, r)[0] == kind]
+        rest = [t for r, t in enumerate(ms[kind]) if round_order(names, r)[0] != kind]
         if first and rest:
             out[kind] = (statistics.median(first), statistics.median(rest))
     return out

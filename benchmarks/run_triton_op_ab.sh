@@ -5,12 +5,14 @@
 # 1. the whole GPU suite with the default registration (kernels, residual, model, eval engine);
 # 2. the stack at HEAD (ab_stack.py, compiled, residual vs the default fused stack, C = 2048 and 4096):
 #    issue 6's targets, with the kernels launched from Inductor's code;
-# 3. the 3B step paired on a bf16 stream: residual, mHC with triton_ops, mHC with custom ops. One
-#    bench process per arm and round takes ~125 s (compile included), so one round of three arms
-#    fits a call; ORDER=2 puts the arms in the reverse order for a second call.
+# 3. the 3B step paired on a bf16 stream, 2 rounds (ab_train.py needs >= 2 for its interval; run 96
+#    was refused with 1). One bench process takes ~100-125 s with its compile, so two arms fit a
+#    call: ARMS=ops, mHC with custom ops vs triton_ops (run 97); ARMS=default, the residual vs mHC
+#    with the default registration (run 98).
 # Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> SKIP="2 3" bash benchmarks/run_triton_op_ab.sh
-# Knobs: SKIP (space-separated parts), TEST_TIMEOUT (400 s; run 94: 241 tests in 242 s), ROUNDS
-# (ab_stack, 8), TRAIN_ROUNDS (1), TRAIN_STEPS (12), TRAIN_TIMEOUT (520 s), ORDER (1|2), CONFIG, SEQ.
+# Knobs: SKIP (space-separated parts), TEST_TIMEOUT (400 s; run 95 on a
+# cold Triton cache: 235 in 330 s), ROUNDS (ab_stack, 8), SLOT_WARMUP (4), STACK_TIMEOUT (200 s), ARMS (default|ops),
+# TRAIN_ROUNDS (2), TRAIN_STEPS (12), TRAIN_TIMEOUT (540 s; run 97 took 430 s), CONFIG, SEQ.
 source benchmarks/device_common.sh
 if ! skip 1; then
   gpu_tests "${TEST_TIMEOUT:-400}"
@@ -23,13 +25,15 @@ if ! skip 2; then
 fi
 if ! skip 3; then
   bf16="model.residual.stream_dtype=bfloat16"
-  res=(--arm residual_bf16 residual "$bf16")
-  trt=(--arm mhc_bf16_triton_op mhc "$bf16" env:MHC_KERNEL_OPS=triton_op)
-  cus=(--arm mhc_bf16_custom_op mhc "$bf16" env:MHC_KERNEL_OPS=custom_op)
-  if [[ "${ORDER:-1}" == 2 ]]; then arms=("${cus[@]}" "${trt[@]}" "${res[@]}"); else arms=("${res[@]}" "${trt[@]}" "${cus[@]}"); fi
-  timeout -k 10 "${TRAIN_TIMEOUT:-520}" python3 benchmarks/ab_train.py --config "${CONFIG:-experiments/3b/base.yaml}" \
-    --compile --rounds "${TRAIN_ROUNDS:-1}" --steps "${TRAIN_STEPS:-12}" --warmup 4 --seq-len "${SEQ:-4096}" --timeout 170 \
-    --out "$OUT/ab_triton_op_order${ORDER:-1}.json" "${arms[@]}" \
-    2>&1 | grep -v USDT | tee "$OUT/ab_triton_op_order${ORDER:-1}.log" | tail -8
+  [[ "${ARMS:-default}" == default || "$ARMS" == ops ]] || { echo "ARMS=$ARMS is unknown; allowed: default, ops" >&2; exit 2; }
+  if [[ "${ARMS:-default}" == ops ]]; then
+    arms=(--arm mhc_bf16_custom_op mhc "$bf16" env:MHC_KERNEL_OPS=custom_op
+          --arm mhc_bf16_triton_op mhc "$bf16" env:MHC_KERNEL_OPS=triton_op)
+  else
+    arms=(--arm residual_bf16 residual "$bf16" --arm mhc_bf16_auto mhc "$bf16")
+  fi
+  timeout -k 10 "${TRAIN_TIMEOUT:-540}" python3 benchmarks/ab_train.py --config "${CONFIG:-experiments/3b/base.yaml}" \
+    --compile --rounds "${TRAIN_ROUNDS:-2}" --steps "${TRAIN_STEPS:-12}" --warmup 4 --seq-len "${SEQ:-4096}" --timeout 170 \
+    --out "$OUT/ab_${ARMS:-default}.json" "${arms[@]}" 2>&1 | grep -v USDT | tee "$OUT/ab_${ARMS:-default}.log" | tail -8
   echo "ab_train: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"
 fi

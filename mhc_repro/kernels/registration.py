@@ -17,8 +17,8 @@ were 0.79x / 1.02x custom_op's (run 97, reports/kernels/RESULTS.md "Session 22")
 failure (Inductor types a Python float argument fp64) is fixed by the kernels' fp32 casts of their
 float scalars. Under TRITON_INTERPRET (CPU) triton_op bodies run in eager mode only: interpreted
 kernels cannot run on fake tensors. The projection's backward ops stay custom ops either way
-(``traceable=False``): their TMA path checks addresses, and on an fp32 stream their dφ GEMM turns tf32 on for one call, which a
-trace would not keep.
+(``traceable=False``): their TMA path checks addresses, and on an fp32 stream their dφ GEMM turns
+tf32 on for one call, which a trace would not keep.
 """
 
 from __future__ import annotations
