@@ -11,7 +11,7 @@
 #    with the default registration (run 98).
 # Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> SKIP="2 3" bash benchmarks/run_triton_op_ab.sh
 # Knobs: SKIP (space-separated parts), TEST_TIMEOUT (400 s; run 95 on a
-# cold Triton cache: 235 in 330 s), ROUNDS (ab_stack, 8), SLOT_WARMUP (4), STACK_TIMEOUT (200 s), ARMS (default|ops),
+# cold Triton cache: 235 in 330 s), STACK_C ("2048 4096"), ROUNDS (ab_stack, 8), SLOT_WARMUP (4), STACK_TIMEOUT (200 s), ARMS (default|ops),
 # TRAIN_ROUNDS (2), TRAIN_STEPS (12), TRAIN_TIMEOUT (540 s; run 97 took 430 s), CONFIG, SEQ.
 source benchmarks/device_common.sh
 if ! skip 1; then
@@ -19,7 +19,7 @@ if ! skip 1; then
   grep -i "assuming every input is mutated\|graph break" "$OUT/gpu_tests.log" | sort | uniq -c | head -5
 fi
 if ! skip 2; then
-  timeout -k 10 "${STACK_TIMEOUT:-200}" python3 benchmarks/ab_stack.py --C 2048 4096 --rounds "${ROUNDS:-8}" \
+  timeout -k 10 "${STACK_TIMEOUT:-200}" python3 benchmarks/ab_stack.py --C ${STACK_C:-2048 4096} --rounds "${ROUNDS:-8}" \
     --variants residual mhc_fused_linked_fnorm --slot-warmup "${SLOT_WARMUP:-4}" --out "$OUT/ab_stack_head.json" 2>&1 | grep -v USDT > "$OUT/ab_stack_head.log"
   echo "ab_stack: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; grep -E "^C =|  (residual|mhc)" "$OUT/ab_stack_head.log"
 fi
