@@ -133,10 +133,9 @@ class ResidualConfig:
     output: fp32 under bf16-mixed autocast, bf16 under bf16-true), "bfloat16" (PAPER.md §1: "stream in
     bf16" [paper]; coefficients stay fp32; applied under autocast or with bf16 weights, so an fp32 model
     run without autocast keeps an fp32 stream) or "float32". A bf16 stream halves the bytes the mHC ops
-    move (3B step, H200: mHC kernels 11.7 against 20.7 ms, GPU kernel time 1.050× the residual's), but
-    mHC's timed 3B steps on it are bimodal per process, 215–218 or 239–248 ms against 223–227 on fp32,
-    the residual's 202–207 either way (reports/training/README.md, session 19, runs 83–86). Off by
-    default, a deviation from the paper, until that slow mode is understood."""
+    move (3B step, H200: mHC kernels 11.7 against 20.7 ms per step), but that step is host-bound:
+    mHC on a bf16 stream ran 1.008× and 1.031× mHC on fp32 per round, paired (reports/kernels/RESULTS.md,
+    session 23, run 104). Off by default, a deviation from the paper, while it does not pay."""
 
     def __post_init__(self) -> None:
         if self.kind == "residual":

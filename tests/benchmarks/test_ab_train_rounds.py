@@ -28,3 +28,18 @@ def test_rounds_ratios_and_step_ranges(tmp_path, capsys):
 def test_no_arguments_prints_usage(capsys):
     assert ab_train_rounds.main([]) == 2
     assert "ab_train_rounds.py BASE" in capsys.readouterr().out
+
+
+def test_rounds_pool_across_files(tmp_path, capsys):
+    """Two files of two rounds each pool into one four-round summary (ratios 1.05, 1.10, 1.15, 1.20)."""
+    paths = []
+    for i, pair in enumerate([(1.05, 1.10), (1.15, 1.20)]):
+        rows = [{"residual": _row(200.0), "mhc": _row(200.0 * r)} for r in pair]
+        path = tmp_path / f"ab{i}.json"
+        path.write_text(json.dumps({"ms": {"residual": [200.0] * 2, "mhc": [200.0 * r for r in pair]}, "rows": rows}))
+        paths.append(str(path))
+    assert ab_train_rounds.main(["residual", *paths]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    # mean 1.125, sd 0.0645, t(3) 3.18: 1.022-1.228; four values are too few for a 95 % median interval
+    assert last.startswith("pooled mhc / residual: 4 rounds, median 1.125x (95 % t of the mean 1.022–1.228;")
+    assert last.endswith("rounds 1.050–1.200")
