@@ -152,14 +152,13 @@ def main(path: str, fractions=(1.0, 0.85, 0.7), replaced_ms: dict[int, float] | 
 
 
 def _replaced(items: list[str]) -> dict[int, float]:
+    """{C: ms} from ``--replaced`` items "C=MS"; a malformed item exits with a one-line error."""
     out = {}
     for item in items:
-        c, sep, ms = item.partition("=")
+        c, _, ms = item.partition("=")
         try:
             out[int(c)] = float(ms)
         except ValueError:
-            sys.exit(f"--replaced {item!r}: expected C=MS, e.g. 2048=1.135")
-        if not sep:
             sys.exit(f"--replaced {item!r}: expected C=MS, e.g. 2048=1.135")
     return out
 
