@@ -164,8 +164,10 @@ def _replaced(items: list[str]) -> dict[int, float]:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    paths = args[:args.index("--replaced")] if "--replaced" in args else args
-    replaced = _replaced(args[args.index("--replaced") + 1:]) if "--replaced" in args else None
-    for p in paths:
-        main(p, replaced_ms=replaced)
+    import argparse
+    ap = argparse.ArgumentParser(description="Memory-traffic floors of the mHC sub-layer designs.")
+    ap.add_argument("runs", nargs="+", help="bench_mhc.py records (JSON)")
+    ap.add_argument("--replaced", nargs="*", default=[], metavar="C=MS")
+    args = ap.parse_args()
+    for p in args.runs:
+        main(p, replaced_ms=_replaced(args.replaced) or None)
