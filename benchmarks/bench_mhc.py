@@ -2,8 +2,9 @@
 
 Variants (each at every C, eager and compiled): `residual` (Pre-Norm), `mhc_ref` (reference mHC),
 `hc_pkg` (the `hyper-connections` package's mHC: optional extra `.[bench]`, see hc_package.py;
-recorded as skipped when not importable) and the fused Triton mHC — `mhc_fused_linked` (the model's
-defaults: linked sub-layer, "bf16x2" projections), `mhc_fused` (the three ops). Name parts:
+recorded as skipped when not importable) and the fused Triton mHC — `mhc_fused_linked_fnorm` (the
+model's defaults: linked sub-layer, the branch's RMSNorm fused into pre, "bf16x2" projections; by
+default also with `_rcops`), `mhc_fused` (the three ops). Name parts:
 `_bf16` "bf16" projections; `_linked` the linked pair (kernels/linked.py; `_gather` LINK_MODE
 "gather", `_copy` "add" into a new buffer); `_rc` / `_rcops` / `_rcpost` each block under the paper's
 recomputation (mhc_repro.residual.recompute, "stream" / "stream-ops"; `_savebc`: "stream-ops" saving
@@ -135,8 +136,9 @@ def main() -> None:
     ap.add_argument("--C", type=int, nargs="+", default=[2048, 2560, 4096])
     add_stack_args(ap)
     ap.add_argument("--variants", nargs="+",
-                    default=["residual", "mhc_ref", "mhc_fused_linked", "mhc_fused_bf16_linked", "mhc_fused",
-                             "mhc_fused_linked_rcops", "hc_pkg"])
+                    # the model's defaults (linked pair, branch norm fused into pre) with and without
+                    # recompute="stream-ops", beside what the issue compares them with
+                    default=["residual", "mhc_ref", "mhc_fused_linked_fnorm", "mhc_fused_linked_fnorm_rcops", "hc_pkg"])
     ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
