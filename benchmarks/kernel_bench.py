@@ -92,12 +92,14 @@ def bench_kernels(c, n, N, device, copy_gbs, precision, stream_dtype=torch.bfloa
     do_bench(next(iter(cases.values()))[0], warmup=200, rep=500)
     for name, (fn, nbytes) in cases.items():
         try:
-            ms, ms_launch = gpu_time(fn), do_bench(fn, warmup=25, rep=100, return_mode="median")
+            (ms, graph), ms_launch = gpu_time_how(fn), do_bench(fn, warmup=25, rep=100, return_mode="median")
         except Exception as exc:  # e.g. a bf16-only path on an fp32 stream: report, keep the rest
-            rows.append(dict(C=c, kernel=name, error=f"{type(exc).__name__}: {exc}"[:200]))
+            rows.append(dict(C=c, kernel=name, error=f"{type(exc).__name__}: {exc}"[:200],
+                             allocated_gb=_allocated_gb(device)))
             continue
         gbs = nbytes / ms / 1e6
-        rows.append(dict(C=c, kernel=name, ms=ms, ms_launched=ms_launch, gb_s=gbs, frac_copy=gbs / copy_gbs))
+        rows.append(dict(C=c, kernel=name, ms=ms, ms_launched=ms_launch, gb_s=gbs, frac_copy=gbs / copy_gbs,
+                         cuda_graph=graph, allocated_gb=_allocated_gb(device)))
     return rows
 
 
@@ -107,12 +109,29 @@ def gpu_time(fn) -> float:
     kernel itself reads the host's time instead, and that varies with the machine's load (run 32:
     coef_fwd 46 µs vs 9, the dφ GEMM 181 vs 97, the same tile in one sweep 121 and 234 µs). Falls back
     to plain launches where fn cannot be captured."""
+    return gpu_time_how(fn)[0]
+
+
+def gpu_time_how(fn) -> tuple[float, bool]:
+    """gpu_time and whether the CUDA-graph replay timed it (False: the plain-launch fallback)."""
     from triton.testing import do_bench, do_bench_cudagraph
 
     try:
-        return do_bench_cudagraph(fn, rep=50, return_mode="median")
+        return do_bench_cudagraph(fn, rep=50, return_mode="median"), True
     except RuntimeError:
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+        return do_bench(fn, warmup=25, rep=100, return_mode="median"), False
+
+
+def _allocated_gb(device) -> float | None:
+    """GiB the caching allocator still holds in live tensors after a row (gc and empty_cache first):
+    run 107's table ran out of the H200's 140 GB at its 17th row at C = 2048, so every row records it."""
+    if torch.device(device).type != "cuda":
+        return None
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(device) / 2**30
 
 
 # Candidate tiles for --sweep (module constants of mhc_repro.kernels.launch; see its comments).

@@ -57,3 +57,4 @@ def test_gpu_time_falls_back_to_plain_launches(monkeypatch):
     monkeypatch.setattr(triton.testing, "do_bench_cudagraph", no_capture)
     monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: 3.0)
     assert kernel_bench.gpu_time(lambda: None) == 3.0
+    assert kernel_bench.gpu_time_how(lambda: None) == (3.0, False)
