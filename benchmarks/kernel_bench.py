@@ -19,7 +19,15 @@ def _rereads(xf, link, link_mode) -> bool:
 
 def bench_kernels(c, n, N, device, copy_gbs, precision, stream_dtype=torch.bfloat16):
     """Per-kernel rows on a ``stream_dtype`` stream (fp32: the model's stream under bf16-mixed); a
-    kernel that cannot run on it gives a row with its error."""
+    kernel that cannot run on it gives a row with its error. The launchers run directly, so with
+    launch.direct_launches (see launch._k: run 107's table ran out of memory without it)."""
+    from mhc_repro.kernels import launch
+
+    with launch.direct_launches():
+        return _bench_kernels(c, n, N, device, copy_gbs, precision, stream_dtype)
+
+
+def _bench_kernels(c, n, N, device, copy_gbs, precision, stream_dtype):
     from triton.testing import do_bench
 
     from mhc_repro.kernels import fused, linked  # noqa: F401  (register torch.ops.mhc_repro.*)
@@ -192,8 +200,15 @@ SWEEP = {
 
 def sweep_configs(c, n, N, device, precision, only=(), stream_dtype=torch.bfloat16):
     """Time every SWEEP candidate on the op it tiles; returns rows and the fastest correct one of each.
-    On an fp32 stream post_res_bwd's tile is _PRB_FP32 (swept instead of _PRB)."""
+    On an fp32 stream post_res_bwd's tile is _PRB_FP32 (swept instead of _PRB). Launchers run
+    directly: under launch.direct_launches (see bench_kernels)."""
+    from mhc_repro.kernels import launch
 
+    with launch.direct_launches():
+        return _sweep_configs(c, n, N, device, precision, only, stream_dtype)
+
+
+def _sweep_configs(c, n, N, device, precision, only, stream_dtype):
     from mhc_repro.kernels import fused, launch  # noqa: F401  (fused registers the ops)
 
     O = torch.ops.mhc_repro

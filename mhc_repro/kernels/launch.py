@@ -138,10 +138,21 @@ def _k(kernel):
     so that a triton_op body traces its launches into the graph for Inductor to launch (in eager mode
     triton_op turns the wrapping off, and so does ``registration.plain_launches`` for the custom ops).
     Otherwise, and for interpreted kernels (TRITON_INTERPRET=1) or benchmarks/host_overhead.py's
-    stubs, the kernel itself."""
+    stubs, the kernel itself. A launcher called outside the ops (benchmarks, probes) must run under
+    ``direct_launches()``: a wrapped kernel launched eagerly goes through torch's kernel side table,
+    which keeps every call's non-tensor arguments — the TMA descriptors and the tensors they hold —
+    alive for good (run 107: the kernel table held 139 GiB after 16 rows)."""
     if WRAP_LAUNCHES and isinstance(kernel, JITFunction):
         return torch.library.wrap_triton(kernel)
     return kernel
+
+
+def direct_launches():
+    """Context for calling the launchers outside the registered ops: wrap_triton hands back the
+    kernels themselves (see _k)."""
+    from torch._library.triton import set_wrap_triton_enabled
+
+    return set_wrap_triton_enabled(False)
 
 
 def _aligned16(t: Tensor) -> bool:

@@ -137,3 +137,21 @@ def test_compiled_sublayer_launches_kernels_inline(fused):
     report = ", ".join(f"#{i}: compiled {c:.3g} eager {e:.3g} |ref| {m:.3g}" for i, (c, e, m) in enumerate(errs))
     assert all(c <= 2 * e + 1e-3 * m for c, e, m in errs), report
     torch._dynamo.reset()
+
+
+def test_direct_launches_hand_back_the_kernel_itself(launch, monkeypatch):
+    """Launchers called outside the ops (benchmarks) under launch.direct_launches() get the kernel, not
+    wrap_triton's wrapper, whose eager launches keep their non-tensor arguments (TMA descriptors and
+    the tensors they hold) in torch's kernel side table for good (run 107)."""
+    import triton
+    from triton.runtime.jit import JITFunction
+
+    def kernel(x_ptr, n, B: triton.language.constexpr):
+        pass
+
+    jit = JITFunction(kernel)  # a compiled-path kernel even where TRITON_INTERPRET is set
+    monkeypatch.setattr(launch, "WRAP_LAUNCHES", True)
+    assert launch._k(jit) is not jit  # outside the ops and outside direct_launches: wrapped
+    with launch.direct_launches():
+        assert launch._k(jit) is jit
+    assert launch._k(jit) is not jit
