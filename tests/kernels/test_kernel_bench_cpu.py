@@ -26,6 +26,8 @@ def test_kernel_table_and_sweep_on_cpu(fused, launch, monkeypatch):
     assert any("linked add" in k for k in names)
     # device time from the graph replay, plain launches beside it
     assert all(r["ms"] == 0.5 and r["ms_launched"] == 1.0 and r["gb_s"] > 0 for r in rows)
+    # each row says it was timed on the graph replay; live memory is recorded on CUDA only
+    assert all(r["cuda_graph"] is True and r["allocated_gb"] is None for r in rows)
     swept = ("_PRB", "_SINKHORN", "_PRE_NORM")
     before = [getattr(launch, k) for k in swept]
     rows, best = kernel_bench.sweep_configs(16, 4, 8, "cpu", "bf16x2", only=swept)
