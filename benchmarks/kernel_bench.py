@@ -132,7 +132,8 @@ def gpu_time_how(fn) -> tuple[float, bool]:
 
 def _allocated_gb(device) -> float | None:
     """GiB the caching allocator still holds in live tensors after a row (gc and empty_cache first):
-    run 107's table ran out of the H200's 140 GB at its 17th row at C = 2048, so every row records it."""
+    a leak shows row by row (run 107's table ran out of the H200's memory at its 17th row before
+    launch.direct_launches; 0.66-0.88 GiB after every row since, run 110)."""
     if torch.device(device).type != "cuda":
         return None
     import gc

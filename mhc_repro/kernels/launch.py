@@ -8,6 +8,8 @@ launchers as ``torch.library`` custom ops; the kernels themselves are in ``coef_
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 from triton.runtime.jit import JITFunction
@@ -148,10 +150,12 @@ def _k(kernel):
 
 
 def direct_launches():
-    """Context for calling the launchers outside the registered ops: wrap_triton hands back the
-    kernels themselves (see _k)."""
-    from torch._library.triton import set_wrap_triton_enabled
-
+    """Context for calling the launchers outside the registered ops (and for the custom ops' bodies,
+    registration.plain_launches): wrap_triton hands back the kernels themselves (see _k)."""
+    try:
+        from torch._library.triton import set_wrap_triton_enabled
+    except ImportError:  # a torch without the switch
+        return contextlib.nullcontext()
     return set_wrap_triton_enabled(False)
 
 

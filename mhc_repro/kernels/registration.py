@@ -51,15 +51,10 @@ launch.WRAP_LAUNCHES = OP_REGISTRATION == "triton_op"
 
 def plain_launches(fn):
     """fn with wrap_triton turned off: a custom op's body launches its kernels directly (a wrapped
-    launch outside a trace would go through a higher-order op's dispatch)."""
-    try:
-        from torch._library.triton import set_wrap_triton_enabled
-    except ImportError:  # a torch without the switch
-        return fn
-
+    launch outside a trace would go through a higher-order op's dispatch; launch.direct_launches)."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        with set_wrap_triton_enabled(False):
+        with launch.direct_launches():
             return fn(*args, **kwargs)
     return run
 
