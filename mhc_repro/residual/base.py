@@ -27,9 +27,9 @@ def normed(norm: Optional[nn.Module], h: Tensor) -> Tensor:
     return h if norm is None else norm(h)
 
 
-# Parameter leaf names (see each module) that get no weight decay: HC static parts, mHC / collapse
-# gates and biases, norm weights.
-NO_DECAY_LEAVES = frozenset({"static_pre", "static_res", "static_post", "alpha", "bias"})
+# Parameter leaf names (see each module) that get no weight decay: HC static parts and dynamic scales,
+# mHC / collapse gates and biases, norm weights.
+NO_DECAY_LEAVES = frozenset({"static_pre", "static_res", "static_post", "dyn_scale", "alpha", "bias"})
 
 
 def no_weight_decay(param_name: str) -> bool:

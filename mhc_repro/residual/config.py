@@ -39,7 +39,14 @@ class ResidualConfig:
     """mHC: initial value of the three learnable gating scalars alpha_pre, alpha_post, alpha_res."""
 
     hc_scale: float = 0.01
-    """HC: the fixed scales s_alpha = s_beta on the tanh(dynamic) terms (HC paper: 0.01)."""
+    """HC: the scales s_alpha = s_beta on the tanh(dynamic) terms at init (HC paper: 0.01)."""
+
+    hc_scale_learnable: bool = True
+    """HC: learn s_alpha (H_pre and H_res) and s_beta (H_post), initialised to ``hc_scale``, as the HC
+    paper's dynamic-HC pseudo-code does (``dynamic_alpha_scale`` / ``dynamic_beta_scale`` are
+    ``nn.Parameter(0.01)``) and as mHC's description of HC does (its alpha are learnable gating
+    factors initialised small). False: both stay fixed at ``hc_scale`` (this project's behaviour
+    before the fix; HC runs and checkpoints made then need it to reload)."""
 
     use_h_res: bool = True
     """Table 1 ablation: learn H_res. Disabled -> H_res = identity (mhc and hc)."""
@@ -198,7 +205,7 @@ class ResidualConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"residual.{name}={v!r} is invalid; it must be a finite number")
-        for name in ("use_h_res", "use_h_pre", "use_h_post", "fuse_branch_norm"):
+        for name in ("use_h_res", "use_h_pre", "use_h_post", "fuse_branch_norm", "hc_scale_learnable"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"residual.{name}={getattr(self, name)!r} is invalid; "
                                  "it must be true or false")

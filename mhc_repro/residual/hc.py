@@ -3,8 +3,11 @@
 Per stream i, ``x̄_i = RMSNorm(x_i)`` over C (one learnable weight shared by the streams), then
 ``H_pre = s·tanh(x̄ W_m) + A_m``, ``H_res = s·tanh(x̄ W_r) + A_r``, ``H_post = s·tanh(x̄ W_β) + B``
 with ``W = 0``, ``A_m = e_{k mod n}``, ``A_r = I``, ``B = 1`` at init, so HC starts as exactly a
-Pre-Norm residual network. Each stream's own C-vector produces its own row (row i of H_res comes from
-stream i) and the update is ``x_out[i] = Σ_j H_res[i, j] x[j] + H_post[i] F(Σ_j H_pre[j] x[j])``.
+Pre-Norm residual network. ``s`` = (s_alpha for H_pre and H_res, s_beta for H_post) are learnable
+scalars initialised to ``cfg.hc_scale`` (the HC paper's ``dynamic_alpha_scale`` /
+``dynamic_beta_scale``), or fixed with ``cfg.hc_scale_learnable = False``. Each stream's own
+C-vector produces its own row (row i of H_res comes from stream i) and the update is
+``x_out[i] = Σ_j H_res[i, j] x[j] + H_post[i] F(Σ_j H_pre[j] x[j])``.
 (The HC paper applies its A_r transposed, i.e. row j from stream j says where stream j goes; we follow
 PAPER.md's single convention literally.) Coefficients are fp32; the stream keeps its dtype. The stream
 ops come from ``get_mhc_ops`` (they are generic in H), so HC also uses the fused kernels on GPU.
@@ -26,7 +29,11 @@ class HyperConnection(StreamResidual):
     def __init__(self, cfg: ResidualConfig, layer_index: int, d_model: int, norm_eps: float) -> None:
         super().__init__()
         n = self.n = cfg.n
-        self.cfg, self.d_model, self.scale = cfg, d_model, cfg.hc_scale
+        self.cfg, self.d_model = cfg, d_model
+        # (s_alpha, s_beta): a 1-D parameter (FSDP shards dim 0), or two python floats when fixed
+        self.fixed_scale = None if cfg.hc_scale_learnable else (float(cfg.hc_scale),) * 2
+        if cfg.hc_scale_learnable:
+            self.dyn_scale = nn.Parameter(torch.full((2,), float(cfg.hc_scale)))
         self.norm = nn.RMSNorm(d_model, eps=norm_eps)
         # Dynamic weights, fused: columns [pre (1) | post (1) | res (n)]; zero at init (HC paper).
         self.w_dyn = nn.Parameter(torch.zeros(d_model, n + 2))
@@ -36,15 +43,16 @@ class HyperConnection(StreamResidual):
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(H_pre [..., n], H_post [..., n], H_res [..., n, n]) in fp32 (fp64 for an fp64 stream) from x [..., n, C]."""
-        n, s, cfg = self.n, self.scale, self.cfg
+        n, cfg = self.n, self.cfg
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 coefficients even on a bf16 stream
+        s_alpha, s_beta = self.fixed_scale or self.dyn_scale.to(xf.dtype).unbind(0)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xn = nn.functional.rms_norm(xf, (self.d_model,), self.norm.weight.to(xf.dtype), self.norm.eps)
             d = torch.tanh(xn @ self.w_dyn.to(xf.dtype))  # [..., n, n+2], row i <- stream i
         lead = x.shape[:-2]
-        h_pre = s * d[..., 0] + self.static_pre.to(xf.dtype)
-        h_post = s * d[..., 1] + self.static_post.to(xf.dtype)
-        h_res = s * d[..., 2:] + self.static_res.to(xf.dtype)
+        h_pre = s_alpha * d[..., 0] + self.static_pre.to(xf.dtype)
+        h_post = s_beta * d[..., 1] + self.static_post.to(xf.dtype)
+        h_res = s_alpha * d[..., 2:] + self.static_res.to(xf.dtype)
         if not cfg.use_h_pre:
             h_pre = torch.full((*lead, n), 1.0 / n, device=x.device, dtype=xf.dtype)
         if not cfg.use_h_post:

@@ -44,7 +44,7 @@ def test_hc_init_values_and_no_decay():
     torch.testing.assert_close(h_post, torch.ones(3, 4))
     torch.testing.assert_close(h_res, torch.eye(4).expand(3, 4, 4))
     no_decay = {id(p) for p in m.no_decay_parameters()}
-    assert {id(m.static_pre), id(m.static_res), id(m.static_post), id(m.norm.weight)} == no_decay
+    assert {id(m.static_pre), id(m.static_res), id(m.static_post), id(m.dyn_scale), id(m.norm.weight)} == no_decay
 
 
 def test_each_stream_produces_its_own_row():
@@ -73,3 +73,67 @@ def test_hc_ablation_switches(switch):
                 "use_h_post": (h_post, torch.ones(2, 3, 4)),
                 "use_h_res": (h_res, torch.eye(4).expand(2, 3, 4, 4))}[switch]
     torch.testing.assert_close(*expected)
+
+
+def _hc_reference(x, norm_w, eps, w_dyn, s_alpha, s_beta, a_m, a_r, b, branch):
+    """HC (PAPER.md §1) token by token from its formulas, float64: x [N, n, C] -> [N, n, C]."""
+    out = torch.empty_like(x)
+    for t in range(x.shape[0]):
+        xt = x[t]
+        xn = xt * torch.rsqrt(xt.pow(2).mean(-1, keepdim=True) + eps) * norm_w
+        d = torch.tanh(xn @ w_dyn)  # row i from stream i
+        h_pre = s_alpha * d[:, 0] + a_m
+        h_post = s_beta * d[:, 1] + b
+        h_res = s_alpha * d[:, 2:] + a_r
+        out[t] = h_res @ xt + h_post[:, None] * branch(h_pre @ xt)[None]
+    return out
+
+
+def test_hc_dynamic_scales_are_learnable_and_match_the_formulas():
+    """s_alpha (H_pre, H_res) and s_beta (H_post) are learnable, init hc_scale (HC paper pseudo-code:
+    dynamic_alpha_scale / dynamic_beta_scale = nn.Parameter(0.01)); values and gradients match an
+    independent float64 implementation."""
+    torch.manual_seed(0)
+    n, N = 4, 5
+    m = build_residual(ResidualConfig(kind="hc", n=n), 2, C, 1e-6).double()
+    assert isinstance(m.dyn_scale, torch.nn.Parameter)
+    torch.testing.assert_close(m.dyn_scale, torch.full((2,), 0.01, dtype=torch.float64), rtol=1e-6, atol=0)
+    with torch.no_grad():
+        m.w_dyn.normal_()
+        m.dyn_scale.copy_(torch.tensor([0.3, 0.7]))
+        m.static_res.add_(0.1 * torch.randn(n, n))
+        m.norm.weight.uniform_(0.5, 1.5)
+    wb = torch.randn(C, C, dtype=torch.float64) / 4
+    branch = lambda h: torch.tanh(h @ wb)  # noqa: E731
+    x = torch.randn(N, 1, n, C, dtype=torch.float64)
+    got = m(x, branch)
+    params = [m.norm.weight, m.w_dyn, m.dyn_scale, m.static_pre, m.static_res, m.static_post]
+    ref = _hc_reference(x[:, 0], m.norm.weight, 1e-6, m.w_dyn, m.dyn_scale[0], m.dyn_scale[1],
+                        m.static_pre, m.static_res, m.static_post, branch)
+    torch.testing.assert_close(got[:, 0], ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad((got[:, 0] * g).sum(), params)
+    grads_ref = torch.autograd.grad((ref * g).sum(), params)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert grads[2].abs().min() > 0  # both scales get a gradient once W != 0
+
+
+def test_hc_scale_at_init_gets_no_gradient_but_does_after_w_moves():
+    m = build_residual(ResidualConfig(kind="hc", n=4), 0, C, 1e-6)
+    x = torch.randn(2, 3, 4, C)
+    m(x, lambda h: h).sum().backward()
+    assert torch.equal(m.dyn_scale.grad, torch.zeros(2))  # tanh(0) = 0
+    assert m.w_dyn.grad.abs().sum() > 0  # W moves first, then the scales learn
+
+
+def test_hc_fixed_scale_option():
+    m = build_residual(ResidualConfig(kind="hc", n=4, hc_scale=0.5, hc_scale_learnable=False), 0, C, 1e-6)
+    assert not hasattr(m, "dyn_scale") and "dyn_scale" not in dict(m.named_parameters())
+    torch.nn.init.normal_(m.w_dyn)
+    x = torch.randn(1, 2, 4, C)
+    h_pre, _, _ = m.coefficients(x)
+    xn = torch.nn.functional.rms_norm(x, (C,), m.norm.weight, 1e-6)
+    torch.testing.assert_close(h_pre, 0.5 * torch.tanh(xn @ m.w_dyn)[..., 0] + m.static_pre)
+    with pytest.raises(ValueError, match="hc_scale_learnable"):
+        ResidualConfig(kind="hc", hc_scale_learnable="yes").validate()
