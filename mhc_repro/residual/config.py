@@ -46,7 +46,7 @@ class ResidualConfig:
     paper's dynamic-HC pseudo-code does (``dynamic_alpha_scale`` / ``dynamic_beta_scale`` are
     ``nn.Parameter(0.01)``) and as mHC's description of HC does (its alpha are learnable gating
     factors initialised small). False: both stay fixed at ``hc_scale`` (this project's behaviour
-    before the fix; HC runs and checkpoints made then need it to reload)."""
+    before the fix). Checkpoints from then, which hold no scales, load with both at ``hc_scale``."""
 
     use_h_res: bool = True
     """Table 1 ablation: learn H_res. Disabled -> H_res = identity (mhc and hc)."""

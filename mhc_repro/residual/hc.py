@@ -16,6 +16,7 @@ ops come from ``get_mhc_ops`` (they are generic in H), so HC also uses the fused
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -40,6 +41,16 @@ class HyperConnection(StreamResidual):
         self.static_pre = nn.Parameter(nn.functional.one_hot(torch.tensor(layer_index % n), n).float())
         self.static_res = nn.Parameter(torch.eye(n))
         self.static_post = nn.Parameter(torch.ones(n))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the scales were learnable hold no dyn_scale: they ran with the
+        # scales fixed at hc_scale, so loading that value reproduces them exactly.
+        key = prefix + "dyn_scale"
+        if self.fixed_scale is None and key not in state_dict and prefix + "w_dyn" in state_dict:
+            warnings.warn(f"{key} missing from the checkpoint (made before HC's scales were learnable): "
+                          f"set to hc_scale={self.cfg.hc_scale}", stacklevel=2)
+            state_dict[key] = torch.full((2,), float(self.cfg.hc_scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(H_pre [..., n], H_post [..., n], H_res [..., n, n]) in fp32 (fp64 for an fp64 stream) from x [..., n, C]."""

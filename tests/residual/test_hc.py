@@ -137,3 +137,17 @@ def test_hc_fixed_scale_option():
     torch.testing.assert_close(h_pre, 0.5 * torch.tanh(xn @ m.w_dyn)[..., 0] + m.static_pre)
     with pytest.raises(ValueError, match="hc_scale_learnable"):
         ResidualConfig(kind="hc", hc_scale_learnable="yes").validate()
+
+
+def test_hc_checkpoint_without_scales_loads_as_the_fixed_scales():
+    """A state dict from before the scales were learnable (no dyn_scale) loads into a learnable-scale
+    module and gives the same coefficients as the fixed-scale module it came from."""
+    old = build_residual(ResidualConfig(kind="hc", n=4, hc_scale=0.3, hc_scale_learnable=False), 1, C, 1e-6)
+    torch.nn.init.normal_(old.w_dyn)
+    new = build_residual(ResidualConfig(kind="hc", n=4, hc_scale=0.3), 1, C, 1e-6)
+    with pytest.warns(UserWarning, match="dyn_scale missing"):
+        new.load_state_dict(old.state_dict())  # strict: the missing key is filled, not ignored
+    assert torch.equal(new.dyn_scale.detach(), torch.full((2,), 0.3))
+    x = torch.randn(2, 3, 4, C)
+    for a, b in zip(old.coefficients(x), new.coefficients(x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
