@@ -45,7 +45,10 @@ class Study:
     configs: dict = field(default_factory=dict)
     """run_id -> text of the run's config/config.yaml artifact."""
     superseded: list = field(default_factory=list)
-    """Run ids dropped because a later run has the same (preset, variant, ablation, seed)."""
+    """Run ids dropped because another run has the same (preset, variant, ablation, seed): a finished
+    run is preferred over an unfinished (running, failed, killed) one, then the latest start wins."""
+    params: dict = field(default_factory=dict)
+    """run_id -> the run's MLflow params (flattened resolved config, as strings)."""
 
     def series(self, run_id: str, key: str) -> pd.DataFrame:
         h = self.history
@@ -58,6 +61,36 @@ class Study:
         """Runs of the main comparison: baseline, and HC/mHC with all mappings learned."""
         r = self.runs
         return r[(r.preset == preset) & r.ablation.isin(["none", "full"])]
+
+
+# Params that may differ between the runs of one comparison: what makes the variants differ, run
+# bookkeeping, and the keys a run may change on resume (training.run.RESUME_FREE_KEYS).
+COMPARISON_FREE_PREFIXES = ("model.residual.", "model.params_", "kernels.", "tracking.")
+COMPARISON_FREE_KEYS = frozenset({
+    "train.variant", "train.ablation", "train.seed", "train.ckpt_every", "train.amax_every",
+    "train.log_every", "train.throughput_window", "train.progress_bar", "train.torch_threads",
+    "train.devices", "train.num_nodes", "train.out_dir", "train.compile", "data.num_workers",
+    "data.cache_dir", "model.activation_checkpointing", "model.moe.dispatch", "model.moe.shuffle",
+})
+
+
+def config_differences(study: "Study", preset: str) -> dict[str, list[str]]:
+    """Params (flattened config keys) whose values differ between the main runs of `preset`, other
+    than the variant, seed and bookkeeping keys: key -> sorted distinct values ('—' = not logged).
+    A comparison of final losses across such runs is not like for like (e.g. another lr or max_steps)."""
+    ids = list(study.main_runs(preset).run_id)
+    logged = [study.params[r] for r in ids if r in study.params]
+    if len(logged) < 2:
+        return {}
+    keys = sorted(set().union(*logged))
+    out = {}
+    for key in keys:
+        if key in COMPARISON_FREE_KEYS or key.startswith(COMPARISON_FREE_PREFIXES):
+            continue
+        values = {str(p.get(key, "—")) for p in logged}
+        if len(values) > 1:
+            out[key] = sorted(values)
+    return out
 
 
 def _search(client, experiment_id: str, filter_string: str) -> list:
@@ -138,7 +171,7 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> Study:
     if not train:
         raise ValueError(f"experiment {experiment!r} has no training runs (tag run_kind=train, "
                          f"variant in {list(VARIANTS)})")
-    rows, hist, amax, configs = [], [], {}, {}
+    rows, hist, amax, configs, params_of = [], [], {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for run in train:
             tags, params, rid = run.data.tags, run.data.params, run.info.run_id
@@ -166,6 +199,7 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> Study:
                 if len(h["perf/tokens_per_sec"]) else math.nan,
                 compute=6.0 * active * tokens, start_time=run.info.start_time or 0,
             ))
+            params_of[rid] = dict(params)
             if variant != "residual":
                 found = _latest_amax(client, rid, tmp)
                 if found is not None:
@@ -173,15 +207,18 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> Study:
             if any(f.path == "config/config.yaml" for f in client.list_artifacts(rid, "config")):
                 configs[rid] = _download_text(client, rid, "config/config.yaml", tmp)
     runs = pd.DataFrame(rows)
-    # One run per (preset, variant, ablation, seed): a rerun supersedes the earlier one.
-    runs = runs.sort_values(["start_time", "run_id"], kind="stable")
+    # One run per (preset, variant, ablation, seed): a rerun supersedes the earlier one, except that a
+    # finished run is never replaced by an unfinished one (a crashed or still-running rerun).
+    runs = runs.assign(_finished=runs.status == "FINISHED").sort_values(
+        ["_finished", "start_time", "run_id"], kind="stable")
     dup = runs.duplicated(["preset", "variant", "ablation", "seed"], keep="last")
     superseded = sorted(runs[dup].run_id)
-    runs = _sort_key(runs[~dup].drop(columns="start_time"))[RUN_COLUMNS]
+    runs = _sort_key(runs[~dup].drop(columns=["start_time", "_finished"]))[RUN_COLUMNS]
     history = pd.concat(hist, ignore_index=True)[["run_id", "key", "step", "value"]]
     history = history[history.run_id.isin(runs.run_id)].reset_index(drop=True)
     evals = _load_evals(client, exp.experiment_id, set(runs.run_id))
-    return Study(experiment, runs, history, evals, amax, configs, superseded)
+    params_of = {rid: p for rid, p in params_of.items() if rid in set(runs.run_id)}
+    return Study(experiment, runs, history, evals, amax, configs, superseded, params_of)
 
 
 def _load_evals(client, experiment_id: str, train_ids: set) -> pd.DataFrame:

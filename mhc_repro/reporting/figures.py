@@ -34,13 +34,15 @@ def smooth_window(n_points: int, smooth: int) -> int:
 
 
 def mean_curve(study: Study, preset: str, variant: str, key: str) -> pd.Series:
-    """Mean over the variant's seeds, on the steps every seed logged (step -> value)."""
+    """Mean over the variant's seeds at each step, over the seeds that logged that step (step -> value).
+    A seed that stopped early (failed, still running) leaves the later steps to the other seeds instead
+    of cutting every seed's curve down to its own length."""
     runs = study.main_runs(preset)
     ids = list(runs[runs.variant == variant].run_id)
     h = study.history[(study.history.key == key) & study.history.run_id.isin(ids)]
     if h.empty:
         return pd.Series(dtype=float)
-    return h.pivot_table(index="step", columns="run_id", values="value").dropna().mean(axis=1)
+    return h.pivot_table(index="step", columns="run_id", values="value").mean(axis=1, skipna=True).dropna()
 
 
 def _smooth(s: pd.Series, smooth: int) -> pd.Series:

@@ -61,8 +61,9 @@ def write_report(study: Study, out: Path, smooth: int = 0, kernels_dir: Path | N
         (out / "configs").mkdir()
         for rid, text in sorted(study.configs.items()):
             (out / "configs" / f"{rid}.yaml").write_text(text)
-    smooth_text = ("unsmoothed" if smooth == 1 else "smoothed with a trailing mean over "
-                   + ("about 5% of the logged points" if smooth == 0 else f"{smooth} logged points"))
+    smooth_text = ("each step averages the seeds that logged it; "
+                   + ("unsmoothed" if smooth == 1 else "smoothed with a trailing mean over "
+                      + ("about 5% of the logged points" if smooth == 0 else f"{smooth} logged points")))
     (out / "README.md").write_text(index.index_page(study, claims, paper, files, head,
                                                     f"mhc-repro report --experiment {exp}", smooth_text))
     return sorted(p for p in out.rglob("*") if p.is_file())

@@ -123,7 +123,8 @@ def table4(study: Study, paper: PaperNumbers) -> list[Table]:
     tables = []
     for preset in study.presets():
         runs = study.main_runs(preset)
-        n_seeds = {v: int((runs.variant == v).sum()) for v in VARIANT_LABELS}
+        scored = set(study.evals.train_run_id)  # n counts the seeds that were evaluated, not all runs
+        n_seeds = {v: int(((runs.variant == v) & runs.run_id.isin(scored)).sum()) for v in VARIANT_LABELS}
         head = [["Metric"] + [paper.task_metric[t] for t in paper.tasks],
                 ["Shots (paper)"] + [str(paper.task_shots[t]) for t in paper.tasks],
                 ["Shots (measured)"] + _shots_row(study, preset, paper)]
@@ -159,9 +160,10 @@ def has_ablation(study: Study) -> bool:
 
 
 def level_losses(study: Study, preset: str, variant: str, ablation: str) -> list[float]:
+    """Final validation losses of the matching runs; runs without a validation loss are left out."""
     r = study.runs
     sel = r[(r.preset == preset) & (r.variant == variant) & (r.ablation == ablation)]
-    return [float(x) for x in sel.final_val_loss]
+    return [float(x) for x in sel.final_val_loss if not math.isnan(x)]
 
 
 def table1(study: Study, paper: PaperNumbers) -> list[Table]:

@@ -29,3 +29,21 @@ def test_renderers():
     assert to_markdown(t).splitlines()[:3] == ["| A | B_c |", "| --- | ---: |", "| *Metric* | EM |"]
     tex = to_latex(t)
     assert r"\toprule" in tex and tex.count(r"\midrule") == 2 and "B\\_c" in tex and "cap 50\\%" in tex
+
+
+def test_seed_counts_are_the_values_shown():
+    from reporting_fixtures import make_study
+
+    from mhc_repro.reporting.tables import table1, table4
+
+    p = load_paper_numbers()
+    study = make_study({"residual": [3.0, 3.1], "mhc": [2.9, 2.95], ("mhc", "res"): [2.97, math.nan]},
+                       evals={"residual": [0.3, 0.31], "mhc": [0.4, 0.41]})
+    ev = study.evals
+    study.evals = ev[ev.train_run_id != "tiny-mhc-full-1"]  # the second mHC seed was not evaluated
+    rows = {r[0]: r for r in table4(study, p)[0].body}
+    assert rows["Baseline — tiny (n=2)"][1] == "30.5 ± 0.7"
+    assert rows["w/ mHC — tiny (n=1)"][1] == "40.0"
+    assert rows["w/ HC — tiny (n=0)"][1] == "—"
+    res = next(r for r in table1(study, p)[0].body if r[0] == "w/ mHC (res)")
+    assert res[4:6] == ["1", "2.9700"]  # the run without a validation loss is not counted
