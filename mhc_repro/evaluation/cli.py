@@ -49,8 +49,14 @@ def resolve_target(spec: str, tracking_uri: Optional[str] = None) -> Target:
 
         from mhc_repro.tracking.store import resolve_tracking_uri
 
+        from mlflow.exceptions import MlflowException
+
         uri = resolve_tracking_uri(tracking_uri)
-        run = MlflowClient(tracking_uri=uri).get_run(spec)
+        try:
+            run = MlflowClient(tracking_uri=uri).get_run(spec)
+        except MlflowException as err:
+            raise FileNotFoundError(f"--run {spec}: no such MLflow run in {uri} "
+                                    "(set MLFLOW_TRACKING_URI to the store that holds it)") from err
         for tag in ("checkpoint_path", "run_dir"):
             path = run.data.tags.get(tag)
             if path and Path(path).exists():
@@ -73,6 +79,46 @@ def study_targets(experiment: str, tracking_uri: Optional[str] = None) -> list[T
     if not runs:
         raise ValueError(f"--study {experiment}: no finished training runs")
     return [resolve_target(r.info.run_id, tracking_uri) for r in runs]
+
+
+def check_device(device: str) -> str:
+    """``device`` as torch understands it, refused up front (one line) when unusable on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device}: not a torch device (cpu, cuda or cuda:N)") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {device}: only cpu, cuda or cuda:N are supported")
+    return device
+
+
+def check_parent_runs(targets: list[Target], tracking_uri: Optional[str] = None) -> None:
+    """Every target's training run must exist in the store its eval child run will be logged to; checked
+    before any scoring, so a wrong store fails in a second instead of after the whole evaluation."""
+    wanted = [t for t in targets if t.train_run_id]
+    if not wanted:
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from mhc_repro.tracking.store import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    for t in wanted:
+        try:
+            client.get_run(t.train_run_id)
+        except MlflowException as err:
+            raise ValueError(f"{t.checkpoint}: its training run {t.train_run_id} is not in the MLflow store "
+                             f"{uri}; set MLFLOW_TRACKING_URI to the store it was trained into, or pass "
+                             "--no-mlflow") from err
 
 
 def register(subparsers) -> None:
@@ -130,29 +176,43 @@ def main(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     tasks = suite.select(_task_names(args.tasks))
+    device = check_device(args.device or default_device())
     targets = study_targets(args.study) if args.study else [resolve_target(r) for r in args.run]
-    device = args.device or default_device()
-    summary = []
+    if not args.no_mlflow:
+        check_parent_runs(targets)
+    summary: list[dict] = []
+
+    def write_output() -> None:
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(summary, indent=2))
+
     for target in targets:
         t0 = time.perf_counter()
         lm = MhcReproLM(target.checkpoint, batch_size=args.batch_size, device=device,
                         max_gen_toks_cap=args.max_gen_toks_cap)
-        result = evaluate_suite(lm, suite, tasks, data_dir=args.data_dir, limit=limit, strict=args.strict)
+        try:
+            result = evaluate_suite(lm, suite, tasks, data_dir=args.data_dir, limit=limit, strict=args.strict)
+        except ConnectionError as err:  # datasets' offline / unreachable hub
+            raise ValueError(f"{err}; without --data-dir the tasks load from the Hugging Face hub: pass "
+                             "--data-dir DIR (eval/fixtures for the bundled fixtures)") from err
         total = time.perf_counter() - t0
-        extra = {"eval.checkpoint": target.checkpoint, "eval.device": device,
-                 "eval.max_gen_toks_cap": args.max_gen_toks_cap or "none", "eval.max_length": lm.max_length}
-        run_id = None if args.no_mlflow else log_eval(
-            result, train_run_id=target.train_run_id, experiment=args.experiment,
-            batch_size=args.batch_size, extra_params=extra)
-        print(f"\n{target.checkpoint}  ({total:.1f} s incl. loading; eval run {run_id or '-'})")
+        print(f"\n{target.checkpoint}  ({total:.1f} s incl. loading)")
         print(f"  {'task':<10} {'metric':<6} {'shots':>5} {'score':>7}  subtasks")
         for t in tasks:
             print(f"  {t.name:<10} {t.metric:<6} {result.shots[t.name]:>5} "
                   f"{100 * result.headline[t.name]:>7.2f}  {result.coverage[t.name]}")
-        summary.append({"checkpoint": target.checkpoint, "train_run_id": target.train_run_id,
-                        "eval_run_id": run_id, "seconds": total, "scores": result.headline,
-                        "shots": result.shots, "coverage": result.coverage})
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(summary, indent=2))
+        entry = {"checkpoint": target.checkpoint, "train_run_id": target.train_run_id,
+                 "eval_run_id": None, "seconds": total, "scores": result.headline,
+                 "shots": result.shots, "coverage": result.coverage}
+        summary.append(entry)
+        write_output()  # the scores are kept even if logging to MLflow fails below
+        if not args.no_mlflow:
+            extra = {"eval.checkpoint": target.checkpoint, "eval.device": device,
+                     "eval.max_gen_toks_cap": args.max_gen_toks_cap or "none", "eval.max_length": lm.max_length}
+            entry["eval_run_id"] = log_eval(result, train_run_id=target.train_run_id,
+                                            experiment=args.experiment, batch_size=args.batch_size,
+                                            extra_params=extra)
+            print(f"  eval run {entry['eval_run_id']}")
+            write_output()
     return 0

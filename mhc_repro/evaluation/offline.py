@@ -68,14 +68,45 @@ def _splits(stock: dict) -> tuple[str, str, bool]:
     return eval_split, stock.get("fewshot_split") or stock.get("training_split") or "train", fixed
 
 
-def _data_overrides(stock: dict, eval_file: Path) -> tuple[dict, dict[str, str]]:
+def check_jsonl(path: Path, task: SuiteTask) -> int:
+    """Rows in ``path`` after checking that each line is a JSON object holding the task's columns; a bad
+    file is a one-line error naming the file, the line and the schema (otherwise ``datasets`` or a
+    prompt template fails deep inside lm-eval, after the model has loaded)."""
+    import json
+
+    rows = 0
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"task {task.name}: {path}:{lineno}: not valid JSON ({err.msg}); "
+                                 f"expected one object per line, {_schema_hint(task)}") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"task {task.name}: {path}:{lineno}: a JSON {type(row).__name__}, not an "
+                                 f"object; {_schema_hint(task)}")
+            missing = [c for c in task.columns if c not in row]
+            if missing:
+                raise ValueError(f"task {task.name}: {path}:{lineno}: missing column(s) {missing}; "
+                                 f"{_schema_hint(task)}")
+            rows += 1
+    if rows == 0:
+        raise ValueError(f"task {task.name}: {path} holds no rows ({_schema_hint(task)})")
+    return rows
+
+
+def _data_overrides(stock: dict, eval_file: Path, task: SuiteTask) -> tuple[dict, dict[str, str]]:
     eval_split, fs_split, fixed = _splits(stock)
+    check_jsonl(eval_file, task)
     files = {eval_split: str(eval_file.resolve())}
     over = {"dataset_path": "json", "dataset_name": None, "training_split": None,
             "validation_split": None, "test_split": eval_split}
     if not fixed:
         fs_file = eval_file.with_name(f"{eval_file.name[:-len('.jsonl')]}.{fs_split}.jsonl")
         if fs_file.is_file() and fs_split != eval_split:
+            check_jsonl(fs_file, task)
             files[fs_split] = str(fs_file.resolve())
             over["fewshot_split"] = fs_split
         else:  # same split name as test_split: lm-eval then excludes the scored document
@@ -110,7 +141,7 @@ def generate_task_yamls(suite: Suite, tasks: list[SuiteTask], out_dir: Path,
                 f = data_dir / f"{task.name}.jsonl"
                 if not f.is_file():
                     raise FileNotFoundError(f"task {task.name}: expected {f} ({_schema_hint(task)})")
-                over, files = _data_overrides(read_stock_yaml(task.stock_yaml), f)
+                over, files = _data_overrides(read_stock_yaml(task.stock_yaml), f, task)
                 cfg.update(over)
                 gen.data_files[name] = files
             _write(out_dir / f"{name}.yaml", cfg)
@@ -143,7 +174,7 @@ def generate_task_yamls(suite: Suite, tasks: list[SuiteTask], out_dir: Path,
                 cfg = {"include": str(sub.yaml_path), "task": sub_name, "num_fewshot": task.shots,
                        "tag": []}  # drop stock tags: they would group our copies with unrelated tasks
                 if data_dir is not None:
-                    over, files = _data_overrides(sub.config, data_dir / task.name / f"{sub.stem}.jsonl")
+                    over, files = _data_overrides(sub.config, data_dir / task.name / f"{sub.stem}.jsonl", task)
                     cfg.update(over)
                     gen.data_files[sub_name] = files
                 _write(out_dir / f"{sub_name}.yaml", cfg)

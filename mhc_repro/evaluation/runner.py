@@ -101,5 +101,5 @@ def evaluate_suite(lm, suite: Suite, tasks: list[SuiteTask], *, data_dir: Option
                            for leaf in leaves for s in samples_raw.get(leaf, [])]
     return SuiteResult(headline=headline, metrics=metrics, shots=shots, versions=versions, coverage=coverage,
                        samples=samples, raw=res, lm_eval_version=installed_lm_eval_version(),
-                       data_dir=str(data_dir) if data_dir else None, limit=limit, seconds=seconds,
+                       data_dir=str(Path(data_dir).resolve()) if data_dir else None, limit=limit, seconds=seconds,
                        tasks=generated)

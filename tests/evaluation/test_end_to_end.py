@@ -92,3 +92,64 @@ def test_cli_bad_input_is_one_line(capsys):
     assert cli_main(["eval", "--run", "x", "--tasks", "bbh,arc", "--no-mlflow"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown task(s) ['arc']" in err
+
+
+def _one_line_error(capsys, fragment):
+    err = capsys.readouterr().err.strip()  # (MLflow may log its own INFO line first on a new store)
+    last = err.splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("mhc-repro eval: error:") and fragment in last, err
+
+
+def test_unusable_device_or_unknown_run_id_is_one_line(tracked_run, monkeypatch, capsys):
+    uri, run_dir, _ = tracked_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    base = ["eval", "--run", str(run_dir), "--tasks", "piqa", "--data-dir", str(FIXTURES), "--no-mlflow"]
+    assert cli_main(base + ["--device", "bogus"]) == 2
+    _one_line_error(capsys, "--device bogus: not a torch device")
+    if not torch.cuda.is_available():
+        assert cli_main(base + ["--device", "cuda"]) == 2
+        _one_line_error(capsys, "CUDA is not available")
+    assert cli_main(["eval", "--run", "0" * 32, "--tasks", "piqa", "--no-mlflow"]) == 2
+    _one_line_error(capsys, "no such MLflow run")
+
+
+def test_training_run_missing_from_the_store_fails_before_scoring(tracked_run, monkeypatch, tmp_path, capsys):
+    """A run directory whose training run is not in the configured store used to be scored in full and
+    then crash with a traceback while logging, printing and saving nothing."""
+    _, run_dir, train_id = tracked_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    import mhc_repro.evaluation.runner as runner
+
+    monkeypatch.setattr(runner, "evaluate_suite", lambda *a, **k: pytest.fail("scored before the store check"))
+    rc = cli_main(["eval", "--run", str(run_dir), "--tasks", "piqa", "--data-dir", str(FIXTURES), "--device", "cpu"])
+    assert rc == 2
+    _one_line_error(capsys, f"training run {train_id} is not in the MLflow store")
+
+
+def test_scores_are_kept_when_mlflow_logging_fails(tracked_run, monkeypatch, tmp_path, capsys):
+    uri, run_dir, _ = tracked_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(FIXTURES.parent)  # a relative --data-dir
+    import mhc_repro.evaluation.mlflow_log as mlflow_log
+
+    seen = {}
+
+    def failing_log(result, **kwargs):
+        seen["data"] = result.data_dir
+        raise RuntimeError("tracking server went away")
+
+    monkeypatch.setattr(mlflow_log, "log_eval", failing_log)
+    out = tmp_path / "scores.json"
+    with pytest.raises(RuntimeError, match="went away"):
+        cli_main(["eval", "--run", str(run_dir), "--tasks", "piqa", "--data-dir", FIXTURES.name, "--limit", "2",
+                  "--device", "cpu", "--output", str(out)])
+    assert "piqa" in capsys.readouterr().out  # printed before logging
+    (summary,) = json.loads(out.read_text())
+    assert set(summary["scores"]) == {"piqa"} and summary["eval_run_id"] is None
+    assert seen["data"] == str(FIXTURES)  # logged absolute, not relative to the CWD
+
+
+def test_hub_unreachable_is_one_line(tracked_run, capsys):
+    _, run_dir, _ = tracked_run
+    assert cli_main(["eval", "--run", str(run_dir), "--tasks", "piqa", "--device", "cpu", "--no-mlflow"]) == 2
+    _one_line_error(capsys, "pass --data-dir DIR")

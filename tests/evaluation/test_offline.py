@@ -76,3 +76,26 @@ def test_missing_data_errors_name_task_path_and_schema(suite, tmp_path):
     (data / "bbh" / "boolean_expresions.jsonl").write_text("")
     with pytest.raises(ValueError, match="unknown subtask file.*boolean_expresions"):
         generate_task_yamls(suite, suite.select(["bbh"]), tmp_path / "d", data_dir=data)
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"question": "x", "sol1": "a", "sol2": "b", "label": 0}\n', r"piqa\.jsonl:1: missing column\(s\) \['goal'\]"),
+    ('{"goal": "x", "sol1": "a"\n', r"piqa\.jsonl:1: not valid JSON"),
+    ('["goal", "sol1", "sol2", "label"]\n', r"piqa\.jsonl:1: a JSON list, not an object"),
+    ("\n", r"piqa\.jsonl holds no rows"),
+])
+def test_bad_data_file_is_a_clear_error_before_lm_eval(suite, tmp_path, content, match):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "piqa.jsonl").write_text(content)
+    with pytest.raises(ValueError, match=match):
+        generate_task_yamls(suite, suite.select(["piqa"]), tmp_path / "out", data_dir=data)
+
+
+def test_bad_few_shot_and_subtask_files_are_checked(suite, tmp_path):
+    data = tmp_path / "data"
+    (data / "mmlu").mkdir(parents=True)
+    (data / "mmlu" / "anatomy.jsonl").write_text((FIXTURES / "mmlu" / "anatomy.jsonl").read_text())
+    (data / "mmlu" / "anatomy.dev.jsonl").write_text('{"question": "q", "choices": ["a"], "answer": 0}\n')
+    with pytest.raises(ValueError, match=r"mmlu: .*anatomy\.dev\.jsonl:1: missing column\(s\) \['subject'\]"):
+        generate_task_yamls(suite, suite.select(["mmlu"]), tmp_path / "out", data_dir=data)
