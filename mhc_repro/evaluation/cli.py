@@ -169,6 +169,8 @@ def main(args: argparse.Namespace) -> int:
     import datasets
 
     datasets.disable_progress_bars()  # one bar per split and map otherwise; lm-eval keeps its own
+    from mhc_repro.training.checkpoint import resolve_checkpoint
+
     from .lm_model import MhcReproLM, default_device
     from .mlflow_log import log_eval
     from .runner import evaluate_suite
@@ -189,7 +191,8 @@ def main(args: argparse.Namespace) -> int:
 
     for target in targets:
         t0 = time.perf_counter()
-        lm = MhcReproLM(target.checkpoint, batch_size=args.batch_size, device=device,
+        ckpt = str(resolve_checkpoint(target.checkpoint)[0])  # a run dir's newest, fixed for this eval
+        lm = MhcReproLM(ckpt, batch_size=args.batch_size, device=device,
                         max_gen_toks_cap=args.max_gen_toks_cap)
         try:
             result = evaluate_suite(lm, suite, tasks, data_dir=args.data_dir, limit=limit, strict=args.strict)
@@ -197,18 +200,18 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"{err}; without --data-dir the tasks load from the Hugging Face hub: pass "
                              "--data-dir DIR (eval/fixtures for the bundled fixtures)") from err
         total = time.perf_counter() - t0
-        print(f"\n{target.checkpoint}  ({total:.1f} s incl. loading)")
+        print(f"\n{ckpt}  ({total:.1f} s incl. loading)")
         print(f"  {'task':<10} {'metric':<6} {'shots':>5} {'score':>7}  subtasks")
         for t in tasks:
             print(f"  {t.name:<10} {t.metric:<6} {result.shots[t.name]:>5} "
                   f"{100 * result.headline[t.name]:>7.2f}  {result.coverage[t.name]}")
-        entry = {"checkpoint": target.checkpoint, "train_run_id": target.train_run_id,
+        entry = {"checkpoint": ckpt, "train_run_id": target.train_run_id,
                  "eval_run_id": None, "seconds": total, "scores": result.headline,
                  "shots": result.shots, "coverage": result.coverage}
         summary.append(entry)
         write_output()  # the scores are kept even if logging to MLflow fails below
         if not args.no_mlflow:
-            extra = {"eval.checkpoint": target.checkpoint, "eval.device": device,
+            extra = {"eval.checkpoint": ckpt, "eval.device": device,
                      "eval.max_gen_toks_cap": args.max_gen_toks_cap or "none", "eval.max_length": lm.max_length}
             entry["eval_run_id"] = log_eval(result, train_run_id=target.train_run_id,
                                             experiment=args.experiment, batch_size=args.batch_size,

@@ -221,6 +221,12 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> Study:
     return Study(experiment, runs, history, evals, amax, configs, superseded, params_of)
 
 
+def _checkpoint_step(path: str) -> int:
+    """The step of a ``step0000100.ckpt`` path (-1 when the name carries none)."""
+    m = re.search(r"step(\d+)\.ckpt", str(path))
+    return int(m.group(1)) if m else -1
+
+
 def _load_evals(client, experiment_id: str, train_ids: set) -> pd.DataFrame:
     rows = []
     for run in _search(client, experiment_id, "tags.run_kind = 'eval' and attributes.status = 'FINISHED'"):
@@ -236,10 +242,13 @@ def _load_evals(client, experiment_id: str, train_ids: set) -> pd.DataFrame:
                 train_run_id=parent, eval_run_id=run.info.run_id, task=task, score=float(value),
                 shots=_seed(params.get(f"eval.shots.{task}")), limit=params.get("eval.limit", ""),
                 lm_eval_version=params.get("lm_eval.version", ""), start_time=run.info.start_time or 0,
+                full=str(params.get("eval.limit", "none")).lower() in ("", "none", "null"),
+                ckpt_step=_checkpoint_step(params.get("eval.checkpoint", "")),
             ))
     if not rows:
         return pd.DataFrame(columns=EVAL_COLUMNS)
-    ev = pd.DataFrame(rows).sort_values(["start_time", "eval_run_id"], kind="stable")
-    # A later evaluation of the same training run and task supersedes earlier ones.
+    # One evaluation per training run and task: a full one (no --limit) over a subset, then the latest
+    # checkpoint's, then the latest started; so a later quick check does not replace the real score.
+    ev = pd.DataFrame(rows).sort_values(["full", "ckpt_step", "start_time", "eval_run_id"], kind="stable")
     ev = ev.drop_duplicates(["train_run_id", "task"], keep="last")
     return ev.sort_values(["train_run_id", "task"], kind="stable").reset_index(drop=True)[EVAL_COLUMNS]

@@ -145,7 +145,8 @@ def table4(study: Study, paper: PaperNumbers) -> list[Table]:
         limits = sorted({str(x) for x in study.evals.limit if str(x).lower() not in ("", "none", "null")})
         caption = (f"Downstream results in the layout of the paper's Table 4 (scores in percent). "
                    f"Paper rows: the published {paper.table4_scale.upper()} numbers; measured rows: preset "
-                   f"{preset}, mean ± sample s.d. over n seeds; Δ = variant minus baseline. "
+                   f"{preset}, mean ± sample s.d. over n seeds; Δ = variant minus baseline; per run and task, a full "
+                   f"evaluation over a --limit one, then the latest checkpoint's, then the latest. "
                    + (f"Evaluated on a subset (eval.limit = {', '.join(limits)}). " if limits else "")
                    + ("No evaluation runs were found for this preset (run `mhc-repro eval`). "
                       if not study.evals.train_run_id.isin(runs.run_id).any() else ""))

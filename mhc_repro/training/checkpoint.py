@@ -40,7 +40,12 @@ def load_checkpoint_dict(ckpt: Path, *, optimizer: bool = False) -> dict:
     process group: full ``state_dict`` (keys prefixed ``model.``) and, if asked, ``optimizer_0``."""
     # our checkpoints hold only tensors and plain containers (the config is a dict), so weights_only works
     if not ckpt.is_dir():
-        return torch.load(ckpt, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, foreign or not a torch file at all
+            raise ValueError(f"checkpoint {str(ckpt)!r} cannot be read ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else 'no detail'}); "
+                             "is it a complete mhc-repro checkpoint?") from err
     meta = ckpt / "meta.pt"
     if not meta.is_file():
         raise FileNotFoundError(f"sharded checkpoint {str(ckpt)!r} has no meta.pt (incomplete save?)")

@@ -67,3 +67,27 @@ def test_keys_free_on_resume_are_free_in_comparisons():
     from mhc_repro.training.run import RESUME_FREE_KEYS
 
     assert all(k in COMPARISON_FREE_KEYS or k.startswith(COMPARISON_FREE_PREFIXES) for k in RESUME_FREE_KEYS)
+
+
+def test_the_report_scores_a_full_eval_of_the_last_checkpoint_over_later_quick_checks(tmp_path):
+    """A later --limit run, or a later eval of an earlier checkpoint, does not replace the full score of
+    the final checkpoint; among full evals of the same checkpoint the latest wins."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    uri, (train,) = _store(tmp_path, [("mhc", 0, "FINISHED", 0, 2.9, {})])
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("rerun").experiment_id
+    t0 = 1_700_000_100_000
+    for i, (score, limit, ckpt) in enumerate([
+            (0.50, "none", "runs/x/checkpoints/step0000100.ckpt"),   # the real score
+            (0.40, "none", "runs/x/checkpoints/step0000100.ckpt"),   # rescored later: supersedes 0.50
+            (0.90, "3", "runs/x/checkpoints/step0000100.ckpt"),      # quick check on 3 rows
+            (0.80, "none", "runs/x/checkpoints/step0000050.ckpt"),   # an earlier checkpoint, evaluated last
+    ]):
+        rid = client.create_run(exp, start_time=t0 + i, tags={"run_kind": "eval", "train_run_id": train}).info.run_id
+        client.log_batch(rid, metrics=[Metric("eval/piqa", score, t0 + i, 0)],
+                         params=[Param("eval.limit", limit), Param("eval.checkpoint", ckpt)])
+        client.set_terminated(rid, status="FINISHED")
+    evals = load_study("rerun", uri).evals
+    assert list(evals.score) == [0.40] and list(evals.limit) == ["none"]
