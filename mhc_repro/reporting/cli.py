@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--smooth", type=int, default=0,
                    help="curve smoothing window in logged points: 0 = auto (~5%%), 1 = none (default 0)")
     p.add_argument("--kernels-dir", default=None,
-                   help="kernel benchmark records for the overhead claim (default: <out>/kernels)")
+                   help="kernel benchmark records for the overhead claim (default: <out>/kernels if present, else the checkout's reports/kernels)")
     p.set_defaults(func=run)
 
 

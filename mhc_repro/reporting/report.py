@@ -69,6 +69,14 @@ def write_report(study: Study, out: Path, smooth: int = 0, kernels_dir: Path | N
     return sorted(p for p in out.rglob("*") if p.is_file())
 
 
+def default_kernels_dir(out_root: Path) -> Path:
+    """The kernel benchmark records for the overhead claim: <out_root>/kernels when it exists, else this
+    checkout's committed reports/kernels (so a report written elsewhere with --out keeps its evidence)."""
+    own = out_root / "kernels"
+    repo = Path(__file__).resolve().parents[2] / "reports" / "kernels"
+    return own if own.is_dir() or not repo.is_dir() else repo
+
+
 def generate_report(experiment: str, out_root: Path | str = "reports", tracking_uri: str | None = None,
                     smooth: int = 0, kernels_dir: Path | str | None = None) -> Path:
     """Read the experiment from MLflow and (re)write out_root/<experiment>/ atomically."""
@@ -77,7 +85,7 @@ def generate_report(experiment: str, out_root: Path | str = "reports", tracking_
                          f"digits, '._+-', not starting with a dot, not one of {sorted(RESERVED)}")
     figures.smooth_window(1, smooth)  # validate before any work
     out_root = Path(out_root).resolve()
-    kernels = Path(kernels_dir) if kernels_dir is not None else out_root / "kernels"
+    kernels = Path(kernels_dir) if kernels_dir is not None else default_kernels_dir(out_root)
     study = load_study(experiment, tracking_uri)
     out_root.mkdir(parents=True, exist_ok=True)
     target = out_root / experiment

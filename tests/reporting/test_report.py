@@ -25,6 +25,7 @@ def report(store_uri, study, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reports")
     with pytest.MonkeyPatch.context() as mp:  # reuse the one MLflow read; regeneration re-reads it
         mp.setattr(report_mod, "load_study", lambda *a, **k: study)
+        (out / "kernels").mkdir()  # no kernel records: C9 has no evidence (not the checkout's records)
         return generate_report("unit", out, store_uri)
 
 
@@ -109,3 +110,12 @@ def test_refuses_to_replace_a_folder_it_did_not_write(study, store_uri, tmp_path
     with pytest.raises(ValueError, match="not a generated report"):
         generate_report("unit", tmp_path, store_uri)
     assert (tmp_path / "unit" / "notes.md").read_text() == "hand-written"
+
+
+def test_kernel_records_default_to_the_checkouts_when_out_has_none(tmp_path):
+    from mhc_repro.reporting.report import default_kernels_dir
+
+    repo = Path(report_mod.__file__).resolve().parents[2] / "reports" / "kernels"
+    assert default_kernels_dir(tmp_path) == repo  # --out elsewhere keeps the committed evidence
+    (tmp_path / "kernels").mkdir()
+    assert default_kernels_dir(tmp_path) == tmp_path / "kernels"
