@@ -17,11 +17,13 @@ export PYTHONUNBUFFERED := 1
 STUDY ?= tiny
 SEEDS ?= 0
 VARIANTS ?= residual hc mhc
-# Paper-scale knobs: see README "Training at scale" (NODES, GPUS, DATA, MICRO_BATCH).
+# Paper-scale knobs: see README "Training at scale" (NODES, GPUS, DATA, MICRO_BATCH). Empty GPUS and
+# MICRO_BATCH keep the experiment file's values (train.devices: auto = every visible GPU; data.batch_size: 2),
+# so `make reproduce-3b` and `mhc-repro train --config experiments/3b/base.yaml ...` resolve to the same run.
 NODES ?= 1
-GPUS ?= 8
+GPUS ?=
 DATA ?=
-MICRO_BATCH ?= 1
+MICRO_BATCH ?=
 # Multi-node launcher prefix, e.g. LAUNCH="srun --ntasks-per-node=8" (empty: Lightning spawns one process per GPU).
 LAUNCH ?=
 
@@ -72,9 +74,9 @@ ablation: $(STAMP)
 # the same command under SLURM (srun) or torchrun on every node with MHC_NUM_NODES set; see README.
 define paper_study
 	@for s in $(SEEDS); do \
-	  MHC_NUM_NODES=$(NODES) MHC_GPUS_PER_NODE=$(GPUS) $(if $(DATA),MHC_DATA=$(DATA)) \
+	  MHC_NUM_NODES=$(NODES) $(if $(GPUS),MHC_GPUS_PER_NODE=$(GPUS)) $(if $(DATA),MHC_DATA=$(DATA)) \
 	  $(LAUNCH) $(MHC) train --config experiments/$(1)/base.yaml --variants $(VARIANTS) \
-	    --set train.seed=$$s --set data.batch_size=$(MICRO_BATCH) || exit $$?; done
+	    --set train.seed=$$s $(if $(MICRO_BATCH),--set data.batch_size=$(MICRO_BATCH)) || exit $$?; done
 	$(MHC) eval --study $(1) --device cuda $(if $(EVAL_DATA),--data-dir $(EVAL_DATA)) $(EVAL_ARGS)
 	$(MHC) report --experiment $(1)
 endef

@@ -8,6 +8,7 @@ one-line ``ValueError`` naming the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,11 @@ __all__ = ["AttentionConfig", "MoEConfig", "ModelConfig", "ResidualConfig"]
 def _check(ok: bool, msg: str) -> None:
     if not ok:
         raise ValueError(msg)
+
+
+def _pos_number(v: Any) -> bool:
+    """A finite number > 0 (not a bool, not a string such as YAML 1.1's '1e-6')."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def _from_dict(cls, d: dict[str, Any], where: str):
@@ -76,7 +82,7 @@ class AttentionConfig:
         for name in ("n_kv_heads", "kv_lora_rank", "q_lora_rank", "rope_dim", "v_head_dim"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 0, f"attention.{name}={v!r}; must be an int >= 0")
-        _check(self.rope_theta > 0, f"attention.rope_theta={self.rope_theta!r}; must be > 0")
+        _check(_pos_number(self.rope_theta), f"attention.rope_theta={self.rope_theta!r}; must be a number > 0")
         if self.kind == "mha":
             _check(self.head_dim % 2 == 0, f"attention.head_dim={self.head_dim}; must be even (RoPE)")
             _check(self.n_heads % self.kv_heads == 0,
@@ -135,8 +141,9 @@ class MoEConfig:
                f"moe.n_active_routed={self.n_active_routed}; must be <= n_routed={self.n_routed}")
         _check(self.score_func in ("sigmoid", "softmax"),
                f"moe.score_func={self.score_func!r}; allowed: 'sigmoid', 'softmax'")
-        _check(self.bias_update_rate >= 0, f"moe.bias_update_rate={self.bias_update_rate}; must be >= 0")
-        _check(self.route_scale > 0, f"moe.route_scale={self.route_scale}; must be > 0")
+        _check(_pos_number(self.bias_update_rate) or self.bias_update_rate == 0,
+               f"moe.bias_update_rate={self.bias_update_rate!r}; must be a number >= 0")
+        _check(_pos_number(self.route_scale), f"moe.route_scale={self.route_scale!r}; must be a number > 0")
         _check(self.dispatch in ("auto", "loop", "bmm", "grouped"),
                f"moe.dispatch={self.dispatch!r}; allowed: 'auto', 'loop', 'bmm', 'grouped'")
         _check(self.shuffle in ("index_add", "gather"),
@@ -177,8 +184,8 @@ class ModelConfig:
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v > 0,
                    f"{name}={v!r}; must be a positive int")
-        _check(self.norm_eps > 0, f"norm_eps={self.norm_eps!r}; must be > 0")
-        _check(self.init_std > 0, f"init_std={self.init_std!r}; must be > 0")
+        _check(_pos_number(self.norm_eps), f"norm_eps={self.norm_eps!r}; must be a number > 0")
+        _check(_pos_number(self.init_std), f"init_std={self.init_std!r}; must be a number > 0")
         _check(self.ffn in ("dense", "moe"), f"ffn={self.ffn!r}; allowed: 'dense', 'moe'")
         _check(isinstance(self.activation_checkpointing, bool),
                f"activation_checkpointing={self.activation_checkpointing!r}; must be true/false")

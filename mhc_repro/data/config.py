@@ -86,6 +86,17 @@ class DataConfig:
     def validate(self) -> "DataConfig":
         """Raise ValueError with a one-line message naming the bad value and what is allowed."""
         src = self.source
+        for name in ("source", "tokenizer"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"data.{name}={v!r} is invalid; it must be null or a string (quote a path "
+                                 f"that YAML reads as a number or boolean: data.{name}='\"{v}\"')")
+        for name in ("text_field", "eos_token", "hf_split"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"data.{name}={getattr(self, name)!r} is invalid; it must be a string")
+        if self.val_docs is not None and not (isinstance(self.val_docs, (list, tuple))
+                                              and all(isinstance(d, str) for d in self.val_docs)):
+            raise ValueError(f"data.val_docs={self.val_docs!r} is invalid; it must be null or a list of document ids")
         if src is not None and src not in (EMBEDDED, EMBEDDED_LARGE) and not src.startswith("hf:"):
             path = Path(src).expanduser()
             if not path.exists():
@@ -98,17 +109,20 @@ class DataConfig:
         if src is not None and src.startswith("hf:") and not src[3:].split(":")[0]:
             raise ValueError(f"data.source: {src!r} names no dataset; use 'hf:<dataset>[:<config>]'")
         for name in ("seq_len", "batch_size"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 1):
                 raise ValueError(f"data.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.val_batch_size is not None and self.val_batch_size < 1:
+        if self.val_batch_size is not None and not (_is_int(self.val_batch_size) and self.val_batch_size >= 1):
             raise ValueError(f"data.val_batch_size must be a positive integer or None, got {self.val_batch_size!r}")
         if self.vocab_size is not None and not (isinstance(self.vocab_size, int) and 257 <= self.vocab_size):
             raise ValueError(f"data.vocab_size must be an integer >= 257 (256 bytes + EOS) or None, "
                              f"got {self.vocab_size!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers!r}")
+        if not (isinstance(self.val_fraction, (int, float)) and not isinstance(self.val_fraction, bool)
+                and 0.0 <= self.val_fraction < 1.0):
+            raise ValueError(f"data.val_fraction must be in [0, 1) (a number), got {self.val_fraction!r}")
+        if not (_is_int(self.num_workers) and self.num_workers >= 0):
+            raise ValueError(f"data.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if not (_is_int(self.seed) and self.seed >= 0):
+            raise ValueError(f"data.seed must be an integer >= 0, got {self.seed!r}")
         for name in ("max_documents", "max_tokens", "tokenizer_sample_docs", "tokenizer_sample_bytes"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
@@ -133,3 +147,7 @@ class DataConfig:
         if unknown:
             raise ValueError(f"data: unknown key(s) {unknown}; allowed: {sorted(names)}")
         return cls(**d)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

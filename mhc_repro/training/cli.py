@@ -5,7 +5,8 @@
     mhc-repro train --config experiments/3b/base.yaml --variant hc --set train.lr=1e-3 --set data.batch_size=4
 
 Rerunning the same command resumes unfinished runs from their newest checkpoint; in a study, finished
-runs are skipped, so a killed ``make reproduce`` continues where it stopped.
+runs of the same config are skipped, so a killed ``make reproduce`` continues where it stopped; a run
+directory holding a run of another config (finished or not) is an error, found before any training.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from mhc_repro.training.compose import build_config, dump_config
     from mhc_repro.training.module import NonFiniteLossError
-    from mhc_repro.training.run import RunFinishedError, is_global_rank_zero, train
+    from mhc_repro.training.run import RunFinishedError, check_run_dir, is_global_rank_zero, train
 
     if args.variant and args.variants:
         raise ValueError("--variant and --variants are exclusive; use one of them")
@@ -41,9 +42,17 @@ def main(args: argparse.Namespace) -> int:
     # Resolve (and so validate) every config before any training starts.
     cfgs = [build_config(args.config, args.overrides, variant=v) for v in variants]
     if args.print_config:
-        for cfg in cfgs:
-            print(dump_config(cfg))
+        # one YAML document per run ("---" between them), so a study's output parses with safe_load_all
+        print("\n---\n".join(dump_config(cfg) for cfg in cfgs))
         return 0
+    # Check every run directory before any training: a study must not train two variants and then
+    # stop at the third one's conflicting run directory.
+    for cfg in cfgs:
+        try:
+            check_run_dir(cfg, resume=not args.no_resume)
+        except RunFinishedError:
+            if not args.variants:
+                raise
     summaries = []
     for cfg in cfgs:
         print(f"== train {cfg.experiment}/{cfg.run_name} (preset {cfg.train.preset}, variant {cfg.train.variant}, "

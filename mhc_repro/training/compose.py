@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -26,6 +27,27 @@ from mhc_repro.training.config import ABLATIONS, RunConfig, TrackingConfig, Trai
 TOP_KEYS = ("model", "train", "data", "tracking")
 ENV_OVERRIDES = {"MHC_NUM_NODES": "train.num_nodes", "MHC_GPUS_PER_NODE": "train.devices",
                  "MHC_DATA": "data.source", "MHC_OUT_DIR": "train.out_dir"}
+ENV_LITERAL = ("MHC_DATA", "MHC_OUT_DIR")  # strings as written, not parsed as YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats without a dot (``1e-3``, ``3E5``) as numbers: PyYAML
+    follows YAML 1.1, where ``lr: 1e-3`` in a config file is the *string* '1e-3'."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    """``yaml.safe_load`` with YAML 1.2 floats (``1e-3`` is a number), for config files and ``--set`` values."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -46,7 +68,7 @@ def load_yaml(path: str | Path, _seen: Optional[tuple] = None) -> dict:
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     seen = (_seen or ()) + (path,)
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(doc, dict):
@@ -74,7 +96,7 @@ def apply_override(doc: dict, assignment: str) -> dict:
     if parts[0] not in TOP_KEYS or len(parts) < 2 or not all(parts):
         raise ValueError(f"override key {key!r} is invalid; it must start with one of {', '.join(TOP_KEYS)} "
                          "and name a field (e.g. train.lr)")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = parse_yaml(raw) if raw.strip() else None
     if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; a number is what was meant
         try:
             value = float(value)
@@ -98,11 +120,22 @@ def resolve_model(preset: str, variant: str, ablation: str, overrides: dict) -> 
     overrides = copy.deepcopy(overrides or {})
     res_over = dict(overrides.pop("residual", None) or {})
     cfg = ModelConfig.from_dict(deep_merge(base, overrides))
-    res_over.pop("kind", None)  # train.variant decides
+    # train.variant decides the kind and train.ablation the Table 1 switches: a model.residual value that
+    # disagrees would be dropped silently (and the run named after the variant/ablation), so it is an
+    # error; an equal value (as in a resolved config.yaml) is fine.
+    kind = res_over.pop("kind", variant)
+    if kind != variant:
+        raise ValueError(f"model.residual.kind={kind!r} conflicts with train.variant={variant!r}; "
+                         "set the variant with train.variant (or --variant) only")
     if variant == "residual":
         res_over.pop("n", None)
     else:
-        res_over.update(zip(("use_h_res", "use_h_pre", "use_h_post"), ABLATIONS[ablation]))
+        for name, on in zip(("use_h_res", "use_h_pre", "use_h_post"), ABLATIONS[ablation]):
+            if res_over.get(name, on) != on:
+                raise ValueError(f"model.residual.{name}={res_over[name]!r} conflicts with train.ablation="
+                                 f"{ablation!r}; choose the Table 1 switches with train.ablation "
+                                 f"({', '.join(ABLATIONS)}) only")
+            res_over[name] = on
     return with_variant(cfg, variant, **res_over)
 
 
@@ -115,7 +148,11 @@ def build_config(configs: Iterable[str | Path] = (), overrides: Iterable[str] = 
     env = os.environ if env is None else env
     for var, key in ENV_OVERRIDES.items():
         if env.get(var):
-            doc = apply_override(doc, f"{key}={env[var]}")
+            if var in ENV_LITERAL:  # a path or dataset name, taken as written (MHC_DATA=2024 is a directory)
+                section, name = key.split(".")
+                doc = deep_merge(doc, {section: {name: env[var]}})
+            else:
+                doc = apply_override(doc, f"{key}={env[var]}")
     if variant is not None:
         doc = apply_override(doc, f"train.variant={variant}")
     for assignment in overrides:

@@ -125,13 +125,18 @@ class TrainConfig:
                f"train.weight_decay={self.weight_decay!r} is invalid; it must be a number >= 0")
         _check(_finite(self.grad_clip) and self.grad_clip >= 0,
                f"train.grad_clip={self.grad_clip!r} is invalid; it must be a number >= 0 (0 = off)")
-        _check(len(self.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in self.betas),
+        _check(_is_list(self.betas) and len(self.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in self.betas),
                f"train.betas={self.betas!r} is invalid; it must be two numbers in [0, 1)")
-        _check(len(self.lr_milestones) == len(self.lr_factors)
+        _check(_is_list(self.lr_factors) and all(_finite(f) and f > 0 for f in self.lr_factors),
+               f"train.lr_factors={self.lr_factors!r} is invalid; it must be a list of numbers > 0")
+        _check(_is_list(self.lr_milestones) and len(self.lr_milestones) == len(self.lr_factors)
                and all(_finite(m) and 0 < m <= 1 for m in self.lr_milestones)
                and list(self.lr_milestones) == sorted(self.lr_milestones),
                f"train.lr_milestones={self.lr_milestones!r} is invalid; it must be increasing fractions in "
                f"(0, 1], one per lr_factors entry ({self.lr_factors!r})")
+        for name in ("compile", "progress_bar"):
+            v = getattr(self, name)
+            _check(isinstance(v, bool), f"train.{name}={v!r} is invalid; it must be true or false")
         _check(self.precision in PRECISIONS,
                f"train.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
         _check(self.strategy in STRATEGIES,
@@ -142,7 +147,8 @@ class TrainConfig:
                f"train.devices={self.devices!r} is invalid; it must be 'auto' or an integer >= 1")
         _check(_is_int(self.num_nodes) and self.num_nodes >= 1,
                f"train.num_nodes={self.num_nodes!r} is invalid; it must be an integer >= 1")
-        _check(bool(self.out_dir), "train.out_dir is empty; give a writable directory")
+        _check(isinstance(self.out_dir, str) and bool(self.out_dir),
+               f"train.out_dir={self.out_dir!r} is invalid; give a writable directory (a string; quote it)")
         return self
 
 
@@ -162,12 +168,18 @@ class TrackingConfig:
     """Extra MLflow tags."""
 
     def validate(self) -> "TrackingConfig":
-        _check(bool(self.study) and "/" not in self.study,
-               f"tracking.study={self.study!r} is invalid; it must be a non-empty name without '/'")
+        _check(isinstance(self.study, str) and bool(self.study) and "/" not in self.study,
+               f"tracking.study={self.study!r} is invalid; it must be a non-empty name without '/' (a string; quote it)")
         for name in ("experiment", "run_name"):
             v = getattr(self, name)
-            _check(v is None or (bool(v) and "/" not in str(v)),
-                   f"tracking.{name}={v!r} is invalid; it must be null or a non-empty name without '/'")
+            _check(v is None or (isinstance(v, str) and bool(v) and "/" not in v),
+                   f"tracking.{name}={v!r} is invalid; it must be null or a non-empty name without '/' "
+                   "(a string; quote it)")
+        _check(isinstance(self.enabled, bool), f"tracking.enabled={self.enabled!r} is invalid; it must be true or false")
+        _check(self.tracking_uri is None or (isinstance(self.tracking_uri, str) and bool(self.tracking_uri)),
+               f"tracking.tracking_uri={self.tracking_uri!r} is invalid; it must be null or a URI string")
+        _check(isinstance(self.tags, dict), f"tracking.tags={self.tags!r} is invalid; it must be a mapping "
+               "of tag names to values, e.g. {team: x}")
         return self
 
 
@@ -221,6 +233,10 @@ class RunConfig:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple))
 
 
 def _finite(v: Any) -> bool:

@@ -109,8 +109,13 @@ def _strategy(cfg: RunConfig):
     return cfg.train.strategy
 
 
-def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int]):
-    """(logger, resumed?) — creates or reopens the MLflow run whose id is kept in the run dir."""
+def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int], *, from_checkpoint: bool = False):
+    """(logger, resumed?) — creates or reopens the MLflow run whose id is kept in the run dir.
+
+    Resuming from a checkpoint whose MLflow run the store does not hold (another MLFLOW_TRACKING_URI than
+    the first launch's, or a moved store) is an error: a fresh MLflow run would hold only the steps after
+    the checkpoint, and the run directory would lose the id of the run that holds the earlier ones."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from mhc_repro.tracking.logger import ResumableMLFlowLogger
@@ -125,8 +130,15 @@ def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int]):
     if run_id:
         try:
             client.get_run(run_id)
-        except Exception:
-            run_id = None  # the store was reset/moved: start a fresh MLflow run
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # e.g. a locked or unreachable store: not a reason to fork the run's history
+            if from_checkpoint:
+                raise ValueError(f"run directory {str(run_dir)!r} resumes from a checkpoint but its MLflow run "
+                                 f"{run_id} is not in the tracking store {uri!r}; point MLFLOW_TRACKING_URI (or "
+                                 "tracking.tracking_uri) at the store of the first launch, or delete "
+                                 f"{str(id_file)!r} to log the remaining steps to a new MLflow run") from None
+            run_id = None  # no checkpoint yet: a fresh MLflow run gets the whole history
     resumed = run_id is not None
     if not resumed:
         tags = train_tags(cfg.to_dict(), run_dir=str(run_dir), commit=git_commit())
@@ -147,25 +159,42 @@ def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int]):
     return logger, resumed
 
 
-def train(cfg: RunConfig, *, resume: bool = True) -> dict:
-    """Train one run to ``train.max_steps``. Returns a summary dict (also written to finished.json)."""
+def check_run_dir(cfg: RunConfig, *, resume: bool = True) -> Path:
+    """Every check that needs neither data nor model, before anything is written (a study runs it for
+    all its runs up front): valid config, writable out_dir, the gradient accumulation, and the run
+    directory: RunFinishedError if it holds a finished run of this config, ValueError if it holds a
+    run (finished or not) of another config, or an unfinished one while resume is off."""
     cfg.validate()
     check_writable(cfg.train.out_dir)
+    accumulation(cfg)
     run_dir = run_dir_of(cfg)
-    if (run_dir / "finished.json").exists():
-        raise RunFinishedError(f"run directory {str(run_dir)!r} already holds a finished run; pick another "
-                               "tracking.run_name (--set tracking.run_name=...) or delete that directory")
     resolved = cfg.to_dict()
     cfg_file = run_dir / "config.yaml"
-    is_rank0 = is_global_rank_zero()
+    diff = _first_difference(yaml.safe_load(cfg_file.read_text()), resolved) if cfg_file.exists() else None
+    if (run_dir / "finished.json").exists():
+        # A finished run of *another* config is not "already done": a study must not skip it silently
+        # (RunFinishedError is what a study skips), so that case is a plain error.
+        if diff:
+            raise ValueError(f"run directory {str(run_dir)!r} holds a finished run with another config ({diff}); "
+                             "pick another tracking.run_name (--set tracking.run_name=...) or delete that directory")
+        raise RunFinishedError(f"run directory {str(run_dir)!r} already holds a finished run; pick another "
+                               "tracking.run_name (--set tracking.run_name=...) or delete that directory")
     if cfg_file.exists():
-        if not resume and is_rank0:  # other ranks start after rank 0 wrote config.yaml (Lightning's launcher)
+        if not resume and is_global_rank_zero():  # other ranks start after rank 0 wrote config.yaml
             raise ValueError(f"run directory {str(run_dir)!r} holds an unfinished run and resume is off; "
                              "delete it or pick another tracking.run_name")
-        diff = _first_difference(yaml.safe_load(cfg_file.read_text()), resolved)
         if diff:
             raise ValueError(f"run directory {str(run_dir)!r} holds a run with another config ({diff}); "
                              "pick another tracking.run_name or delete that directory")
+    return run_dir
+
+
+def train(cfg: RunConfig, *, resume: bool = True) -> dict:
+    """Train one run to ``train.max_steps``. Returns a summary dict (also written to finished.json)."""
+    run_dir = check_run_dir(cfg, resume=resume)
+    resolved = cfg.to_dict()
+    cfg_file = run_dir / "config.yaml"
+    is_rank0 = is_global_rank_zero()
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     if is_rank0 and not cfg_file.exists():
         cfg_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -173,7 +202,7 @@ def train(cfg: RunConfig, *, resume: bool = True) -> dict:
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    accum = accumulation(cfg)
+    accum = accumulation(cfg)  # checked above, before anything was written
 
     from mhc_repro.data.datamodule import LMDataModule
 
@@ -185,9 +214,11 @@ def train(cfg: RunConfig, *, resume: bool = True) -> dict:
     data_s = time.perf_counter() - t0
 
     module = LMModule(resolved)
+    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
     logger, resumed = (None, False)
     if cfg.tracking.enabled and is_rank0:
-        logger, resumed = _open_mlflow_run(cfg, run_dir, (module.params_total, module.params_active))
+        logger, resumed = _open_mlflow_run(cfg, run_dir, (module.params_total, module.params_active),
+                                           from_checkpoint=ckpt is not None)
         logger.set_tag("data_source", str(dm.manifest.get("source", cfg.data.source or "embedded"))[:500])
         if not resumed and (run_dir / "data_manifest.json").exists():  # corpus, split, tokenizer, token counts
             logger.log_artifact(str(run_dir / "data_manifest.json"), "data")
@@ -203,7 +234,6 @@ def train(cfg: RunConfig, *, resume: bool = True) -> dict:
         enable_progress_bar=t.progress_bar, enable_model_summary=False, log_every_n_steps=1,
         use_distributed_sampler=False, default_root_dir=str(run_dir), gradient_clip_val=None,
     )
-    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)

@@ -74,3 +74,68 @@ def test_schedule_and_flops():
     fpt = flops_per_token(cfg, 612_000_000, 4096)
     # 6 N_active + 6 * 12 blocks * 16 heads * (192 + 128) * 4096
     assert fpt == 6 * 612_000_000 + 6 * 12 * 16 * 320 * 4096
+
+
+def test_yaml_files_read_floats_without_a_dot(tmp_path):
+    # PyYAML (YAML 1.1) reads `lr: 1e-3` as the string '1e-3'; config files must get the number
+    (tmp_path / "c.yaml").write_text("train: {lr: 1e-3, eps: 1E-20, lr_factors: [3e-1, 1e-1]}\n"
+                                     "model: {norm_eps: 1e-5}\n")
+    cfg = build_config([tmp_path / "c.yaml"], ["train.weight_decay=1e-2"], env={})
+    assert (cfg.train.lr, cfg.train.eps, cfg.train.lr_factors) == (1e-3, 1e-20, [0.3, 0.1])
+    assert (cfg.model.norm_eps, cfg.train.weight_decay) == (1e-5, 1e-2)
+    assert apply_override({}, "train.lr=1e-3.5")["train"]["lr"] == "1e-3.5"  # not a number: stays a string
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.betas=0.9", r"train.betas=0.9 is invalid"),
+    ("train.lr_milestones=0.8", r"train.lr_milestones=0.8 is invalid"),
+    ("train.lr_factors=[a, b]", r"train.lr_factors=\['a', 'b'\] is invalid"),
+    ("train.compile=maybe", r"train.compile='maybe' is invalid"),
+    ("train.out_dir=5", r"train.out_dir=5 is invalid"),
+    ("data.seed=abc", r"data.seed must be an integer >= 0, got 'abc'"),
+    ("data.val_fraction=abc", r"data.val_fraction must be in \[0, 1\) \(a number\), got .abc."),
+    ("data.num_workers=x", r"data.num_workers must be an integer >= 0"),
+    ("data.val_batch_size=abc", r"data.val_batch_size must be a positive integer"),
+    ("data.val_docs=foo", r"data.val_docs='foo' is invalid"),
+    ("data.source=2024", r"data.source=2024 is invalid; it must be null or a string"),
+    ("tracking.tags=foo", r"tracking.tags='foo' is invalid"),
+    ("tracking.enabled=maybe", r"tracking.enabled='maybe' is invalid"),
+    ("model.norm_eps=abc", r"norm_eps='abc'; must be a number > 0"),
+    ("model.init_std=abc", r"init_std='abc'; must be a number > 0"),
+    ("model.attention.rope_theta=abc", r"attention.rope_theta='abc'; must be a number > 0"),
+])
+def test_wrong_types_fail_with_one_line(override, match):
+    """A value of the wrong type is a one-line ValueError (the CLI's exit 2), not a TypeError traceback."""
+    with pytest.raises(ValueError, match=match) as e:
+        build_config([], [override], env={})
+    assert "\n" not in str(e.value)
+
+
+def test_residual_kind_and_switches_conflicting_with_variant_or_ablation_are_errors():
+    # they used to be dropped silently: the run trained the full mHC under the user's nose
+    with pytest.raises(ValueError, match=r"model.residual.kind='hc' conflicts with train.variant='mhc'"):
+        build_config([], ["train.variant=mhc", "model.residual.kind=hc"], env={})
+    with pytest.raises(ValueError, match=r"model.residual.use_h_post=False conflicts with train.ablation='full'"):
+        build_config([], ["train.variant=mhc", "model.residual.use_h_post=false"], env={})
+    # agreeing values are fine (a resolved config.yaml carries them)
+    cfg = build_config([], ["train.variant=hc", "train.ablation=res+pre", "model.residual.use_h_post=false",
+                            "model.residual.kind=hc"], env={})
+    assert (cfg.model.residual.kind, cfg.model.residual.use_h_post) == ("hc", False)
+
+
+def test_env_paths_are_taken_literally(tmp_path, monkeypatch):
+    # MHC_DATA=2024 is the directory ./2024, not the integer 2024; MHC_OUT_DIR=null a directory "null"
+    (tmp_path / "2024").mkdir()
+    (tmp_path / "2024" / "a.txt").write_text("some text")
+    monkeypatch.chdir(tmp_path)
+    cfg = build_config([], [], env={"MHC_DATA": "2024", "MHC_OUT_DIR": "null"})
+    assert cfg.data.source == "2024" and cfg.train.out_dir == "null"
+
+
+def test_print_config_of_a_study_is_one_yaml_document_per_run(capsys):
+    import yaml
+
+    assert cli_main(["train", "--variants", "residual", "mhc", "--print-config"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["train"]["variant"] for d in docs] == ["residual", "mhc"]
+    assert [d["model"]["residual"]["kind"] for d in docs] == ["residual", "mhc"]

@@ -121,3 +121,24 @@ def test_resume_check_ignores_only_the_free_keys():
     assert _first_difference(saved, now) is None
     now["model"]["d_model"] = 128
     assert _first_difference(saved, now) == "model.d_model: 64 (run dir) vs 128 (now)"
+
+
+def test_resume_into_another_tracking_store_is_refused(tmp_path, corpus_dir, data_cache):
+    """A rerun that forgot the first launch's MLFLOW_TRACKING_URI used to open a fresh MLflow run in the
+    other store holding only the steps after the checkpoint, and overwrite mlflow_run_id.txt (the link to
+    the run holding the earlier steps). Now: a one-line error, and nothing in the run directory changes."""
+    import pytest
+
+    extra = {"train.max_steps": 4, "train.ckpt_every": 2, "train.variant": "residual", "train.amax_every": 0}
+    over = micro_overrides(tmp_path, corpus_dir, data_cache, **extra)
+    train(build_config([], over, env={}))
+    run_dir = tmp_path / "runs" / "test" / "residual-s0"
+    (run_dir / "finished.json").unlink()  # as if killed after the step-4 checkpoint
+    run_id = (run_dir / "mlflow_run_id.txt").read_text()
+    other = over + [f"tracking.tracking_uri=sqlite:///{tmp_path / 'other' / 'mlflow.db'}"]  # a resume-free key
+    with pytest.raises(ValueError, match=r"resumes from a checkpoint but its MLflow run \w+ is not in the "
+                                         r"tracking store .*other/mlflow.db") as e:
+        train(build_config([], other, env={}))
+    assert "\n" not in str(e.value)
+    assert (run_dir / "mlflow_run_id.txt").read_text() == run_id
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == ["step0000004.ckpt"]

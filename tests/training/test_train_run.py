@@ -80,3 +80,56 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, corpus_d
     run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
     run = MlflowClient(cfg.tracking.tracking_uri).get_run(run_id)
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags["stop_reason"]
+
+
+def _fake_finished_run(cfg) -> None:
+    """A run directory as a finished run of ``cfg`` leaves it (no training needed for the guards)."""
+    import yaml
+
+    from mhc_repro.training.run import run_dir_of
+
+    run_dir = run_dir_of(cfg)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (run_dir / "finished.json").write_text("{}")
+
+
+def test_finished_run_of_another_config_is_an_error_not_a_skip(tmp_path, corpus_dir, data_cache):
+    from mhc_repro.training.run import check_run_dir
+
+    over = micro_overrides(tmp_path, corpus_dir, data_cache, **{"train.variant": "residual"})
+    _fake_finished_run(build_config([], over, env={}))
+    with pytest.raises(RunFinishedError):  # same config: already done (a study skips it)
+        check_run_dir(build_config([], over, env={}))
+    # resume-free keys may differ
+    check = build_config([], over + ["train.progress_bar=true", "data.num_workers=1"], env={})
+    with pytest.raises(RunFinishedError):
+        check_run_dir(check)
+    # another config under the same run name: a plain ValueError naming the difference (a study stops)
+    with pytest.raises(ValueError, match=r"holds a finished run with another config \(train.max_steps: 8 .* vs 20") as e:
+        check_run_dir(build_config([], over + ["train.max_steps=20"], env={}))
+    assert not isinstance(e.value, RunFinishedError)
+
+
+def test_study_checks_every_run_dir_before_training(tmp_path, corpus_dir, data_cache, capsys):
+    """`--variants residual mhc` where mhc-s0 holds a finished run of another config: exit 2 before the
+    residual run is even created (it used to train residual, then stop at mhc, or skip mhc if it
+    was the finished one)."""
+    from mhc_repro.cli import main as cli_main
+
+    over = micro_overrides(tmp_path, corpus_dir, data_cache)
+    _fake_finished_run(build_config([], over + ["train.max_steps=4"], env={}))  # mhc-s0, 4 steps
+    argv = ["train", "--variants", "residual", "mhc"]
+    for o in over:
+        argv += ["--set", o]
+    assert cli_main(argv) == 2
+    assert "holds a finished run with another config (train.max_steps: 4" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "test" / "residual-s0").exists()
+
+
+def test_bad_global_batch_leaves_no_run_dir(tmp_path, corpus_dir, data_cache):
+    """A config error found at launch must not leave a config.yaml that then blocks the corrected rerun."""
+    over = micro_overrides(tmp_path, corpus_dir, data_cache)
+    with pytest.raises(ValueError, match="not a multiple"):
+        train(build_config([], over + ["train.global_batch_size=6"], env={}))
+    assert not (tmp_path / "runs" / "test" / "mhc-s0").exists()
