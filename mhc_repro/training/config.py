@@ -180,7 +180,16 @@ class TrackingConfig:
                f"tracking.tracking_uri={self.tracking_uri!r} is invalid; it must be null or a URI string")
         _check(isinstance(self.tags, dict), f"tracking.tags={self.tags!r} is invalid; it must be a mapping "
                "of tag names to values, e.g. {team: x}")
+        taken = sorted(str(k) for k in self.tags if str(k) in RESERVED_TAGS or str(k).startswith("mlflow."))
+        _check(not taken, f"tracking.tags names {taken}, which the runs set themselves and the reports read; "
+               f"choose other names (reserved: {sorted(RESERVED_TAGS)} and mlflow.*)")
         return self
+
+
+# Tags a training run sets itself (tracking.runinfo.train_tags, the checkpoint callback, train()) and
+# the reports and the eval read: user tags may not replace them.
+RESERVED_TAGS = frozenset({"run_kind", "variant", "preset", "seed", "ablation", "study", "git_commit", "paper",
+                           "run_dir", "checkpoint_path", "data_source", "stop_reason", "train_run_id"})
 
 
 @dataclass
