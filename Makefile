@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# torch is pinned to the CPU wheel for the default (laptop/CI) path; GPU users pass their own:
+# torch is pinned for the default (laptop/CI) path: the CPU wheel where the index serves one (CI and the
+# development machines; plain PyPI on Linux serves the CUDA-bundling build); GPU users pass their own:
 #   make install TORCH_SPEC="torch==2.11.0"
 TORCH_SPEC ?= torch==2.13.0
 export HF_DATASETS_OFFLINE ?= 1
