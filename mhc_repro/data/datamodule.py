@@ -71,7 +71,8 @@ class LMDataModule(L.LightningDataModule):
 
         t = time.perf_counter()
         tok_fp = tokenizer_fingerprint(tok)
-        out = self.cache_dir / "shards" / shard_key(f"{plan.fingerprint}|max_tokens:{cfg.max_tokens}", tok_fp)
+        out = self.cache_dir / "shards" / shard_key(f"{plan.fingerprint}|max_tokens:{cfg.max_tokens}", tok_fp,
+                                                    self.eos_id)
         info = {"source": source.manifest.get("source"), "source_fingerprint": source.fingerprint,
                 "tokenizer_fingerprint": tok_fp, "split": {**plan.spec, "fingerprint": plan.fingerprint}}
         built = build_shards(plan.docs(source), plan.is_val, tok, self.eos_id, out, max_tokens=cfg.max_tokens,
@@ -107,6 +108,11 @@ class LMDataModule(L.LightningDataModule):
                 raise ValueError("LMDataModule shards the data itself: create the Trainer with "
                                  "use_distributed_sampler=False for multi-process training")
         self.prepare()
+        n, global_batch = len(self.train_dataset()), self.cfg.batch_size * self._world
+        if n < global_batch:  # else every rank gets an empty epoch and fit() "finishes" with 0 steps
+            raise ValueError(f"data: only {n} training sequences of seq_len={self.cfg.seq_len}, fewer than one "
+                             f"global batch (batch_size={self.cfg.batch_size} x {self._world} processes = "
+                             f"{global_batch}); use more text, a smaller batch_size/seq_len or fewer processes")
 
     def train_dataset(self) -> PackedSequences:
         return PackedSequences(self.shards["train"], self.cfg.seq_len)

@@ -20,18 +20,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-SHARD_VERSION = 2  # 2: streamed build (build.py), one directory per (source, split, budget, tokenizer)
+SHARD_VERSION = 3  # 2: streamed build (build.py), one directory per (source, split, budget, tokenizer)
+# 3: special-token strings inside documents are text, not separators; no paragraph split where the
+#    tokenizer's pre-tokenizer merges across it (Llama-3 / DeepSeek-V3 style "\s*[\r\n]+")
 DOCS_PER_BATCH = 64
 
 
-def shard_key(split_fingerprint: str, tokenizer_fingerprint: str) -> str:
-    return hashlib.sha256(f"{split_fingerprint}|{tokenizer_fingerprint}|shards-v{SHARD_VERSION}"
+def shard_key(split_fingerprint: str, tokenizer_fingerprint: str, eos_id: int | None = None) -> str:
+    """eos_id: the separator written after each document (a given tokenizer may hold several candidates)."""
+    eos = "" if eos_id is None else f"|eos:{eos_id}"
+    return hashlib.sha256(f"{split_fingerprint}|{tokenizer_fingerprint}{eos}|shards-v{SHARD_VERSION}"
                           .encode()).hexdigest()[:20]
 
 
-# Split between the two newlines of a paragraph break with non-space on both sides: byte-level
-# pre-tokenisation yields the same pieces there, so ids equal those of the whole document, while
-# many small pieces let the Rust encoder use every core (a 150 KB play is otherwise one task).
+# Split between the two newlines of a paragraph break with non-space on both sides: GPT-2-style
+# byte-level pre-tokenisation yields the same pieces there, so ids equal those of the whole document,
+# while many small pieces let the Rust encoder use every core (a 150 KB play is otherwise one task).
+# Pre-tokenisers that keep "\n\n" (or ".\n\n") in one piece (Llama-3, DeepSeek-V3) would tokenise the
+# cut differently: `_split_is_exact` probes the tokenizer and whole documents are encoded then.
 _PARA_BREAK = re.compile(r"(?<=\S\n)(?=\n\S)")
 
 
@@ -48,17 +54,39 @@ def _pieces(text: str, target: int = 8192) -> list[str]:
     return out
 
 
+_PROBE_CHARS = "a.1,;)]\"'-?!é中"
+
+
+def _split_is_exact(encode) -> bool:
+    """True when cutting "x<l>\n" | "\n<r>y" gives the ids of the uncut text for every probe pair."""
+    pairs = [(f"x{a}\n", f"\n{b}y") for a in _PROBE_CHARS for b in _PROBE_CHARS]
+    whole = encode([l + r for l, r in pairs], add_special_tokens=False)
+    parts = encode([t for pair in pairs for t in pair], add_special_tokens=False)
+    return all(w.ids == parts[2 * k].ids + parts[2 * k + 1].ids for k, w in enumerate(whole))
+
+
 def _encode_batch(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids per text (module-level so tests can check that cached shards skip it)."""
-    pieces, owner = [], []
-    for i, text in enumerate(texts):
-        for p in _pieces(text):
-            pieces.append(p)
-            owner.append(i)
+    """Token ids per text (module-level so tests can check that cached shards skip it).
+
+    Text that spells a special token (a literal "<|endoftext|>" in a web page) is encoded as text:
+    only the separator the builder appends marks a document boundary."""
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # _fast: no offsets
-    out: list[list[int]] = [[] for _ in texts]
-    for i, enc in zip(owner, encode(pieces, add_special_tokens=False)):
-        out[i].extend(enc.ids)
+    literal = getattr(tokenizer, "encode_special_tokens", None)
+    if literal is not None:
+        tokenizer.encode_special_tokens = True
+    try:
+        split = _split_is_exact(encode)
+        pieces, owner = [], []
+        for i, text in enumerate(texts):
+            for p in (_pieces(text) if split else [text]):
+                pieces.append(p)
+                owner.append(i)
+        out: list[list[int]] = [[] for _ in texts]
+        for i, enc in zip(owner, encode(pieces, add_special_tokens=False)):
+            out[i].extend(enc.ids)
+    finally:
+        if literal is not None:
+            tokenizer.encode_special_tokens = literal
     return out
 
 

@@ -103,6 +103,9 @@ def _stream_texts(open_stream: Callable[[], object], field_name: str, where: str
         if field_name not in row:
             raise ValueError(f"data.text_field: column {field_name!r} not in {where}; columns: {sorted(row)}")
         text = row[field_name]
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"data.text_field: column {field_name!r} of {where} holds {type(text).__name__} "
+                             f"at row {i}, not text; point data.text_field at a string column")
         if text and text.strip():
             yield i, make_id(i), text
 
