@@ -1,4 +1,4 @@
-"""Regression tests from the data review: shard ids equal whole-document encoding for any pre-tokenizer,
+"""Data edge cases across shards, datamodule and sources: shard ids equal whole-document encoding for any pre-tokenizer,
 literal special-token text is not a separator, eos_token keys the shard cache, a global batch must fit
 the data in multi-process training, non-string text columns are a one-line error."""
 import json
