@@ -110,6 +110,7 @@ def _build(docs, is_val, tokenizer, eos_id, tmp: Path, max_tokens, chunk_chars, 
     nbytes = 0
     val_ids: list[str] = []
     found = set()
+    named = set(named_val or ())
     chunk: list[tuple[str, str, str]] = []
     chunk_size = 0
     stats = {"chunks": 0, "max_chunk_docs": 0, "max_chunk_chars": 0}
@@ -124,8 +125,10 @@ def _build(docs, is_val, tokenizer, eos_id, tmp: Path, max_tokens, chunk_chars, 
         stats["max_chunk_docs"] = max(stats["max_chunk_docs"], len(chunk))
         stats["max_chunk_chars"] = max(stats["max_chunk_chars"], chunk_size)
         encoded = shards._encode_batch(tokenizer, [t for _, _, t in chunk])
-        hit = False
+        hit = stopped
         for (split, doc_id, text), ids in zip(chunk, encoded):
+            if hit and not (split == "val" and doc_id in named):
+                continue  # the budget is met: the rest of the chunk is dropped, but for named held-out docs
             writers[split].append(ids)
             chars[split] += len(text)
             nbytes += len(text.encode())
@@ -135,8 +138,7 @@ def _build(docs, is_val, tokenizer, eos_id, tmp: Path, max_tokens, chunk_chars, 
                 if named_val is not None:
                     found.add(doc_id)
             elif max_tokens is not None and writers["train"].num_tokens > max_tokens:
-                hit = True  # the budget is met: the rest of this chunk is dropped
-                break
+                hit = True
         for w in writers.values():
             w.flush()
         shown = writers["train"].num_tokens + (writers["val"].num_tokens if max_tokens is None else 0)
@@ -150,6 +152,7 @@ def _build(docs, is_val, tokenizer, eos_id, tmp: Path, max_tokens, chunk_chars, 
         chunk_size = 0
         return hit
 
+    docs = iter(docs)
     try:
         for index, doc_id, text in docs:
             chunk.append(("val" if is_val(index, doc_id) else "train", doc_id, text))
@@ -160,6 +163,21 @@ def _build(docs, is_val, tokenizer, eos_id, tmp: Path, max_tokens, chunk_chars, 
         else:
             if chunk:
                 stopped = flush()
+        # Named held-out documents do not depend on the training budget: read on for the missing ones
+        # (held-out documents only; the embedded corpus pins its held-out works this way).
+        wanted = named - found
+        for index, doc_id, text in (docs if stopped and wanted else ()):
+            if doc_id not in wanted or not is_val(index, doc_id):
+                continue
+            chunk.append(("val", doc_id, text))
+            chunk_size += len(text)
+            wanted.discard(doc_id)
+            if chunk_size >= chunk_chars or not wanted:
+                flush()
+            if not wanted:
+                break
+        if chunk:
+            flush()
         metas = {name: w.close() for name, w in writers.items()}
     except BaseException:
         for w in writers.values():
@@ -168,7 +186,7 @@ def _build(docs, is_val, tokenizer, eos_id, tmp: Path, max_tokens, chunk_chars, 
     finally:
         bar.close()
 
-    if named_val is not None and not stopped and (missing := [v for v in named_val if v not in found]):
+    if named_val is not None and (missing := [v for v in named_val if v not in found]):
         raise ValueError(f"data.val_docs: document id(s) {missing[:5]} not found in the documents read")
     if metas["train"]["num_docs"] == 0:
         raise ValueError("data: no training documents (empty source, or every document is held out; "

@@ -133,6 +133,13 @@ class LMDataModule(L.LightningDataModule):
         self.prepare()
         ds = self.val_dataset()
         if ds is None or len(ds) == 0:
+            if self.cfg.val_fraction > 0 or self.cfg.val_docs:
+                from lightning.pytorch.utilities import rank_zero_warn
+
+                held = self.shards["val"].num_tokens if "val" in self.shards else 0
+                rank_zero_warn(f"data: the validation set holds {held} tokens, fewer than one sequence of "
+                               f"seq_len + 1 = {self.cfg.seq_len + 1}: no validation loss will be logged "
+                               "(raise data.max_tokens or data.val_fraction; val_fraction=0 silences this)")
             return []
         # Every rank evaluates the whole (small) validation set; Lightning syncs the logged mean.
         return DataLoader(ds, batch_size=self.cfg.val_batch_size or self.cfg.batch_size, shuffle=False,

@@ -70,6 +70,28 @@ def test_max_tokens_stops_at_the_same_document_whatever_the_chunk(tok, tmp_path,
     assert m["num_documents"] < full["num_documents"]
 
 
+@pytest.mark.parametrize("chunk", [3000, 10 ** 9])
+def test_named_held_out_docs_do_not_depend_on_the_budget(tok, tmp_path, chunk):
+    """Held-out documents named up front (the embedded corpus's pinned works) are read even when they
+    lie past the training budget: the validation set is the same whatever max_tokens and chunking."""
+    e = eos_id(tok)
+    named = ["d#3", "d#38"]
+    is_named = lambda i, doc_id: doc_id in named  # noqa: E731
+    full = build_shards(stream(), is_named, tok, e, tmp_path / "full", chunk_chars=chunk, named_val=named)
+    budget = full["shards"]["train"]["num_tokens"] // 4
+    pulled = []
+    cut = build_shards(stream(pulled=pulled), is_named, tok, e, tmp_path / "cut", max_tokens=budget,
+                       chunk_chars=chunk, named_val=named)
+    assert cut["stopped_early"] and cut["split"]["val_docs"] == named
+    assert tokens(tmp_path / "cut", "val") == tokens(tmp_path / "full", "val")
+    assert len(tokens(tmp_path / "cut", "train")) - budget < len(tokens(tmp_path / "full", "train")) // 4
+    if chunk == 3000:  # (one big chunk reads the whole stream before the first flush)
+        assert pulled[-1] == 38  # read on to the last named document, not to the end of the stream
+    with pytest.raises(ValueError, match=r"d#99.*not found"):
+        build_shards(stream(), lambda i, d: d in ("d#3", "d#99"), tok, e, tmp_path / "missing",
+                     max_tokens=budget, chunk_chars=chunk, named_val=["d#3", "d#99"])
+
+
 def test_interrupted_build_leaves_nothing_trusted(tok, tmp_path):
     e, out = eos_id(tok), tmp_path / "shards" / "key"
     with pytest.raises(RuntimeError, match="died"):

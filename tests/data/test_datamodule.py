@@ -165,3 +165,12 @@ def test_hub_source_offline_is_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="could not stream hub dataset .* offline\\? point data.source") as e:
         LMDataModule(cfg, model_vocab_size=512).prepare()
     assert "\n" not in str(e.value)
+
+
+def test_a_validation_set_too_short_for_one_sequence_is_said(txt_dir, tmp_path, recwarn):
+    dm = dm_for(txt_dir, tmp_path, seq_len=9000, batch_size=1).prepare()  # two held-out files: ~8k tokens
+    assert 0 < dm.shards["val"].num_tokens < 9001
+    with pytest.warns(UserWarning, match=r"validation set holds \d+ tokens, fewer than one sequence"):
+        assert dm.val_dataloader() == []
+    quiet = dm_for(txt_dir, tmp_path, seq_len=9000, batch_size=1, val_fraction=0.0).prepare()
+    assert quiet.val_dataloader() == [] and not [w for w in recwarn if "validation set" in str(w.message)]
