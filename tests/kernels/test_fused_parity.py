@@ -27,13 +27,13 @@ def _inputs(N: int, n: int, C: int, dtype: torch.dtype, device: str, seed: int):
     )
 
 
-def _run(ops, inp, n: int, t_max: int, upcast: bool):
+def _run(ops, inp, n: int, t_max: int, upcast: bool, eps: float = 1e-6, rms_eps: float = 1e-6):
     conv = (lambda t: t.double()) if upcast else (lambda t: t)
     leaves = {k: conv(inp[k]).detach().requires_grad_() for k in ("x", "phi", "alpha", "bias", "f")}
     x, f = leaves["x"], leaves["f"]
     N, _, C = x.shape
     h_pre, h_post, h_res = ops.mhc_coefficients(x.reshape(N, n * C), leaves["phi"], leaves["alpha"],
-                                                leaves["bias"], n, t_max)
+                                                leaves["bias"], n, t_max, eps, rms_eps)
     b = ops.mhc_pre(x, h_pre)
     y = ops.mhc_post_res(x, f * b.to(f.dtype), h_post, h_res)
     outs = [h_pre, h_post, h_res, b, y]
@@ -50,8 +50,9 @@ def _compare(got, ref, tol: float, names=NAMES):
         assert err < tol, f"{name}: relative error {err:.3e} >= {tol:.0e}"
 
 
-# (N tokens, n streams, C): odd C, n = 1, 2, 4, 8, token counts not multiples of any block size.
-SHAPES = [(37, 4, 67), (5, 1, 33), (19, 2, 48), (11, 8, 24), (45, 3, 16)]
+# (N tokens, n streams, C): odd C, n = 1, 2, 4, 8, token counts not multiples of any block size; C = 301
+# is wider than the stream kernels' channel block (256: several C blocks / chunks, a clipped last one).
+SHAPES = [(37, 4, 67), (5, 1, 33), (19, 2, 48), (11, 8, 24), (45, 3, 16), (7, 3, 301)]
 
 
 @pytest.mark.parametrize("N,n,C", SHAPES)
@@ -87,6 +88,18 @@ def test_sinkhorn_rows_exact_and_short_tmax(fused, device):
     _compare(got, ref, tol=2e-5 if device == "cpu" else 5e-3)
     rows = got[2].sum(-1)
     assert torch.allclose(rows, torch.ones_like(rows), atol=1e-4), "H_res rows must sum to 1"
+
+
+@pytest.mark.parametrize("N,n,C", [(21, 4, 40), (13, 3, 24)])
+def test_non_default_eps_match_fp64_reference(fused, device, N, n, C):
+    """eps (H_pre's offset and every Sinkhorn denominator) and rms_eps (the projection's 1/r) large and
+    distinct: at the defaults (1e-6 both) dropping either, or swapping the two, moves the results by
+    less than the tolerance. n = 4 too: there no padded Sinkhorn column turns a missing eps into a NaN."""
+    inp = _inputs(N, n, C, torch.float32, device, seed=13 * N + n)
+    kw = dict(eps=0.05, rms_eps=0.5)
+    got = _run(fused.ops(), inp, n, t_max=20, upcast=False, **kw)
+    ref = _run(REF, inp, n, t_max=20, upcast=True, **kw)
+    _compare(got, ref, tol=2e-5 if device == "cpu" else 5e-3)
 
 
 def test_backward_is_deterministic(fused, device):

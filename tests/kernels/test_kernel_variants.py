@@ -190,3 +190,28 @@ def test_dphi_gemm_on_an_fp32_stream(launch, device):
     else:
         ieee = (x.to(device).t() @ dm.to(device)).cpu()
         assert err < 2e-3 and not torch.equal(got, ieee), f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("trans", [False, True])
+@pytest.mark.parametrize("precision", ["bf16x2", "bf16"])
+@pytest.mark.parametrize("N,n,C", [(37, 4, 40), (11, 8, 24)])
+def test_pointer_proj_bwd_bf16_products(launch, device, monkeypatch, N, n, C, precision, trans):
+    """The pointer projection backward on a bf16 stream with dφ reduced in the pass (_PROJ_BWD_GEMM None,
+    and always at n = 8), dφ accumulated as vᵀ·dm or (TRANS) dmᵀ·v: dφ (fp32 output) against a float64
+    xᵀ·dm within what dm's bf16 parts allow — "bf16x2" hi + lo ≈ fp32, "bf16" one rounding. The sub-layer
+    tests compare bf16 gradients at 2e-2, far above a dropped lo product (≈ 2^-9)."""
+    monkeypatch.setattr(launch, "_PROJ_BWD", (16, 32, 2, False, 4, trans))
+    monkeypatch.setattr(launch, "_PROJ_BWD_GEMM", None)
+    g = torch.Generator().manual_seed(N * n + trans)
+    M, K = n * n + 2 * n, n * C
+    x = torch.randn(N, K, generator=g).to(device=device, dtype=torch.bfloat16)
+    phi = (0.1 * torch.randn(K, M, generator=g)).to(device)
+    dm, c = torch.randn(N, M, generator=g).to(device), torch.randn(N, generator=g).to(device)
+    dx, dphi = launch.launch_proj_bwd(x, phi, dm, c, precision)
+    xd, dmd = x.double(), dm.double()
+    # the interpreter rounds fp32 -> bf16 toward zero (2^-7 relative), the GPU to nearest (2^-8)
+    tol = 2.0**-15 if precision == "bf16x2" else 2.0**-7
+    assert ((dphi.double() - xd.t() @ dmd).abs() <= tol * (xd.abs().t() @ dmd.abs())).all()
+    exact = dmd @ phi.double().t() + c.double()[:, None] * xd
+    bound = 2.0**-7 * (exact.abs() + dmd.abs() @ phi.double().abs().t())  # bf16 output and operands
+    assert ((dx.double() - exact).abs() <= bound).all()

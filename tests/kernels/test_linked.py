@@ -43,7 +43,7 @@ def link_mode(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("N,n,C", [(37, 4, 67), (5, 1, 33), (19, 2, 48), (11, 8, 24), (45, 3, 16)])
+@pytest.mark.parametrize("N,n,C", [(37, 4, 67), (5, 1, 33), (19, 2, 48), (11, 8, 24), (45, 3, 16), (7, 3, 301)])
 def test_linked_matches_fp64_reference(fused, device, N, n, C):
     inp = _no_pre_cotangent(_inputs(N, n, C, torch.float32, device, seed=3 * N + n))
     got = _run_linked(fused.ops(), inp, n, upcast=False)

@@ -15,15 +15,16 @@ from .test_fused_parity import _compare, _inputs
 NAMES = ["h_post", "h_res", "branch_in", "x_out", "d_x", "d_phi", "d_alpha", "d_bias", "d_f", "d_norm_w"]
 
 
-def _run_norm(ops, inp, n: int, upcast: bool, norm_eps: float = 1e-6, norm: bool = True):
+def _run_norm(ops, inp, n: int, upcast: bool, norm_eps: float = 1e-6, norm: bool = True, eps: float = 1e-6,
+              rms_eps: float = 1e-6):
     """Outputs and gradients (the norm weight's last) of the linked pair with (or, norm False, without)
     the fused branch norm."""
     conv = (lambda t: t.double()) if upcast else (lambda t: t)
     keys = ("x", "phi", "alpha", "bias", "f") + (("norm_w",) if norm else ())
     leaves = {k: conv(inp[k]).detach().requires_grad_() for k in keys}
     x, f = leaves["x"], leaves["f"]
-    b, h_post, h_res, x_link = ops.mhc_pre_linked(x, leaves["phi"], leaves["alpha"], leaves["bias"], n, 20,
-                                                  norm_weight=leaves.get("norm_w"), norm_eps=norm_eps)
+    b, h_post, h_res, x_link = ops.mhc_pre_linked(x, leaves["phi"], leaves["alpha"], leaves["bias"], n, 20, eps,
+                                                  rms_eps, norm_weight=leaves.get("norm_w"), norm_eps=norm_eps)
     y = ops.mhc_post_res_linked(x_link, f * b.to(f.dtype), h_post, h_res)
     outs = [h_post, h_res, b, y]
     loss = sum((o.double() * conv(w).double()).sum() for o, w in zip(outs, inp["w"][1:]))
@@ -56,6 +57,18 @@ def test_pre_norm_bf16_stream(fused, launch, device, monkeypatch, N, n, C):
     got = _run_norm(fused.ops(), inp, n, upcast=False)
     ref = _run_norm(mhc_ops, inp, n, upcast=False)
     _compare(got, ref, names=NAMES, tol=2e-2)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_linked_non_default_eps_match_fp64_reference(fused, device, norm):
+    """The linked pair hands eps, rms_eps and norm_eps on to its kernels: large distinct values (at the
+    defaults, 1e-6 each, a dropped or swapped eps moves the results by less than the tolerance)."""
+    inp = _norm_inputs(21, 4, 40, torch.float32, device, seed=17)
+    kw = dict(norm=norm, eps=0.05, rms_eps=0.5, norm_eps=2.0)
+    names = NAMES if norm else NAMES[:-1]
+    got = _run_norm(fused.ops(), inp, 4, upcast=False, **kw)
+    ref = _run_norm(mhc_ops, inp, 4, upcast=True, **kw)
+    _compare(got, ref, names=names, tol=2e-5 if device == "cpu" else 5e-3)
 
 
 def test_pre_norm_equals_norm_after_pre_in_fp64():
