@@ -26,9 +26,15 @@ def _reference_ops() -> SimpleNamespace:
     )
 
 
-def _triton_ops(precision: str | None) -> SimpleNamespace:
-    from mhc_repro.kernels import fused  # noqa: F401  (imports triton; fails cleanly without it)
+def _triton_ops(precision: str | None, device: torch.device | str | None = None) -> SimpleNamespace:
+    from mhc_repro.kernels import fused, launch  # imports triton; fails cleanly without it
 
+    dev = None if device is None else torch.device(device)
+    if dev is not None and dev.type != "cuda" and not launch._interpreted():
+        # else the first launch fails deep inside Triton ("0 active drivers ([]). There should only be one.")
+        raise ValueError(f"mHC backend 'triton' cannot run on device {dev.type!r}: the fused kernels need CUDA, "
+                         "or TRITON_INTERPRET=1 set before mhc_repro.kernels is imported (the CPU interpreter, "
+                         "for tests); use backend 'auto' or 'reference'")
     return fused.ops(precision)
 
 
@@ -60,7 +66,7 @@ def get_mhc_ops(backend: str = "auto", device: torch.device | str | None = None,
         return _reference_ops()
     if backend == "auto":
         try:
-            return _triton_ops(precision)
+            return _triton_ops(precision, device)
         except ImportError:
             return _reference_ops()
-    return _triton_ops(precision)
+    return _triton_ops(precision, device)

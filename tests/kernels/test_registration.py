@@ -70,6 +70,16 @@ def test_bad_registration_is_one_clear_error():
     assert "MHC_KERNEL_OPS='opaque' is unknown; allowed: auto, triton_op, custom_op" in r.stderr.strip().splitlines()[-1]
 
 
+def test_forced_triton_without_cuda_or_interpreter_is_one_clear_error():
+    """backend "triton" forced for CPU tensors with compiled kernels (no TRITON_INTERPRET): a one-line
+    error when the ops are picked, not Triton's "0 active drivers" at the first launch."""
+    pytest.importorskip("triton")
+    r = _run("from mhc_repro.kernels import get_mhc_ops; get_mhc_ops('triton', 'cpu')", TRITON_INTERPRET="0")
+    assert r.returncode != 0
+    assert ("ValueError: mHC backend 'triton' cannot run on device 'cpu': the fused kernels need CUDA, or "
+            "TRITON_INTERPRET=1" in r.stderr.strip().splitlines()[-1]), r.stderr[-2000:]
+
+
 def test_default_registration(fused):
     """"auto" (the default): triton_op with CUDA and compiled kernels, custom_op under the interpreter."""
     from mhc_repro.kernels import launch, launch_settings, registration
