@@ -25,8 +25,10 @@ from mhc_repro.training.callbacks import PerfMonitor, StepCheckpoint, StepEnd, l
 from mhc_repro.training.config import RunConfig
 from mhc_repro.training.module import LMModule, NonFiniteLossError
 
-# Keys that may differ when resuming (they do not change the math of the run).
+# Keys that may differ when resuming (they do not change the math of the run; the cadences only change
+# how often it is checkpointed, logged, validated and diagnosed from then on).
 RESUME_FREE_KEYS = {"train.progress_bar", "train.torch_threads", "train.devices", "train.num_nodes",
+                    "train.ckpt_every", "train.log_every", "train.val_every", "train.amax_every",
                     "train.out_dir", "train.compile", "tracking.enabled", "tracking.tracking_uri", "data.num_workers",
                     "data.cache_dir", "model.residual.backend", "model.activation_checkpointing",
                     "model.residual.recompute", "model.residual.kernel_precision",

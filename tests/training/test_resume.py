@@ -121,6 +121,10 @@ def test_resume_check_ignores_only_the_free_keys():
     assert _first_difference(saved, now) is None
     now["model"]["d_model"] = 128
     assert _first_difference(saved, now) == "model.d_model: 64 (run dir) vs 128 (now)"
+    cadence = {k: 50 for k in ("ckpt_every", "log_every", "val_every", "amax_every")}
+    assert _first_difference({"train": {**cadence, "lr": 1e-3}},  # e.g. checkpoint more often after a preemption
+                             {"train": {**{k: 10 for k in cadence}, "lr": 1e-3}}) is None
+    assert _first_difference({"train": {"lr": 1e-3}}, {"train": {"lr": 2e-3}}) == "train.lr: 0.001 (run dir) vs 0.002 (now)"
 
 
 def test_resume_into_another_tracking_store_is_refused(tmp_path, corpus_dir, data_cache):
