@@ -142,6 +142,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="print (and --output) only; log nothing")
     p.add_argument("--output", type=Path, help="also write the headline scores as JSON here")
     p.add_argument("--suite", type=Path, help="suite file (default eval/paper_suite.yaml)")
+    p.add_argument("--rescore", action="store_true", help="with --study: score again the checkpoints that "
+                   "already have a finished eval run with these tasks, limit, data and cap (default: skip them)")
     p.set_defaults(func=main)
 
 
@@ -172,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
     from mhc_repro.training.checkpoint import resolve_checkpoint
 
     from .lm_model import MhcReproLM, default_device
-    from .mlflow_log import log_eval
+    from .mlflow_log import find_eval, log_eval
     from .runner import evaluate_suite
     from .suite import load_suite
 
@@ -192,6 +194,15 @@ def main(args: argparse.Namespace) -> int:
     for target in targets:
         t0 = time.perf_counter()
         ckpt = str(resolve_checkpoint(target.checkpoint)[0])  # a run dir's newest, fixed for this eval
+        done = None if not args.study or args.rescore or args.no_mlflow or not target.train_run_id else find_eval(
+            target.train_run_id, checkpoint=ckpt, tasks=[t.name for t in tasks], limit=limit,
+            data_dir=args.data_dir, max_gen_toks_cap=args.max_gen_toks_cap)
+        if done:
+            print(f"\n{ckpt}: already scored in eval run {done} (--rescore to score it again)")
+            summary.append({"checkpoint": ckpt, "train_run_id": target.train_run_id, "eval_run_id": done,
+                            "skipped": True})
+            write_output()
+            continue
         lm = MhcReproLM(ckpt, batch_size=args.batch_size, device=device,
                         max_gen_toks_cap=args.max_gen_toks_cap)
         try:

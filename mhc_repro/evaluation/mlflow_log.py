@@ -104,3 +104,25 @@ def log_eval(result: SuiteResult, *, train_run_id: Optional[str] = None, experim
         client.set_terminated(rid, "FAILED")
         raise
     return rid
+
+
+def find_eval(train_run_id: str, *, checkpoint: str, tasks: list[str], limit, data_dir: Optional[str],
+              max_gen_toks_cap: Optional[int], tracking_uri: Optional[str] = None) -> Optional[str]:
+    """The id of a finished eval child run of ``train_run_id`` that scored this checkpoint on (at least)
+    these tasks with the same limit, data and generation cap; None if there is none."""
+    from mlflow.tracking import MlflowClient
+
+    from mhc_repro.tracking.store import resolve_tracking_uri
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    exp_id = client.get_run(train_run_id).info.experiment_id
+    want = {"eval.checkpoint": str(checkpoint), "eval.limit": "none" if limit is None else str(limit),
+            "eval.data": str(Path(data_dir).resolve()) if data_dir else "hub",
+            "eval.max_gen_toks_cap": str(max_gen_toks_cap or "none")}
+    runs = client.search_runs([exp_id], f"tags.train_run_id = '{train_run_id}' and tags.run_kind = 'eval' "
+                                        "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    for run in runs:
+        scored = set(run.data.tags.get("eval.tasks", "").split(","))
+        if set(tasks) <= scored and all(run.data.params.get(k) == v for k, v in want.items()):
+            return run.info.run_id
+    return None

@@ -153,3 +153,25 @@ def test_hub_unreachable_is_one_line(tracked_run, capsys):
     _, run_dir, _ = tracked_run
     assert cli_main(["eval", "--run", str(run_dir), "--tasks", "piqa", "--device", "cpu", "--no-mlflow"]) == 2
     _one_line_error(capsys, "pass --data-dir DIR")
+
+
+def test_study_eval_skips_checkpoints_already_scored_the_same_way(tracked_run, monkeypatch, capsys):
+    """`eval --study` (what `make reproduce` reruns) does not score a checkpoint again with the same
+    tasks, limit, data and cap; other settings, or --rescore, do."""
+    uri, run_dir, train_id = tracked_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+    client.set_tag(train_id, "checkpoint_path", str(run_dir / "checkpoints" / "step0000010.ckpt"))
+    exp = client.get_run(train_id).info.experiment_id
+
+    def evals():
+        return len(client.search_runs([exp], "tags.run_kind = 'eval'"))
+
+    base = ["eval", "--study", "tiny", "--tasks", "piqa", "--data-dir", str(FIXTURES), "--device", "cpu",
+            "--limit", "2"]
+    before = evals()
+    assert cli_main(base) == 0 and evals() == before + 1
+    assert cli_main(base) == 0 and evals() == before + 1
+    assert "already scored in eval run" in capsys.readouterr().out
+    assert cli_main(base[:-1] + ["3"]) == 0 and evals() == before + 2  # another limit: scored
+    assert cli_main(base + ["--rescore"]) == 0 and evals() == before + 3
