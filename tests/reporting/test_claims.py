@@ -79,7 +79,10 @@ def test_amax_bounds():
     bad = make_study({"mhc": [3.0], "hc": [3.0]}, amax={"tiny-mhc-full-0": _amax(2.0),
                                                           "tiny-hc-full-0": _amax(1.2)})
     assert C.mhc_amax(bad, P, "tiny").verdict == C.NOT_REPRODUCED
-    assert C.hc_amax(bad, P, "tiny").verdict == C.NOT_REPRODUCED
+    assert C.hc_amax(bad, P, "tiny").verdict == C.NO_EVIDENCE  # HC's gain has not grown (yet): no contradiction
+    grown_less = make_study({"mhc": [3.0], "hc": [3.0]}, amax={"tiny-mhc-full-0": _amax(9.0),
+                                                                 "tiny-hc-full-0": _amax(5.0)})
+    assert C.hc_amax(grown_less, P, "tiny").verdict == C.NOT_REPRODUCED  # grown, but less than mHC's
     assert C.mhc_amax(make_study({"mhc": [3.0]}), P, "tiny").verdict == C.NO_EVIDENCE
 
 
