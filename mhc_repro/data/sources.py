@@ -52,6 +52,10 @@ def _local_files(path: Path) -> list[Path]:
     if not files:
         raise ValueError(f"data.source: directory {str(path)!r} holds no {'/'.join(LOCAL_SUFFIXES)} files")
     kinds = {_kind(p) for p in files}
+    if len(kinds) > 1 and all(p.suffix.lower() == ".md" for p in files if _kind(p) == "text"):
+        # a downloaded dataset snapshot: README.md (the dataset card) beside data/*.parquet or *.jsonl
+        files = [p for p in files if p.suffix.lower() != ".md"]
+        kinds = {_kind(p) for p in files}
     if len(kinds) > 1:
         raise ValueError(f"data.source: {str(path)!r} mixes file kinds {sorted(kinds)}; use one of text, json, parquet")
     return files

@@ -64,6 +64,19 @@ def test_jsonl_and_parquet_sources(tmp_path, docs):
         dm_for(tmp_path / "d.jsonl", tmp_path).prepare()
 
 
+def test_dataset_snapshot_folder_reads_its_data_files_not_its_card(tmp_path, docs):
+    """A downloaded dataset snapshot (README.md card + data/*.parquet) reads as the parquet files; a
+    folder that really mixes text and parquet data stays an error."""
+    snap = tmp_path / "snap"
+    (snap / "data").mkdir(parents=True)
+    (snap / "README.md").write_text("---\nlicense: mit\n---\n# a dataset card\n")
+    pd.DataFrame({"text": docs}).to_parquet(snap / "data" / "train-00000.parquet")
+    assert dm_for(snap, tmp_path).prepare().manifest["num_documents"] == len(docs)
+    (snap / "notes.txt").write_text("stray text data")
+    with pytest.raises(ValueError, match="mixes file kinds"):
+        dm_for(snap, tmp_path).prepare()
+
+
 def test_single_text_file_holds_out_its_tail(tmp_path, docs):
     f = tmp_path / "book.txt"
     f.write_text("\n\n".join(docs))
