@@ -19,6 +19,7 @@ RECOMPUTES = ("none", "stream", "stream-ops", "stream-post")
 STREAM_DTYPES = ("auto", "bfloat16", "float32")
 KERNEL_PRECISIONS = ("bf16x2", "bf16")
 SUBLAYER_OPS = ("three", "linked")
+HC_RES_FROM = ("row", "column")
 
 
 @dataclass
@@ -47,6 +48,12 @@ class ResidualConfig:
     ``nn.Parameter(0.01)``) and as mHC's description of HC does (its alpha are learnable gating
     factors initialised small). False: both stay fixed at ``hc_scale`` (this project's behaviour
     before the fix). Checkpoints from then, which hold no scales, load with both at ``hc_scale``."""
+
+    hc_res_from: str = "row"
+    """HC: which line of the dynamic H_res term each stream's own C-vector produces. ``row``: row i comes
+    from stream i, ``x_out[i] = Σ_j H_res[i, j] x[j]`` (PAPER.md's "each stream's own C-vector produces its
+    own row", followed literally); ``column``: column j comes from stream j, i.e. the HC paper's A_rᵀ, so
+    stream j's vector says where stream j goes. The static part A_r is learned either way."""
 
     use_h_res: bool = True
     """Table 1 ablation: learn H_res. Disabled -> H_res = identity (mhc and hc)."""
@@ -190,6 +197,7 @@ class ResidualConfig:
         choice("backend", self.backend, BACKENDS)
         choice("recompute", self.recompute, RECOMPUTES)
         choice("stream_dtype", self.stream_dtype, STREAM_DTYPES)
+        choice("hc_res_from", self.hc_res_from, HC_RES_FROM)
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             raise ValueError(f"residual.n={self.n!r} is invalid; it must be an integer >= 1")
         if self.kind == "residual" and self.n != 1:

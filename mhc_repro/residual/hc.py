@@ -8,8 +8,8 @@ scalars initialised to ``cfg.hc_scale`` (the HC paper's ``dynamic_alpha_scale`` 
 ``dynamic_beta_scale``), or fixed with ``cfg.hc_scale_learnable = False``. Each stream's own
 C-vector produces its own row (row i of H_res comes from stream i) and the update is
 ``x_out[i] = Σ_j H_res[i, j] x[j] + H_post[i] F(Σ_j H_pre[j] x[j])``.
-(The HC paper applies its A_r transposed, i.e. row j from stream j says where stream j goes; we follow
-PAPER.md's single convention literally.) Coefficients are fp32; the stream keeps its dtype. The stream
+(The HC paper applies its A_r transposed, i.e. row j from stream j says where stream j goes; by default
+we follow PAPER.md's single convention literally, ``cfg.hc_res_from = "column"`` gives the HC paper's.) Coefficients are fp32; the stream keeps its dtype. The stream
 ops come from ``get_mhc_ops`` (they are generic in H), so HC also uses the fused kernels on GPU.
 """
 
@@ -63,7 +63,8 @@ class HyperConnection(StreamResidual):
         lead = x.shape[:-2]
         h_pre = s_alpha * d[..., 0] + self.static_pre.to(xf.dtype)
         h_post = s_beta * d[..., 1] + self.static_post.to(xf.dtype)
-        h_res = s_alpha * d[..., 2:] + self.static_res.to(xf.dtype)
+        dyn_res = d[..., 2:] if cfg.hc_res_from == "row" else d[..., 2:].transpose(-1, -2)
+        h_res = s_alpha * dyn_res + self.static_res.to(xf.dtype)
         if not cfg.use_h_pre:
             h_pre = torch.full((*lead, n), 1.0 / n, device=x.device, dtype=xf.dtype)
         if not cfg.use_h_post:

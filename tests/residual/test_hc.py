@@ -63,6 +63,27 @@ def test_each_stream_produces_its_own_row():
     torch.testing.assert_close(out, torch.einsum("btij,btjc->btic", r1, x))
 
 
+def test_hc_res_from_column_is_the_hc_papers_transpose():
+    """hc_res_from="column": stream j's vector produces column j of H_res (the HC paper's A_rᵀ), the
+    same dynamic term as "row" transposed; the update still applies x_out[i] = Σ_j H_res[i, j] x[j]."""
+    torch.manual_seed(0)
+    row = build_residual(ResidualConfig(kind="hc", n=4, hc_scale=0.5), 0, C, 1e-6)
+    col = build_residual(ResidualConfig(kind="hc", n=4, hc_scale=0.5, hc_res_from="column"), 0, C, 1e-6)
+    torch.nn.init.normal_(row.w_dyn)
+    col.load_state_dict(row.state_dict())
+    x = torch.randn(1, 2, 4, C)
+    eye = torch.eye(4)
+    torch.testing.assert_close(col.coefficients(x)[2] - eye, (row.coefficients(x)[2] - eye).transpose(-1, -2))
+    x2 = x.clone()
+    x2[..., 2, :] += torch.randn(C)
+    changed_cols = ((col.coefficients(x)[2] - col.coefficients(x2)[2]).abs().amax(-2) > 1e-6)[0, 0]
+    assert changed_cols.tolist() == [False, False, True, False]
+    out = col(x, lambda h: torch.zeros_like(h))
+    torch.testing.assert_close(out, torch.einsum("btij,btjc->btic", col.coefficients(x)[2], x))
+    with pytest.raises(ValueError, match="hc_res_from='rows' is unknown; allowed: row, column"):
+        ResidualConfig(kind="hc", hc_res_from="rows").validate()
+
+
 @pytest.mark.parametrize("switch", ["use_h_pre", "use_h_post", "use_h_res"])
 def test_hc_ablation_switches(switch):
     torch.manual_seed(0)
