@@ -132,7 +132,9 @@ class LMModule(L.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self):
         t = self.train_cfg
-        fused = torch.cuda.is_available() and self.device.type == "cuda"
+        # fused AdamW unscales inside its step(), so Lightning would hand on_before_optimizer_step the
+        # loss-scaled gradients of "16-mixed" (norm logged and clipped x the loss scale): not with a scaler
+        fused = torch.cuda.is_available() and self.device.type == "cuda" and self._grad_scaler() is None
         opt = torch.optim.AdamW(self.model.param_groups(t["weight_decay"]), lr=t["lr"], betas=tuple(t["betas"]),
                                 eps=t["eps"], fused=fused or None)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -167,10 +169,16 @@ class LMModule(L.LightningModule):
         # the norm is global (DDP: all-reduced grads; FSDP2: reduced over shards), so every rank
         # takes the same branch below
         self._grad_norm = float(norm)
-        if not math.isfinite(self._grad_norm):
+        if not math.isfinite(self._grad_norm) and self._grad_scaler() is None:
+            # (with "16-mixed" an overflow is routine: the GradScaler skips this step and lowers its scale)
             raise NonFiniteLossError(
                 f"non-finite gradient norm ({self._grad_norm}) at step {self.global_step + 1}: run stopped before "
                 "the optimizer step; the last good checkpoint is kept")
+
+    def _grad_scaler(self):
+        """The fp16 GradScaler of precision "16-mixed" (None for bf16 / fp32, or without a trainer)."""
+        trainer = self._trainer
+        return getattr(getattr(trainer, "precision_plugin", None), "scaler", None) if trainer is not None else None
 
     def after_optimizer_step(self) -> None:
         """Called by callbacks.StepEnd once per optimizer step, before that step's checkpoint."""
@@ -199,3 +207,37 @@ class LMModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._tokens_seen = checkpoint.get("mhc_repro", {}).get("tokens_seen", 0)
+        if self._trainer is not None:  # a resume of fit (not load_from_checkpoint)
+            rescale_batch_progress(checkpoint, self.config["data"]["batch_size"] * self.trainer.world_size)
+
+
+def rescale_batch_progress(checkpoint: dict, global_batch: int) -> None:
+    """Convert the fit loop's micro-batch counters to this run's micro global batch (data.batch_size x
+    world size), in place, when a run resumes on another number of processes (train.devices /
+    train.num_nodes may change on resume).
+
+    Lightning counts micro-batches per rank (``epoch_loop.batch_progress``) and decides where an
+    accumulation ends by ``ready % accumulate_grad_batches``, and where the epoch ends by comparing it
+    with the loader's length. Both are in units of the saved run's micro global batch: resumed on half
+    the processes (twice the accumulation), a checkpoint at an odd step would make the first step after
+    resume take half the global batch, and the epoch would end at the wrong place. The data position
+    (the sampler's ``consumed`` samples) is exact either way; this makes the counters agree with it."""
+    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    loaders = (fit.get("state_dict") or {}).get("combined_loader") or []
+    old = next((s["global_batch"] for s in loaders if isinstance(s, dict) and "global_batch" in s), None)
+    progress = fit.get("epoch_loop.batch_progress")
+    if not old or old == global_batch or not isinstance(progress, dict):
+        return
+    for part in ("current", "total"):
+        counts = progress.get(part)
+        if not isinstance(counts, dict) or not isinstance(counts.get("ready"), int):
+            continue
+        ready = counts["ready"]
+        if part == "current" and (ready * old) % global_batch:  # "total" spans epochs: approximate is fine
+            raise ValueError(f"cannot resume: the checkpoint's data position ({ready} micro-batches of {old} "
+                             f"sequences) is not a whole number of micro-batches of {global_batch} sequences "
+                             "(data.batch_size x world size); resume on a number of processes that divides it")
+        new_ready = ready * old // global_batch
+        for key, value in counts.items():  # started/processed/completed trail ready by 0 or 1 (in-flight batch)
+            if isinstance(value, int):
+                counts[key] = max(0, new_ready - (ready - value))

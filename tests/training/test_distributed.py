@@ -170,3 +170,23 @@ def test_non_finite_on_one_rank_stops_every_rank(tmp_path):
 
     mp.spawn(_finite_worker, args=(str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"r{r}").read_text() for r in (0, 1)] == ["False True", "False True"]
+
+
+def test_resume_on_fewer_processes_keeps_the_global_batch(tmp_path, corpus_dir, data_cache):
+    """Killed on 2 processes (accumulation 2) after an odd step's checkpoint, resumed on 1 (accumulation
+    4): every step after resume still trains on the whole global batch, as an uninterrupted 1-process run."""
+    common = {**MOE, "train.max_steps": 5, "data.batch_size": 4, "train.global_batch_size": 16,
+              "train.val_every": 100, "train.amax_every": 0, "train.ckpt_every": 3, "train.strategy": "ddp"}
+    over = micro_overrides(tmp_path, corpus_dir, data_cache, **{**common, "train.devices": 2, "tracking.run_name": "r"})
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    proc = _cli(over, tmp_path, script=script, KILL_AT="4")
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    resumed = train(build_config([], [o for o in over if not o.startswith("train.devices=")] + ["train.devices=1"],
+                                 env={}))
+    straight = train(build_config([], micro_overrides(tmp_path, corpus_dir, data_cache, **{
+        **common, "train.devices": 1, "tracking.run_name": "s"}), env={}))
+    assert resumed["resumed_from"].endswith("step0000003.ckpt") and resumed["steps"] == 5
+    assert resumed["final_train_loss"] == pytest.approx(straight["final_train_loss"], rel=1e-5)
+    ck = torch.load(Path(resumed["checkpoint"]), map_location="cpu", weights_only=True)
+    assert ck["mhc_repro"]["tokens_seen"] == 5 * 16 * 32  # 5 steps x 16 sequences x 32 tokens

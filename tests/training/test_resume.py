@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from mhc_repro.training.compose import build_config
 from mhc_repro.training.run import train
 
@@ -146,3 +148,32 @@ def test_resume_into_another_tracking_store_is_refused(tmp_path, corpus_dir, dat
     assert "\n" not in str(e.value)
     assert (run_dir / "mlflow_run_id.txt").read_text() == run_id
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == ["step0000004.ckpt"]
+
+
+def _ckpt_loops(ready: int, completed: int, global_batch: int) -> dict:
+    counts = {"ready": ready, "started": ready, "processed": ready, "completed": completed}
+    return {"loops": {"fit_loop": {
+        "state_dict": {"combined_loader": [{"epoch": 0, "consumed": ready * global_batch, "global_batch": global_batch}]},
+        "epoch_loop.batch_progress": {"current": dict(counts), "total": dict(counts), "is_last_batch": False}}}}
+
+
+def test_resume_on_another_world_size_rescales_the_micro_batch_counters():
+    """train.devices / num_nodes may change on resume; Lightning's micro-batch counters (which decide where an
+    accumulation ends) must follow the new micro global batch, or the first step after resume is partial."""
+    from mhc_repro.training.module import rescale_batch_progress
+
+    # saved by 2 processes x batch 4 (8 sequences per micro-batch) at step 3 with accumulation 2, in
+    # on_train_batch_end (completed trails ready by the batch in flight)
+    ck = _ckpt_loops(ready=6, completed=5, global_batch=8)
+    rescale_batch_progress(ck, 4)  # resumed on 1 process: accumulation 4
+    cur = ck["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    assert cur == {"ready": 12, "started": 12, "processed": 12, "completed": 11}
+    assert (cur["completed"] + 1) % 4 == 0  # Lightning adds the in-flight batch: a step boundary again
+    ck = _ckpt_loops(ready=12, completed=11, global_batch=4)
+    rescale_batch_progress(ck, 8)  # 1 -> 2 processes
+    assert ck["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"] == 6
+    same = _ckpt_loops(ready=6, completed=5, global_batch=8)
+    rescale_batch_progress(same, 8)  # same world size: untouched
+    assert same == _ckpt_loops(ready=6, completed=5, global_batch=8)
+    with pytest.raises(ValueError, match="not a whole number of micro-batches"):
+        rescale_batch_progress(_ckpt_loops(ready=3, completed=2, global_batch=4), 8)

@@ -133,3 +133,24 @@ def test_bad_global_batch_leaves_no_run_dir(tmp_path, corpus_dir, data_cache):
     with pytest.raises(ValueError, match="not a multiple"):
         train(build_config([], over + ["train.global_batch_size=6"], env={}))
     assert not (tmp_path / "runs" / "test" / "mhc-s0").exists()
+
+
+def test_fp16_overflow_is_left_to_the_grad_scaler(tmp_path):
+    """precision "16-mixed": a non-finite gradient norm is the GradScaler's routine overflow (it skips the
+    step and lowers the scale), not a reason to stop the run; and AdamW is not fused, since a fused step
+    unscales itself and Lightning would then hand the hooks (norm, clipping) loss-scaled gradients."""
+    from types import SimpleNamespace
+
+    from mhc_repro.training.module import LMModule
+
+    module = LMModule(build_config([], micro_overrides(tmp_path, tmp_path, tmp_path), env={}).to_dict())
+    for p in module.model.parameters():
+        p.grad = torch.full_like(p, float("inf"))
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=torch.amp.GradScaler("cpu")),
+                                      global_step=0)
+    module.on_before_optimizer_step(None)  # no raise
+    assert not math.isfinite(module._grad_norm)
+    assert module._grad_scaler() is not None
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None), global_step=0)
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient norm"):
+        module.on_before_optimizer_step(None)  # bf16 / fp32: stop before the optimizer step
