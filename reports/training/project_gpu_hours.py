@@ -1,6 +1,10 @@
 """Projected H200 GPU-hours for the full Table 5 training budgets, from a measured bench JSON.
 
-    PYTHONPATH=. python reports/training/project_gpu_hours.py reports/training/h200_3b.json > reports/training/projection.md
+    PYTHONPATH=. python reports/training/project_gpu_hours.py reports/training/h200_3b_compile/h200_3b_compile.json \
+        > reports/training/projection.md
+
+(the command of the committed projection.md; h200_3b_compile.json is the three per-variant JSONs of that
+directory merged, see reports/training/README.md).
 
 Assumptions (stated in the output): the measured single-GPU tokens/s of the 3B preset is the per-GPU
 rate at scale (perfect data-parallel scaling, no communication cost); 9B/27B run at the 3B's measured
