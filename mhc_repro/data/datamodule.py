@@ -29,10 +29,13 @@ from .tokenizer import check_vocab, eos_id, load_tokenizer, sample_texts, tokeni
 
 
 class LMDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, model_vocab_size: Optional[int] = None):
+    def __init__(self, cfg: DataConfig, model_vocab_size: Optional[int] = None, step_batch: Optional[int] = None):
+        """step_batch: sequences per optimizer step (train.global_batch_size; None = one micro-batch per
+        process): each epoch is cut to whole optimizer steps (ResumableSampler)."""
         super().__init__()
         self.cfg = cfg.validate()
         self.model_vocab_size = model_vocab_size
+        self.step_batch = step_batch
         self.cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
         self.tokenizer = None
         self.tokenizer_path: Optional[Path] = None
@@ -109,10 +112,11 @@ class LMDataModule(L.LightningDataModule):
                                  "use_distributed_sampler=False for multi-process training")
         self.prepare()
         n, global_batch = len(self.train_dataset()), self.cfg.batch_size * self._world
-        if n < global_batch:  # else every rank gets an empty epoch and fit() "finishes" with 0 steps
+        if n < max(global_batch, self.step_batch or 0):  # else every epoch is empty: fit() "finishes" with 0 steps
             raise ValueError(f"data: only {n} training sequences of seq_len={self.cfg.seq_len}, fewer than one "
-                             f"global batch (batch_size={self.cfg.batch_size} x {self._world} processes = "
-                             f"{global_batch}); use more text, a smaller batch_size/seq_len or fewer processes")
+                             f"optimizer step (batch_size={self.cfg.batch_size} x {self._world} processes = "
+                             f"{global_batch}" + (f", global batch {self.step_batch}" if self.step_batch else "")
+                             + "); use more text, a smaller batch/seq_len or fewer processes")
 
     def train_dataset(self) -> PackedSequences:
         return PackedSequences(self.shards["train"], self.cfg.seq_len)
@@ -124,7 +128,8 @@ class LMDataModule(L.LightningDataModule):
         self.prepare()
         if self._train_loader is None:  # one loader object, so its position survives reloads
             ds = self.train_dataset()
-            sampler = ResumableSampler(len(ds), self.cfg.batch_size, self.cfg.seed, self._rank, self._world)
+            sampler = ResumableSampler(len(ds), self.cfg.batch_size, self.cfg.seed, self._rank, self._world,
+                                       step_batch=self.step_batch)
             self._train_loader = ResumableLoader(ds, sampler, num_workers=self.cfg.num_workers,
                                                  persistent_workers=self.cfg.num_workers > 0)
         return self._train_loader
@@ -150,5 +155,5 @@ class LMDataModule(L.LightningDataModule):
     def tokens_per_epoch(self) -> int:
         """Training tokens (targets) seen per epoch across all ranks."""
         self.prepare()
-        global_batch = self.cfg.batch_size * self._world
-        return len(self.train_dataset()) // global_batch * global_batch * self.cfg.seq_len
+        step = self.step_batch or self.cfg.batch_size * self._world
+        return len(self.train_dataset()) // step * step * self.cfg.seq_len

@@ -12,18 +12,26 @@ Multi-process training must pass Trainer(use_distributed_sampler=False): this sa
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class ResumableSampler(Sampler[int]):
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 step_batch: Optional[int] = None):
+        """step_batch: sequences per optimizer step (the global batch of a gradient accumulation; None =
+        batch_size x world_size): an epoch is a whole number of optimizer steps, so no step at an epoch's
+        end averages fewer micro-batches than the others."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        if step_batch is not None and (step_batch < 1 or step_batch % (batch_size * world_size)):
+            raise ValueError(f"step_batch={step_batch} is not a positive multiple of batch_size x world_size "
+                             f"= {batch_size * world_size}")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world_size = rank, world_size
+        self.step_batch = step_batch or batch_size * world_size
         self.epoch = 0
         self.consumed = 0  # global samples (all ranks) already handed out in this epoch
 
@@ -33,8 +41,8 @@ class ResumableSampler(Sampler[int]):
 
     @property
     def samples_per_epoch(self) -> int:
-        """Global samples used per epoch (the ragged tail that fills no global batch is dropped)."""
-        return self.num_samples // self.global_batch * self.global_batch
+        """Global samples used per epoch (the ragged tail that fills no optimizer step is dropped)."""
+        return self.num_samples // self.step_batch * self.step_batch
 
     def __len__(self) -> int:  # this rank's samples in a full epoch (Lightning sizes the epoch by it)
         return self.samples_per_epoch // self.world_size

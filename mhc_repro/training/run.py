@@ -209,7 +209,8 @@ def train(cfg: RunConfig, *, resume: bool = True) -> dict:
     from mhc_repro.data.datamodule import LMDataModule
 
     t0 = time.perf_counter()
-    dm = LMDataModule(cfg.data, model_vocab_size=cfg.model.vocab_size).prepare()
+    dm = LMDataModule(cfg.data, model_vocab_size=cfg.model.vocab_size,
+                      step_batch=cfg.train.global_batch_size).prepare()
     if is_rank0 and dm.tokenizer_path is not None:
         shutil.copyfile(dm.tokenizer_path, run_dir / "tokenizer.json")
         (run_dir / "data_manifest.json").write_text(json.dumps(dm.manifest, indent=1, default=str))

@@ -77,7 +77,7 @@ def test_multi_process_needs_one_global_batch_of_data(txt_dir, tmp_path):
     assert len(fits.train_dataloader()) == 1
     too_big = LMDataModule(DataConfig(**{**cfg.to_dict(), "batch_size": n // 2 + 1}))
     too_big.trainer = _fake_trainer(2)  # one rank's batch fits, the global batch does not
-    with pytest.raises(ValueError, match=r"fewer than one global batch \(batch_size=\d+ x 2 processes"):
+    with pytest.raises(ValueError, match=r"fewer than one optimizer step \(batch_size=\d+ x 2 processes"):
         too_big.setup("fit")
 
 

@@ -43,6 +43,19 @@ def test_ranks_split_the_global_order():
     assert merged == single
 
 
+def test_an_epoch_is_a_whole_number_of_optimizer_steps():
+    """With gradient accumulation (step_batch = 3 micro global batches of 4) an epoch of 103 samples is
+    cut to 96 = 8 steps, not 100 (25 micro-batches: the last step would average one micro-batch); the
+    kept samples are the same prefix of the epoch's order, so a run inside one epoch is unchanged."""
+    plain, stepped = ResumableSampler(103, 4, 0), ResumableSampler(103, 4, 0, step_batch=12)
+    assert plain.samples_per_epoch == 100 and stepped.samples_per_epoch == 96 and len(stepped) == 96
+    assert list(stepped) == list(plain)[:96]
+    two = [list(ResumableSampler(103, 2, 0, rank=r, world_size=2, step_batch=12)) for r in (0, 1)]
+    assert len(two[0]) == len(two[1]) == 48  # per rank: 8 steps x 3 micro-batches x 2 sequences
+    with pytest.raises(ValueError, match="step_batch=10 is not a positive multiple of batch_size x world_size = 4"):
+        ResumableSampler(103, 2, 0, world_size=2, step_batch=10)
+
+
 @pytest.mark.parametrize("stop", [0, 1, 7, 24])
 def test_resume_gives_exact_continuation(stop):
     ref = loader()
