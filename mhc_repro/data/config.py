@@ -45,14 +45,17 @@ class DataConfig:
     """Sequences per validation batch; None = batch_size."""
 
     val_docs: Optional[list[str]] = None
-    """Document ids held out for validation. None: the embedded corpus uses its pinned held-out works;
-    other sources hold out whole documents chosen by seed: exactly round(val_fraction * n) of them when
-    the count n is known up front (text files), else each document independently with probability
-    val_fraction (a hash of seed and document index: streamed json/parquet/hub sources)."""
+    """Document ids held out for validation. None: the embedded corpus (without max_documents) uses its
+    pinned held-out works; other sources, and the embedded corpus cut by max_documents, hold out whole
+    documents chosen by seed: exactly max(1, round(val_fraction * n)) of them when the count n is known
+    up front (text files, embedded), else each document independently with probability val_fraction (a
+    hash of seed and document index: streamed json/parquet/hub sources); a single-document source holds
+    out its last val_fraction of blank-line paragraphs."""
 
     val_fraction: float = 0.05
     """Fraction of documents held out for validation when val_docs is None (0 = no validation set).
-    Ignored by the embedded corpus, whose held-out works are pinned (override them with val_docs)."""
+    Ignored by the embedded corpus without max_documents, whose held-out works are pinned (override
+    them with val_docs); with max_documents set it picks the embedded corpus's held-out documents too."""
 
     seed: int = 0
     """Seed of the validation document choice and of the per-epoch order of training sequences."""

@@ -129,6 +129,11 @@ def resolve_model(preset: str, variant: str, ablation: str, overrides: dict) -> 
                          "set the variant with train.variant (or --variant) only")
     if variant == "residual":
         res_over.pop("n", None)
+        # the Pre-Norm baseline has no H maps: a switch turned off would be logged but change nothing
+        off = [name for name in ("use_h_res", "use_h_pre", "use_h_post") if res_over.get(name, True) is not True]
+        if off:
+            raise ValueError(f"model.residual.{off[0]}={res_over[off[0]]!r} has no effect on train.variant='residual' "
+                             "(the Pre-Norm baseline has no H maps); Table 1 ablations need variant hc or mhc")
     else:
         for name, on in zip(("use_h_res", "use_h_pre", "use_h_post"), ABLATIONS[ablation]):
             if res_over.get(name, on) != on:

@@ -8,7 +8,29 @@ shards each block and then the root with ``fully_shard`` over the ``data_paralle
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+
+
+def shard_lm(model: nn.Module, mesh, bf16: bool) -> None:
+    """FSDP2 (``fully_shard``) on an ``LM``: each block, then the root, over ``mesh``.
+
+    bf16 (bf16-mixed): the blocks and the root compute with bf16 parameters (fp32 gradient reduction).
+    The residual stream keeps the dtype ``residual.stream_dtype`` gives it in ``LM.forward``, as on one
+    device: the block inputs are not cast (``cast_forward_inputs=False``; FSDP2 would otherwise turn
+    every block's input stream, and the RoPE tables, into bf16 whatever ``stream_dtype`` says), and
+    the embedding is its own unit with fp32 parameters, so ``stream_dtype="auto"`` is the fp32
+    embedding output that bf16-mixed autocast gives on one device."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+          if bf16 else MixedPrecisionPolicy())
+    if bf16:
+        fully_shard(model.embed, mesh=mesh, mp_policy=MixedPrecisionPolicy())
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
 
 
 class FSDP2Strategy(ModelParallelStrategy):

@@ -70,8 +70,10 @@ def flops_per_token(cfg: ModelConfig, n_active: int, seq_len: int) -> float:
     score/value products 12 * blocks * heads * head_dim * seq_len (PaLM's formula, no causal discount).
     The HC/mHC coefficient work is left out (it is < 1% of the matmul FLOPs at n = 4)."""
     a = cfg.attention
-    qk = a.head_dim + (a.rope_dim if a.kind == "mla" else 0)
-    attn = 6 * cfg.n_blocks * a.n_heads * (qk + a.v_dim) * seq_len  # = 12 L H Q T when qk = v dim
+    mla = a.kind == "mla"
+    qk = a.head_dim + (a.rope_dim if mla else 0)
+    v = a.v_dim if mla else a.head_dim  # v_head_dim is MLA only: MHA's values are head_dim wide
+    attn = 6 * cfg.n_blocks * a.n_heads * (qk + v) * seq_len  # = 12 L H Q T when qk = v dim
     return 6.0 * n_active + attn
 
 
@@ -120,14 +122,9 @@ class LMModule(L.LightningModule):
                 block.compile()
         mesh = getattr(self, "device_mesh", None)
         if mesh is not None:
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+            from mhc_repro.training.fsdp import shard_lm
 
-            dp_mesh = mesh["data_parallel"]
-            bf16 = str(self.trainer.precision).startswith("bf16")
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-            for block in self.model.blocks:
-                fully_shard(block, mesh=dp_mesh, mp_policy=mp)
-            fully_shard(self.model, mesh=dp_mesh, mp_policy=mp)
+            shard_lm(self.model, mesh["data_parallel"], bf16=str(self.trainer.precision).startswith("bf16"))
 
     # ---- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -141,3 +141,20 @@ def test_print_config_of_a_study_is_one_yaml_document_per_run(capsys):
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert [d["train"]["variant"] for d in docs] == ["residual", "mhc"]
     assert [d["model"]["residual"]["kind"] for d in docs] == ["residual", "mhc"]
+
+
+def test_residual_baseline_rejects_ablation_switches_it_cannot_honour():
+    # the Pre-Norm baseline has no H maps: use_h_res=false used to be logged as a param and change nothing
+    for name in ("use_h_res", "use_h_pre", "use_h_post"):
+        with pytest.raises(ValueError, match=rf"model.residual.{name}=False has no effect on train.variant='residual'"):
+            build_config([], ["train.variant=residual", f"model.residual.{name}=false"], env={})
+    # its resolved config.yaml (all switches on) still composes
+    cfg = build_config([], ["train.variant=residual"], env={})
+    assert config_from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
+def test_mha_flops_ignore_the_mla_only_value_head_dim():
+    # v_head_dim is MLA only (MHA's values are head_dim wide): it changed MHA's MFU estimate, not its model
+    base = build_config([], ["train.preset=tiny"], env={}).model
+    other = build_config([], ["train.preset=tiny", "model.attention.v_head_dim=128"], env={}).model
+    assert flops_per_token(other, 10**6, 128) == flops_per_token(base, 10**6, 128) == 6 * 10**6 + 6 * 4 * 4 * 64 * 128

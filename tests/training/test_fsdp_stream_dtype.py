@@ -1,0 +1,66 @@
+"""FSDP2 under bf16-mixed honours residual.stream_dtype as one device does (training/fsdp.shard_lm).
+
+FSDP2's MixedPrecisionPolicy used to cast every block's input to bf16 and the embedding's output was
+bf16, so the stream was bf16 whatever ``stream_dtype`` said (``auto`` and ``float32`` included) while
+the run logged ``model.residual.stream_dtype=auto``. One process, gloo: the same sharding code path.
+"""
+import dataclasses
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from mhc_repro.model.transformer import LM
+from mhc_repro.presets import get_preset, with_variant
+from mhc_repro.training.fsdp import shard_lm
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    own = not dist.is_initialized()  # an earlier test in this process (a Lightning run) may have made one
+    if own:
+        store = dist.FileStore(str(tmp_path_factory.mktemp("pg") / "store"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    elif dist.get_world_size() != 1 or dist.get_backend() != "gloo":
+        pytest.skip("a multi-process or non-gloo process group already exists")
+    try:
+        yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
+    finally:
+        if own:
+            dist.destroy_process_group()
+
+
+def _micro(preset: str, variant: str, stream_dtype: str):
+    cfg = with_variant(get_preset(preset), variant, stream_dtype=stream_dtype)
+    return dataclasses.replace(cfg, vocab_size=64, n_blocks=2, dense_ffn_width=64)
+
+
+def _stream_dtypes(model: LM, idx: torch.Tensor):
+    seen = []
+    hooks = [r.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype)) for r in model.residual_layers()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(idx).float().logsumexp(-1).mean()
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    return seen, float(loss)
+
+
+@pytest.mark.parametrize("stream_dtype, want", [("auto", torch.float32), ("float32", torch.float32),
+                                                ("bfloat16", torch.bfloat16)])
+@pytest.mark.parametrize("preset, variant", [("tiny", "mhc"), ("tiny", "residual"), ("tiny-moe", "hc")])
+def test_fsdp_bf16_keeps_the_configured_stream_dtype(mesh, preset, variant, stream_dtype, want):
+    cfg = _micro(preset, variant, stream_dtype)
+    torch.manual_seed(0)
+    plain = LM(cfg)
+    torch.manual_seed(0)
+    sharded = LM(cfg)
+    shard_lm(sharded, mesh, bf16=True)
+    idx = torch.randint(0, 64, (2, 8))
+    plain_dtypes, plain_loss = _stream_dtypes(plain, idx)
+    sharded_dtypes, sharded_loss = _stream_dtypes(sharded, idx)
+    assert set(plain_dtypes) == {want}
+    assert sharded_dtypes == plain_dtypes  # every sub-layer's input stream, as on one device
+    assert sharded_loss == pytest.approx(plain_loss, rel=2e-2)  # bf16 weights under FSDP2: close, not equal
