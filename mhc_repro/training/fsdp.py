@@ -21,14 +21,21 @@ def shard_lm(model: nn.Module, mesh, bf16: bool) -> None:
     device: the block inputs are not cast (``cast_forward_inputs=False``; FSDP2 would otherwise turn
     every block's input stream, and the RoPE tables, into bf16 whatever ``stream_dtype`` says), and
     the embedding is its own unit with fp32 parameters, so ``stream_dtype="auto"`` is the fp32
-    embedding output that bf16-mixed autocast gives on one device."""
+    embedding output that bf16-mixed autocast gives on one device. Each HC/mHC residual module is its own
+    fp32 unit too (two small all-gathers per block), so its coefficients are computed from fp32
+    parameters as on one device (PAPER.md: fp32 coefficients; the kernels' bf16x2 split of φ)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
           if bf16 else MixedPrecisionPolicy())
+    fp32 = MixedPrecisionPolicy(reduce_dtype=torch.float32, cast_forward_inputs=False)
     if bf16:
-        fully_shard(model.embed, mesh=mesh, mp_policy=MixedPrecisionPolicy())
+        fully_shard(model.embed, mesh=mesh, mp_policy=fp32)
     for block in model.blocks:
+        if bf16:  # HC/mHC coefficients in fp32 (φ, α, b; the bf16x2 split of φ), as on one device
+            for res in (block.attn_residual, block.ffn_residual):
+                if any(True for _ in res.parameters(recurse=False)):
+                    fully_shard(res, mesh=mesh, mp_policy=fp32)
         fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
 

@@ -39,7 +39,11 @@ def _micro(preset: str, variant: str, stream_dtype: str):
 
 def _stream_dtypes(model: LM, idx: torch.Tensor):
     seen = []
-    hooks = [r.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype)) for r in model.residual_layers()]
+
+    def record(m, a):  # the input stream's dtype and, for HC/mHC, the dtypes their parameters have in forward
+        seen.append((a[0].dtype, tuple(sorted({str(p.dtype) for p in m.parameters()}))))
+
+    hooks = [r.register_forward_pre_hook(record) for r in model.residual_layers()]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(idx).float().logsumexp(-1).mean()
     loss.backward()
@@ -61,6 +65,7 @@ def test_fsdp_bf16_keeps_the_configured_stream_dtype(mesh, preset, variant, stre
     idx = torch.randint(0, 64, (2, 8))
     plain_dtypes, plain_loss = _stream_dtypes(plain, idx)
     sharded_dtypes, sharded_loss = _stream_dtypes(sharded, idx)
-    assert set(plain_dtypes) == {want}
-    assert sharded_dtypes == plain_dtypes  # every sub-layer's input stream, as on one device
+    assert {d for d, _ in plain_dtypes} == {want}
+    assert {p for _, p in plain_dtypes} <= {(), ("torch.float32",)}
+    assert sharded_dtypes == plain_dtypes  # every sub-layer's input stream and coefficient parameters
     assert sharded_loss == pytest.approx(plain_loss, rel=2e-2)  # bf16 weights under FSDP2: close, not equal
