@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_mhc import time_cuda  # noqa: E402
-from stack_variants import (add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step,  # noqa: E402
-                            variant_settings)
+from stack_variants import (add_stack_args, check_stack_args, check_variants, kernel_switches,  # noqa: E402
+                            launch_settings, stack_inputs, stack_step, variant_settings)
+from bench_io import claim_out, require_cuda, write_json  # noqa: E402
 from kernel_bench import machine_probe  # noqa: E402
 from ab_stats import interval, median_interval, summarize  # noqa: E402,F401  (tests use ab_stack.interval)
 
@@ -144,6 +145,14 @@ def main() -> None:
         ap.error(f"--rounds {args.rounds} is too few; the interval needs at least 2")
     if args.slot_warmup < 0:
         ap.error(f"--slot-warmup {args.slot_warmup} is negative; allowed: 0 or more steps")
+    if args.iters < 1:
+        ap.error(f"--iters {args.iters}: need at least 1 timed step per variant per round")
+    if len(set(args.variants)) != len(args.variants):
+        ap.error(f"--variants {' '.join(args.variants)}: a variant is given twice; names must differ")
+    check_stack_args(ap, args)
+    check_variants(ap, args.variants, tagged=per_variant)
+    claim_out(ap, args.out)
+    require_cuda("ab_stack.py")
     # every variant's compiled blocks stay alive at once: room for all their graphs
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 512)
@@ -156,9 +165,8 @@ def main() -> None:
                      probe=lambda: machine_probe(dev), slot_warmup=args.slot_warmup)
         res["runs"].append(run)
         print_run(run)
-        if args.out:
-            with open(args.out, "w") as fh:
-                json.dump(res, fh, indent=1)
+        if args.out:  # after every C, atomically
+            write_json(args.out, res)
 
 
 if __name__ == "__main__":

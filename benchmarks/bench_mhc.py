@@ -38,8 +38,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_bench import SWEEP, bench_kernels, copy_bandwidth, machine_probe, sweep_configs  # noqa: E402,F401
-from stack_variants import (LAZY_PRB, PRECISION, _hc_pkg_version, add_stack_args, kernel_switches,  # noqa: E402
-                            launch_settings, stack_inputs, stack_step)
+from stack_variants import (LAZY_PRB, PRECISION, _hc_pkg_version, add_stack_args, check_stack_args,  # noqa: E402
+                            check_variants, kernel_switches, launch_settings, stack_inputs, stack_step,
+                            variant_parts)
+from bench_io import claim_out, require_cuda, write_json  # noqa: E402
 
 
 def time_cuda(fn, warmup: int, iters: int) -> float:
@@ -87,7 +89,7 @@ def sync_points(fn) -> list[str]:
 
 
 def bench_stack(kind, compiled, c, n, n_blocks, x0, dout, args):
-    if kind == "hc_pkg" and _hc_pkg_version() is None:
+    if variant_parts(kind)[0] == "hc_pkg" and _hc_pkg_version() is None:
         return dict(error="hyper-connections not importable: skipped")
     with kernel_switches(kind):
         return _bench_stack(kind.removesuffix("_lazy"), compiled, c, n, n_blocks, x0, dout, args)
@@ -139,7 +141,7 @@ def main() -> None:
                     # the model's defaults (linked pair, branch norm fused into pre) with and without
                     # recompute="stream-ops", beside what the issue compares them with
                     default=["residual", "mhc_ref", "mhc_fused_linked_fnorm", "mhc_fused_linked_fnorm_rcops", "hc_pkg"])
-    ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
+    ap.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip remaining stack runs after this")
@@ -157,6 +159,12 @@ def main() -> None:
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    check_stack_args(ap, args)
+    check_variants(ap, args.variants)
+    if args.iters < 1 or args.warmup < 0:
+        ap.error(f"--iters {args.iters} / --warmup {args.warmup}: need >= 1 timed and >= 0 warm-up steps")
+    claim_out(ap, args.out)
+    require_cuda("bench_mhc.py")
     dev = torch.device("cuda")
     PRECISION[0] = args.precision
     launch_settings(args.set)
@@ -170,10 +178,8 @@ def main() -> None:
     print("probe (bf16 GEMM TFLOP/s, GPU state):", res["probe_start"], flush=True)
 
     def dump():
-        if args.out:
-            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-            with open(args.out, "w") as fh:
-                json.dump(res, fh, indent=1)
+        if args.out:  # rewritten after every row (its own partial record), atomically
+            write_json(args.out, res)
 
     stream_dtype = getattr(torch, args.kernel_stream_dtype)  # of the kernel table and the sweep
     if args.sweep:

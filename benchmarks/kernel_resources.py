@@ -17,7 +17,6 @@ Uses Triton internals (``create_function_from_signature``, ``JITFunction._pack_a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -188,6 +187,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="launch constants first (as bench_mhc.py --set), e.g. PRE_NORM_BWD_PREFETCH=2")
     args = ap.parse_args()
+    from bench_io import claim_out, write_json
+
+    claim_out(ap, args.json, "--json")
     import triton
 
     from stack_variants import launch_settings
@@ -217,8 +219,7 @@ def main() -> None:
                   f"{r['smem_kb']:7.1f} {r['warps']:5d} {r['blocks_per_sm']:6d} {r['occupancy']:5.1%}  {r['limit']}"
                   + (f"  (stream-tile buffers: {r['tile_buffers']})" if "tile_buffers" in r else ""))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(dict(triton=triton.__version__, C=args.C, n=args.n, rows=out), fh, indent=1)
+        write_json(args.json, dict(triton=triton.__version__, C=args.C, n=args.n, rows=out))
 
 
 if __name__ == "__main__":

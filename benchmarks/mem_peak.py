@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 
@@ -71,6 +70,11 @@ def main() -> None:
     ap.add_argument("--stack-for", default=None, help="print the stack of live groups whose frame has this")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    from bench_io import claim_out, require_cuda, write_json
+
+    stack_variants.check_variants(ap, args.variants)
+    claim_out(ap, args.out)
+    require_cuda("mem_peak.py")
     dev, c = torch.device("cuda"), args.C
     nb = args.blocks or (4 if c < 4096 else 2)
     g = torch.Generator(device=dev).manual_seed(c)
@@ -113,8 +117,7 @@ def main() -> None:
             if args.stack_for and args.stack_for in r["where"]:
                 print("      " + "\n      ".join(r["stack"]))
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=1)
+        write_json(args.out, res)
 
 
 if __name__ == "__main__":

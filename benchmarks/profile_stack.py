@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import sys
@@ -26,7 +25,9 @@ import torch
 from torch.autograd import DeviceType
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stack_variants import add_stack_args, kernel_switches, launch_settings, stack_inputs, stack_step  # noqa: E402
+from stack_variants import (add_stack_args, check_stack_args, check_variants, kernel_switches,  # noqa: E402
+                            launch_settings, stack_inputs, stack_step)
+from bench_io import claim_out, require_cuda, write_json  # noqa: E402
 
 from mhc_repro.diagnostics.kernel_profile import (  # noqa: E402,F401  (some re-exported for the tests)
     CATEGORIES, MHC_KERNELS, by_category, category, kernel_rows, kernel_table, summarize)
@@ -142,6 +143,10 @@ def main() -> None:
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT", "unknown"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    check_stack_args(ap, args)
+    check_variants(ap, args.variants)
+    claim_out(ap, args.out)
+    require_cuda("profile_stack.py")
     dev = torch.device("cuda")
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=args.commit, argv=sys.argv,
                settings=launch_settings(args.set), runs=[])
@@ -160,9 +165,7 @@ def main() -> None:
             torch._dynamo.reset()
             torch.cuda.empty_cache()
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=1)
+        write_json(args.out, res)
     print(f"\n{res['device']} | torch {res['torch']} | commit {res['commit']}")
     print_profiles(res["runs"], args.top)
 

@@ -43,19 +43,69 @@ LAZY_PRB = [("mma", 16, 128, 4, 3)]  # post_res backward tiles of the *_lazy var
 
 
 
+# A variant name: one of BASES, then parts from PARTS joined by "_" (bench_mhc.py's docstring says what
+# each does). A part outside PARTS is only a tag, allowed on a variant that --variant-set (ab_stack.py)
+# gives launch settings of its own (e.g. mhc_fused_linked_dphi_t64); elsewhere it would silently time
+# another variant under the typo's name.
+BASES = ("residual", "mhc_ref", "mhc_fused_bf16", "mhc_fused", "hc_pkg")  # longest match first
+PARTS = ("linked", "fnorm", "gather", "copy", "rc", "rcops", "rcpost", "savebc", "2mma", "ptr", "acc",
+         "mmasum", "dphi", "dphi2", "lazy", "expout", "gcopy", "cg")
+HC_PKG_PARTS = ("expout",)  # the package's blocks take none of the kernel / recompute switches
+
+
+def variant_parts(kind: str) -> tuple[str | None, list[str]]:
+    """(base, the parts after it) of a variant name; base None when the name starts with none of BASES."""
+    for base in BASES:
+        if kind == base or kind.startswith(base + "_"):
+            rest = kind[len(base) + 1:]
+            return base, rest.split("_") if rest else []
+    return None, []
+
+
+def variant_error(kind: str, tagged: bool = False) -> str | None:
+    """Why ``kind`` is not a variant name (one line naming what is allowed), or None when it is one.
+    ``tagged``: the variant has --variant-set settings of its own, so parts outside PARTS are tags."""
+    base, parts = variant_parts(kind)
+    if base is None:
+        return f"variant {kind!r} is unknown: it must start with one of {', '.join(BASES)}"
+    allowed = HC_PKG_PARTS if base == "hc_pkg" else PARTS
+    bad = [p for p in parts if p not in allowed and not (tagged and base != "hc_pkg" and p not in PARTS)]
+    if bad:
+        return (f"variant {kind!r}: unknown part {bad[0]!r}; after {base} the parts are "
+                f"{', '.join('_' + p for p in allowed)}" + ("" if base == "hc_pkg" else
+                " (any other part only as the tag of a variant with its own --variant-set)"))
+    return None
+
+
+def check_variants(ap, kinds, tagged=()) -> None:
+    """``ap.error`` (one line, the allowed names) on the first name that is no variant; ``tagged``: the
+    names that carry --variant-set settings (parts outside PARTS allowed as tags)."""
+    for kind in kinds:
+        err = variant_error(kind, kind in tagged)
+        if err:
+            ap.error(f"--variants: {err}")
+
+
 def _expand_outside(kind: str) -> tuple[str, bool]:
-    """(the variant name without its "_expout" suffix, whether it has one): *_expout expands the
-    streams before the compiled first block, as up to session 17 (block_fns), for an A/B."""
-    return (kind[:-len("_expout")], True) if kind.endswith("_expout") else (kind, False)
+    """(the variant name without its "_expout" part, whether it has one): *_expout expands the
+    streams before the compiled first block, as up to session 17 (block_fns), for an A/B. (A part,
+    not only a suffix: a --variant-set tag may follow it.)"""
+    base, parts = variant_parts(kind)
+    if base is None or "expout" not in parts:
+        return kind, False
+    return "_".join([base] + [p for p in parts if p != "expout"]), True
 
 
 def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     kind, outside = _expand_outside(kind)
-    if kind == "hc_pkg":  # the hyper-connections package's mHC (optional extra)
+    base, parts = variant_parts(kind)
+    if base == "hc_pkg":  # the hyper-connections package's mHC (optional extra)
         blocks = _hc_package().build_hc_package_blocks(c, n, n_blocks, device, RMSNorm, Attention, SwiGLU)
         return blocks, block_fns(blocks, n, compiled, outside, dynamic=False)
     prec = "bf16" if kind.startswith("mhc_fused_bf16") else PRECISION[0]
-    ops = None if kind.startswith("residual") else get_mhc_ops("reference" if kind == "mhc_ref" else "triton", device, prec)
+    # mhc_ref and every mhc_ref_* the reference ops (up to now only the bare name: mhc_ref_linked got the
+    # fused kernels under the reference's name)
+    ops = None if base == "residual" else get_mhc_ops("reference" if base == "mhc_ref" else "triton", device, prec)
     torch.manual_seed(0)
     blocks = nn.ModuleList([Block(c, n if ops else 1, ops) for _ in range(n_blocks)]).to(device)
     for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
@@ -64,18 +114,19 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     for b in blocks:
         b.linked = "_linked" in kind  # *_linked: the linked sub-layer pair
         b.fuse_norm = "_fnorm" in kind  # *_linked_fnorm: the branch's RMSNorm fused into its pre
-    if kind.endswith(("_rc", "_rcops", "_rcpost")):  # PAPER §5 recomputation: each block under the mHC
+    policy = [p for p in parts if p in ("rc", "rcops", "rcpost")]  # parts, not suffixes: a tag may follow
+    if policy:  # PAPER §5 recomputation: each block under the mHC
         # recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run; *_rcpost:
         # "stream-post", only post_res re-run)
         # (residual_rc: the plain residual under the same policy, for a like-with-like memory ratio)
         from mhc_repro.residual.recompute import checkpoint_block
 
         for b in blocks:
-            mode = {"_rcops": "stream-ops", "_rcpost": "stream-post"}.get(kind[kind.rindex("_"):], "stream")
+            mode = {"rcops": "stream-ops", "rcpost": "stream-post"}.get(policy[-1], "stream")
             b.forward = lambda *a, f=b.forward, mode=mode: checkpoint_block(f, *a, mode=mode)
     # *_cg: CUDA graphs (Inductor's "reduce-overhead"), which take the host's launch work (the kernels'
     # Python launchers included) off the step; compare with residual_cg for like with like.
-    opts = dict(dynamic=False, mode="reduce-overhead") if "_cg" in kind else dict(dynamic=False)
+    opts = dict(dynamic=False, mode="reduce-overhead") if "cg" in parts else dict(dynamic=False)
     return blocks, block_fns(blocks, n if ops is not None else 1, compiled, outside, **opts)
 
 
@@ -135,7 +186,7 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     from mhc_repro.residual import recompute
 
     stack = contextlib.ExitStack()
-    if _expand_outside(kind)[0].endswith("_lazy"):
+    if "lazy" in variant_parts(kind)[1]:
         stack.enter_context(patched(fused, LAZY_RES_DX=True))
         stack.enter_context(patched(launch, _PRB=LAZY_PRB[0]))
     if "_gather" in kind:
@@ -226,6 +277,22 @@ def add_stack_args(ap) -> None:
     ap.add_argument("--blocks", type=int, default=4, help="blocks in the stack (C >= 4096: --blocks-large)")
     ap.add_argument("--blocks-large", type=int, default=2)
 
+
+
+HEAD_DIM = 128  # llama_blocks.Attention's head width: C must be a multiple of it
+
+
+def check_stack_args(ap, args) -> None:
+    """``ap.error`` (one line) on a shape the stack cannot take: C not a positive multiple of the head
+    width (every variant would fail in its attention, after the per-kernel table), --tokens not a
+    positive multiple of --seq (tokens // seq sequences: 0, or fewer tokens than asked), n < 1."""
+    bad = [c for c in args.C if c <= 0 or c % HEAD_DIM]
+    if bad:
+        ap.error(f"--C {bad[0]}: must be a positive multiple of {HEAD_DIM} (the attention's head width), e.g. 2048")
+    if args.seq <= 0 or args.tokens <= 0 or args.tokens % args.seq:
+        ap.error(f"--tokens {args.tokens} must be a positive multiple of --seq {args.seq}")
+    if args.n < 1 or args.blocks < 1 or args.blocks_large < 1:
+        ap.error(f"--n {args.n}, --blocks {args.blocks}, --blocks-large {args.blocks_large}: each must be >= 1")
 
 
 def stack_inputs(c: int, args, dev) -> tuple:

@@ -56,6 +56,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.op not in SWEEP:
         raise SystemExit(f"--op {args.op!r} is unknown; allowed: {', '.join(SWEEP)}")
+    from bench_io import claim_out, require_cuda, write_json
+
+    claim_out(ap, args.out)
     from mhc_repro.kernels import launch
 
     grid = parse_grid(args.grid)
@@ -63,6 +66,7 @@ def main() -> None:
     for name in names:
         if not hasattr(launch, name):
             raise SystemExit(f"--grid {name!r}: not a constant of mhc_repro.kernels.launch")
+    require_cuda("sweep_grid.py")
     saved = {name: getattr(launch, name) for name in names}
     rows = []
     for c in args.C:
@@ -79,8 +83,7 @@ def main() -> None:
     for name, value in saved.items():
         setattr(launch, name, value)
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(dict(argv=sys.argv, rows=rows), fh, indent=1, default=str)
+        write_json(args.out, dict(argv=sys.argv, rows=rows), default=str)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -101,6 +100,10 @@ def main() -> None:
                          "per dtype: the 'chaos' gap (e.g. 0.001953125 = 2**-9)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_io import claim_out, write_json
+
+    claim_out(ap, args.out)
     if args.perturb_init < 0:
         raise SystemExit(f"--perturb-init {args.perturb_init}: must be >= 0")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -148,9 +151,7 @@ def main() -> None:
     for s in sorted(set(range(0, args.steps, max(1, args.steps // 10))) | {args.steps - 1}):
         print(f"{s:4d}  " + "  ".join(f"{cur[k][s]:22.5f}" for k in keys))
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=1)
+        write_json(args.out, res)
 
 
 if __name__ == "__main__":

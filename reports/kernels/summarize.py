@@ -32,6 +32,9 @@ def kernel_table(path: str) -> str:
     r = json.load(open(path))
     out = ["| C | kernel | µs | GB/s | % of copy |", "|---|---|---|---|---|"]
     for k in r["kernels"]:
+        if "ms" not in k:  # a kernel that could not run (bench_kernels records its error): say so
+            out.append(f"| {k['C']} | {k['kernel'].strip()} | — | — | {k.get('error', 'no time')[:80].replace('|', '/')} |")
+            continue
         out.append(f"| {k['C']} | {k['kernel'].strip()} | {1000 * k['ms']:.1f} | {k['gb_s']:.0f} | "
                    f"{100 * k['frac_copy']:.1f} |")
     return "\n".join(out)

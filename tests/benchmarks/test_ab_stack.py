@@ -15,7 +15,7 @@ import ab_stack  # noqa: E402
 
 def test_interval_is_the_t_interval_of_the_mean():
     med, lo, hi = ab_stack.interval([1.0, 2.0, 3.0])
-    half = 4.30 * 1.0 / 3 ** 0.5  # sd 1, df 2
+    half = 4.303 * 1.0 / 3 ** 0.5  # sd 1, df 2
     assert med == 2.0 and lo == pytest.approx(2.0 - half) and hi == pytest.approx(2.0 + half)
     assert ab_stack.interval([5.0])[0] == 5.0
 
