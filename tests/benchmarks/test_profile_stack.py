@@ -48,8 +48,10 @@ def test_profile_variants_on_cpu_and_print(capsys):
     for r in runs:
         assert r["kernel_us"] > 0 and r["wall_us"] > 0 and r["kernels"]
         assert sum(r["categories"].values()) == pytest.approx(r["kernel_us"])
-    # the mHC step runs the reference's Sinkhorn normalisations, the residual step does not
-    assert runs[1]["kernel_us"] > runs[0]["kernel_us"]
+    # the mHC step runs the reference's Sinkhorn normalisations, the residual step does not: counted in
+    # calls, not CPU µs (a time comparison failed under load: 10.5 ms vs the residual's 53 ms)
+    calls = [sum(k["calls"] for k in r["kernels"].values()) for r in runs]
+    assert calls[1] > 2 * calls[0]
     ps.print_profiles(runs, top=5)
     out = capsys.readouterr().out
     assert "C = 128, 1 blocks (2 sub-layers)" in out and "mhc_ref kernels over residual's" in out
