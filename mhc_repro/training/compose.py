@@ -96,12 +96,7 @@ def apply_override(doc: dict, assignment: str) -> dict:
     if parts[0] not in TOP_KEYS or len(parts) < 2 or not all(parts):
         raise ValueError(f"override key {key!r} is invalid; it must start with one of {', '.join(TOP_KEYS)} "
                          "and name a field (e.g. train.lr)")
-    value = parse_yaml(raw) if raw.strip() else None
-    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; a number is what was meant
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+    value = parse_yaml(raw) if raw.strip() else None  # the config files' parser: 1e-3 is a number
     out = copy.deepcopy(doc)
     node = out
     for p in parts[:-1]:
