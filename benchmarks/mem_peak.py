@@ -80,7 +80,7 @@ def main() -> None:
     g = torch.Generator(device=dev).manual_seed(c)
     x0 = torch.randn(args.tokens // args.seq, args.seq, c, device=dev, dtype=torch.bfloat16, generator=g)
     x0.requires_grad_()
-    dout = torch.randn_like(x0)
+    dout = torch.randn(x0.shape, device=dev, dtype=x0.dtype, generator=g)  # seeded like x0: reruns compare
     unit = args.tokens * c * 2  # one bf16 [N, C] tensor
     res = dict(C=c, blocks=nb, unit_mb=unit / 2**20, variants={})
     for kind in args.variants:

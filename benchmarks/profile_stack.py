@@ -149,7 +149,7 @@ def main() -> None:
     require_cuda("profile_stack.py")
     dev = torch.device("cuda")
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=args.commit, argv=sys.argv,
-               settings=launch_settings(args.set), runs=[])
+               settings=launch_settings(args.set), runs=[], complete=False)
     for c in args.C:
         nb, x0, dout = stack_inputs(c, args, dev)
         for kind in args.variants:
@@ -164,6 +164,9 @@ def main() -> None:
                           f"      shapes: {t['shapes']}\n      python: {t['python']}", flush=True)
             torch._dynamo.reset()
             torch.cuda.empty_cache()
+            if args.out:  # after every variant: a run cut short by the device's time limit keeps what it has
+                write_json(args.out, res)
+    res["complete"] = True
     if args.out:
         write_json(args.out, res)
     print(f"\n{res['device']} | torch {res['torch']} | commit {res['commit']}")

@@ -46,10 +46,28 @@ class RandomTokens(Dataset):
         return t[:-1], t[1:]
 
 
+class BigramTokens(Dataset):
+    """Sequences from one fixed random bigram chain (mhc_repro.data.synthetic): learnable, so loss curves
+    of two precisions or backends can be compared, unlike uniform tokens whose loss stays at log(vocab)."""
+
+    def __init__(self, n: int, seq_len: int, vocab: int, seed: int) -> None:
+        from mhc_repro.data.synthetic import bigram_batches
+
+        self.tok = next(bigram_batches(vocab, n, seq_len, 1, seed)) if n else torch.empty(0, seq_len + 1)
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def __getitem__(self, i: int):
+        return self.tok[i, :-1], self.tok[i, 1:]
+
+
 class SyntheticData(L.LightningDataModule):
-    def __init__(self, n: int, seq_len: int, vocab: int, batch: int) -> None:
+    def __init__(self, n: int, seq_len: int, vocab: int, batch: int, kind: str = "random") -> None:
         super().__init__()
-        self.train_ds, self.val_ds = RandomTokens(n, seq_len, vocab, 0), RandomTokens(batch, seq_len, vocab, 1)
+        ds = BigramTokens if kind == "bigram" else RandomTokens
+        # one chain for both splits: validation measures the same bigram statistics on other draws
+        self.train_ds, self.val_ds = ds(n, seq_len, vocab, 0), ds(batch, seq_len, vocab, 0 if kind == "bigram" else 1)
         self.batch = batch
 
     def train_dataloader(self):
@@ -80,6 +98,27 @@ class StepTimer(L.Callback):
     def _sync() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+
+
+class LossRecorder(L.Callback):
+    """Each optimizer step's train loss, gradient norm and (16-mixed) GradScaler scale. Placed after
+    StepEnd, which computes the step's loss."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.grad_norms: list[float] = []
+        self.scales: list[float] = []
+        self._last = -1
+
+    def on_train_batch_end(self, trainer, pl_module, *a) -> None:
+        if trainer.global_step != self._last:
+            self._last = trainer.global_step
+            self.losses.append(pl_module.last_train_loss)
+            norm = pl_module._grad_norm
+            self.grad_norms.append(None if norm is None else float(norm))
+            scaler = pl_module._grad_scaler()
+            if scaler is not None:
+                self.scales.append(float(scaler.get_scale()))
 
 
 class StepProfiler(L.Callback):
@@ -141,14 +180,14 @@ def bench_variant(args, variant: str) -> dict:
     build_s = time.perf_counter() - t_build
     tokens_per_step = args.micro_batch * args.accumulate * args.seq_len
     data = SyntheticData(total * args.accumulate * args.micro_batch, args.seq_len, cfg.model.vocab_size,
-                         args.micro_batch)
+                         args.micro_batch, args.data)
     timer, perf = StepTimer(), PerfMonitor(window=min(10, args.steps * args.accumulate))
     # validation and amax once, after the last step: outside the timed steps and the profiled window
     # (--final-pass false: neither; their eval-mode graphs cost compile time an A/B of step times wastes)
     every = total if args.final_pass else 0
     step_end = StepEnd(val_every=every, val_batches=1, amax_every=every, diag_dir=Path(args.diag_dir))
-    profiler = StepProfiler(args.steps, args.profile_steps)
-    callbacks = [perf, timer, step_end] + ([profiler] if args.profile_steps else [])
+    profiler, recorder = StepProfiler(args.steps, args.profile_steps), LossRecorder()
+    callbacks = [perf, timer, step_end, recorder] + ([profiler] if args.profile_steps else [])
     trainer = L.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision=precision, max_steps=total,
                         max_epochs=-1, accumulate_grad_batches=args.accumulate, logger=False,
                         enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
@@ -180,7 +219,9 @@ def bench_variant(args, variant: str) -> dict:
         "step_times_s": step_times,
         "flops_per_token": fpt, "peak_flops": peak, "mfu": (fpt * tok_s / peak) if peak else None,
         "throughput_monitor": module.last_perf, "params": module.model.num_params(),
-        "final_train_loss": module.last_train_loss, "val_loss": module.last_val_loss,
+        "final_train_loss": module.last_train_loss, "val_loss": module.last_val_loss, "data": args.data,
+        # per optimizer step; grad_scale only under "16-mixed" (a non-finite norm = a step the scaler skipped)
+        "train_losses": recorder.losses, "grad_norms": recorder.grad_norms, "grad_scales": recorder.scales,
         "build_s": build_s, "fit_wall_s": wall, "precision": precision, "compile": args.compile,
         "activation_checkpointing": args.activation_checkpointing, "final_pass": args.final_pass,
         "residual_backend": cfg.model.residual.backend,
@@ -226,7 +267,11 @@ def main(argv=None) -> int:
     p.add_argument("--activation-checkpointing", type=_flag, default=True)
     p.add_argument("--final-pass", type=_flag, default=True,
                    help="validate and run the Amax diagnostics once after the last step (default true)")
-    p.add_argument("--precision", default=None)
+    p.add_argument("--precision", default=None, choices=[None, "32-true", "bf16-mixed", "bf16-true", "16-mixed"],
+                   help="Lightning precision (default: bf16-mixed on a GPU, 32-true on the CPU)")
+    p.add_argument("--data", default="random", choices=["random", "bigram"],
+                   help="synthetic tokens: uniform random (throughput) or a fixed bigram chain (learnable: "
+                        "loss curves to compare precisions)")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", required=True)
@@ -241,7 +286,7 @@ def main(argv=None) -> int:
               "git_commit": os.environ.get("MHC_GIT_COMMIT", "unknown"), "torch": torch.__version__,
               "lightning": L.__version__, "host": platform.node(), "python": platform.python_version(),
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
-              "data": "synthetic uniform random tokens (no MLflow, no data pipeline)", "results": []}
+              "data": f"synthetic tokens, {args.data} (no MLflow, no data pipeline)", "results": []}
     for v in args.variants:
         t = time.perf_counter()
         try:

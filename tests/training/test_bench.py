@@ -83,3 +83,31 @@ def test_final_pass_off_skips_validation_and_amax(tmp_path):
     row = json.loads(out.read_text())["results"][0]
     assert row["final_pass"] is False and row["val_loss"] is None and "amax_last" not in row
     assert row["final_train_loss"] is not None
+
+
+def test_bigram_data_gives_a_falling_per_step_loss_curve(tmp_path):
+    """--data bigram: the recorded per-step losses fall well below log(vocab) (uniform tokens cannot),
+    one loss and gradient norm per optimizer step, no GradScaler scale outside 16-mixed."""
+    import math
+
+    out = tmp_path / "b.json"
+    argv = ["--config", "experiments/tiny/base.yaml", "--variants", "mhc", "--steps", "30", "--warmup", "1",
+            "--micro-batch", "8", "--seq-len", "16", "--accelerator", "cpu", "--final-pass", "false",
+            "--data", "bigram", "--set", "train.lr=1e-2", "--set", "train.warmup_steps=2",
+            "--diag-dir", str(tmp_path / "diag"), "--out", str(out)]
+    for s in SMALL:
+        argv += ["--set", s]
+    assert bench.main(argv) == 0
+    row = json.loads(out.read_text())["results"][0]
+    assert "error" not in row, row.get("traceback")
+    losses = row["train_losses"]
+    assert len(losses) == len(row["grad_norms"]) == 30 and row["grad_scales"] == []
+    assert row["data"] == "bigram" and all(math.isfinite(v) for v in losses)
+    assert losses[0] > math.log(64) - 0.3 and min(losses[-5:]) < math.log(64) - 0.7, losses
+
+
+def test_unknown_precision_or_data_is_a_clear_error(tmp_path, capsys):
+    for flag, bad in (("--precision", "fp8"), ("--data", "zipf")):
+        with pytest.raises(SystemExit):
+            bench.main(["--config", "experiments/tiny/base.yaml", flag, bad, "--out", str(tmp_path / "b.json")])
+        assert f"invalid choice: '{bad}'" in capsys.readouterr().err
