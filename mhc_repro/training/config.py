@@ -20,6 +20,7 @@ VARIANTS = ("residual", "hc", "mhc")
 ABLATIONS = {"full": (True, True, True), "res": (True, False, False), "res+pre": (True, True, False)}
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed")
 STRATEGIES = ("auto", "ddp", "fsdp")
+FSDP_GRAD_SYNCS = ("micro_step", "step")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -80,6 +81,13 @@ class TrainConfig:
     strategy: str = "auto"
     """"auto" (single device), "ddp", or "fsdp" (Lightning ModelParallelStrategy = FSDP2, tensor
     parallel size 1; blocks sharded one by one)."""
+    fsdp_grad_sync: str = "micro_step"
+    """FSDP2 with gradient accumulation: "micro_step" reduce-scatters the gradients after every
+    micro-batch (sharded gradients only: the least memory); "step" only after the last micro-batch of
+    each optimizer step (FSDP2's set_requires_gradient_sync(False) before): one reduce-scatter per step
+    instead of one per micro-batch, but every rank holds the unsharded fp32 gradients in between
+    (4 bytes x parameters: ~12 GB at 3B, ~108 GB at 27B). Same gradients either way (up to the order of
+    the fp32 sums). DDP always syncs once per step (Lightning's no_sync); "auto" ignores this."""
     compile: bool = False
     """torch.compile each transformer block in place (block.compile(): state-dict keys unchanged)."""
     val_every: int = 50
@@ -141,6 +149,8 @@ class TrainConfig:
                f"train.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
         _check(self.strategy in STRATEGIES,
                f"train.strategy={self.strategy!r} is unknown; allowed: {', '.join(STRATEGIES)}")
+        _check(self.fsdp_grad_sync in FSDP_GRAD_SYNCS,
+               f"train.fsdp_grad_sync={self.fsdp_grad_sync!r} is unknown; allowed: {', '.join(FSDP_GRAD_SYNCS)}")
         _check(self.accelerator in ("auto", "cpu", "gpu", "cuda"),
                f"train.accelerator={self.accelerator!r} is unknown; allowed: auto, cpu, gpu")
         _check(self.devices == "auto" or (_is_int(self.devices) and self.devices >= 1),

@@ -8,6 +8,8 @@ shards each block and then the root with ``fully_shard`` over the ``data_paralle
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
@@ -45,8 +47,24 @@ class FSDP2Strategy(ModelParallelStrategy):
     Checkpoints are sharded directories (``step*.ckpt/``, torch.distributed.checkpoint format plus
     Lightning's ``meta.pt``); ``mhc_repro.training.checkpoint`` reads them without a process group."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, grad_sync: str = "micro_step", **kwargs) -> None:
         super().__init__(data_parallel_size="auto", tensor_parallel_size=1, **kwargs)
+        self.grad_sync = grad_sync  # TrainConfig.fsdp_grad_sync
+
+    @contextmanager
+    def block_backward_sync(self):
+        """Lightning enters this around every micro-batch but the last of an accumulation (it is DDP's
+        no_sync there). grad_sync "step": FSDP2 keeps those micro-batches' gradients unsharded and
+        reduce-scatters their sum with the last one's; "micro_step": nothing changes (FSDP2's default)."""
+        roots = [m for m in self.lightning_module.modules() if hasattr(m, "set_requires_gradient_sync")]
+        if self.grad_sync != "step" or not roots:
+            yield None
+            return
+        roots[0].set_requires_gradient_sync(False)  # the outermost FSDP2 module; recurses into every unit
+        try:
+            yield None
+        finally:
+            roots[0].set_requires_gradient_sync(True)
 
     def _setup_distributed(self) -> None:
         super()._setup_distributed()

@@ -27,7 +27,7 @@ from mhc_repro.training.module import LMModule, NonFiniteLossError
 
 # Keys that may differ when resuming (they do not change the math of the run; the cadences only change
 # how often it is checkpointed, logged, validated and diagnosed from then on).
-RESUME_FREE_KEYS = {"train.progress_bar", "train.torch_threads", "train.devices", "train.num_nodes",
+RESUME_FREE_KEYS = {"train.progress_bar", "train.fsdp_grad_sync", "train.torch_threads", "train.devices", "train.num_nodes",
                     "train.ckpt_every", "train.log_every", "train.val_every", "train.amax_every",
                     "train.out_dir", "train.compile", "tracking.enabled", "tracking.tracking_uri", "data.num_workers",
                     "data.cache_dir", "model.residual.backend", "model.activation_checkpointing",
@@ -107,7 +107,7 @@ def _strategy(cfg: RunConfig):
     if cfg.train.strategy == "fsdp":
         from mhc_repro.training.fsdp import FSDP2Strategy
 
-        return FSDP2Strategy()
+        return FSDP2Strategy(grad_sync=cfg.train.fsdp_grad_sync)
     return cfg.train.strategy
 
 
