@@ -18,7 +18,7 @@ hypothesis; one at or above it says that this design, at least, does not deliver
     PYTHONPATH=.:/path/to/triton-3.6 python benchmarks/gluon_post_res_proj.py --compile-only  (no GPU)
 
 Correctness first (N 1000 / 16384, n 1 / 2 / 4, C 256 / 2048; every config): out against
-launch_post_res (at most 1 bf16 ulp), m and ss against a float64 reference from the kernel's own
+a float64 sum (within half a bf16 step plus fp32 accumulation error, as launch_post_res), m and ss against a float64 reference from the kernel's own
 bf16 out (max |err| / max |ref| ≤ 1e-4 for m, ≤ 1e-5 for ss); any FAIL exits 1 before timing. Timed
 rows include φ's bf16x2 split (phi_split) wherever it runs: launch_proj_fwd splits φ on every call,
 so the fused rows do too; the split alone is its own row.
@@ -218,12 +218,16 @@ def reference_m_ss(out: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, 
     return v @ phi.double(), v.pow(2).sum(-1)
 
 
-def ulp_diff(a: torch.Tensor, b: torch.Tensor) -> int:
-    """Largest distance in bf16 steps between two bf16 tensors (+0 and -0 equal)."""
-    def key(t):
-        i = t.contiguous().view(torch.int16).int()
-        return torch.where(i < 0, -(i & 0x7FFF), i)
-    return int((key(a) - key(b)).abs().max()) if a.numel() else 0
+def out_err(out: torch.Tensor, x, f, h_post, h_res) -> float:
+    """Largest |out − ref| over its allowed size, ref = Σ_j h_res[i, j] x_j + h_post[i] f in float64: half a
+    bf16 step of |ref| (2⁻⁸|ref| bounds it) plus fp32 accumulation error (2⁻²⁰ Σ|terms|). ≤ 1: as exact
+    as the fp32-accumulate-then-round op can be. (A count of bf16 steps is no measure near 0: two
+    correct roundings of a sum that cancels to ~1e-6 differ by thousands of steps.)"""
+    xd, fd = x.double(), f.double()
+    ref = torch.einsum("tij,tjc->tic", h_res.double(), xd) + h_post.double()[..., None] * fd[:, None]
+    mag = torch.einsum("tij,tjc->tic", h_res.double().abs(), xd.abs()) + (h_post.double().abs()[..., None] * fd.abs()[:, None])
+    bound = 2.0 ** -8 * ref.abs() + 2.0 ** -20 * mag
+    return float(((out.double() - ref).abs() / bound.clamp_min(1e-300)).max()) if out.numel() else 0.0
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -302,17 +306,18 @@ def check(L, configs) -> tuple[bool, list]:
         base = L.launch_post_res(x, f, hp, hr)
         bm, bss = L.launch_proj_fwd(base.view(N, n * C), phi, M, "bf16x2")
         rm, rss = reference_m_ss(base, phi)
-        print(f"N {N:5d} n {n} C {C:4d}   post_res + proj_fwd: m {rel_err(bm, rm):.1e}, ss {rel_err(bss, rss):.1e}")
+        print(f"N {N:5d} n {n} C {C:4d}   post_res + proj_fwd: out {out_err(base, x, f, hp, hr):.2f}, "
+              f"m {rel_err(bm, rm):.1e}, ss {rel_err(bss, rss):.1e}")
         phi_buf = L._phi_parts(phi, x, "bf16x2", p2(M))[0]
         for bc, w, sx in configs:
             r = dict(N=N, n=n, C=C, BC=bc, warps=w, SX=sx)
             try:  # a config that does not compile or launch is a FAIL; the others still report
                 out, m, ss = post_res_proj(x, f, hp, hr, phi_buf, M, bc, w, sx)
                 rm, rss = reference_m_ss(out, phi)  # m and Σx² of the stream this kernel wrote
-                r.update(out_ulp=ulp_diff(out, base), out_differ=int((out != base).sum()), m_err=rel_err(m, rm),
+                r.update(out_err=out_err(out, x, f, hp, hr), out_differ=int((out != base).sum()), m_err=rel_err(m, rm),
                          ss_err=rel_err(ss, rss))
-                r["pass"] = r["out_ulp"] <= 1 and r["m_err"] <= 1e-4 and r["ss_err"] <= 1e-5
-                said = (f"out {r['out_ulp']} ulp ({r['out_differ']} differ), m {r['m_err']:.1e}, "
+                r["pass"] = r["out_err"] <= 1 and r["m_err"] <= 1e-4 and r["ss_err"] <= 1e-5
+                said = (f"out {r['out_err']:.2f} of bound ({r['out_differ']} differ from post_res), m {r['m_err']:.1e}, "
                         f"ss {r['ss_err']:.1e}")
             except Exception as e:  # noqa: BLE001 - reported, and the run fails below
                 r.update(error=f"{type(e).__name__}: {e}"[:500], **{"pass": False})

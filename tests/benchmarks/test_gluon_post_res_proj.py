@@ -87,14 +87,21 @@ def test_reference_matches_the_reference_ops(n):
     torch.testing.assert_close(h_post2.double(), 2 * torch.sigmoid(m[:, n:2 * n] / r[:, None]), rtol=1e-5, atol=1e-6)
 
 
-def test_ulp_and_error_measures():
-    a = torch.tensor([1.0, -2.0, 0.0, 3.0]).bfloat16()
-    b = a.clone()
-    assert G.ulp_diff(a, b) == 0
-    b[1] = torch.nextafter(a[1].float(), torch.tensor(-10.0)).bfloat16()  # fp32 step rounds back: still equal
-    assert G.ulp_diff(a, b) == 0
-    b.view(torch.int16)[1] += 1  # one bf16 step away from zero
-    b.view(torch.int16)[3] -= 2
-    assert G.ulp_diff(a, b) == 2
-    assert G.ulp_diff(torch.tensor([0.0]).bfloat16(), torch.tensor([-0.0]).bfloat16()) == 0
+def test_out_and_rel_error_measures():
+    """out_err: a correctly rounded result scores <= 1 even where the sum cancels to ~0; one wrong
+    element (a stale or misplaced value) scores far above 1."""
+    g = torch.Generator().manual_seed(0)
+    N, n, C = 8, 2, 16
+    x = torch.randn(N, n, C, generator=g).bfloat16()
+    f = torch.randn(N, C, generator=g).bfloat16()
+    hp, hr = torch.rand(N, n, generator=g), torch.rand(N, n, n, generator=g)
+    hr[0, 0] = torch.tensor([1.0, -1.0])
+    x[0, 1] = x[0, 0]
+    hp[0, 0] = 0.0  # row (0, 0) cancels exactly: ref 0
+    exact = (torch.einsum("tij,tjc->tic", hr.double(), x.double()) + hp.double()[..., None] * f.double()[:, None])
+    out = exact.float().bfloat16()
+    assert G.out_err(out, x, f, hp, hr) <= 1
+    bad = out.clone()
+    bad[3, 1, 5] = out[3, 0, 5] + 0.5
+    assert G.out_err(bad, x, f, hp, hr) > 10
     assert G.rel_err(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0], dtype=torch.float64)) == pytest.approx(0.5)
