@@ -2,7 +2,8 @@
 
 Forward: ``proj_fwd`` reads the stream ``v = x_flat [N, K=nC]`` once and produces both the projection
 ``m = v·φ [N, M=n²+2n]`` (tensor cores, tf32 by default, fp32 accumulate) and the sum of squares;
-``coef_fwd`` is the small epilogue (1/r, α, bias, sigmoid, 2·sigmoid, exp, Sinkhorn in registers).
+``coef_fwd`` is the small epilogue (1/r, α, bias, sigmoid, 2·sigmoid, exp, Sinkhorn in registers;
+``SHIFT``: exp of the H_res logits minus their column max, ``residual.sinkhorn_shift``).
 
 Backward: ``coef_bwd`` recomputes the Sinkhorn iterations on-chip, keeping only the 2·t_max
 denominator vectors (n floats each) in a per-token scratch row, and runs back through all of them —
@@ -120,9 +121,20 @@ def _sigmoid(z):
 
 
 @triton.jit
+def _res_exp(z, m3, SHIFT: tl.constexpr):
+    # exp of the H_res logits [BT, NP(i), NP(j)], exactly 0 outside m3. SHIFT (residual.sinkhorn_shift):
+    # exp(z - c_j), c_j the max over the real rows i of column j (the first Sinkhorn step normalises
+    # columns, so the shift cancels up to eps; no fp32 overflow, column sums >= 1 against eps).
+    if SHIFT:
+        c = tl.max(tl.where(m3, z, float("-inf")), axis=1)  # -inf where a column has no real entry
+        z = tl.where(m3, z - c[:, None, :], 0.0)  # padded lanes: exp(0), never exp(z + inf)
+    return tl.where(m3, tl.exp(z), 0.0)
+
+
+@triton.jit
 def coef_fwd(m_ptr, ss_ptr, alpha_ptr, bias_ptr, hpre_ptr, hpost_ptr, hres_ptr, r_ptr,
              N, inv_k, rms_eps, eps, t_max,
-             n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr):
+             n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, SHIFT: tl.constexpr):
     # Inductor passes Python floats as fp64 (a triton_op's launch): computed in fp32 as in eager
     inv_k, rms_eps, eps = tl.cast(inv_k, tl.float32), tl.cast(rms_eps, tl.float32), tl.cast(eps, tl.float32)
     M = n * n + 2 * n
@@ -150,7 +162,7 @@ def coef_fwd(m_ptr, ss_ptr, alpha_ptr, bias_ptr, hpre_ptr, hpost_ptr, hres_ptr, 
     off = ii * n + jj
     z = a_res * tl.load(m_ptr + t[:, None, None] * M + 2 * n + off, mask=m3, other=0.0) / r[:, None, None]
     z += tl.load(bias_ptr + 2 * n + off, mask=(ii < n) & (jj < n), other=0.0)
-    h = tl.where(m3, tl.exp(z), 0.0)
+    h = _res_exp(z, m3, SHIFT)
     for _ in range(t_max):
         h = h / (tl.sum(h, axis=1)[:, None, :] + eps)  # columns
         h = h / (tl.sum(h, axis=2)[:, :, None] + eps)  # rows
@@ -182,11 +194,14 @@ def _store_parts(ptr, offs, v, mask, M, PARTS: tl.constexpr):
 def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, scr_ptr,
              part_ptr, dm_ptr, c_ptr, dmp_ptr,
              N, inv_k, eps, t_max,
-             n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, PARTS: tl.constexpr):
+             n: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, PARTS: tl.constexpr,
+             SHIFT: tl.constexpr):
     # part_ptr: this program's row of [programs, M + 3] partial sums over its tokens — dbias (= Σ dh~)
     # in columns [0, M), dα in [M, M + 3) — summed by the caller (deterministic; a per-token [N, M]
     # buffer summed over N by torch took ~10 µs per reduction, run 38).
     # PARTS: also dm's bf16 parts for the dφ GEMM in dmp_ptr, [N, PARTS·M]: hi, then (PARTS = 2) lo.
+    # SHIFT: as coef_fwd; the column max is a constant here (d exp(z - c)/dz = exp(z - c)), as in
+    # residual.sinkhorn's backward.
     M = n * n + 2 * n
     pid = tl.program_id(0)
     t = pid * BT + tl.arange(0, BT)
@@ -215,7 +230,7 @@ def coef_bwd(m_ptr, r_ptr, alpha_ptr, bias_ptr, gpre_ptr, gpost_ptr, gres_ptr, s
     mr = tl.load(m_ptr + t[:, None, None] * M + 2 * n + off, mask=m3, other=0.0)
     z = a_res * mr / r[:, None, None]
     z += tl.load(bias_ptr + 2 * n + off, mask=(ii < n) & (jj < n), other=0.0)
-    h0 = tl.where(m3, tl.exp(z), 0.0)
+    h0 = _res_exp(z, m3, SHIFT)
     h = h0
     srow = scr_ptr + t.to(tl.int64)[:, None] * (2 * t_max * NP) + j[None, :]
     for k in range(t_max):

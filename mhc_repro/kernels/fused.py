@@ -31,7 +31,8 @@ LAZY_RES_DX = False
 
 @op("coefficients")
 def _coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int,
-                  eps: float, rms_eps: float, precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                  eps: float, rms_eps: float, precision: str,
+                  shift: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     x = x_flat.contiguous()
     N, K = x.shape
     M = n * n + 2 * n
@@ -39,12 +40,12 @@ def _coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: i
         e = lambda *s: x.new_empty(s, dtype=torch.float32)  # noqa: E731
         return e(0, n), e(0, n), e(0, n, n), e(0, M), e(0)
     m, ss = L.launch_proj_fwd(x, phi, M, precision)
-    h_pre, h_post, h_res, r = L.launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps)
+    h_pre, h_post, h_res, r = L.launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps, shift)
     return h_pre, h_post, h_res, m, r
 
 
 @fake(_coefficients)
-def _(x_flat, phi, alpha, bias, n, t_max, eps, rms_eps, precision):
+def _(x_flat, phi, alpha, bias, n, t_max, eps, rms_eps, precision, shift=False):
     N = x_flat.shape[0]
     e = lambda *s: x_flat.new_empty(s, dtype=torch.float32)  # noqa: E731
     return e(N, n), e(N, n), e(N, n, n), e(N, n * n + 2 * n), e(N)
@@ -53,39 +54,39 @@ def _(x_flat, phi, alpha, bias, n, t_max, eps, rms_eps, precision):
 @op("coefficients_bwd", traceable=False)
 def _coefficients_bwd(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, m: Tensor, r: Tensor,
                       g_pre: Tensor, g_post: Tensor, g_res: Tensor, n: int, t_max: int,
-                      eps: float, precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      eps: float, precision: str, shift: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x = x_flat.contiguous()
     N, K = x.shape
     if N == 0:
         return torch.zeros_like(x), torch.zeros_like(phi), torch.zeros_like(alpha), torch.zeros_like(bias)
     dbias, dm, c, dalpha, dmp = L.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps,
-                                                  L.dm_parts(x, m.shape[1], precision))
+                                                  L.dm_parts(x, m.shape[1], precision), shift)
     dx, dphi = L.launch_proj_bwd(x, phi, dm, c, precision, dmp=dmp)
     return dx, dphi.to(phi.dtype), dalpha.to(alpha.dtype), dbias.to(bias.dtype)
 
 
 @fake(_coefficients_bwd)
-def _(x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps, precision):
+def _(x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps, precision, shift=False):
     return torch.empty_like(x_flat), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
 def _coef_setup(ctx, inputs, output):
-    x_flat, phi, alpha, bias, n, t_max, eps, _, precision = inputs
+    x_flat, phi, alpha, bias, n, t_max, eps, _, precision, shift = inputs
     ctx.save_for_backward(x_flat, phi, alpha, bias, output[3], output[4])
-    ctx.cfg = (n, t_max, eps, precision)
+    ctx.cfg = (n, t_max, eps, precision, shift)
 
 
 def _coef_backward(ctx, g_pre, g_post, g_res, _g_m, _g_r):
     x_flat, phi, alpha, bias, m, r = ctx.saved_tensors
-    n, t_max, eps, precision = ctx.cfg
+    n, t_max, eps, precision, shift = ctx.cfg
     N = x_flat.shape[0]
     z = lambda *s: torch.zeros(s, device=x_flat.device, dtype=torch.float32)  # noqa: E731
     g_pre = z(N, n) if g_pre is None else g_pre
     g_post = z(N, n) if g_post is None else g_post
     g_res = z(N, n, n) if g_res is None else g_res
     dx, dphi, dalpha, dbias = torch.ops.mhc_repro.coefficients_bwd(
-        x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps, precision)
-    return dx, dphi, dalpha, dbias, None, None, None, None, None
+        x_flat, phi, alpha, bias, m, r, g_pre, g_post, g_res, n, t_max, eps, precision, shift)
+    return dx, dphi, dalpha, dbias, None, None, None, None, None, None
 
 
 _coefficients.register_autograd(_coef_backward, setup_context=_coef_setup)
@@ -194,17 +195,18 @@ _post_res.register_autograd(_post_res_backward, setup_context=_post_res_setup)
 
 # ---------------------------------------------------------------- public API (mhc_ops signatures)
 def mhc_coefficients(x_flat: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int = 20,
-                     eps: float = 1e-6, rms_eps: float = 1e-6, *,
-                     precision: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                     eps: float = 1e-6, rms_eps: float = 1e-6, *, precision: str | None = None,
+                     shift: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(H_pre [N, n], H_post [N, n], H_res [N, n, n]) in fp32; see residual.mhc_ops.mhc_coefficients.
-    ``precision``: projection operands on a bf16 stream (PROJ_PRECISIONS; None = PROJ_PRECISION)."""
+    ``precision``: projection operands on a bf16 stream (PROJ_PRECISIONS; None = PROJ_PRECISION).
+    ``shift``: Sinkhorn of exp(logits - column max) (residual.sinkhorn_shift)."""
     precision = L.PROJ_PRECISION if precision is None else precision
     _check_precision(precision)
     M = n * n + 2 * n
     _check_coefficient_args(x_flat, phi, alpha, bias, n, t_max)
     h_pre, h_post, h_res, _, _ = torch.ops.mhc_repro.coefficients(
         x_flat, phi, alpha.reshape(3), bias.reshape(M), int(n), int(t_max), float(eps), float(rms_eps),
-        precision)
+        precision, bool(shift))
     return h_pre, h_post, h_res
 
 

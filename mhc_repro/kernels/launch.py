@@ -228,7 +228,8 @@ def launch_proj_fwd(x: Tensor, phi: Tensor, M: int, precision: str = PROJ_PRECIS
     return m.sum(0), ss.sum(0)
 
 
-def launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps):
+def launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps, shift: bool = False):
+    """Epilogue + Sinkhorn: (h_pre, h_post, h_res, r); ``shift``: residual.sinkhorn_shift."""
     N = m.shape[0]
     f32 = dict(device=m.device, dtype=torch.float32)
     h_pre, h_post, h_res = torch.empty(N, n, **f32), torch.empty(N, n, **f32), torch.empty(N, n, n, **f32)
@@ -236,14 +237,15 @@ def launch_coef_fwd(m, ss, alpha, bias, n, K, t_max, eps, rms_eps):
     bt, warps = _SINKHORN
     _k(ck.coef_fwd)[(_cdiv(N, bt),)](
         m, ss, alpha.float().contiguous(), bias.float().contiguous(), h_pre, h_post, h_res, r,
-        N, 1.0 / K, rms_eps, eps, t_max, n=n, NP=_np(n), BT=bt, num_warps=warps)
+        N, 1.0 / K, rms_eps, eps, t_max, n=n, NP=_np(n), BT=bt, SHIFT=bool(shift), num_warps=warps)
     return h_pre, h_post, h_res, r
 
 
-def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps, parts: int = 0):
+def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps, parts: int = 0,
+                    shift: bool = False):
     """Sinkhorn backward (recomputed) + epilogue backward: (dbias [M], dm [N, M], c [N], dα [3], dm's
     bf16 parts [N, parts·M] or None) — dbias and dα from per-program partial sums; ``parts`` (1: hi,
-    2: hi | lo) are the dφ GEMM's operand (``_dphi_gemm``)."""
+    2: hi | lo) are the dφ GEMM's operand (``_dphi_gemm``); ``shift`` as in launch_coef_fwd."""
     N, M = m.shape
     f32 = dict(device=m.device, dtype=torch.float32)
     NP, (BT, warps) = _np(n), _SINKHORN
@@ -256,7 +258,7 @@ def launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, K, t_max, eps, p
         m, r, alpha.float().contiguous(), bias.float().contiguous(),
         g_pre.float().contiguous(), g_post.float().contiguous(), g_res.float().contiguous(),
         scratch, part, dm, c, dm if dmp is None else dmp, N, 1.0 / K, eps, t_max, n=n, NP=NP, BT=BT,
-        PARTS=parts, num_warps=warps)
+        PARTS=parts, SHIFT=bool(shift), num_warps=warps)
     # one small kernel, two outputs (not two views of one: a custom op's outputs must not alias);
     # torch's column sums of the slices took ~8 µs each (run 39)
     dbias, dalpha = torch.empty(M, **f32), torch.empty(3, **f32)

@@ -52,7 +52,7 @@ ADD_IN_PLACE = True
 
 
 def _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps,
-                precision, link_mode, out=None, g_pre=None):
+                precision, link_mode, out=None, g_pre=None, shift=False):
     """(dx, dφ, dα, dbias) of the pair; dx written into ``out`` [N, n, C] when given. ``g_pre``: dH_pre
     when already formed (by the fused norm's backward, ``pre_norm_bwd``), else Σ_c d_in·x_j here."""
     x = x.contiguous()
@@ -63,7 +63,7 @@ def _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_
         g_pre = torch.ops.mhc_repro.pre_bwd_dh(x, d_in)
     xf = x.view(N, n * C)
     dbias, dm, c, dalpha, dmp = L.launch_coef_bwd(m, r, alpha, bias, g_pre, g_post, g_res, n, n * C, t_max, eps,
-                                                  L.dm_parts(xf, m.shape[1], precision))
+                                                  L.dm_parts(xf, m.shape[1], precision), shift)
     dx, dphi = L.launch_proj_bwd(xf, phi, dm, c, precision, link=(g_link, h_res, h_pre, d_in),
                                   link_mode=link_mode, out=None if out is None else out.view(N, n * C), dmp=dmp)
     return dx.view(N, n, C), dphi.to(phi.dtype), dalpha.to(alpha.dtype), dbias.to(bias.dtype)
@@ -73,14 +73,14 @@ def _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_
 def _pre_linked_bwd(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
                     m: Tensor, r: Tensor, d_in: Tensor, g_post: Tensor, g_res: Tensor, g_link: Tensor,
                     n: int, t_max: int, eps: float, precision: str, link_mode: str,
-                    g_pre: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                    g_pre: Optional[Tensor] = None, shift: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps,
-                       precision, link_mode, g_pre=g_pre)
+                       precision, link_mode, g_pre=g_pre, shift=shift)
 
 
 @fake(_pre_linked_bwd)
 def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision,
-      link_mode, g_pre=None):
+      link_mode, g_pre=None, shift=False):
     return torch.empty_like(x), torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
@@ -88,16 +88,17 @@ def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t
 def _pre_linked_bwd_add_(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, h_pre: Tensor, h_res: Tensor,
                          m: Tensor, r: Tensor, d_in: Tensor, g_post: Tensor, g_res: Tensor, g_link: Tensor,
                          n: int, t_max: int, eps: float, precision: str,
-                         g_pre: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+                         g_pre: Optional[Tensor] = None, shift: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """LINK_MODE "add" with the stream gradient written over g_link (= H_resᵀ g, dead afterwards):
     each element is read and then overwritten by the same program, so no second [N, n, C] buffer."""
     _, dphi, dalpha, dbias = _linked_bwd(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link,
-                                         n, t_max, eps, precision, "add", out=g_link, g_pre=g_pre)
+                                         n, t_max, eps, precision, "add", out=g_link, g_pre=g_pre, shift=shift)
     return dphi, dalpha, dbias
 
 
 @fake(_pre_linked_bwd_add_)
-def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision, g_pre=None):
+def _(x, phi, alpha, bias, h_pre, h_res, m, r, d_in, g_post, g_res, g_link, n, t_max, eps, precision, g_pre=None,
+      shift=False):
     return torch.empty_like(phi), torch.empty_like(alpha), torch.empty_like(bias)
 
 
@@ -126,22 +127,22 @@ def _(x, h_pre, w, dy, eps):
 
 class _PreLinked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, phi, alpha, bias, norm_w, n, t_max, eps, rms_eps, norm_eps, precision):
+    def forward(ctx, x, phi, alpha, bias, norm_w, n, t_max, eps, rms_eps, norm_eps, precision, shift):
         N, _, C = x.shape
         h_pre, h_post, h_res, m, r = torch.ops.mhc_repro.coefficients(
-            x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps, precision)
+            x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps, precision, shift)
         if norm_w is None:
             branch_in = torch.ops.mhc_repro.pre(x, h_pre)
         else:
             branch_in = torch.ops.mhc_repro.pre_norm(x, h_pre, norm_w, norm_eps)
         ctx.save_for_backward(x, phi, alpha, bias, h_pre, h_res, m, r, norm_w)
-        ctx.cfg = (n, t_max, eps, norm_eps, precision, LINK_MODE)
+        ctx.cfg = (n, t_max, eps, norm_eps, precision, LINK_MODE, shift)
         return branch_in, h_post, h_res, x.view_as(x)
 
     @staticmethod
     def backward(ctx, d_in, g_post, g_res, g_link):
         x, phi, alpha, bias, h_pre, h_res, m, r, norm_w = ctx.saved_tensors
-        n, t_max, eps, norm_eps, precision, link_mode = ctx.cfg
+        n, t_max, eps, norm_eps, precision, link_mode, shift = ctx.cfg
         zero = torch.zeros_like
         d_in = zero(x[:, 0]) if d_in is None else d_in
         g_post = zero(h_pre) if g_post is None else g_post
@@ -154,11 +155,11 @@ class _PreLinked(torch.autograd.Function):
                 precision)
         if link_mode == "add" and ADD_IN_PLACE and g_link.dtype == x.dtype and g_link.is_contiguous():
             # g_link is post_res_bwd's H_resᵀ g, used by nothing else (x_link's contract): overwrite it.
-            dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd_add_(*args, g_pre=g_pre)
+            dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd_add_(*args, g_pre=g_pre, shift=shift)
             dx = g_link
         else:
-            dx, dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd(*args, link_mode, g_pre=g_pre)
-        return dx, dphi, dalpha, dbias, dw, None, None, None, None, None, None
+            dx, dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd(*args, link_mode, g_pre=g_pre, shift=shift)
+        return dx, dphi, dalpha, dbias, dw, None, None, None, None, None, None, None
 
 
 @op("post_res_linked")
@@ -189,11 +190,11 @@ _post_res_linked.register_autograd(_post_backward, setup_context=_post_setup)
 
 def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int = 20,
                    eps: float = 1e-6, rms_eps: float = 1e-6, *, precision: str | None = None,
-                   norm_weight: Tensor | None = None,
-                   norm_eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                   norm_weight: Tensor | None = None, norm_eps: float = 1e-6,
+                   shift: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(branch_in [N, C], H_post [N, n], H_res [N, n, n], x_link) from x [N, n, C]; see the module.
     ``norm_weight`` [C]: branch_in is RMSNorm(pre) · norm_weight, the branch's own norm fused in
-    (norm_kernels; the branch then must not normalize again)."""
+    (norm_kernels; the branch then must not normalize again). ``shift``: residual.sinkhorn_shift."""
     precision = L.PROJ_PRECISION if precision is None else precision
     L._check_precision(precision)
     L._check(LINK_MODE in L.LINK_MODES,
@@ -205,7 +206,7 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
              f"mhc_pre_linked norm_weight shape {None if norm_weight is None else tuple(norm_weight.shape)} "
              f"is invalid; expected [C={x.shape[2]}]")
     return _PreLinked.apply(x.contiguous(), phi, alpha.reshape(3), bias.reshape(-1), norm_weight, int(n),
-                            int(t_max), float(eps), float(rms_eps), float(norm_eps), precision)
+                            int(t_max), float(eps), float(rms_eps), float(norm_eps), precision, bool(shift))
 
 
 def mhc_post_res_linked(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:

@@ -36,6 +36,15 @@ class ResidualConfig:
     sinkhorn_eps: float = 1e-6
     """eps in the Sinkhorn denominators and added to H_pre (DeepSeek reference code: 1e-6)."""
 
+    sinkhorn_shift: bool = False
+    """mHC: exponentiate H~_res minus each column's max logit (held constant in the backward) before
+    Sinkhorn. False = PAPER.md §1's literal exp(H~_res). The first (column) step cancels the shift up
+    to ~eps relative, and it removes the literal exp's fp32 failure modes: a logit above ~88 overflows
+    (inf / inf = NaN); a column of logits all below ~-14 sums to less than eps, which swamps the first
+    column steps, and below ~-87 (flush-to-zero) to ~-103 it is exactly 0 and stays 0 (H_res not
+    doubly stochastic). Switch it on so a stability study does not blame mHC for a NaN of our
+    numerics. [implementation choice, not in the paper]"""
+
     alpha_init: float = 0.01
     """mHC: initial value of the three learnable gating scalars alpha_pre, alpha_post, alpha_res."""
 
@@ -213,7 +222,8 @@ class ResidualConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"residual.{name}={v!r} is invalid; it must be a finite number")
-        for name in ("use_h_res", "use_h_pre", "use_h_post", "fuse_branch_norm", "hc_scale_learnable"):
+        for name in ("use_h_res", "use_h_pre", "use_h_post", "fuse_branch_norm", "hc_scale_learnable",
+                     "sinkhorn_shift"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"residual.{name}={getattr(self, name)!r} is invalid; "
                                  "it must be true or false")

@@ -53,7 +53,7 @@ class ManifoldHyperConnection(StreamResidual):
         with torch.autocast(device_type=x_flat.device.type, enabled=False):
             h_pre, h_post, h_res = ops.mhc_coefficients(
                 x_flat, self.phi, self.alpha, self.bias, n,
-                cfg.sinkhorn_iters, cfg.sinkhorn_eps, self.norm_eps)
+                cfg.sinkhorn_iters, cfg.sinkhorn_eps, self.norm_eps, shift=cfg.sinkhorn_shift)
         dev = x_flat.device
         if not cfg.use_h_pre:
             h_pre = torch.full((num, n), 1.0 / n, device=dev)
@@ -84,7 +84,7 @@ class ManifoldHyperConnection(StreamResidual):
         with torch.autocast(**off):
             branch_in, h_post, h_res, x_link = ops.mhc_pre_linked(
                 x3, self.phi, self.alpha, self.bias, self.n, cfg.sinkhorn_iters, cfg.sinkhorn_eps,
-                self.norm_eps, **extra)
+                self.norm_eps, shift=cfg.sinkhorn_shift, **extra)
         self._record(h_res, lead)
         branch_in = branch_in.reshape(*lead, c)
         f = branch(branch_in if fuse else normed(norm, branch_in))

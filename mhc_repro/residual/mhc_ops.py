@@ -31,12 +31,15 @@ def mhc_coefficients(
     t_max: int = 20,
     eps: float = 1e-6,
     rms_eps: float = 1e-6,
+    *,
+    shift: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(H_pre [N, n], H_post [N, n], H_res [N, n, n]) in fp32.
 
     x_flat: [N, n*C] stream, any float dtype.  phi: [n*C, n*n + 2n] fused projection (the RMSNorm
     weight is folded into it).  alpha: [3] = (alpha_pre, alpha_post, alpha_res).  bias: [n*n + 2n].
     Output slice order of the projection: [pre (n) | post (n) | res (n*n, row-major)].
+    shift: Sinkhorn of exp(H~_res - column max) (``sinkhorn.sinkhorn``; ResidualConfig.sinkhorn_shift).
     """
     v = _acc(x_flat)
     r = torch.sqrt(v.pow(2).mean(dim=-1, keepdim=True) + rms_eps)  # bare RMS over n*C
@@ -47,7 +50,7 @@ def mhc_coefficients(
     h_res_t = a[2] * m[:, 2 * n :] / r + bias[2 * n :]
     h_pre = torch.sigmoid(h_pre_t) + eps
     h_post = 2.0 * torch.sigmoid(h_post_t)
-    h_res = sinkhorn(h_res_t.reshape(-1, n, n), t_max, eps)
+    h_res = sinkhorn(h_res_t.reshape(-1, n, n), t_max, eps, shift)
     return h_pre, h_post, h_res
 
 
@@ -70,13 +73,14 @@ def mhc_post_res(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
 
 def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int = 20,
                    eps: float = 1e-6, rms_eps: float = 1e-6, *, norm_weight: Tensor | None = None,
-                   norm_eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                   norm_eps: float = 1e-6, shift: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(branch_in, H_post, H_res, x_link): coefficients + pre of x [N, n, C]; x_link = x, to be passed
     to ``mhc_post_res_linked`` (the fused version routes the stream gradient through it).
     ``norm_weight`` [C]: branch_in = RMSNorm(Σ_j H_pre[j] x[j]) · norm_weight, the aggregate kept in
     the accumulation dtype (not rounded to x's dtype before the norm, as the fused kernel does)."""
     N, _, C = x.shape
-    h_pre, h_post, h_res = mhc_coefficients(x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps)
+    h_pre, h_post, h_res = mhc_coefficients(x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps,
+                                            shift=shift)
     if norm_weight is None:
         return mhc_pre(x, h_pre), h_post, h_res, x
     xa = _acc(x)

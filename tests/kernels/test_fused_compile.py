@@ -8,9 +8,9 @@ import torch
 from mhc_repro.kernels import get_mhc_ops
 
 
-def _sublayer(ops, x, phi, alpha, bias, f_w):
+def _sublayer(ops, x, phi, alpha, bias, f_w, shift=False):
     N, n, C = x.shape
-    h_pre, h_post, h_res = ops.mhc_coefficients(x.reshape(N, n * C), phi, alpha, bias, n)
+    h_pre, h_post, h_res = ops.mhc_coefficients(x.reshape(N, n * C), phi, alpha, bias, n, shift=shift)
     b = ops.mhc_pre(x, h_pre)
     return ops.mhc_post_res(x, torch.tanh(b * f_w), h_post, h_res)
 
@@ -23,12 +23,13 @@ def _leaves(device, N=13, n=4, C=24, seed=0):
     return [v.to(device).requires_grad_() for v in t]
 
 
-def test_fullgraph_compile_matches_eager(fused, device):
+@pytest.mark.parametrize("shift", [False, True])
+def test_fullgraph_compile_matches_eager(fused, device, shift):
     ops = fused.ops()
     backend = "aot_eager" if device == "cpu" else "inductor"
-    fn = torch.compile(lambda *a: _sublayer(ops, *a), backend=backend, fullgraph=True)
+    fn = torch.compile(lambda *a: _sublayer(ops, *a, shift=shift), backend=backend, fullgraph=True)
     a, b = _leaves(device), _leaves(device)
-    ya, yb = _sublayer(ops, *a), fn(*b)
+    ya, yb = _sublayer(ops, *a, shift=shift), fn(*b)
     w = torch.randn_like(ya)
     ga = torch.autograd.grad((ya * w).sum(), a)
     gb = torch.autograd.grad((yb * w).sum(), b)
@@ -45,7 +46,7 @@ def test_dispatch_names_and_forced_backend(fused, device):
         get_mhc_ops("cuda", device)
 
 
-@pytest.mark.parametrize("op", ["pre", "post_res", "coefficients"])
+@pytest.mark.parametrize("op", ["pre", "post_res", "coefficients", "coefficients-shift"])
 def test_opcheck(fused, device, op):
     x, phi, alpha, bias, _ = [v.detach() for v in _leaves(device, N=5, n=2, C=16)]
     N, n, C = x.shape
@@ -54,9 +55,10 @@ def test_opcheck(fused, device, op):
         "pre": (x, h_pre),
         "post_res": (x, torch.randn(N, C, device=device), h_post, h_res),
         "coefficients": (x.reshape(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6, "bf16x2"),
+        "coefficients-shift": (x.reshape(N, -1), phi, alpha, bias, n, 20, 1e-6, 1e-6, "bf16x2", True),
     }[op]
     args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
-    torch.library.opcheck(getattr(torch.ops.mhc_repro, op).default, args,
+    torch.library.opcheck(getattr(torch.ops.mhc_repro, op.removesuffix("-shift")).default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 

@@ -27,13 +27,14 @@ def _inputs(N: int, n: int, C: int, dtype: torch.dtype, device: str, seed: int):
     )
 
 
-def _run(ops, inp, n: int, t_max: int, upcast: bool, eps: float = 1e-6, rms_eps: float = 1e-6):
+def _run(ops, inp, n: int, t_max: int, upcast: bool, eps: float = 1e-6, rms_eps: float = 1e-6,
+         shift: bool = False):
     conv = (lambda t: t.double()) if upcast else (lambda t: t)
     leaves = {k: conv(inp[k]).detach().requires_grad_() for k in ("x", "phi", "alpha", "bias", "f")}
     x, f = leaves["x"], leaves["f"]
     N, _, C = x.shape
     h_pre, h_post, h_res = ops.mhc_coefficients(x.reshape(N, n * C), leaves["phi"], leaves["alpha"],
-                                                leaves["bias"], n, t_max, eps, rms_eps)
+                                                leaves["bias"], n, t_max, eps, rms_eps, shift=shift)
     b = ops.mhc_pre(x, h_pre)
     y = ops.mhc_post_res(x, f * b.to(f.dtype), h_post, h_res)
     outs = [h_pre, h_post, h_res, b, y]

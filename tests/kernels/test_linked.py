@@ -10,12 +10,13 @@ from mhc_repro.residual import mhc_ops
 from .test_fused_parity import NAMES, _compare, _inputs, _run
 
 
-def _run_linked(ops, inp, n: int, upcast: bool, t_max: int = 20):
+def _run_linked(ops, inp, n: int, upcast: bool, t_max: int = 20, shift: bool = False):
     """Same sub-layer and cotangents as test_fused_parity._run, through the linked pair."""
     conv = (lambda t: t.double()) if upcast else (lambda t: t)
     leaves = {k: conv(inp[k]).detach().requires_grad_() for k in ("x", "phi", "alpha", "bias", "f")}
     x, f = leaves["x"], leaves["f"]
-    b, h_post, h_res, x_link = ops.mhc_pre_linked(x, leaves["phi"], leaves["alpha"], leaves["bias"], n, t_max)
+    b, h_post, h_res, x_link = ops.mhc_pre_linked(x, leaves["phi"], leaves["alpha"], leaves["bias"], n, t_max,
+                                                  shift=shift)
     y = ops.mhc_post_res_linked(x_link, f * b.to(f.dtype), h_post, h_res)
     outs = [h_post, h_res, b, y]
     loss = sum((o.double() * conv(w).double()).sum() for o, w in zip(outs, inp["w"][1:]))
@@ -50,6 +51,18 @@ def test_linked_matches_fp64_reference(fused, device, N, n, C):
     ref = _run(mhc_ops, inp, n, t_max=20, upcast=True)[1:]  # the three reference ops, H_pre dropped
     for name, a, b in zip(LINKED_NAMES, got, ref):
         assert a.shape == b.shape, name
+    _compare(got, ref, names=LINKED_NAMES, tol=2e-5 if device == "cpu" else 5e-3)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")
+def test_linked_shift_out_of_range_logits(fused, device):
+    """residual.sinkhorn_shift through the pair (both link modes' backward ops): H_res logits outside
+    fp32's exp range (test_sinkhorn_shift._out_of_range), against the fp64 reference with the shift."""
+    from .test_sinkhorn_shift import _out_of_range
+
+    inp = _no_pre_cotangent(_out_of_range(_inputs(19, 4, 24, torch.float32, device, seed=8), 4))
+    got = _run_linked(fused.ops(), inp, 4, upcast=False, shift=True)
+    ref = _run(mhc_ops, inp, 4, t_max=20, upcast=True, shift=True)[1:]
     _compare(got, ref, names=LINKED_NAMES, tol=2e-5 if device == "cpu" else 5e-3)
 
 

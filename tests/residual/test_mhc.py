@@ -116,3 +116,24 @@ def test_no_decay_parameters():
     m = _mhc()
     names = {id(p) for p in m.no_decay_parameters()}
     assert id(m.alpha) in names and id(m.bias) in names and id(m.phi) not in names
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp", "ignore:invalid value encountered in divide")
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("sublayer_ops", ["three", "linked"])
+def test_sinkhorn_shift_reaches_the_ops(backend, sublayer_ops, request):
+    """residual.sinkhorn_shift goes to whichever op path the module calls: H_res logits of 100 (the
+    "hc" bias init at bias_logit = 100) overflow fp32's exp, NaN unless the shift is applied."""
+    if backend == "triton":
+        request.getfixturevalue("triton_cpu")
+    x = torch.randn(2, 3, 4, C, generator=torch.Generator().manual_seed(0))
+    for shift in (False, True):
+        m = _mhc(bias_logit=100.0, sinkhorn_shift=shift, backend=backend, sublayer_ops=sublayer_ops)
+        xs = x.clone().requires_grad_()
+        out = m(xs, torch.tanh)
+        if not shift:
+            assert torch.isnan(out).any()  # the literal exp: inf / inf
+            continue
+        out.square().sum().backward()
+        assert torch.isfinite(out).all() and torch.isfinite(xs.grad).all()
+        assert all(torch.isfinite(p.grad).all() for p in m.parameters())

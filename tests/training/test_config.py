@@ -125,6 +125,22 @@ def test_residual_kind_and_switches_conflicting_with_variant_or_ablation_are_err
     assert (cfg.model.residual.kind, cfg.model.residual.use_h_post) == ("hc", False)
 
 
+def test_sinkhorn_shift_from_yaml_and_set(tmp_path):
+    assert build_config([], [], env={}).model.residual.sinkhorn_shift is False  # PAPER.md's literal exp
+    (tmp_path / "c.yaml").write_text("model: {residual: {sinkhorn_shift: true}}\n")
+    assert build_config([tmp_path / "c.yaml"], env={}).model.residual.sinkhorn_shift is True
+    cfg = build_config([tmp_path / "c.yaml"], ["model.residual.sinkhorn_shift=false"], env={})
+    assert cfg.model.residual.sinkhorn_shift is False
+    cfg = build_config([], ["model.residual.sinkhorn_shift=true"], env={})
+    assert cfg.model.residual.sinkhorn_shift is True
+    from mhc_repro.tracking.runinfo import flatten
+
+    assert flatten(cfg.to_dict())["model.residual.sinkhorn_shift"] is True  # logged with the run params
+    with pytest.raises(ValueError, match=r"residual.sinkhorn_shift='maybe' is invalid; it must be true or false") as e:
+        build_config([], ["model.residual.sinkhorn_shift=maybe"], env={})
+    assert "\n" not in str(e.value)
+
+
 def test_env_paths_are_taken_literally(tmp_path, monkeypatch):
     # MHC_DATA=2024 is the directory ./2024, not the integer 2024; MHC_OUT_DIR=null a directory "null"
     (tmp_path / "2024").mkdir()
