@@ -2,6 +2,7 @@
 with data cache and MLflow store in temporary directories (one BPE training per test session)."""
 import os
 import random
+from contextlib import contextmanager
 
 import pytest
 
@@ -45,3 +46,19 @@ def corpus_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("datacache")
+
+
+@contextmanager
+def world_of_one(store_dir, backend: str, device_type: str):
+    """A process group of one rank in this process (gloo on the CPU, nccl on CUDA) and its 1-D
+    "data_parallel" mesh, as FSDP2Strategy builds it; destroyed afterwards."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    dist.init_process_group(backend, store=dist.FileStore(str(store_dir / "store"), 1), rank=0, world_size=1)
+    try:
+        yield init_device_mesh(device_type, (1,), mesh_dim_names=("data_parallel",))
+    finally:
+        dist.destroy_process_group()

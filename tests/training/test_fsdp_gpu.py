@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 import torch
-import torch.distributed as dist
+
+from .conftest import world_of_one
 
 pytestmark = pytest.mark.gpu
 
@@ -13,16 +14,8 @@ pytestmark = pytest.mark.gpu
 def cuda_mesh(tmp_path_factory):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    if dist.is_initialized():
-        pytest.skip("a process group already exists in this process")
-    from torch.distributed.device_mesh import init_device_mesh
-
-    store = dist.FileStore(str(tmp_path_factory.mktemp("pg") / "store"), 1)
-    dist.init_process_group("nccl", store=store, rank=0, world_size=1)
-    try:
-        yield init_device_mesh("cuda", (1,), mesh_dim_names=("data_parallel",))
-    finally:
-        dist.destroy_process_group()
+    with world_of_one(tmp_path_factory.mktemp("pg"), "nccl", "cuda") as mesh:
+        yield mesh
 
 
 @pytest.mark.parametrize("variant", ["mhc", "hc"])

@@ -6,23 +6,16 @@ import dataclasses
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from mhc_repro.training.fsdp import FSDP2Strategy, shard_lm
+
+from .conftest import world_of_one
 
 
 @pytest.fixture(scope="module")
 def cpu_mesh(tmp_path_factory):
-    if dist.is_initialized():
-        pytest.skip("a process group already exists in this process")
-    from torch.distributed.device_mesh import init_device_mesh
-
-    store = dist.FileStore(str(tmp_path_factory.mktemp("pg") / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
-    finally:
-        dist.destroy_process_group()
+    with world_of_one(tmp_path_factory.mktemp("pg"), "gloo", "cpu") as mesh:
+        yield mesh
 
 
 class _Holder(torch.nn.Module):  # stands in for the LightningModule: the LM is its child, as in LMModule
