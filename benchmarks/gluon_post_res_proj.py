@@ -17,19 +17,42 @@ hypothesis; one at or above it says that this design, at least, does not deliver
     python benchmarks/gluon_post_res_proj.py --out reports/kernels/runNNN_gluon.json     (H200)
     PYTHONPATH=.:/path/to/triton-3.6 python benchmarks/gluon_post_res_proj.py --compile-only  (no GPU)
 
-Correctness first (N 1000 / 16384, n 1 / 2 / 4, C 256 / 2048; every config): out against
-a float64 sum (within half a bf16 step plus fp32 accumulation error, as launch_post_res), m and ss against a float64 reference from the kernel's own
-bf16 out (max |err| / max |ref| ≤ 1e-4 for m, ≤ 1e-5 for ss); any FAIL exits 1 before timing. Timed
-rows include φ's bf16x2 split (phi_split) wherever it runs: launch_proj_fwd splits φ on every call,
-so the fused rows do too; the split alone is its own row.
+Variants (--configs VARIANT,BC,WARPS,SX[,BT[,SP]]; a plain BC,WARPS,SX is the base variant):
+- base: the kernel of runs 114-115 (one 64-token tile per program, TMA ring of SX chunks for x/f,
+  2 for φ, one [BC, 2MP] φ operand, m through shared memory after the loop).
+- persist: persistent (grid #SMs x blocks per SM); each program walks token tiles pid, pid + nprog,
+  ... and its x/f and φ rings run on across tile boundaries. φ's hi and lo halves are two [BC, MP]
+  operands with an accumulator each (m = acc_h + acc_l, no shared memory). One CTA barrier per chunk;
+  the wait for chunk k-1's MMAs and stores comes after chunk k's tiles are formed, so φ has a chunk
+  more of lead. BT 128 (4 or 8 warps): half the φ bytes per token.
+- ws: persist's loop in the default partition (WARPS warps) of gl.warp_specialize, fed by two 1-warp
+  loader partitions (x/f ring, φ ring) through ready / empty mbarriers: the loads run as far ahead as
+  the rings allow, without waiting on the compute warps' instruction stream.
+
+Correctness first, config by config (--check-shapes quick: N 1000 / 16384 at n 4, C 2048 and n 1,
+C 256; full: N 1000 / 16384, n 1 / 2 / 4, C 256 / 2048): out against a float64 sum (within half a
+bf16 step plus fp32 accumulation error, as launch_post_res), m and ss against a float64 reference
+from the kernel's own bf16 out (max |err| / max |ref| ≤ 1e-4 for m, ≤ 1e-5 for ss). The persistent
+variants also run at N 1000 on a grid of 3 programs (several tiles each). Before that, each new
+variant runs once in a child process (--smoke): a hang or crash there is that config's FAIL, not
+the run's. Only configs that pass are timed; any FAIL exits 1 at the end. Every result is printed
+as soon as known and the JSON (--out) is rewritten after each config's checks and each C's timing;
+a step that runs over 180 s ends the run with the record written (exit 3). Timed rows: with φ's
+bf16x2 split (phi_split), as launch_proj_fwd splits φ on every call, and "kernel only" (φ split
+once, outside the timing); the split alone is its own row.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import queue
+import re
 import subprocess
 import sys
+import threading
+import time
+from collections import namedtuple
 
 import torch
 
@@ -39,8 +62,6 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # bench_io, kernel_resourc
 
 BT = 64  # tokens per program: one wgmma M tile (4 warps x 16 rows); the kernel reads it from x_desc
 SMEM_MAX = 232448 - 1024  # an H200 block's shared memory, less the mbarriers and alignment
-CHECK_SHAPES = [(N, n, C) for N in (1000, 16384) for n in (1, 2, 4) for C in (256, 2048)]  # 1000: a partial block
-CONFIGS = ((64, 4, 2), (64, 8, 2), (32, 4, 2), (32, 8, 2), (32, 4, 3))  # (BC, num_warps, SX)
 
 try:  # --help, the argument checks and the reference run without Gluon (CPU tests)
     from triton.experimental import gluon
@@ -176,58 +197,461 @@ def post_res_proj_gluon(x_desc, f_desc, phi_desc, out_desc, hp_ptr, hr_ptr, m_pt
     gl.store(ss_ptr + rows, ss, mask=tm)
 
 
+# ---------------------------------------------------------------- variants "persist" and "ws"
+# Shared by both: BT (64 or 128 tokens) comes from x_desc; φ's bf16 hi and lo halves land in separate
+# [BC, MP] buffers (two TMA boxes of phi_buf's [n*C, 2*MP] rows), so the projection runs as two
+# accumulators acc_h = out·φ_hi, acc_l = out·φ_lo of one layout and m = acc_h + acc_l needs no shared
+# memory of its own. Each program walks token tiles pid, pid + nprog, ... and numbers its chunks
+# g = it * nk + k over all of them: ring slot g % S, mbarrier phase (g // S) & 1, so the rings run on
+# across tile boundaries (the next tile's first chunks load while this tile's last ones finish).
+# Per chunk g, one CTA-wide barrier: form g's tiles (x ring slot g % SX -> out buffer g % 2); wait
+# chunk g-1's MMAs and TMA stores (they ran under g's tile forming); fence + barrier; then slot g % SX
+# and φ slot (g-1) % SP are free for their next loads, g's out tiles go out by TMA and g's MMAs are
+# issued. Out buffer g % 2 was last read by chunk g-2, whose MMAs and stores chunk g-1 waited for.
+
+
+@gluon.jit
+def _coefs(hp_ptr, hr_ptr, rows, n: gl.constexpr, N):
+    """h_post[rows, :] and h_res[rows, :, :] (fp32, one register per row and coefficient); rows >= N: 0."""
+    tm = rows < N
+    hp = ()
+    for i in gl.static_range(n):
+        hp = hp + (gl.load(hp_ptr + rows * n + i, mask=tm, other=0.0), )
+    hr = ()
+    for ij in gl.static_range(n * n):
+        hr = hr + (gl.load(hr_ptr + rows * (n * n) + ij, mask=tm, other=0.0), )
+    return hp, hr
+
+
+@gluon.jit
+def _chunk_at(g, pid, nprog, nk, BT: gl.constexpr, BC: gl.constexpr):
+    """(first token, first channel) of a program's chunk g (tile g // nk of the program, chunk g % nk)."""
+    return (pid + (g // nk) * nprog) * BT, (g % nk) * BC
+
+
+@gluon.jit
+def _load_phi2(ph_desc, ps, bar, slot, c0, C, n: gl.constexpr, MP: gl.constexpr):
+    """φ rows [i*C + c0, +BC) of stream i: hi half (columns [0, MP)) to ps[slot*2n + i], lo to ps[slot*2n + n + i]."""
+    mbarrier.expect(bar, 2 * n * ph_desc.block_type.nbytes)
+    for i in gl.static_range(n):
+        tma.async_copy_global_to_shared(ph_desc, [i * C + c0, 0], bar, ps.index(slot * 2 * n + i))
+        tma.async_copy_global_to_shared(ph_desc, [i * C + c0, MP], bar, ps.index(slot * 2 * n + n + i))
+
+
+@gluon.jit
+def _form_chunk(xs, sx, os_, ob, hp, hr, ss, n: gl.constexpr, XL: gl.constexpr):
+    """out tiles of one chunk from x/f ring slot sx into out buffer ob; returns ss plus their Σ out²."""
+    xv = ()
+    for j in gl.static_range(n):
+        xv = xv + (xs.index(sx * (n + 1) + j).load(XL), )
+    fv = xs.index(sx * (n + 1) + n).load(XL).to(gl.float32)
+    for i in gl.static_range(n):
+        # launch_post_res's order: Σ_j in j order, then h_post·f; fp32, rounded once (as the base kernel)
+        o = gl.expand_dims(hr[i * n], 1) * xv[0].to(gl.float32)
+        for j in gl.static_range(1, n):
+            o = o + gl.expand_dims(hr[i * n + j], 1) * xv[j].to(gl.float32)
+        o = o + gl.expand_dims(hp[i], 1) * fv
+        r = o.to(gl.bfloat16)
+        rf = r.to(gl.float32)
+        ss = ss + gl.sum(rf * rf, axis=1)
+        os_.index(ob * n + i).store(r)
+    return ss
+
+
+@gluon.jit
+def _issue_mmas(os_, ob, ps, sp, acc_h, acc_l, n: gl.constexpr):
+    for i in gl.static_range(n):
+        acc_h = warpgroup_mma(os_.index(ob * n + i), ps.index(sp * 2 * n + i), acc_h, is_async=True)
+        acc_l = warpgroup_mma(os_.index(ob * n + i), ps.index(sp * 2 * n + n + i), acc_l, is_async=True)
+    # a no-op wait (2n groups may stay in flight) that hands the accumulators back as tensors for the
+    # loop; the next chunk's wait(0) is the real one
+    return warpgroup_mma_wait(num_outstanding=2 * n, deps=(acc_h, acc_l))
+
+
+@gluon.jit
+def _store_m_ss(acc_h, acc_l, ss, t0, m_ptr, ss_ptr, N, M, BT: gl.constexpr, MP: gl.constexpr,
+                ACC: gl.constexpr, RL: gl.constexpr):
+    mv = acc_h + acc_l  # φ_hi and φ_lo products, same layout: no shared memory round trip
+    mr = t0 + gl.arange(0, BT, layout=gl.SliceLayout(1, ACC))
+    mc = gl.arange(0, MP, layout=gl.SliceLayout(0, ACC))
+    mmask = gl.expand_dims(mr < N, 1) & gl.expand_dims(mc < M, 0)
+    gl.store(m_ptr + gl.expand_dims(mr, 1) * M + gl.expand_dims(mc, 0), mv, mask=mmask)
+    rows = t0 + gl.arange(0, BT, layout=RL)
+    gl.store(ss_ptr + rows, ss, mask=rows < N)
+
+
+@gluon.jit
+def post_res_proj_persist(x_desc, f_desc, ph_desc, out_desc, hp_ptr, hr_ptr, m_ptr, ss_ptr, N, C, M,
+                          n: gl.constexpr, MP: gl.constexpr, SX: gl.constexpr, SP: gl.constexpr,
+                          num_warps: gl.constexpr):
+    """Persistent, not warp-specialized: the 4 or 8 warps load (one elected thread issues the TMA),
+    form tiles, store and issue the MMAs."""
+    BT: gl.constexpr = x_desc.block_type.shape[0]
+    BC: gl.constexpr = x_desc.block_type.shape[1]
+    TPR: gl.constexpr = BT // num_warps  # one token row per thread, as the base kernel
+    XL: gl.constexpr = gl.BlockedLayout([1, 8], [TPR, 32 // TPR], [num_warps, 1], [1, 0])
+    RL: gl.constexpr = gl.SliceLayout(1, XL)
+    # every warp along tokens (BT >= 16 * num_warps: 64 x 4 or 128 x 4 / 8), each warpgroup its own rows
+    ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, MP, 16])
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    my = (gl.cdiv(N, BT) - pid + nprog - 1) // nprog  # this program's tiles
+    nk = C // BC
+    G = my * nk  # this program's chunks
+
+    xs = gl.allocate_shared_memory(gl.bfloat16, [SX * (n + 1), BT, BC], x_desc.layout)  # x_0..x_{n-1}, f
+    ps = gl.allocate_shared_memory(gl.bfloat16, [SP * 2 * n, BC, MP], ph_desc.layout)  # φ_hi 0..n-1, φ_lo
+    os_ = gl.allocate_shared_memory(gl.bfloat16, [2 * n, BT, BC], out_desc.layout)  # two chunks' out tiles
+    xbar = gl.allocate_shared_memory(gl.int64, [SX, 1], mbarrier.MBarrierLayout())
+    pbar = gl.allocate_shared_memory(gl.int64, [SP, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(SX):
+        mbarrier.init(xbar.index(s), count=1)
+    for s in gl.static_range(SP):
+        mbarrier.init(pbar.index(s), count=1)
+    fence_async_shared()
+    gl.thread_barrier()
+    for s in gl.static_range(SX):
+        if s < G:
+            t0, c0 = _chunk_at(s, pid, nprog, nk, BT, BC)
+            _load_x(x_desc, f_desc, xs, xbar.index(s), s, t0, c0, C, n)
+    for s in gl.static_range(SP):
+        if s < G:
+            _load_phi2(ph_desc, ps, pbar.index(s), s, (s % nk) * BC, C, n, MP)
+
+    hp, hr = _coefs(hp_ptr, hr_ptr, pid * BT + gl.arange(0, BT, layout=RL), n, N)
+    for it in range(my):
+        t0 = (pid + it * nprog) * BT
+        # the next tile's coefficients load under this tile's chunks
+        hp_next, hr_next = _coefs(hp_ptr, hr_ptr, t0 + nprog * BT + gl.arange(0, BT, layout=RL), n, N)
+        acc_h = gl.zeros([BT, MP], gl.float32, layout=ACC)
+        acc_l = gl.zeros([BT, MP], gl.float32, layout=ACC)
+        ss = gl.zeros([BT], gl.float32, layout=RL)
+        for k in range(nk):
+            g = it * nk + k
+            c0 = k * BC
+            sx = g % SX
+            ob = g % 2
+            mbarrier.wait(xbar.index(sx), (g // SX) & 1)
+            ss = _form_chunk(xs, sx, os_, ob, hp, hr, ss, n, XL)
+            acc_h, acc_l = warpgroup_mma_wait(num_outstanding=0, deps=(acc_h, acc_l))  # chunk g-1's MMAs
+            tma.store_wait(pendings=0)  # chunk g-1's stores have read out buffer 1 - ob
+            fence_async_shared()
+            gl.thread_barrier()
+            if g + SX < G:
+                tn, cn = _chunk_at(g + SX, pid, nprog, nk, BT, BC)
+                _load_x(x_desc, f_desc, xs, xbar.index(sx), sx, tn, cn, C, n)
+            if g >= 1:
+                if g - 1 + SP < G:
+                    _load_phi2(ph_desc, ps, pbar.index((g - 1) % SP), (g - 1) % SP, ((g - 1 + SP) % nk) * BC, C,
+                               n, MP)
+            for i in gl.static_range(n):
+                tma.async_copy_shared_to_global(out_desc, [t0, i * C + c0], os_.index(ob * n + i))
+            sp = g % SP
+            mbarrier.wait(pbar.index(sp), (g // SP) & 1)
+            acc_h, acc_l = _issue_mmas(os_, ob, ps, sp, acc_h, acc_l, n)
+        acc_h, acc_l = warpgroup_mma_wait(num_outstanding=0, deps=(acc_h, acc_l))
+        _store_m_ss(acc_h, acc_l, ss, t0, m_ptr, ss_ptr, N, M, BT, MP, ACC, RL)
+        hp = hp_next
+        hr = hr_next
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _ws_x_loader(x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pempty, pid, nprog, G, nk, C):
+    """Worker (1 warp): x and f of every chunk into the SX-slot ring, as far ahead as the slots allow.
+    (Triton 3.6 hands a worker's constexpr arguments over as int32 scalars, so the sizes come from
+    the shapes of the descriptors and buffers.)"""
+    BT: gl.constexpr = x_desc.block_type.shape[0]
+    BC: gl.constexpr = x_desc.block_type.shape[1]
+    SX: gl.constexpr = xready.shape[0]
+    n: gl.constexpr = xs.shape[0] // SX - 1
+    for g in range(G):
+        s = g % SX
+        mbarrier.wait(xempty.index(s), ((g // SX) & 1) ^ 1)  # a fresh barrier passes parity 1 at once
+        t0, c0 = _chunk_at(g, pid, nprog, nk, BT, BC)
+        _load_x(x_desc, f_desc, xs, xready.index(s), s, t0, c0, C, n)
+
+
+@gluon.jit
+def _ws_phi_loader(x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pempty, pid, nprog, G, nk, C):
+    """Worker (1 warp): φ's hi / lo slices of every chunk into the SP-slot ring (its own warp, so a
+    shallow φ ring does not hold back the x ring)."""
+    BC: gl.constexpr = x_desc.block_type.shape[1]
+    MP: gl.constexpr = ph_desc.block_type.shape[1]
+    SP: gl.constexpr = pready.shape[0]
+    n: gl.constexpr = ps.shape[0] // (2 * SP)
+    for g in range(G):
+        s = g % SP
+        mbarrier.wait(pempty.index(s), ((g // SP) & 1) ^ 1)
+        _load_phi2(ph_desc, ps, pready.index(s), s, (g % nk) * BC, C, n, MP)
+
+
+@gluon.jit
+def _ws_compute(xs, ps, os_, xready, xempty, pready, pempty, out_desc, hp_ptr, hr_ptr, m_ptr, ss_ptr,
+                pid, nprog, my, nk, N, C, M, n: gl.constexpr, MP: gl.constexpr, SX: gl.constexpr,
+                SP: gl.constexpr, XL: gl.constexpr, ACC: gl.constexpr):
+    """Default partition (the kernel's num_warps): the persistent variant's loop, with the TMA loads
+    replaced by arrivals on the rings' empty barriers."""
+    BT: gl.constexpr = out_desc.block_type.shape[0]
+    BC: gl.constexpr = out_desc.block_type.shape[1]
+    RL: gl.constexpr = gl.SliceLayout(1, XL)
+    hp, hr = _coefs(hp_ptr, hr_ptr, pid * BT + gl.arange(0, BT, layout=RL), n, N)
+    for it in range(my):
+        t0 = (pid + it * nprog) * BT
+        hp_next, hr_next = _coefs(hp_ptr, hr_ptr, t0 + nprog * BT + gl.arange(0, BT, layout=RL), n, N)
+        acc_h = gl.zeros([BT, MP], gl.float32, layout=ACC)
+        acc_l = gl.zeros([BT, MP], gl.float32, layout=ACC)
+        ss = gl.zeros([BT], gl.float32, layout=RL)
+        for k in range(nk):
+            g = it * nk + k
+            c0 = k * BC
+            sx = g % SX
+            ob = g % 2
+            mbarrier.wait(xready.index(sx), (g // SX) & 1)
+            ss = _form_chunk(xs, sx, os_, ob, hp, hr, ss, n, XL)
+            acc_h, acc_l = warpgroup_mma_wait(num_outstanding=0, deps=(acc_h, acc_l))
+            tma.store_wait(pendings=0)
+            fence_async_shared()  # generic reads of slot sx before the loader's next TMA write to it
+            gl.thread_barrier()  # every warp is past its reads of slot sx and its wait on chunk g-1's MMAs
+            mbarrier.arrive(xempty.index(sx))
+            if g >= 1:
+                mbarrier.arrive(pempty.index((g - 1) % SP))  # chunk g-1's MMAs are done with its φ slot
+            for i in gl.static_range(n):
+                tma.async_copy_shared_to_global(out_desc, [t0, i * C + c0], os_.index(ob * n + i))
+            sp = g % SP
+            mbarrier.wait(pready.index(sp), (g // SP) & 1)
+            acc_h, acc_l = _issue_mmas(os_, ob, ps, sp, acc_h, acc_l, n)
+        acc_h, acc_l = warpgroup_mma_wait(num_outstanding=0, deps=(acc_h, acc_l))
+        _store_m_ss(acc_h, acc_l, ss, t0, m_ptr, ss_ptr, N, M, BT, MP, ACC, RL)
+        hp = hp_next
+        hr = hr_next
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def post_res_proj_ws(x_desc, f_desc, ph_desc, out_desc, hp_ptr, hr_ptr, m_ptr, ss_ptr, N, C, M,
+                     n: gl.constexpr, MP: gl.constexpr, SX: gl.constexpr, SP: gl.constexpr,
+                     LOADER_REGS: gl.constexpr, num_warps: gl.constexpr):
+    """Warp-specialized and persistent: two 1-warp loader partitions (x/f ring, φ ring) run ahead
+    of the default partition (num_warps warps), which forms the tiles, stores out and issues the MMAs."""
+    BT: gl.constexpr = x_desc.block_type.shape[0]
+    BC: gl.constexpr = x_desc.block_type.shape[1]
+    TPR: gl.constexpr = BT // num_warps
+    XL: gl.constexpr = gl.BlockedLayout([1, 8], [TPR, 32 // TPR], [num_warps, 1], [1, 0])
+    ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, MP, 16])
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    my = (gl.cdiv(N, BT) - pid + nprog - 1) // nprog
+    nk = C // BC
+    G = my * nk
+
+    xs = gl.allocate_shared_memory(gl.bfloat16, [SX * (n + 1), BT, BC], x_desc.layout)
+    ps = gl.allocate_shared_memory(gl.bfloat16, [SP * 2 * n, BC, MP], ph_desc.layout)
+    os_ = gl.allocate_shared_memory(gl.bfloat16, [2 * n, BT, BC], out_desc.layout)
+    xready = gl.allocate_shared_memory(gl.int64, [SX, 1], mbarrier.MBarrierLayout())
+    xempty = gl.allocate_shared_memory(gl.int64, [SX, 1], mbarrier.MBarrierLayout())
+    pready = gl.allocate_shared_memory(gl.int64, [SP, 1], mbarrier.MBarrierLayout())
+    pempty = gl.allocate_shared_memory(gl.int64, [SP, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(SX):
+        mbarrier.init(xready.index(s), count=1)
+        mbarrier.init(xempty.index(s), count=1)
+    for s in gl.static_range(SP):
+        mbarrier.init(pready.index(s), count=1)
+        mbarrier.init(pempty.index(s), count=1)
+    fence_async_shared()
+    gl.thread_barrier()
+    wargs = (x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pempty, pid, nprog, G, nk, C)
+    gl.warp_specialize([
+        (_ws_compute, (xs, ps, os_, xready, xempty, pready, pempty, out_desc, hp_ptr, hr_ptr, m_ptr, ss_ptr,
+                       pid, nprog, my, nk, N, C, M, n, MP, SX, SP, XL, ACC)),
+        (_ws_x_loader, wargs),
+        (_ws_phi_loader, wargs),
+    ], [1, 1], [LOADER_REGS, LOADER_REGS])
+
+
 def p2(v: int, lo: int = 16) -> int:
     return max(lo, 1 << (v - 1).bit_length())  # launch._p2(M, 16): φ's padded width MP
 
 
-def fused_launch(x, f, h_post, h_res, phi_buf, M: int, bc: int, warps: int, sx: int):
-    """(grid, args, kwargs, (out, m, ss)) of one launch; CPU tensors will do for --compile-only."""
+# ---------------------------------------------------------------- configurations
+VARIANTS = ("base", "persist", "ws")
+Cfg = namedtuple("Cfg", "variant bc warps sx bt sp")  # BT: tokens per tile; SP: φ stages (base: 64, 2)
+CONFIG_FORMAT = "[VARIANT,]BC,WARPS,SX[,BT[,SP]]"
+# first: the base kernel's best tile (run 115), what the new variants are measured against; the others
+# in order of risk (ws last: a hang there would be the likeliest, and the smoke test runs them apart)
+CONFIGS = (
+    Cfg("base", 64, 4, 2, 64, 2),
+    Cfg("persist", 64, 4, 2, 64, 2),  # the base tile, persistent, one barrier per chunk, split φ
+    Cfg("persist", 32, 4, 4, 64, 3),  # deeper x and φ rings at one 4-warp block per SM
+    Cfg("persist", 32, 8, 2, 128, 2),  # 128 tokens per tile: half the φ traffic per token
+    Cfg("ws", 64, 4, 2, 64, 2),  # the base tile with loader warps
+    Cfg("ws", 32, 4, 6, 64, 2),  # loader warps and a 6-deep x ring (120 KB of x/f in flight)
+    Cfg("ws", 32, 4, 4, 64, 3),
+    Cfg("ws", 32, 8, 3, 128, 2),  # 128 tokens per tile, two compute warpgroups, 3-deep x ring
+    Cfg("ws", 32, 4, 2, 64, 2),  # two blocks per SM (104 KB, .maxnreg 128), as the base's BC 32 tiles
+)
+LOADER_REGS = 40  # registers of each 1-warp loader partition (setmaxnreg; the compute partition gets the rest)
+SMEM_PER_SM = 232448  # an H200 SM's shared memory, as kernel_resources
+
+
+def cfg_str(c: Cfg) -> str:
+    return f"{c.variant},{c.bc},{c.warps},{c.sx}" + ("" if c.variant == "base" else f",{c.bt},{c.sp}")
+
+
+def cfg_label(c: Cfg) -> str:
+    return f"{c.variant} BC {c.bc} w {c.warps} SX {c.sx}" + ("" if c.variant == "base" else f" BT {c.bt} SP {c.sp}")
+
+
+def smem_estimate(c: Cfg, n: int = 4) -> int:
+    """Bytes of the rings and out tiles (the kernels' metadata add the mbarriers and alignment)."""
+    MP = p2(n * n + 2 * n)
+    if c.variant == "base":  # x/f ring, φ ring (2 stages of [BC, 2MP]), two chunks' out tiles
+        return 2 * (c.sx * (n + 1) * BT * c.bc + 2 * n * c.bc * 2 * MP + 2 * n * BT * c.bc)
+    return 2 * (c.sx * (n + 1) * c.bt * c.bc + c.sp * 2 * n * c.bc * MP + 2 * n * c.bt * c.bc)
+
+
+def ws_maxnreg(c: Cfg, n: int = 4):
+    """.maxnreg of a ws launch: its warps are the compute warps plus a warpgroup for the two loader
+    warps; Triton's default gives one block the whole register file, which is fine where shared
+    memory allows one block per SM. Where it allows two, half of it."""
+    if c.variant != "ws" or SMEM_PER_SM // (smem_estimate(c, n) + 2048) < 2:
+        return None
+    return 65536 // (2 * (c.warps + 4) * 32) // 8 * 8
+
+
+def parse_configs(ap, items):
+    out = []
+    for s in items:
+        f = s.split(",")
+        variant = f[0] if f[0] in VARIANTS else "base"
+        nums = f[1:] if f[0] in VARIANTS else f
+        if f[0] not in VARIANTS and f[0].strip().isalpha():
+            ap.error(f"--configs {s!r}: unknown variant {f[0]!r}; one of {', '.join(VARIANTS)}")
+        try:
+            nums = [int(v) for v in nums]
+        except ValueError:
+            nums = []
+        if not 3 <= len(nums) <= 5:
+            ap.error(f"--configs {s!r}: expected {CONFIG_FORMAT}, e.g. 64,4,2 (base) or ws,32,4,6")
+        bc, w, sx, bt, sp = (nums + [64, 2][len(nums) - 3:])[:5]
+        if bc not in (32, 64) or w not in (4, 8) or sx < 1:
+            ap.error(f"--configs {s!r}: BC 32 or 64, WARPS 4 or 8, SX >= 1")
+        if bt not in (64, 128) or not 2 <= sp <= 4 or (variant == "base" and (bt, sp) != (64, 2)):
+            ap.error(f"--configs {s!r}: BT 64 or 128, SP 2 to 4; the base variant has BT 64 and SP 2 only")
+        if variant != "base" and bt < 16 * w:
+            ap.error(f"--configs {s!r}: {variant} needs BT >= 16 x WARPS (each warp 16 token rows of the MMA)")
+        c = Cfg(variant, bc, w, sx, bt, sp)
+        smem = smem_estimate(c)
+        if smem > SMEM_MAX:
+            ap.error(f"--configs {s!r}: needs {smem // 1024} KB of shared memory at n = 4, over {SMEM_MAX // 1024}")
+        out.append(c)
+    return out
+
+
+# ---------------------------------------------------------------- launches
+def fused_launch(x, f, h_post, h_res, phi_buf, M: int, cfg: Cfg = CONFIGS[0]):
+    """(kernel, grid, args, kwargs, (out, m, ss)) of one launch, one program per token tile (the
+    persistent variants' grid is set by post_res_proj); CPU tensors will do for --compile-only."""
     N, n, C = x.shape
     MP = p2(M)
+    bc, bt = cfg.bc, cfg.bt
     if C % bc or tuple(phi_buf.shape) != (n * C, 2 * MP) or phi_buf.dtype != torch.bfloat16:
         raise ValueError(f"need C % BC == 0 (C {C}, BC {bc}) and phi_buf bf16 [{n * C}, {2 * MP}] "
                          "(launch._phi_parts, bf16x2)")
     out = torch.empty_like(x)
     m = torch.empty(N, M, device=x.device, dtype=torch.float32)
     ss = torch.empty(N, device=x.device, dtype=torch.float32)
-    lx = gl.NVMMASharedLayout.get_default_for([BT, bc], gl.bfloat16)
-    lp = gl.NVMMASharedLayout.get_default_for([bc, 2 * MP], gl.bfloat16)
+    lx = gl.NVMMASharedLayout.get_default_for([bt, bc], gl.bfloat16)
     # the streams as one [N, n*C] matrix (stream j's chunk c0 at column j*C + c0); the TMA unit
     # zero-fills rows >= N on load and drops them on store
-    xd = TensorDescriptor(x.view(N, n * C), [N, n * C], [n * C, 1], [BT, bc], lx)
-    fd = TensorDescriptor(f, [N, C], [C, 1], [BT, bc], lx)
-    pd = TensorDescriptor(phi_buf, [n * C, 2 * MP], [2 * MP, 1], [bc, 2 * MP], lp)
-    od = TensorDescriptor(out.view(N, n * C), [N, n * C], [n * C, 1], [BT, bc], lx)
+    xd = TensorDescriptor(x.view(N, n * C), [N, n * C], [n * C, 1], [bt, bc], lx)
+    fd = TensorDescriptor(f, [N, C], [C, 1], [bt, bc], lx)
+    od = TensorDescriptor(out.view(N, n * C), [N, n * C], [n * C, 1], [bt, bc], lx)
+    grid = ((N + bt - 1) // bt, )
+    if cfg.variant == "base":
+        lp = gl.NVMMASharedLayout.get_default_for([bc, 2 * MP], gl.bfloat16)
+        pd = TensorDescriptor(phi_buf, [n * C, 2 * MP], [2 * MP, 1], [bc, 2 * MP], lp)
+        args = (xd, fd, pd, od, h_post, h_res, m, ss, N, C, M)
+        return post_res_proj_gluon, grid, args, dict(n=n, MP=MP, SX=cfg.sx, num_warps=cfg.warps), (out, m, ss)
+    # φ's hi and lo halves as two [BC, MP] boxes of the same rows
+    lp = gl.NVMMASharedLayout.get_default_for([bc, MP], gl.bfloat16)
+    pd = TensorDescriptor(phi_buf, [n * C, 2 * MP], [2 * MP, 1], [bc, MP], lp)
     args = (xd, fd, pd, od, h_post, h_res, m, ss, N, C, M)
-    return ((N + BT - 1) // BT, ), args, dict(n=n, MP=MP, SX=sx, num_warps=warps), (out, m, ss)
+    kw = dict(n=n, MP=MP, SX=cfg.sx, SP=cfg.sp, num_warps=cfg.warps)
+    if cfg.variant == "persist":
+        return post_res_proj_persist, grid, args, kw, (out, m, ss)
+    kw["LOADER_REGS"] = LOADER_REGS
+    if ws_maxnreg(cfg, n) is not None:
+        kw["maxnreg"] = ws_maxnreg(cfg, n)
+    return post_res_proj_ws, grid, args, kw, (out, m, ss)
 
 
-def post_res_proj(x, f, h_post, h_res, phi_buf, M, bc=64, warps=4, sx=2):
-    """(out [N, n, C] bf16, m [N, M] fp32, Σout² [N] fp32) in one launch; phi_buf from launch._phi_parts."""
+def blocks_per_sm(regs: int, smem: int, warps: int) -> int:
+    """Resident blocks per H200 SM (as kernel_resources.resources; registers in units of 8 per thread)."""
+    by_regs = 65536 // ((regs + 7) // 8 * 8 * 32 * warps)
+    return max(1, min(by_regs, SMEM_PER_SM // (smem + 1024), 64 // warps, 32))
+
+
+_PROGRAMS: dict = {}
+
+
+def device_programs(fn, args, kw, device, smem_guess: int) -> int:
+    """A persistent grid: #SMs x blocks per SM of the compiled kernel (looked up once per specialization;
+    should that fail, blocks per SM from the shared-memory estimate)."""
+    key = (fn.__name__, tuple(args[0].block_shape), tuple(sorted(kw.items())))
+    if key not in _PROGRAMS:
+        try:
+            k = fn.warmup(*args, grid=(1, ), **kw)
+            k._init_handles()  # loads it: n_regs
+            bps = blocks_per_sm(k.n_regs, k.metadata.shared, k.metadata.num_warps)
+        except Exception as e:  # noqa: BLE001 - only the grid size depends on it
+            bps = max(1, SMEM_PER_SM // (smem_guess + 2048))
+            print(f"   ({fn.__name__}: occupancy from the compiled kernel failed ({type(e).__name__}: "
+                  f"{str(e)[:100]}); {bps} block(s) per SM from the shared-memory estimate)", flush=True)
+        _PROGRAMS[key] = torch.cuda.get_device_properties(device).multi_processor_count * bps
+    return _PROGRAMS[key]
+
+
+def post_res_proj(x, f, h_post, h_res, phi_buf, M, cfg: Cfg = CONFIGS[0], programs=None):
+    """(out [N, n, C] bf16, m [N, M] fp32, Σout² [N] fp32) in one launch; phi_buf from launch._phi_parts.
+    programs: the persistent variants' grid (default #SMs x blocks per SM; the checks also run a
+    small one, so that each program walks several tiles)."""
     if x.shape[0] == 0:  # a TMA descriptor needs a non-empty tensor
         return torch.empty_like(x), x.new_empty(0, M, dtype=torch.float32), x.new_empty(0, dtype=torch.float32)
-    grid, args, kw, res = fused_launch(x.contiguous(), f.contiguous(), h_post.float().contiguous(),
-                                       h_res.float().contiguous(), phi_buf, M, bc, warps, sx)
-    post_res_proj_gluon[grid](*args, **kw)
+    fn, grid, args, kw, res = fused_launch(x.contiguous(), f.contiguous(), h_post.float().contiguous(),
+                                           h_res.float().contiguous(), phi_buf, M, cfg)
+    if cfg.variant != "base":
+        grid = (min(grid[0], programs or device_programs(fn, args, kw, x.device, smem_estimate(cfg, x.shape[1]))), )
+    fn[grid](*args, **kw)
     return res
 
 
+# ---------------------------------------------------------------- references
 def reference_m_ss(out: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 (m [N, M], Σx² [N]) of the stream out [N, n, C], flattened stream-major as proj_fwd reads it."""
     v = out.double().reshape(out.shape[0], -1)
     return v @ phi.double(), v.pow(2).sum(-1)
 
 
-def out_err(out: torch.Tensor, x, f, h_post, h_res) -> float:
-    """Largest |out − ref| over its allowed size, ref = Σ_j h_res[i, j] x_j + h_post[i] f in float64: half a
-    bf16 step of |ref| (2⁻⁸|ref| bounds it) plus fp32 accumulation error (2⁻²⁰ Σ|terms|). ≤ 1: as exact
-    as the fp32-accumulate-then-round op can be. (A count of bf16 steps is no measure near 0: two
-    correct roundings of a sum that cancels to ~1e-6 differ by thousands of steps.)"""
+def out_reference(x, f, h_post, h_res) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ref, bound) for out_err: ref = Σ_j h_res[i, j] x_j + h_post[i] f in float64; bound: half a bf16
+    step of |ref| (2⁻⁸|ref| bounds it) plus fp32 accumulation error (2⁻²⁰ Σ|terms|)."""
     xd, fd = x.double(), f.double()
     ref = torch.einsum("tij,tjc->tic", h_res.double(), xd) + h_post.double()[..., None] * fd[:, None]
     mag = torch.einsum("tij,tjc->tic", h_res.double().abs(), xd.abs()) + (h_post.double().abs()[..., None] * fd.abs()[:, None])
-    bound = 2.0 ** -8 * ref.abs() + 2.0 ** -20 * mag
-    return float(((out.double() - ref).abs() / bound.clamp_min(1e-300)).max()) if out.numel() else 0.0
+    return ref, (2.0 ** -8 * ref.abs() + 2.0 ** -20 * mag).clamp_min(1e-300)
+
+
+def out_err(out: torch.Tensor, x, f, h_post, h_res, ref_bound=None) -> float:
+    """Largest |out − ref| over its allowed size (out_reference; pass its result as ref_bound to reuse
+    it). ≤ 1: as exact as the fp32-accumulate-then-round op can be. (A count of bf16 steps is no measure
+    near 0: two correct roundings of a sum that cancels to ~1e-6 differ by thousands of steps.)"""
+    if not out.numel():
+        return 0.0
+    ref, bound = ref_bound if ref_bound is not None else out_reference(x, f, h_post, h_res)
+    return float(((out.double() - ref).abs() / bound).max())
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -235,27 +659,30 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)) if ref.numel() else 0.0
 
 
-def parse_configs(ap, items):
-    out = []
-    for s in items:
-        try:
-            bc, w, sx = (int(v) for v in s.split(","))
-        except ValueError:
-            ap.error(f"--configs {s!r}: expected BC,WARPS,SX, e.g. 64,4,2")
-        if bc not in (32, 64) or w not in (4, 8) or sx < 1:
-            ap.error(f"--configs {s!r}: BC 32 or 64, WARPS 4 or 8, SX >= 1")
-        # x/f ring, φ ring (2 stages), two chunks' out tiles at n = 4; BC 128 fits at no SX
-        smem = 2 * (sx * 5 * BT * bc + 2 * 4 * bc * 64 + 2 * 4 * BT * bc)
-        if smem > SMEM_MAX:
-            ap.error(f"--configs {s!r}: needs {smem // 1024} KB of shared memory at n = 4, over {SMEM_MAX // 1024}")
-        out.append((bc, w, sx))
-    return out
+# ---------------------------------------------------------------- compile-only (no GPU)
+def ptx_checks(cfg: Cfg, k, n: int) -> tuple[str, bool]:
+    """What the PTX / TTGIR can tell without a GPU: one commit group per wgmma call (the waits count
+    them: n per chunk for base, 2n for the split-φ variants) and per TMA store (n); for ws, the two
+    1-warp partitions, their setmaxnreg, their mbarrier waits and the compute partition's named
+    barriers (a bar.sync 0 over the whole CTA would wait for the loader warps forever)."""
+    ptx, ttgir = k.asm["ptx"], k.asm["ttgir"]
+    wg, st = ptx.count("wgmma.commit_group"), ptx.count("cp.async.bulk.commit_group")
+    want_wg = n if cfg.variant == "base" else 2 * n
+    said, ok = f"wgmma {wg}/{want_wg} store {st}/{n}", wg == want_wg and st == n
+    if cfg.variant == "ws":
+        parts = len(re.findall(r"partition\d+\(.*num_warps\(1\)", ttgir))
+        waits = ptx.count("mbarrier.try_wait")
+        named = len(re.findall(r"bar\.sync\s+\d+,\s*\d+;", ptx))
+        whole = len(re.findall(r"bar\.sync\s+\d+;", ptx))
+        setmax = ptx.count("setmaxnreg")
+        said += f", partitions {parts}/2, try_wait {waits}, named bar {named}, whole-CTA bar {whole}, setmaxnreg {setmax}"
+        ok = ok and parts == 2 and waits >= 4 and named > 0 and whole == 0 and setmax > 0
+    return said, ok
 
 
-def compile_only(configs, Cs, n=4):
+def compile_only(configs, Cs, ns=(4, )):
     """Compile each config for sm_90 without a GPU (as kernel_resources.compile_for_sm90, through
-    Gluon's AST source) and print its resources. The waits count commit groups: one per wgmma and per
-    TMA store is what num_outstanding = n / pendings = n assume."""
+    Gluon's AST source) and print its resources and PTX checks, for each C and stream count n."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
@@ -266,26 +693,39 @@ def compile_only(configs, Cs, n=4):
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
-    fn, M, N, rows = post_res_proj_gluon, n * n + 2 * n, 64, []  # N = 64: divisible by 16, as 16384
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    print(f"triton {triton.__version__}, target cuda:90, n = {n}, BT = {BT}")
-    print(f"{'C':>5} {'BC':>3} {'warps':>5} {'SX':>2} {'regs':>4} {'spill':>5} {'smem KB':>7} {'blk/SM':>6}  "
-          f"commit groups in PTX, wgmma / TMA store ({n} each expected)")
-    for C in Cs:
-        for bc, w, sx in configs:
-            x, f = torch.empty(N, n, C, dtype=torch.bfloat16), torch.empty(N, C, dtype=torch.bfloat16)
-            phi_buf = torch.empty(n * C, 2 * p2(M), dtype=torch.bfloat16)
-            _, args, kw, _ = fused_launch(x, f, torch.empty(N, n), torch.empty(N, n, n), phi_buf, M, bc, w, sx)
+    N, rows = 128, []  # N = 128: divisible by 16, as 16384
+    print(f"triton {triton.__version__}, target cuda:90")
+    print(f"{'C':>5} {'n':>1} {'config':34} {'regs':>4} {'spill':>5} {'smem KB':>7} {'warps':>5} {'blk/SM':>6}  PTX checks")
+    for C, n, cfg in ((C, n, cfg) for n in ns for C in Cs for cfg in configs):
+        M = n * n + 2 * n
+        x, f = torch.empty(N, n, C, dtype=torch.bfloat16), torch.empty(N, C, dtype=torch.bfloat16)
+        phi_buf = torch.empty(n * C, 2 * p2(M), dtype=torch.bfloat16)
+        r = dict(C=C, n=n, config=cfg_str(cfg), **cfg._asdict())
+        try:
+            fn, _, args, kw, _ = fused_launch(x, f, torch.empty(N, n), torch.empty(N, n, n), phi_buf, M, cfg)
             kw = dict(kw, debug=False, instrumentation_mode="")
+            binder = create_function_from_signature(fn.signature, fn.params, backend)
             bound, spec, options = binder(*args, **kw)
             options, sig, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, options)
             k = triton.compile(GluonASTSource(fn, sig, constexprs, attrs), target=target, options=options.__dict__)
-            r = dict(C=C, BC=bc, SX=sx, **resources(k), wgmma_commits=k.asm["ptx"].count("wgmma.commit_group"),
-                     tma_store_commits=k.asm["ptx"].count("cp.async.bulk.commit_group"))
-            rows.append(r)
-            print(f"{C:5d} {bc:3d} {r['warps']:5d} {sx:2d} {r['regs']:4d} {r['spill_stack']:5d} {r['smem_kb']:7.1f} "
-                  f"{r['blocks_per_sm']:6d}  {r['wgmma_commits']} / {r['tma_store_commits']}")
+            said, ok = ptx_checks(cfg, k, n)
+            r.update(resources(k), ptx=said, ptx_ok=ok)
+            r["ok"] = ok and r["spill_stack"] == 0 and k.metadata.shared + 1024 <= SMEM_PER_SM
+            print(f"{C:5d} {n} {cfg_label(cfg):34} {r['regs']:4d} {r['spill_stack']:5d} {r['smem_kb']:7.1f} "
+                  f"{r['warps']:5d} {r['blocks_per_sm']:6d}  {said}{'' if r['ok'] else '  <- NOT OK'}", flush=True)
+        except Exception as e:  # noqa: BLE001 - reported; the exit status says it
+            r.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
+            print(f"{C:5d} {n} {cfg_label(cfg):34} does not compile: {r['error'].splitlines()[0][:300]}", flush=True)
+        rows.append(r)
     return rows
+
+
+# ---------------------------------------------------------------- on the GPU
+CHECK_SHAPES = {  # (N, n, C); N 1000: a partial tile
+    "full": [(N, n, C) for N in (1000, 16384) for n in (1, 2, 4) for C in (256, 2048)],
+    "quick": [(1000, 4, 2048), (16384, 4, 2048), (1000, 1, 256), (16384, 1, 256)],
+}
+SMALL_GRID = 3  # programs of the persistent variants' extra check at N 1000: several tiles per program
 
 
 def make_inputs(N, n, C, seed=0):
@@ -299,33 +739,156 @@ def make_inputs(N, n, C, seed=0):
     return [t.cuda() for t in (x, f, h_post, h_res, phi)] + [M]
 
 
-def check(L, configs) -> tuple[bool, list]:
-    ok, rows = True, []
-    for N, n, C in CHECK_SHAPES:
+def cuda_alive() -> bool:
+    """False once the CUDA context is broken (a sticky error: illegal address, launch failure)."""
+    try:
+        torch.cuda.synchronize()
+        return torch.ones(1, device="cuda").add(1).item() == 2.0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class Watchdog:
+    """Ends the process (after writing the record) if one step runs over limit_s: a kernel that never
+    finishes would otherwise hold the run until the caller's timeout, and lose what was measured."""
+
+    def __init__(self, limit_s: float, on_fire):
+        self.limit_s, self.on_fire, self.what, self.since = limit_s, on_fire, None, time.monotonic()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def step(self, what):
+        self.what, self.since = what, time.monotonic()
+
+    def _watch(self):
+        while True:
+            time.sleep(1.0)
+            if self.what is not None and time.monotonic() - self.since > self.limit_s:
+                self.on_fire(self.what)
+                os._exit(3)
+
+
+def smoke_child(configs) -> None:
+    """--smoke: run each config once on small inputs (natural and small grid, n 4 and 1) and print
+    'SMOKE ok|fail CONFIG ...' as soon as it is known; the parent kills this process on a hang."""
+    for cfg in configs:
+        try:
+            for N, n, C, programs in ((1000, 4, 2048, None), (1000, 4, 2048, SMALL_GRID), (1000, 1, 256, SMALL_GRID)):
+                if C % cfg.bc:
+                    continue
+                g = torch.Generator(device="cuda").manual_seed(1)
+                M = n * n + 2 * n
+                x = torch.randn(N, n, C, device="cuda", generator=g).bfloat16()
+                f = torch.randn(N, C, device="cuda", generator=g).bfloat16()
+                hp, hr = torch.rand(N, n, device="cuda"), torch.rand(N, n, n, device="cuda")
+                phi_buf = torch.randn(n * C, 2 * p2(M), device="cuda", generator=g).bfloat16()
+                post_res_proj(x, f, hp, hr, phi_buf, M, cfg, programs)
+                torch.cuda.synchronize()
+            print(f"SMOKE ok {cfg_str(cfg)}", flush=True)
+        except Exception as e:  # noqa: BLE001 - reported to the parent
+            print(f"SMOKE fail {cfg_str(cfg)} {type(e).__name__}: {e}".replace("\n", " ")[:600], flush=True)
+            if not cuda_alive():
+                print("SMOKE restart", flush=True)  # the parent starts a fresh process for the configs left
+                sys.exit(3)
+
+
+def smoke(configs, timeout_s: float) -> dict:
+    """{config: None (ran) or why not} for the non-base configs, each run first in a child process
+    (smoke_child): a hang or a crash there costs that config, not the run. Its compiled kernels stay
+    in Triton's cache for this process."""
+    todo, verdict = [c for c in configs if c.variant != "base"], {}
+    while todo:
+        cmd = [sys.executable, os.path.abspath(__file__), "--smoke", "--configs", *[cfg_str(c) for c in todo]]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        lines: queue.Queue = queue.Queue()
+
+        def pump(stream=proc.stdout, q=lines):
+            for line in stream:
+                q.put(line)
+            q.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        tail: list = []
+        while todo:
+            try:
+                line = lines.get(timeout=timeout_s)
+            except queue.Empty:
+                proc.kill()
+                proc.wait()
+                verdict[todo[0]] = f"hang: no result within {timeout_s:.0f} s (smoke test, N 1000)"
+                print(f"   smoke {cfg_label(todo.pop(0))}: HANG, killed after {timeout_s:.0f} s", flush=True)
+                break
+            if line is None:  # the child ended without a verdict on todo[0]
+                rc = proc.wait()
+                verdict[todo[0]] = f"smoke process died (rc {rc}): " + " | ".join(tail[-4:])[:600]
+                print(f"   smoke {cfg_label(todo.pop(0))}: process died (rc {rc})", flush=True)
+                break
+            if not line.startswith("SMOKE "):
+                tail.append(line.rstrip())
+                continue
+            if line.startswith("SMOKE restart"):
+                proc.wait()
+                break
+            _, status, cs, *why = line.rstrip("\n").split(" ", 3)
+            c = next(c for c in todo if cfg_str(c) == cs)
+            todo.remove(c)
+            verdict[c] = None if status == "ok" else (" ".join(why) or "failed")
+            print(f"   smoke {cfg_label(c)}: {'ran' if status == 'ok' else 'FAIL ' + verdict[c][:300]}", flush=True)
+        else:
+            proc.wait()
+    return verdict
+
+
+def check(L, configs, shapes, record, save) -> list:
+    """Float64 checks, config by config (each printed as soon as known); returns the configs that
+    passed. A config that fails or crashes does not stop the others unless the CUDA context is gone."""
+    data = {}
+    for N, n, C in shapes:
         x, f, hp, hr, phi, M = make_inputs(N, n, C)
         base = L.launch_post_res(x, f, hp, hr)
         bm, bss = L.launch_proj_fwd(base.view(N, n * C), phi, M, "bf16x2")
         rm, rss = reference_m_ss(base, phi)
-        print(f"N {N:5d} n {n} C {C:4d}   post_res + proj_fwd: out {out_err(base, x, f, hp, hr):.2f}, "
-              f"m {rel_err(bm, rm):.1e}, ss {rel_err(bss, rss):.1e}")
-        phi_buf = L._phi_parts(phi, x, "bf16x2", p2(M))[0]
-        for bc, w, sx in configs:
-            r = dict(N=N, n=n, C=C, BC=bc, warps=w, SX=sx)
-            try:  # a config that does not compile or launch is a FAIL; the others still report
-                out, m, ss = post_res_proj(x, f, hp, hr, phi_buf, M, bc, w, sx)
-                rm, rss = reference_m_ss(out, phi)  # m and Σx² of the stream this kernel wrote
-                r.update(out_err=out_err(out, x, f, hp, hr), out_differ=int((out != base).sum()), m_err=rel_err(m, rm),
-                         ss_err=rel_err(ss, rss))
-                r["pass"] = r["out_err"] <= 1 and r["m_err"] <= 1e-4 and r["ss_err"] <= 1e-5
-                said = (f"out {r['out_err']:.2f} of bound ({r['out_differ']} differ from post_res), m {r['m_err']:.1e}, "
-                        f"ss {r['ss_err']:.1e}")
-            except Exception as e:  # noqa: BLE001 - reported, and the run fails below
-                r.update(error=f"{type(e).__name__}: {e}"[:500], **{"pass": False})
-                said = r["error"].splitlines()[0][:200]
-            ok &= r["pass"]
-            rows.append(r)
-            print(f"   gluon BC {bc:2d} warps {w} SX {sx}: {said}  {'PASS' if r['pass'] else 'FAIL'}")
-    return ok, rows
+        rb = out_reference(x, f, hp, hr)
+        print(f"N {N:5d} n {n} C {C:4d}   post_res + proj_fwd: out {out_err(base, x, f, hp, hr, rb):.2f}, "
+              f"m {rel_err(bm, rm):.1e}, ss {rel_err(bss, rss):.1e}", flush=True)
+        data[(N, n, C)] = (x, f, hp, hr, phi, M, base, rb, L._phi_parts(phi, x, "bf16x2", p2(M))[0])
+    passed, alive = [], True
+    for cfg in configs:
+        cfg_ok, raised = True, False
+        for N, n, C in shapes:
+            if C % cfg.bc:
+                continue
+            x, f, hp, hr, phi, M, base, rb, phi_buf = data[(N, n, C)]
+            for programs in (None, SMALL_GRID) if cfg.variant != "base" and N < 16 * 132 else (None, ):
+                r = dict(N=N, n=n, C=C, config=cfg_str(cfg), programs=programs, **cfg._asdict())
+                WATCH.step(f"check {cfg_label(cfg)} N {N} n {n} C {C} programs {programs}")
+                if not alive:
+                    r.update(error="not run: the CUDA context was lost earlier", **{"pass": False})
+                elif raised:
+                    r.update(error="not run: this config raised on an earlier shape", **{"pass": False})
+                else:
+                    try:  # a config that does not compile or launch is a FAIL; the others still report
+                        out, m, ss = post_res_proj(x, f, hp, hr, phi_buf, M, cfg, programs)
+                        rm, rss = reference_m_ss(out, phi)  # m and Σx² of the stream this kernel wrote
+                        r.update(out_err=out_err(out, x, f, hp, hr, rb), out_differ=int((out != base).sum()),
+                                 m_err=rel_err(m, rm), ss_err=rel_err(ss, rss))
+                        r["pass"] = r["out_err"] <= 1 and r["m_err"] <= 1e-4 and r["ss_err"] <= 1e-5
+                    except Exception as e:  # noqa: BLE001 - reported, and the run fails at the end
+                        r.update(error=f"{type(e).__name__}: {e}"[:500], **{"pass": False})
+                        raised, alive = True, cuda_alive()
+                if "error" in r:
+                    said = r["error"].splitlines()[0][:200]
+                else:
+                    said = (f"out {r['out_err']:.2f} of bound ({r['out_differ']} differ from post_res), "
+                            f"m {r['m_err']:.1e}, ss {r['ss_err']:.1e}")
+                cfg_ok &= r["pass"]
+                record["checks"].append(r)
+                grid = f" grid {programs}" if programs else ""
+                print(f"   {cfg_label(cfg):34} N {N:5d} n {n} C {C:4d}{grid}: {said}  "
+                      f"{'PASS' if r['pass'] else 'FAIL'}", flush=True)
+        if cfg_ok:
+            passed.append(cfg)
+        save()
+    return passed
 
 
 def time_us(fn, reps: int, warmup: int = 10) -> float:
@@ -341,11 +904,13 @@ def time_us(fn, reps: int, warmup: int = 10) -> float:
     return sorted(a.elapsed_time(b) for a, b in ev)[reps // 2] * 1e3
 
 
-def bench(L, configs, Cs, N, reps) -> list:
-    n, rows = 4, []
+def bench(L, configs, Cs, N, reps, record, save) -> None:
+    n = 4
     for C in Cs:
+        WATCH.step(f"timing inputs C {C}")
         x, f, hp, hr, phi, M = make_inputs(N, n, C)
         MP, post = p2(M), L.launch_post_res(x, f, hp, hr)
+        phi_buf = L._phi_parts(phi, x, "bf16x2", MP)[0]
         unit, small = N * C * 2, N * (M + 1) * 4  # one [N, C] bf16 tensor; m and Σx²
         fused = (2 * n + 1) * unit + small  # x, f in; out, m, Σx² out (φ from L2, not counted)
         cases = [("copy x [N, n, C] (reference)", lambda: x.clone(), 2 * n * unit),
@@ -355,33 +920,60 @@ def bench(L, configs, Cs, N, reps) -> list:
                  ("post_res + proj_fwd (pair)", lambda: L.launch_proj_fwd(
                      L.launch_post_res(x, f, hp, hr).view(N, n * C), phi, M, "bf16x2"), fused + n * unit),
                  ("phi_split alone", lambda: L._phi_parts(phi, x, "bf16x2", MP), 0)]
-        cases += [(f"gluon fused BC {bc} w {w} SX {sx} (with phi_split)", lambda bc=bc, w=w, sx=sx: post_res_proj(
-            x, f, hp, hr, L._phi_parts(phi, x, "bf16x2", MP)[0], M, bc, w, sx), fused) for bc, w, sx in configs]
-        res = {name: (time_us(fn, reps), nbytes) for name, fn, nbytes in cases}
-        copy_gbps = res[cases[0][0]][1] / res[cases[0][0]][0] / 1e3
+        for cfg in configs:
+            if C % cfg.bc:
+                continue
+            cases += [(f"{cfg_label(cfg)} (with phi_split)", lambda cfg=cfg: post_res_proj(
+                x, f, hp, hr, L._phi_parts(phi, x, "bf16x2", MP)[0], M, cfg), fused),
+                (f"{cfg_label(cfg)} (kernel only)", lambda cfg=cfg: post_res_proj(x, f, hp, hr, phi_buf, M, cfg), fused)]
+        res = {}
+        for name, fn, nbytes in cases:
+            WATCH.step(f"timing C {C}: {name}")
+            try:
+                res[name] = (time_us(fn, reps), nbytes)
+            except Exception as e:  # noqa: BLE001 - a row that fails here is reported, not timed
+                print(f"{name}: timing failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+                record["rows"].append(dict(n=n, C=C, N=N, case=name, error=f"{type(e).__name__}: {e}"[:500]))
+                if not cuda_alive():
+                    save()
+                    raise SystemExit("FAIL: the CUDA context was lost while timing (above)")
+        copy_us = res[cases[0][0]][0]
         pair = res[cases[3][0]][0]
+        copy_gbps = res[cases[0][0]][1] / copy_us / 1e3
         print(f"\nn {n}, C {C}, N {N}: median of {reps} calls")
-        print(f"{'':52} {'µs':>8} {'MB':>7} {'GB/s':>6} {'% copy':>6} {'/ pair':>6}")
+        print(f"{'':62} {'µs':>8} {'MB':>7} {'GB/s':>6} {'% copy':>6} {'/ pair':>6}")
         for name, (us, nbytes) in res.items():
             gbps = nbytes / us / 1e3
-            print(f"{name:52} {us:8.1f} {nbytes / 1e6:7.1f} {gbps:6.0f} {100 * gbps / copy_gbps:5.0f}% {us / pair:6.2f}")
-            rows.append(dict(n=n, C=C, N=N, case=name, us=us, bytes=nbytes, gbps=gbps,
-                             pct_copy=100 * gbps / copy_gbps, ratio_to_pair=us / pair))
-    return rows
+            print(f"{name:62} {us:8.1f} {nbytes / 1e6:7.1f} {gbps:6.0f} {100 * gbps / copy_gbps:5.0f}% {us / pair:6.2f}")
+            record["rows"].append(dict(n=n, C=C, N=N, case=name, us=us, bytes=nbytes, gbps=gbps,
+                                       pct_copy=100 * gbps / copy_gbps, ratio_to_pair=us / pair))
+        sys.stdout.flush()
+        save()
+
+
+WATCH = None
 
 
 def main() -> None:
+    global WATCH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compile-only", action="store_true", help="compile for sm_90 on CPU and print resources")
     ap.add_argument("--C", type=int, nargs="+", default=[2048, 2560, 4096])
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--reps", type=int, default=100)
-    ap.add_argument("--configs", nargs="+", default=[",".join(map(str, c)) for c in CONFIGS], metavar="BC,WARPS,SX",
-                    help="fused-kernel tiles: channel chunk, warps, x/f TMA stages (first: the default)")
+    ap.add_argument("--configs", nargs="+", default=[cfg_str(c) for c in CONFIGS], metavar=CONFIG_FORMAT,
+                    help="fused-kernel variants and tiles: base / persist / ws, channel chunk, warps (ws: of the "
+                         "compute partition), x/f TMA stages, tokens per tile, φ stages (first: the reference)")
+    ap.add_argument("--check-shapes", choices=sorted(CHECK_SHAPES), default="quick",
+                    help="quick: N 1000 / 16384 at n 4, C 2048 and n 1, C 256; full: n 1 / 2 / 4 x C 256 / 2048")
+    ap.add_argument("--smoke-timeout", type=float, default=90.0,
+                    help="seconds a new variant's smoke test may go without a result before it counts as a hang")
+    ap.add_argument("--n", type=int, nargs="+", default=[4], help="stream counts to compile (--compile-only)")
+    ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the child of smoke()
     ap.add_argument("--out", default=None, help="JSON record (refused if the file exists)")
     args = ap.parse_args()
     configs = parse_configs(ap, args.configs)
-    if any(c <= 0 or c % bc for c in args.C for bc, _, _ in configs):
+    if any(c <= 0 or c % cfg.bc for c in args.C for cfg in configs):
         ap.error(f"--C {args.C}: each must be a positive multiple of every config's BC")
     if args.tokens <= 0 or args.reps < 50:
         ap.error("--tokens must be positive and --reps at least 50")
@@ -391,11 +983,17 @@ def main() -> None:
     if GLUON_ERROR is not None:
         raise SystemExit(f"gluon_post_res_proj.py: triton.experimental.gluon does not import ({GLUON_ERROR})")
     if args.compile_only:
-        rows = compile_only(configs, args.C)
+        rows = compile_only(configs, args.C, args.n)
         if args.out:
             write_json(args.out, dict(mode="compile-only", rows=rows))
-        sys.exit(1 if any(r["spill_stack"] for r in rows if (r["BC"], r["warps"], r["SX"]) == CONFIGS[0]) else 0)
+        bad = sorted({r["config"] for r in rows if not r["ok"]})
+        if bad:
+            print(f"NOT OK (spills, over shared memory, a PTX check or no compile): {' '.join(bad)}")
+        sys.exit(1 if bad else 0)
     require_cuda("gluon_post_res_proj.py")
+    if args.smoke:
+        smoke_child(configs)
+        return
     import triton
 
     from mhc_repro.kernels import launch as L
@@ -405,15 +1003,43 @@ def main() -> None:
     except OSError:  # no git on the machine
         head = ""
     record = dict(torch=torch.__version__, triton=triton.__version__, commit=head or None,
-                  device=torch.cuda.get_device_name(), tokens=args.tokens, reps=args.reps, configs=configs)
+                  device=torch.cuda.get_device_name(), tokens=args.tokens, reps=args.reps,
+                  configs=[cfg_str(c) for c in configs], check_shapes=args.check_shapes, smoke={}, checks=[], rows=[])
+
+    def save():
+        if args.out:
+            write_json(args.out, record)
+
+    def fire(what):
+        record["hung"] = what
+        print(f"\nHANG: '{what}' ran over {WATCH.limit_s:.0f} s; record written{' to ' + args.out if args.out else ''}; "
+              "exiting", flush=True)
+        save()
+
+    WATCH = Watchdog(180.0, fire)
+    t0 = time.monotonic()
+    verdict = smoke(configs, args.smoke_timeout)
+    record["smoke"] = {cfg_str(c): v or "ran" for c, v in verdict.items()}
+    for c, why in verdict.items():
+        if why is not None:
+            record["checks"].append(dict(config=cfg_str(c), error=f"smoke test: {why}", **{"pass": False}, **c._asdict()))
+    runnable = [c for c in configs if verdict.get(c) is None]
+    print(f"smoke tests: {time.monotonic() - t0:.0f} s", flush=True)
+    save()
     with L.direct_launches():
-        ok, record["checks"] = check(L, configs)
-        if ok:
-            record["rows"] = bench(L, configs, args.C, args.tokens, args.reps)
-    if args.out:
-        write_json(args.out, record)
-    if not ok:
-        raise SystemExit("FAIL: a fused result is off (above); nothing was timed")
+        passed = check(L, runnable, CHECK_SHAPES[args.check_shapes], record, save)
+        failed = [cfg_str(c) for c in configs if c not in passed]
+        record["failed"] = failed
+        print(f"checks done at {time.monotonic() - t0:.0f} s; " + (f"FAIL: {' '.join(failed)}" if failed else "all PASS"),
+              flush=True)
+        save()
+        if passed:
+            bench(L, passed, args.C, args.tokens, args.reps, record, save)
+    WATCH.step(None)
+    save()
+    print(f"done at {time.monotonic() - t0:.0f} s", flush=True)
+    if failed:
+        raise SystemExit(f"FAIL: {' '.join(failed)} (above); only the configs that passed were timed")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """benchmarks/gluon_post_res_proj.py on CPU: bad arguments are one-line refusals before any GPU or
-Gluon work, and the float64 reference that decides PASS/FAIL on the GPU agrees with the package's
-reference ops (stream-major flattening of out, m's column order, Σx² as the coefficients' RMS)."""
+Gluon work, the config strings (variant, tile) parse as documented, the float64 reference that
+decides PASS/FAIL on the GPU agrees with the package's reference ops (stream-major flattening of
+out, m's column order, Σx² as the coefficients' RMS), and, with Triton 3.6 importable, every default
+config compiles for sm_90 without spills and passes the PTX checks."""
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -22,16 +25,51 @@ def run_main(monkeypatch, argv):
 @pytest.mark.parametrize("args, says", [
     (["--configs", "48,4,2"], "BC 32 or 64"),
     (["--configs", "64,4,3"], "needs 248 KB of shared memory"),
-    (["--configs", "64,4"], "expected BC,WARPS,SX"),
+    (["--configs", "64,4"], "expected [VARIANT,]BC,WARPS,SX[,BT[,SP]]"),
     (["--configs", "64,6,2"], "WARPS 4 or 8"),
+    (["--configs", "fast,64,4,2"], "unknown variant 'fast'"),
+    (["--configs", "ws,64,4"], "expected [VARIANT,]BC,WARPS,SX"),
+    (["--configs", "ws,64,4,2,64,2,1"], "expected [VARIANT,]BC,WARPS,SX"),
+    (["--configs", "ws,32,4,2,96"], "BT 64 or 128"),
+    (["--configs", "persist,32,4,2,64,5"], "SP 2 to 4"),
+    (["--configs", "base,64,4,2,128"], "base variant has BT 64 and SP 2 only"),
+    (["--configs", "persist,32,8,2"], "needs BT >= 16 x WARPS"),  # BT 64: one warpgroup's rows
+    (["--configs", "ws,64,4,3"], "needs 248 KB of shared memory"),  # x/f 120 + φ 64 + out 64
+    (["--configs", "persist,32,8,3,128,3"], "needs 232 KB of shared memory"),  # 120 + 48 + 64
     (["--C", "2080"], "multiple of every config's BC"),  # 2080 = 65 x 32: not a multiple of 64
     (["--reps", "10"], "--reps at least 50"),
     (["--tokens", "0"], "--tokens must be positive"),
+    (["--check-shapes", "some"], "invalid choice"),
 ])
 def test_bad_arguments_are_one_line_errors(monkeypatch, capsys, args, says):
     err = run_main(monkeypatch, args)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.code == 2 and says in last and last.startswith("gluon_post_res_proj.py: error:")
+
+
+def test_config_strings(monkeypatch):
+    """Three numbers are the base variant (the old format); the default list parses, starts with the
+    base kernel's best tile, and fits the shared memory it claims; labels and strings round-trip."""
+    ap = G.argparse.ArgumentParser()
+    base, ws, ws5, p6 = G.parse_configs(ap, ["64,4,2", "ws,32,4,6", "ws,32,8,3,128", "persist,32,4,4,64,3"])
+    assert base == G.Cfg("base", 64, 4, 2, 64, 2) and G.cfg_str(base) == "base,64,4,2"
+    assert ws == G.Cfg("ws", 32, 4, 6, 64, 2) and ws5 == G.Cfg("ws", 32, 8, 3, 128, 2)
+    assert p6 == G.Cfg("persist", 32, 4, 4, 64, 3) and G.cfg_str(p6) == "persist,32,4,4,64,3"
+    assert G.parse_configs(ap, ["base,64,4,2"]) == [base]
+    defaults = G.parse_configs(ap, [G.cfg_str(c) for c in G.CONFIGS])
+    assert defaults == list(G.CONFIGS) and defaults[0] == base and len(set(defaults)) == len(defaults)
+    assert all(G.smem_estimate(c) <= G.SMEM_MAX for c in defaults)
+    assert G.smem_estimate(base) == 208 * 1024  # run 115's resources: 208 KB
+    assert G.smem_estimate(G.Cfg("persist", 64, 4, 2, 64, 2)) == 208 * 1024  # φ split: no epilogue buffer
+    # two blocks per SM fit only ws,32,4,2 of the defaults: it alone gets a .maxnreg (128)
+    assert [G.ws_maxnreg(c) for c in defaults if c.variant == "ws"] == [None] * 4 + [128]
+    assert G.blocks_per_sm(168, 208 * 1024, 4) == 1 and G.blocks_per_sm(128, 104 * 1024, 8) == 2
+
+
+def test_main_prints_help_with_the_config_format(monkeypatch, capsys):
+    assert run_main(monkeypatch, ["--help"]).code == 0
+    out = capsys.readouterr().out
+    assert "VARIANT" in out and "--check-shapes" in out and "--smoke " not in out
 
 
 def test_existing_out_is_refused_and_kept(monkeypatch, capsys, tmp_path):
@@ -41,9 +79,10 @@ def test_existing_out_is_refused_and_kept(monkeypatch, capsys, tmp_path):
     assert out.read_text() == '{"earlier": 1}'
 
 
-def test_cpu_only_machine_gets_one_line(monkeypatch):
+@pytest.mark.parametrize("configs", [["32,4,2"], ["ws,32,4,6", "persist,32,8,2,128"]])
+def test_cpu_only_machine_gets_one_line(monkeypatch, configs):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    err = run_main(monkeypatch, ["--configs", "32,4,2"]).code
+    err = run_main(monkeypatch, ["--configs", *configs]).code
     assert isinstance(err, str) and "\n" not in err
     assert "needs a CUDA GPU" in err or "does not import" in err
 
@@ -105,3 +144,105 @@ def test_out_and_rel_error_measures():
     bad[3, 1, 5] = out[3, 0, 5] + 0.5
     assert G.out_err(bad, x, f, hp, hr) > 10
     assert G.rel_err(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0], dtype=torch.float64)) == pytest.approx(0.5)
+
+
+def test_out_err_reuses_a_precomputed_reference():
+    g = torch.Generator().manual_seed(1)
+    N, n, C = 5, 2, 8
+    x = torch.randn(N, n, C, generator=g).bfloat16()
+    f = torch.randn(N, C, generator=g).bfloat16()
+    hp, hr = torch.rand(N, n, generator=g), torch.rand(N, n, n, generator=g)
+    out = (torch.einsum("tij,tjc->tic", hr.double(), x.double()) + hp.double()[..., None] * f.double()[:, None]).bfloat16()
+    rb = G.out_reference(x, f, hp, hr)
+    assert G.out_err(out, x, f, hp, hr, rb) == G.out_err(out, x, f, hp, hr) <= 1
+
+
+def test_smoke_parent_survives_hangs_and_crashes(monkeypatch):
+    """smoke() with scripted children: a child that goes silent is killed and only the config it was
+    running is charged; one that dies is charged for the config it was running; one that reports a
+    failure and asks for a restart is charged for that config only; the rest run in fresh children."""
+    cfgs = [G.Cfg("persist", 64, 4, 2, 64, 2), G.Cfg("ws", 64, 4, 2, 64, 2), G.Cfg("ws", 32, 4, 6, 64, 2),
+            G.Cfg("ws", 32, 4, 4, 64, 3), G.Cfg("ws", 32, 8, 3, 128, 2)]
+    s = [G.cfg_str(c) for c in cfgs]
+    scripts = iter([  # each child's output lines; a trailing None: it then goes silent (a hang)
+        [f"SMOKE ok {s[0]}", None],
+        ["a warning", "Traceback: boom"],  # dies while running s[2]
+        [f"SMOKE fail {s[3]} ValueError: bad", "SMOKE restart"],
+        [f"SMOKE ok {s[4]}"],
+    ])
+    started, procs, queues = [], [], []
+
+    class FakeProc:
+        def __init__(self, cmd):
+            started.append(cmd[cmd.index("--configs") + 1:])
+            lines = next(scripts)
+            self.hang = bool(lines) and lines[-1] is None
+            self.stdout = [ln + "\n" for ln in lines if ln is not None]
+            self.killed = False
+
+        def kill(self):
+            self.killed = True
+
+        def wait(self):
+            return -9 if self.killed else 1
+
+    class FakeQueue:  # the pump's queue: the child's lines, then None (it ended) or nothing (a hang)
+        def __init__(self):
+            queues.append(self)
+            self.items = []
+
+        def get(self, timeout):
+            if not self.items:
+                raise G.queue.Empty
+            return self.items.pop(0)
+
+    class FakeThread:  # runs the pump's job at start(), without a thread
+        def __init__(self, target, daemon):
+            pass
+
+        def start(self):
+            p = procs[-1]
+            queues[-1].items = list(p.stdout) + ([] if p.hang else [None])
+
+    monkeypatch.setattr(G.subprocess, "Popen", lambda cmd, **kw: procs.append(FakeProc(cmd)) or procs[-1])
+    monkeypatch.setattr(G.queue, "Queue", FakeQueue)
+    monkeypatch.setattr(G.threading, "Thread", FakeThread)
+    verdict = G.smoke([G.Cfg("base", 64, 4, 2, 64, 2)] + cfgs, timeout_s=1)
+    assert set(verdict) == set(cfgs)  # the base kernel is not smoke-tested
+    assert verdict[cfgs[0]] is None and verdict[cfgs[4]] is None
+    assert verdict[cfgs[1]].startswith("hang") and procs[0].killed
+    assert verdict[cfgs[2]].startswith("smoke process died (rc 1)") and "boom" in verdict[cfgs[2]]
+    assert verdict[cfgs[3]] == "ValueError: bad"
+    assert started == [s, s[2:], s[3:], s[4:]]
+
+
+def test_default_configs_compile_for_sm90():
+    """Ahead of time, no GPU: every default config compiles for sm_90 under Triton 3.6 (the device's
+    version; Gluon's API moves between releases) with no spills, fits an SM's shared memory and passes
+    the PTX checks (commit groups per wait; for ws, the loader partitions and named barriers): the
+    script's --compile-only exits 0. In a child process: the suite's TRITON_INTERPRET (set without
+    CUDA) would turn the kernels into interpreted functions."""
+    _gluon_36()
+    import triton
+
+    if not triton.__version__.startswith("3.6"):
+        pytest.skip(f"triton {triton.__version__}: the kernels target the device's 3.6")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, G.__file__, "--compile-only", "--C", "2048"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith(" 2048 ")]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(rows) == len(G.CONFIGS) and not any("NOT OK" in r or "does not compile" in r for r in rows)
+
+
+def test_smoke_child_command_line(monkeypatch):
+    """The real child process, on a machine without a GPU (or without Gluon): it refuses at once, and
+    the parent charges each config with that refusal, starting a fresh child for the next one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the child sees no GPU either
+    cfgs = G.parse_configs(G.argparse.ArgumentParser(), ["persist,32,8,2,128", "ws,32,4,6"])
+    verdict = G.smoke(cfgs, timeout_s=120)
+    assert set(verdict) == set(cfgs)
+    for why in verdict.values():
+        assert why.startswith("smoke process died (rc 1)")
+        assert "needs a CUDA GPU" in why or "does not import" in why
