@@ -68,7 +68,7 @@ class Study:
 COMPARISON_FREE_PREFIXES = ("model.residual.", "model.params_", "kernels.", "tracking.")
 COMPARISON_FREE_KEYS = frozenset({
     "train.variant", "train.ablation", "train.seed", "train.ckpt_every", "train.amax_every", "train.val_every",
-    "train.log_every", "train.throughput_window", "train.progress_bar", "train.torch_threads",
+    "train.log_every", "train.throughput_window", "train.progress_bar", "train.torch_threads", "train.fsdp_grad_sync",
     "train.devices", "train.num_nodes", "train.out_dir", "train.compile", "data.num_workers",
     "data.cache_dir", "model.activation_checkpointing", "model.moe.dispatch", "model.moe.shuffle",
 })

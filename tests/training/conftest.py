@@ -51,14 +51,18 @@ def data_cache(tmp_path_factory):
 @contextmanager
 def world_of_one(store_dir, backend: str, device_type: str):
     """A process group of one rank in this process (gloo on the CPU, nccl on CUDA) and its 1-D
-    "data_parallel" mesh, as FSDP2Strategy builds it; destroyed afterwards."""
+    "data_parallel" mesh, as FSDP2Strategy builds it. An earlier in-process Lightning run leaves a
+    gloo world of one behind: that one is reused (and left alone), any other group skips the test."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    if dist.is_initialized():
-        pytest.skip("a process group already exists in this process")
-    dist.init_process_group(backend, store=dist.FileStore(str(store_dir / "store"), 1), rank=0, world_size=1)
+    own = not dist.is_initialized()
+    if own:
+        dist.init_process_group(backend, store=dist.FileStore(str(store_dir / "store"), 1), rank=0, world_size=1)
+    elif dist.get_world_size() != 1 or dist.get_backend() != backend:
+        pytest.skip(f"a process group other than a {backend} world of one already exists in this process")
     try:
         yield init_device_mesh(device_type, (1,), mesh_dim_names=("data_parallel",))
     finally:
-        dist.destroy_process_group()
+        if own:
+            dist.destroy_process_group()

@@ -8,28 +8,18 @@ import dataclasses
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from mhc_repro.model.transformer import LM
 from mhc_repro.presets import get_preset, with_variant
 from mhc_repro.training.fsdp import shard_lm
 
+from .conftest import world_of_one
+
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    from torch.distributed.device_mesh import init_device_mesh
-
-    own = not dist.is_initialized()  # an earlier test in this process (a Lightning run) may have made one
-    if own:
-        store = dist.FileStore(str(tmp_path_factory.mktemp("pg") / "store"), 1)
-        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    elif dist.get_world_size() != 1 or dist.get_backend() != "gloo":
-        pytest.skip("a multi-process or non-gloo process group already exists")
-    try:
-        yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
-    finally:
-        if own:
-            dist.destroy_process_group()
+    with world_of_one(tmp_path_factory.mktemp("pg"), "gloo", "cpu") as m:
+        yield m
 
 
 def _micro(preset: str, variant: str, stream_dtype: str):
