@@ -728,15 +728,17 @@ CHECK_SHAPES = {  # (N, n, C); N 1000: a partial tile
 SMALL_GRID = 3  # programs of the persistent variants' extra check at N 1000: several tiles per program
 
 
-def make_inputs(N, n, C, seed=0):
+def make_inputs(N, n, C, seed=0, phi_std=0.02, device="cuda"):
+    """Random x, f (bf16), H_post, H_res (a softmax: rows sum to 1) and φ, drawn on the CPU: the same
+    values on every device."""
     g = torch.Generator().manual_seed(seed)
     M = n * n + 2 * n
     x = torch.randn(N, n, C, generator=g).bfloat16()
     f = torch.randn(N, C, generator=g).bfloat16()
     h_post = 2 * torch.sigmoid(torch.randn(N, n, generator=g))
     h_res = torch.softmax(torch.randn(N, n, n, generator=g), -1)
-    phi = 0.02 * torch.randn(n * C, M, generator=g)
-    return [t.cuda() for t in (x, f, h_post, h_res, phi)] + [M]
+    phi = phi_std * torch.randn(n * C, M, generator=g)
+    return [t.to(device) for t in (x, f, h_post, h_res, phi)] + [M]
 
 
 def cuda_alive() -> bool:

@@ -102,13 +102,7 @@ def test_reference_matches_the_reference_ops(n):
     from mhc_repro.residual import mhc_ops
 
     N, C = 37, 48
-    g = torch.Generator().manual_seed(n)
-    M = n * n + 2 * n
-    x = torch.randn(N, n, C, generator=g).bfloat16()
-    f = torch.randn(N, C, generator=g).bfloat16()
-    h_post = 2 * torch.sigmoid(torch.randn(N, n, generator=g))
-    h_res = torch.softmax(torch.randn(N, n, n, generator=g), -1)
-    phi = 0.1 * torch.randn(n * C, M, generator=g)
+    x, f, h_post, h_res, phi, M = G.make_inputs(N, n, C, seed=n, phi_std=0.1, device="cpu")
     out = mhc_ops.mhc_post_res(x, f, h_post, h_res)  # what launch_post_res computes (bf16)
     m, ss = G.reference_m_ss(out, phi)
     assert m.dtype == ss.dtype == torch.float64 and m.shape == (N, M) and ss.shape == (N, )
