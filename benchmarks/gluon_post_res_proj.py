@@ -63,7 +63,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # bench_io, kernel_resourc
 BT = 64  # tokens per program: one wgmma M tile (4 warps x 16 rows); the kernel reads it from x_desc
 SMEM_MAX = 232448 - 1024  # an H200 block's shared memory, less the mbarriers and alignment
 
-from gluon_xl_kernels import (GLUON_ERROR, LOADER_REGS, TensorDescriptor, gl, p2,  # noqa: E402
+from mhc_repro.kernels.gluon_xl import (GLUON_ERROR, LOADER_REGS, TensorDescriptor, gl, p2,  # noqa: E402
                               post_res_proj_gluon, post_res_proj_persist, post_res_proj_ws)
 
 

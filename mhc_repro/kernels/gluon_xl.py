@@ -1,4 +1,4 @@
-"""The Gluon (Hopper) kernels of benchmarks/gluon_post_res_proj.py: mHC's post_res fused with the next
+"""The Gluon (Hopper) kernels probed by benchmarks/gluon_post_res_proj.py: mHC's post_res fused with the next
 sub-layer's projection, the wgmma fed from the output tile in shared memory. Three variants: "base"
 (one program per token tile), "persist" (programs walk token tiles, rings run on across them) and "ws"
 (persist with 1-warp TMA loader partitions). The harness, configurations, references and timing are in
