@@ -1,7 +1,8 @@
 """The Gluon (Hopper) kernels probed by benchmarks/gluon_post_res_proj.py: mHC's post_res fused with the next
 sub-layer's projection, the wgmma fed from the output tile in shared memory. Three variants: "base"
 (one program per token tile), "persist" (programs walk token tiles, rings run on across them) and "ws"
-(persist with 1-warp TMA loader partitions). The harness, configurations, references and timing are in
+(persist with 1-warp TMA loader partitions; its OPTS switches, OPT_BITS below, turn pieces of the work
+off for timing ablations or pick candidate schedules). The harness, configurations, references and timing are in
 gluon_post_res_proj.py; the design notes are in its docstring and in reports/kernels/RESULTS.md
 (session 26)."""
 
@@ -185,33 +186,75 @@ def _load_phi2(ph_desc, ps, bar, slot, c0, C, n: gl.constexpr, MP: gl.constexpr)
 
 
 @gluon.jit
-def _form_chunk(xs, sx, os_, ob, hp, hr, ss, n: gl.constexpr, XL: gl.constexpr):
-    """out tiles of one chunk from x/f ring slot sx into out buffer ob; returns ss plus their Σ out²."""
+def _tiles(xs, sx, n: gl.constexpr, XL: gl.constexpr):
+    """The x tiles (bf16) and f (fp32) of x/f ring slot sx, in registers."""
     xv = ()
     for j in gl.static_range(n):
         xv = xv + (xs.index(sx * (n + 1) + j).load(XL), )
-    fv = xs.index(sx * (n + 1) + n).load(XL).to(gl.float32)
+    return xv, xs.index(sx * (n + 1) + n).load(XL).to(gl.float32)
+
+
+@gluon.jit
+def _otile(os_, ob, i, n: gl.constexpr, SEP: gl.constexpr = False):
+    """Out tile i of out buffer ob: os_ is one [OB*n, BT, BC] allocation, or with SEP (ws sepout) a tuple
+    of n [OB, BT, BC] ones (stores to different allocations need no barrier between them: Triton's
+    shared-memory barrier analysis cannot tell the tiles of one allocation apart under a runtime ob)."""
+    if SEP:
+        return os_[i].index(ob)
+    else:
+        return os_.index(ob * n + i)
+
+
+@gluon.jit
+def _bf16_rn2(o):
+    """o rounded to bf16 (round to nearest even, as o.to(bf16)), two elements per cvt.rn.bf16x2.f32
+    (Triton 3.6 emits one scalar F2F.BF16.F32 per element)."""
+    return gl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [o], dtype=gl.bfloat16,
+                                     is_pure=True, pack=2)
+
+
+@gluon.jit
+def _mix(xv, fv, os_, ob, hp, hr, ss, n: gl.constexpr, MIX: gl.constexpr = True, SS: gl.constexpr = True,
+         PACK: gl.constexpr = False, SEP: gl.constexpr = False):
+    """out tiles of one chunk into out buffer ob; returns ss plus their Σ out². MIX / SS False are
+    timing ablations (ws OPTS nomix / noss): out_i = x_i as loaded (f unused, so its tile is not read
+    from shared memory either), and no Σ out². PACK: round two elements per instruction (ws pack)."""
     for i in gl.static_range(n):
-        # launch_post_res's order: Σ_j in j order, then h_post·f; fp32, rounded once (as the base kernel)
-        o = gl.expand_dims(hr[i * n], 1) * xv[0].to(gl.float32)
-        for j in gl.static_range(1, n):
-            o = o + gl.expand_dims(hr[i * n + j], 1) * xv[j].to(gl.float32)
-        o = o + gl.expand_dims(hp[i], 1) * fv
-        r = o.to(gl.bfloat16)
-        rf = r.to(gl.float32)
-        ss = ss + gl.sum(rf * rf, axis=1)
-        os_.index(ob * n + i).store(r)
+        if MIX:
+            # launch_post_res's order: Σ_j in j order, then h_post·f; fp32, rounded once (as the base kernel)
+            o = gl.expand_dims(hr[i * n], 1) * xv[0].to(gl.float32)
+            for j in gl.static_range(1, n):
+                o = o + gl.expand_dims(hr[i * n + j], 1) * xv[j].to(gl.float32)
+            o = o + gl.expand_dims(hp[i], 1) * fv
+            if PACK:
+                r = _bf16_rn2(o)
+            else:
+                r = o.to(gl.bfloat16)
+        else:
+            r = xv[i]
+        if SS:
+            rf = r.to(gl.float32)
+            ss = ss + gl.sum(rf * rf, axis=1)
+        _otile(os_, ob, i, n, SEP).store(r)
     return ss
 
 
 @gluon.jit
-def _issue_mmas(os_, ob, ps, sp, acc_h, acc_l, n: gl.constexpr):
+def _form_chunk(xs, sx, os_, ob, hp, hr, ss, n: gl.constexpr, XL: gl.constexpr):
+    """out tiles of one chunk from x/f ring slot sx into out buffer ob; returns ss plus their Σ out²."""
+    xv, fv = _tiles(xs, sx, n, XL)
+    return _mix(xv, fv, os_, ob, hp, hr, ss, n)
+
+
+@gluon.jit
+def _issue_mmas(os_, ob, ps, sp, acc_h, acc_l, n: gl.constexpr, LAG: gl.constexpr = 1, SEP: gl.constexpr = False):
     for i in gl.static_range(n):
-        acc_h = warpgroup_mma(os_.index(ob * n + i), ps.index(sp * 2 * n + i), acc_h, is_async=True)
-        acc_l = warpgroup_mma(os_.index(ob * n + i), ps.index(sp * 2 * n + n + i), acc_l, is_async=True)
-    # a no-op wait (2n groups may stay in flight) that hands the accumulators back as tensors for the
-    # loop; the next chunk's wait(0) is the real one
-    return warpgroup_mma_wait(num_outstanding=2 * n, deps=(acc_h, acc_l))
+        a = _otile(os_, ob, i, n, SEP)
+        acc_h = warpgroup_mma(a, ps.index(sp * 2 * n + i), acc_h, is_async=True)
+        acc_l = warpgroup_mma(a, ps.index(sp * 2 * n + n + i), acc_l, is_async=True)
+    # a no-op wait (the last LAG chunks' 2n groups each may stay in flight) that hands the accumulators
+    # back as tensors for the loop; the next chunk's wait is the real one
+    return warpgroup_mma_wait(num_outstanding=2 * n * LAG, deps=(acc_h, acc_l))
 
 
 @gluon.jit
@@ -303,16 +346,36 @@ def post_res_proj_persist(x_desc, f_desc, ph_desc, out_desc, hp_ptr, hr_ptr, m_p
     tma.store_wait(pendings=0)
 
 
+# ws OPTS (a bitmask; the kernels spell the bits out as literals): timing ablations, whose m / out are
+# wrong or garbage, and candidate schedules, which must pass the harness's float64 checks.
+OPT_BITS = {
+    "nomma": 1,  # ablation: no wgmma issued or waited for (m = 0); φ is still loaded and its slots released
+    "nostore": 2,  # ablation: no TMA store of out (out left unwritten)
+    "nomix": 4,  # ablation: out_i = x_i as loaded, no fp32 math or rounding (f's tile not read from smem)
+    "noss": 8,  # ablation: no Σ out² (ss = 0)
+    "nophi": 16,  # ablation: φ neither loaded nor waited for (the MMAs read stale φ buffers)
+    "copy": 32,  # ablation, the structure ceiling: x/f in through the ring, the n x tiles TMA-stored
+    #              straight from their slot; no registers, no MMA, no φ (the unused out buffers are dropped)
+    "early": 64,  # candidate: free the x/f slot once its tiles are in registers, before the math
+    "lag": 128,  # candidate: wait for chunk g-2's MMAs and stores, not g-1's (3 out buffers, SP >= 3)
+    "noload": 256,  # ablation: x / f neither loaded nor waited for (the tiles are formed from stale slots)
+    "pack": 512,  # candidate: round out two elements per cvt.rn.bf16x2.f32 (the same rounding, half the cvts)
+    "sepout": 1024,  # candidate: each out tile its own allocation (no compiler-inserted barrier between tile stores)
+}
+ABLATIONS = ("nomma", "nostore", "nomix", "noss", "nophi", "copy", "noload")
+
+
 @gluon.jit
-def _ws_x_loader(x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pempty, pid, nprog, G, nk, C):
-    """Worker (1 warp): x and f of every chunk into the SX-slot ring, as far ahead as the slots allow.
+def _ws_x_loader(x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pempty, pid, nprog, Gx, Gp, nk, C):
+    """Worker (1 warp): x and f of the first Gx chunks (all G; 0 under noload) into the SX-slot ring, as
+    far ahead as the slots allow.
     (Triton 3.6 hands a worker's constexpr arguments over as int32 scalars, so the sizes come from
     the shapes of the descriptors and buffers.)"""
     BT: gl.constexpr = x_desc.block_type.shape[0]
     BC: gl.constexpr = x_desc.block_type.shape[1]
     SX: gl.constexpr = xready.shape[0]
     n: gl.constexpr = xs.shape[0] // SX - 1
-    for g in range(G):
+    for g in range(Gx):
         s = g % SX
         mbarrier.wait(xempty.index(s), ((g // SX) & 1) ^ 1)  # a fresh barrier passes parity 1 at once
         t0, c0 = _chunk_at(g, pid, nprog, nk, BT, BC)
@@ -320,14 +383,14 @@ def _ws_x_loader(x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pempty
 
 
 @gluon.jit
-def _ws_phi_loader(x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pempty, pid, nprog, G, nk, C):
-    """Worker (1 warp): φ's hi / lo slices of every chunk into the SP-slot ring (its own warp, so a
-    shallow φ ring does not hold back the x ring)."""
+def _ws_phi_loader(x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pempty, pid, nprog, Gx, Gp, nk, C):
+    """Worker (1 warp): φ's hi / lo slices of the first Gp chunks (all G; 0 under nophi / copy) into the
+    SP-slot ring (its own warp, so a shallow φ ring does not hold back the x ring)."""
     BC: gl.constexpr = x_desc.block_type.shape[1]
     MP: gl.constexpr = ph_desc.block_type.shape[1]
     SP: gl.constexpr = pready.shape[0]
     n: gl.constexpr = ps.shape[0] // (2 * SP)
-    for g in range(G):
+    for g in range(Gp):
         s = g % SP
         mbarrier.wait(pempty.index(s), ((g // SP) & 1) ^ 1)
         _load_phi2(ph_desc, ps, pready.index(s), s, (g % nk) * BC, C, n, MP)
@@ -336,12 +399,24 @@ def _ws_phi_loader(x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pemp
 @gluon.jit
 def _ws_compute(xs, ps, os_, xready, xempty, pready, pempty, out_desc, hp_ptr, hr_ptr, m_ptr, ss_ptr,
                 pid, nprog, my, nk, N, C, M, n: gl.constexpr, MP: gl.constexpr, SX: gl.constexpr,
-                SP: gl.constexpr, XL: gl.constexpr, ACC: gl.constexpr):
+                SP: gl.constexpr, XL: gl.constexpr, ACC: gl.constexpr, OPTS: gl.constexpr):
     """Default partition (the kernel's num_warps): the persistent variant's loop, with the TMA loads
-    replaced by arrivals on the rings' empty barriers."""
+    replaced by arrivals on the rings' empty barriers; OPTS as OPT_BITS."""
     BT: gl.constexpr = out_desc.block_type.shape[0]
     BC: gl.constexpr = out_desc.block_type.shape[1]
     RL: gl.constexpr = gl.SliceLayout(1, XL)
+    MMA: gl.constexpr = (OPTS & 1) == 0
+    STORE: gl.constexpr = (OPTS & 2) == 0
+    MIX: gl.constexpr = (OPTS & 4) == 0
+    SS: gl.constexpr = (OPTS & 8) == 0
+    PHI: gl.constexpr = (OPTS & 48) == 0  # neither nophi nor copy
+    COPY: gl.constexpr = (OPTS & 32) != 0
+    EARLY: gl.constexpr = (OPTS & 64) != 0
+    LAG: gl.constexpr = 2 if (OPTS & 128) != 0 else 1  # the chunk whose MMAs / stores / φ slot each chunk waits for
+    LOAD: gl.constexpr = (OPTS & 256) == 0
+    PACK: gl.constexpr = (OPTS & 512) != 0
+    SEP: gl.constexpr = (OPTS & 1024) != 0
+    OB: gl.constexpr = LAG + 1  # out buffers
     hp, hr = _coefs(hp_ptr, hr_ptr, pid * BT + gl.arange(0, BT, layout=RL), n, N)
     for it in range(my):
         t0 = (pid + it * nprog) * BT
@@ -353,22 +428,47 @@ def _ws_compute(xs, ps, os_, xready, xempty, pready, pempty, out_desc, hp_ptr, h
             g = it * nk + k
             c0 = k * BC
             sx = g % SX
-            ob = g % 2
-            mbarrier.wait(xready.index(sx), (g // SX) & 1)
-            ss = _form_chunk(xs, sx, os_, ob, hp, hr, ss, n, XL)
+            ob = g % OB
+            if LOAD:
+                mbarrier.wait(xready.index(sx), (g // SX) & 1)
+            if COPY:
+                for i in gl.static_range(n):
+                    tma.async_copy_shared_to_global(out_desc, [t0, i * C + c0], xs.index(sx * (n + 1) + i))
+                tma.store_wait(pendings=n)  # chunk g-1's stores have read their slot
+                gl.thread_barrier()
+                if g >= 1:
+                    mbarrier.arrive(xempty.index((g - 1) % SX))
+            else:
+                xv, fv = _tiles(xs, sx, n, XL)
+                if EARLY:  # every warp's tiles are in registers: the loader may refill slot sx now
+                    fence_async_shared()
+                    gl.thread_barrier()
+                    if LOAD:
+                        mbarrier.arrive(xempty.index(sx))
+                ss = _mix(xv, fv, os_, ob, hp, hr, ss, n, MIX, SS, PACK, SEP)
+                # chunk g-LAG's MMAs and stores are done: out buffer (g+1) % OB and its φ slot are free
+                # (wgmma's wait counts commit groups: 2n per chunk; the stores' wait, n per chunk)
+                if MMA:
+                    acc_h, acc_l = warpgroup_mma_wait(num_outstanding=2 * n * (LAG - 1), deps=(acc_h, acc_l))
+                if STORE:
+                    tma.store_wait(pendings=n * (LAG - 1))
+                fence_async_shared()  # generic reads of slot sx / writes of the out tiles before the async proxy's use
+                gl.thread_barrier()  # every warp is past them and past its waits above
+                if LOAD and not EARLY:
+                    mbarrier.arrive(xempty.index(sx))
+                if PHI:
+                    if g >= LAG:
+                        mbarrier.arrive(pempty.index((g - LAG) % SP))
+                if STORE:
+                    for i in gl.static_range(n):
+                        tma.async_copy_shared_to_global(out_desc, [t0, i * C + c0], _otile(os_, ob, i, n, SEP))
+                sp = g % SP
+                if PHI:
+                    mbarrier.wait(pready.index(sp), (g // SP) & 1)
+                if MMA:
+                    acc_h, acc_l = _issue_mmas(os_, ob, ps, sp, acc_h, acc_l, n, LAG, SEP)
+        if MMA:
             acc_h, acc_l = warpgroup_mma_wait(num_outstanding=0, deps=(acc_h, acc_l))
-            tma.store_wait(pendings=0)
-            fence_async_shared()  # generic reads of slot sx before the loader's next TMA write to it
-            gl.thread_barrier()  # every warp is past its reads of slot sx and its wait on chunk g-1's MMAs
-            mbarrier.arrive(xempty.index(sx))
-            if g >= 1:
-                mbarrier.arrive(pempty.index((g - 1) % SP))  # chunk g-1's MMAs are done with its φ slot
-            for i in gl.static_range(n):
-                tma.async_copy_shared_to_global(out_desc, [t0, i * C + c0], os_.index(ob * n + i))
-            sp = g % SP
-            mbarrier.wait(pready.index(sp), (g // SP) & 1)
-            acc_h, acc_l = _issue_mmas(os_, ob, ps, sp, acc_h, acc_l, n)
-        acc_h, acc_l = warpgroup_mma_wait(num_outstanding=0, deps=(acc_h, acc_l))
         _store_m_ss(acc_h, acc_l, ss, t0, m_ptr, ss_ptr, N, M, BT, MP, ACC, RL)
         hp = hp_next
         hr = hr_next
@@ -378,7 +478,7 @@ def _ws_compute(xs, ps, os_, xready, xempty, pready, pempty, out_desc, hp_ptr, h
 @gluon.jit
 def post_res_proj_ws(x_desc, f_desc, ph_desc, out_desc, hp_ptr, hr_ptr, m_ptr, ss_ptr, N, C, M,
                      n: gl.constexpr, MP: gl.constexpr, SX: gl.constexpr, SP: gl.constexpr,
-                     LOADER_REGS: gl.constexpr, num_warps: gl.constexpr):
+                     LOADER_REGS: gl.constexpr, num_warps: gl.constexpr, OPTS: gl.constexpr = 0):
     """Warp-specialized and persistent: two 1-warp loader partitions (x/f ring, φ ring) run ahead
     of the default partition (num_warps warps), which forms the tiles, stores out and issues the MMAs."""
     BT: gl.constexpr = x_desc.block_type.shape[0]
@@ -387,15 +487,25 @@ def post_res_proj_ws(x_desc, f_desc, ph_desc, out_desc, hp_ptr, hr_ptr, m_ptr, s
     XL: gl.constexpr = gl.BlockedLayout([1, 8], [TPR, 32 // TPR], [num_warps, 1], [1, 0])
     ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                   instr_shape=[16, MP, 16])
+    OB: gl.constexpr = 3 if (OPTS & 128) != 0 else 2  # out buffers (lag: 3)
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
     my = (gl.cdiv(N, BT) - pid + nprog - 1) // nprog
     nk = C // BC
     G = my * nk
+    PHI_ON: gl.constexpr = 1 if (OPTS & 48) == 0 else 0
+    X_ON: gl.constexpr = 1 if (OPTS & 256) == 0 else 0
+    Gp = G * PHI_ON  # φ's chunks: none under nophi / copy
+    Gx = G * X_ON  # x / f's chunks: none under noload
 
     xs = gl.allocate_shared_memory(gl.bfloat16, [SX * (n + 1), BT, BC], x_desc.layout)
     ps = gl.allocate_shared_memory(gl.bfloat16, [SP * 2 * n, BC, MP], ph_desc.layout)
-    os_ = gl.allocate_shared_memory(gl.bfloat16, [2 * n, BT, BC], out_desc.layout)
+    if (OPTS & 1024) != 0:  # sepout: one allocation per out tile
+        os_ = ()
+        for i in gl.static_range(n):
+            os_ = os_ + (gl.allocate_shared_memory(gl.bfloat16, [OB, BT, BC], out_desc.layout), )
+    else:
+        os_ = gl.allocate_shared_memory(gl.bfloat16, [OB * n, BT, BC], out_desc.layout)
     xready = gl.allocate_shared_memory(gl.int64, [SX, 1], mbarrier.MBarrierLayout())
     xempty = gl.allocate_shared_memory(gl.int64, [SX, 1], mbarrier.MBarrierLayout())
     pready = gl.allocate_shared_memory(gl.int64, [SP, 1], mbarrier.MBarrierLayout())
@@ -408,10 +518,10 @@ def post_res_proj_ws(x_desc, f_desc, ph_desc, out_desc, hp_ptr, hr_ptr, m_ptr, s
         mbarrier.init(pempty.index(s), count=1)
     fence_async_shared()
     gl.thread_barrier()
-    wargs = (x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pempty, pid, nprog, G, nk, C)
+    wargs = (x_desc, f_desc, ph_desc, xs, ps, xready, xempty, pready, pempty, pid, nprog, Gx, Gp, nk, C)
     gl.warp_specialize([
         (_ws_compute, (xs, ps, os_, xready, xempty, pready, pempty, out_desc, hp_ptr, hr_ptr, m_ptr, ss_ptr,
-                       pid, nprog, my, nk, N, C, M, n, MP, SX, SP, XL, ACC)),
+                       pid, nprog, my, nk, N, C, M, n, MP, SX, SP, XL, ACC, OPTS)),
         (_ws_x_loader, wargs),
         (_ws_phi_loader, wargs),
     ], [1, 1], [LOADER_REGS, LOADER_REGS])
