@@ -15,6 +15,7 @@ hypothesis; one at or above it says that this design, at least, does not deliver
     m[t] = out_flat[t]·(φ_hi + φ_lo),  ss[t] = Σ out_flat[t]²  (fp32)        (launch.launch_proj_fwd)
 
     python benchmarks/gluon_post_res_proj.py --out reports/kernels/runNNN_gluon.json     (H200)
+    python benchmarks/gluon_post_res_proj.py --set ablate --out reports/kernels/runNNN_ablate.json   (H200)
     PYTHONPATH=.:/path/to/triton-3.6 python benchmarks/gluon_post_res_proj.py --compile-only  (no GPU)
 
 Variants (--configs VARIANT,BC,WARPS,SX[,BT[,SP]]; a plain BC,WARPS,SX is the base variant):
@@ -28,6 +29,20 @@ Variants (--configs VARIANT,BC,WARPS,SX[,BT[,SP]]; a plain BC,WARPS,SX is the ba
 - ws: persist's loop in the default partition (WARPS warps) of gl.warp_specialize, fed by two 1-warp
   loader partitions (x/f ring, φ ring) through ready / empty mbarriers: the loads run as far ahead as
   the rings allow, without waiting on the compute warps' instruction stream.
+
+Options of ws (``ws+OPT[+OPT...],BC,...``; OPT_BITS in mhc_repro/kernels/gluon_xl.py), constexpr switches
+of the same kernel. Ablations, timing only (smoke-run in the child process like any new config, never
+checked, labelled "[ablation]", one kernel-only row each): nomma (no wgmma), nostore (no TMA store of
+out), noload (x / f not loaded: stale slots; nostore and noload rows count the bytes still moved), nomix (out_i = x_i as loaded: no fp32 math, f's tile
+not read), noss (no Σ out²), nophi (φ neither loaded nor waited for), copy (the structure ceiling: the
+same rings and boxes, the x tiles TMA-stored straight from their slot; nothing through registers, no
+MMA, no φ; the compiler drops the unused out buffers, blocks per SM stay as the tile's). Candidates,
+checked like any config: early (free the x/f slot once its tiles are in registers, before the math:
+the loader gets that much more lead), lag (wait for chunk g-2's MMAs and stores instead of g-1's: 3 out
+buffers, SP >= 3), pack (round out two elements per cvt.rn.bf16x2.f32: the same rounding, half the
+conversions), sepout (one shared allocation per out tile: Triton's barrier analysis puts a bar.sync
+before each tile's store when the n tiles share one allocation under a runtime buffer index).
+``--set ablate`` runs the ablation table, run 117's best tile and the candidates at C 2048 and 4096.
 
 Correctness first, config by config (--check-shapes quick: N 1000 / 16384 at n 4, C 2048 and n 1,
 C 256; full: N 1000 / 16384, n 1 / 2 / 4, C 256 / 2048): out against a float64 sum (within half a
@@ -63,14 +78,16 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # bench_io, kernel_resourc
 BT = 64  # tokens per program: one wgmma M tile (4 warps x 16 rows); the kernel reads it from x_desc
 SMEM_MAX = 232448 - 1024  # an H200 block's shared memory, less the mbarriers and alignment
 
-from mhc_repro.kernels.gluon_xl import (GLUON_ERROR, LOADER_REGS, TensorDescriptor, gl, p2,  # noqa: E402
-                              post_res_proj_gluon, post_res_proj_persist, post_res_proj_ws)
+from mhc_repro.kernels.gluon_xl import (ABLATIONS, GLUON_ERROR, LOADER_REGS, OPT_BITS,  # noqa: E402
+                                        TensorDescriptor, gl, p2, post_res_proj_gluon, post_res_proj_persist,
+                                        post_res_proj_ws)
 
 
 # ---------------------------------------------------------------- configurations
 VARIANTS = ("base", "persist", "ws")
-Cfg = namedtuple("Cfg", "variant bc warps sx bt sp")  # BT: tokens per tile; SP: φ stages (base: 64, 2)
-CONFIG_FORMAT = "[VARIANT,]BC,WARPS,SX[,BT[,SP]]"
+# BT: tokens per tile; SP: φ stages (base: 64, 2); opts: ws's OPT_BITS names (ablations, candidates), in bit order
+Cfg = namedtuple("Cfg", "variant bc warps sx bt sp opts", defaults=((), ))
+CONFIG_FORMAT = "[VARIANT[+OPT...],]BC,WARPS,SX[,BT[,SP]]"
 # first: the base kernel's best tile (run 115), what the new variants are measured against; the others
 # in order of risk (ws last: a hang there would be the likeliest, and the smoke test runs them apart)
 CONFIGS = (
@@ -85,14 +102,57 @@ CONFIGS = (
     Cfg("ws", 32, 4, 2, 64, 2),  # two blocks per SM (104 KB, .maxnreg 128), as the base's BC 32 tiles
 )
 SMEM_PER_SM = 232448  # an H200 SM's shared memory, as kernel_resources
+_WS = Cfg("ws", 64, 4, 2, 64, 2)  # run 117's best tile (189.5 µs at C = 2048)
+# --set ablate: what holds the ws kernel at ~76 % of copy. Ablations (timing only, not checked): one
+# piece of the chunk's work removed at a time from run 117's best tile, then the structure ceiling
+# ("copy": the same rings and TMA boxes, x tiles stored straight back, no registers / MMA / φ) for
+# that tile and three others. Candidates (checked like any config): early release of the x/f slot,
+# packed rounding, one allocation per out tile, the three together, and the MMA / store waits one
+# chunk later (lag, 3 out buffers: BC 32 only fits) alone and with the other three, with its reference
+# tile. Timed at C = 2048 and 4096 unless --C is given.
+ABLATE_CONFIGS = (
+    _WS,
+    _WS._replace(opts=("nomma", )),
+    _WS._replace(opts=("nostore", )),
+    _WS._replace(opts=("nomix", )),
+    _WS._replace(opts=("noss", )),
+    _WS._replace(opts=("nophi", )),
+    _WS._replace(opts=("nomix", "noss")),  # registers only move the tiles; MMA and stores as before
+    _WS._replace(opts=("nomma", "nostore")),  # ring, tile forming and smem writes only (5 of 9 units move)
+    _WS._replace(opts=("nomma", "nomix", "noss", "nophi")),  # ring -> registers -> smem -> TMA store
+    _WS._replace(opts=("noload", )),  # no x / f from DRAM: tile forming, MMA and stores (4 of 9 units)
+    _WS._replace(opts=("nostore", "noload")),  # the compute partition alone: math, MMA, syncs; no DRAM streams
+    _WS._replace(opts=("copy", )),
+    Cfg("ws", 32, 4, 2, 64, 2, ("copy", )),  # 64-byte rows, two blocks per SM
+    Cfg("ws", 32, 4, 4, 64, 3, ("copy", )),  # 64-byte rows, the bytes of _WS's ring in 4 stages
+    Cfg("ws", 32, 4, 6, 64, 2, ("copy", )),  # 6 stages (run 117: 65 % of copy with the math)
+    _WS._replace(opts=("early", )),
+    _WS._replace(opts=("pack", )),
+    _WS._replace(opts=("sepout", )),
+    _WS._replace(opts=("early", "pack", "sepout")),
+    Cfg("ws", 32, 4, 4, 64, 3),  # run 117's other best (189.4 µs): the reference of the rows below
+    Cfg("ws", 32, 4, 4, 64, 3, ("lag", )),
+    Cfg("ws", 32, 4, 4, 64, 3, ("early", "lag", "pack", "sepout")),
+)
+SETS = {"ablate": (ABLATE_CONFIGS, [2048, 4096])}
+
+
+def is_ablation(c: Cfg) -> bool:
+    """Timing-only configs: their out / m / ss are wrong by design, so the checks skip them."""
+    return any(o in ABLATIONS for o in c.opts)
+
+
+def _vname(c: Cfg) -> str:
+    return c.variant + "".join("+" + o for o in c.opts)
 
 
 def cfg_str(c: Cfg) -> str:
-    return f"{c.variant},{c.bc},{c.warps},{c.sx}" + ("" if c.variant == "base" else f",{c.bt},{c.sp}")
+    return f"{_vname(c)},{c.bc},{c.warps},{c.sx}" + ("" if c.variant == "base" else f",{c.bt},{c.sp}")
 
 
 def cfg_label(c: Cfg) -> str:
-    return f"{c.variant} BC {c.bc} w {c.warps} SX {c.sx}" + ("" if c.variant == "base" else f" BT {c.bt} SP {c.sp}")
+    return (("[ablation] " if is_ablation(c) else "") + f"{_vname(c)} BC {c.bc} w {c.warps} SX {c.sx}"
+            + ("" if c.variant == "base" else f" BT {c.bt} SP {c.sp}"))
 
 
 def smem_estimate(c: Cfg, n: int = 4) -> int:
@@ -100,7 +160,8 @@ def smem_estimate(c: Cfg, n: int = 4) -> int:
     MP = p2(n * n + 2 * n)
     if c.variant == "base":  # x/f ring, φ ring (2 stages of [BC, 2MP]), two chunks' out tiles
         return 2 * (c.sx * (n + 1) * BT * c.bc + 2 * n * c.bc * 2 * MP + 2 * n * BT * c.bc)
-    return 2 * (c.sx * (n + 1) * c.bt * c.bc + c.sp * 2 * n * c.bc * MP + 2 * n * c.bt * c.bc)
+    ob = 3 if "lag" in c.opts else 2  # out buffers
+    return 2 * (c.sx * (n + 1) * c.bt * c.bc + c.sp * 2 * n * c.bc * MP + ob * n * c.bt * c.bc)
 
 
 def ws_maxnreg(c: Cfg, n: int = 4):
@@ -116,10 +177,19 @@ def parse_configs(ap, items):
     out = []
     for s in items:
         f = s.split(",")
-        variant = f[0] if f[0] in VARIANTS else "base"
-        nums = f[1:] if f[0] in VARIANTS else f
-        if f[0] not in VARIANTS and f[0].strip().isalpha():
-            ap.error(f"--configs {s!r}: unknown variant {f[0]!r}; one of {', '.join(VARIANTS)}")
+        head, *opts = f[0].split("+")
+        named = head in VARIANTS
+        variant = head if named else "base"
+        nums = f[1:] if named else f
+        if not named and (head.strip().isalpha() or opts):
+            ap.error(f"--configs {s!r}: unknown variant {head!r}; one of {', '.join(VARIANTS)}")
+        bad = [o for o in opts if o not in OPT_BITS]
+        if bad or len(set(opts)) != len(opts):
+            ap.error(f"--configs {s!r}: options are distinct names of {', '.join(OPT_BITS)}")
+        if opts and variant != "ws":
+            ap.error(f"--configs {s!r}: options (+{opts[0]}) exist for the ws variant only")
+        if "copy" in opts and len(opts) > 1:
+            ap.error(f"--configs {s!r}: +copy (the structure ceiling) takes no other option")
         try:
             nums = [int(v) for v in nums]
         except ValueError:
@@ -133,7 +203,9 @@ def parse_configs(ap, items):
             ap.error(f"--configs {s!r}: BT 64 or 128, SP 2 to 4; the base variant has BT 64 and SP 2 only")
         if variant != "base" and bt < 16 * w:
             ap.error(f"--configs {s!r}: {variant} needs BT >= 16 x WARPS (each warp 16 token rows of the MMA)")
-        c = Cfg(variant, bc, w, sx, bt, sp)
+        if "lag" in opts and sp < 3:
+            ap.error(f"--configs {s!r}: +lag frees a φ slot two chunks late: SP >= 3")
+        c = Cfg(variant, bc, w, sx, bt, sp, tuple(sorted(opts, key=OPT_BITS.get)))
         smem = smem_estimate(c)
         if smem > SMEM_MAX:
             ap.error(f"--configs {s!r}: needs {smem // 1024} KB of shared memory at n = 4, over {SMEM_MAX // 1024}")
@@ -174,6 +246,8 @@ def fused_launch(x, f, h_post, h_res, phi_buf, M: int, cfg: Cfg = CONFIGS[0]):
     if cfg.variant == "persist":
         return post_res_proj_persist, grid, args, kw, (out, m, ss)
     kw["LOADER_REGS"] = LOADER_REGS
+    if cfg.opts:  # (none: the specialization of runs 117-118)
+        kw["OPTS"] = sum(OPT_BITS[o] for o in cfg.opts)
     if ws_maxnreg(cfg, n) is not None:
         kw["maxnreg"] = ws_maxnreg(cfg, n)
     return post_res_proj_ws, grid, args, kw, (out, m, ss)
@@ -258,8 +332,9 @@ def ptx_checks(cfg: Cfg, k, n: int) -> tuple[str, bool]:
     barriers (a bar.sync 0 over the whole CTA would wait for the loader warps forever)."""
     ptx, ttgir = k.asm["ptx"], k.asm["ttgir"]
     wg, st = ptx.count("wgmma.commit_group"), ptx.count("cp.async.bulk.commit_group")
-    want_wg = n if cfg.variant == "base" else 2 * n
-    said, ok = f"wgmma {wg}/{want_wg} store {st}/{n}", wg == want_wg and st == n
+    want_wg = 0 if {"nomma", "copy"} & set(cfg.opts) else n if cfg.variant == "base" else 2 * n
+    want_st = 0 if "nostore" in cfg.opts else n
+    said, ok = f"wgmma {wg}/{want_wg} store {st}/{want_st}", wg == want_wg and st == want_st
     if cfg.variant == "ws":
         parts = len(re.findall(r"partition\d+\(.*num_warps\(1\)", ttgir))
         waits = ptx.count("mbarrier.try_wait")
@@ -267,7 +342,10 @@ def ptx_checks(cfg: Cfg, k, n: int) -> tuple[str, bool]:
         whole = len(re.findall(r"bar\.sync\s+\d+;", ptx))
         setmax = ptx.count("setmaxnreg")
         said += f", partitions {parts}/2, try_wait {waits}, named bar {named}, whole-CTA bar {whole}, setmaxnreg {setmax}"
-        ok = ok and parts == 2 and waits >= 4 and named > 0 and whole == 0 and setmax > 0
+        # x: the loader's and the compute partition's waits, unless noload; φ: the same, unless nophi / copy
+        # (a loader whose chunk count is 0 loses its loop)
+        want_waits = 2 * ("noload" not in cfg.opts) + 2 * (not {"nophi", "copy"} & set(cfg.opts))
+        ok = ok and parts == 2 and waits == want_waits and named > 0 and whole == 0 and setmax > 0
     return said, ok
 
 
@@ -286,7 +364,8 @@ def compile_only(configs, Cs, ns=(4, )):
     backend = make_backend(target)
     N, rows = 128, []  # N = 128: divisible by 16, as 16384
     print(f"triton {triton.__version__}, target cuda:90")
-    print(f"{'C':>5} {'n':>1} {'config':34} {'regs':>4} {'spill':>5} {'smem KB':>7} {'warps':>5} {'blk/SM':>6}  PTX checks")
+    lw = max([34] + [len(cfg_label(c)) for c in configs])  # label width (34: the old tables' layout)
+    print(f"{'C':>5} {'n':>1} {'config':{lw}} {'regs':>4} {'spill':>5} {'smem KB':>7} {'warps':>5} {'blk/SM':>6}  PTX checks")
     for C, n, cfg in ((C, n, cfg) for n in ns for C in Cs for cfg in configs):
         M = n * n + 2 * n
         x, f = torch.empty(N, n, C, dtype=torch.bfloat16), torch.empty(N, C, dtype=torch.bfloat16)
@@ -302,11 +381,11 @@ def compile_only(configs, Cs, ns=(4, )):
             said, ok = ptx_checks(cfg, k, n)
             r.update(resources(k), ptx=said, ptx_ok=ok)
             r["ok"] = ok and r["spill_stack"] == 0 and k.metadata.shared + 1024 <= SMEM_PER_SM
-            print(f"{C:5d} {n} {cfg_label(cfg):34} {r['regs']:4d} {r['spill_stack']:5d} {r['smem_kb']:7.1f} "
+            print(f"{C:5d} {n} {cfg_label(cfg):{lw}} {r['regs']:4d} {r['spill_stack']:5d} {r['smem_kb']:7.1f} "
                   f"{r['warps']:5d} {r['blocks_per_sm']:6d}  {said}{'' if r['ok'] else '  <- NOT OK'}", flush=True)
         except Exception as e:  # noqa: BLE001 - reported; the exit status says it
             r.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
-            print(f"{C:5d} {n} {cfg_label(cfg):34} does not compile: {r['error'].splitlines()[0][:300]}", flush=True)
+            print(f"{C:5d} {n} {cfg_label(cfg):{lw}} does not compile: {r['error'].splitlines()[0][:300]}", flush=True)
         rows.append(r)
     return rows
 
@@ -433,7 +512,8 @@ def smoke(configs, timeout_s: float) -> dict:
 
 def check(L, configs, shapes, record, save) -> list:
     """Float64 checks, config by config (each printed as soon as known); returns the configs that
-    passed. A config that fails or crashes does not stop the others unless the CUDA context is gone."""
+    passed, and the ablations (timing only: they ran in the smoke test, their results are wrong by
+    design). A config that fails or crashes does not stop the others unless the CUDA context is gone."""
     data = {}
     for N, n, C in shapes:
         x, f, hp, hr, phi, M = make_inputs(N, n, C)
@@ -445,7 +525,13 @@ def check(L, configs, shapes, record, save) -> list:
               f"m {rel_err(bm, rm):.1e}, ss {rel_err(bss, rss):.1e}", flush=True)
         data[(N, n, C)] = (x, f, hp, hr, phi, M, base, rb, L._phi_parts(phi, x, "bf16x2", p2(M))[0])
     passed, alive = [], True
+    lw = max([34] + [len(cfg_label(c)) for c in configs])  # label width (34: the old logs' layout)
     for cfg in configs:
+        if is_ablation(cfg):
+            print(f"   {cfg_label(cfg):{lw}} ABLATION: timing only, not checked", flush=True)
+            record["checks"].append(dict(config=cfg_str(cfg), ablation=True, **{"pass": None}, **cfg._asdict()))
+            passed.append(cfg)
+            continue
         cfg_ok, raised = True, False
         for N, n, C in shapes:
             if C % cfg.bc:
@@ -476,7 +562,7 @@ def check(L, configs, shapes, record, save) -> list:
                 cfg_ok &= r["pass"]
                 record["checks"].append(r)
                 grid = f" grid {programs}" if programs else ""
-                print(f"   {cfg_label(cfg):34} N {N:5d} n {n} C {C:4d}{grid}: {said}  "
+                print(f"   {cfg_label(cfg):{lw}} N {N:5d} n {n} C {C:4d}{grid}: {said}  "
                       f"{'PASS' if r['pass'] else 'FAIL'}", flush=True)
         if cfg_ok:
             passed.append(cfg)
@@ -513,12 +599,24 @@ def bench(L, configs, Cs, N, reps, record, save) -> None:
                  ("post_res + proj_fwd (pair)", lambda: L.launch_proj_fwd(
                      L.launch_post_res(x, f, hp, hr).view(N, n * C), phi, M, "bf16x2"), fused + n * unit),
                  ("phi_split alone", lambda: L._phi_parts(phi, x, "bf16x2", MP), 0)]
+        cfg_of = {}  # a fused row's config, for the JSON
         for cfg in configs:
             if C % cfg.bc:
                 continue
-            cases += [(f"{cfg_label(cfg)} (with phi_split)", lambda cfg=cfg: post_res_proj(
-                x, f, hp, hr, L._phi_parts(phi, x, "bf16x2", MP)[0], M, cfg), fused),
-                (f"{cfg_label(cfg)} (kernel only)", lambda cfg=cfg: post_res_proj(x, f, hp, hr, phi_buf, M, cfg), fused)]
+            cfg_of.update({f"{cfg_label(cfg)} (with phi_split)": cfg, f"{cfg_label(cfg)} (kernel only)": cfg})
+            if not is_ablation(cfg):
+                cases.append((f"{cfg_label(cfg)} (with phi_split)", lambda cfg=cfg: post_res_proj(
+                    x, f, hp, hr, L._phi_parts(phi, x, "bf16x2", MP)[0], M, cfg), fused))
+            # an ablation's bytes: what it still moves (nostore: no out; noload: no x, f)
+            moved = fused - n * unit * ("nostore" in cfg.opts) - (n + 1) * unit * ("noload" in cfg.opts)
+            cases.append((f"{cfg_label(cfg)} (kernel only)",
+                          lambda cfg=cfg: post_res_proj(x, f, hp, hr, phi_buf, M, cfg), moved))
+        if len(cases) > 5 + 6:  # many rows: the first config once more at the end, for drift over the table
+            c0 = next(c for c in configs if C % c.bc == 0)
+            name = f"{cfg_label(c0)} (kernel only, again: drift)"
+            cfg_of[name] = c0
+            cases.append((name, lambda: post_res_proj(x, f, hp, hr, phi_buf, M, c0), next(
+                nb for nm, _, nb in cases if nm == f"{cfg_label(c0)} (kernel only)")))
         res = {}
         for name, fn, nbytes in cases:
             WATCH.step(f"timing C {C}: {name}")
@@ -530,16 +628,25 @@ def bench(L, configs, Cs, N, reps, record, save) -> None:
                 if not cuda_alive():
                     save()
                     raise SystemExit("FAIL: the CUDA context was lost while timing (above)")
+        if any(name not in res for name, _, _ in cases[:4]):
+            print(f"C {C}: a reference row failed; no table", flush=True)
+            continue
         copy_us = res[cases[0][0]][0]
         pair = res[cases[3][0]][0]
         copy_gbps = res[cases[0][0]][1] / copy_us / 1e3
-        print(f"\nn {n}, C {C}, N {N}: median of {reps} calls")
-        print(f"{'':62} {'µs':>8} {'MB':>7} {'GB/s':>6} {'% copy':>6} {'/ pair':>6}")
+        first = next((res[nm][0] for nm, _, _ in cases[5:] if nm.endswith("(kernel only)") and nm in res), None)
+        print(f"\nn {n}, C {C}, N {N}: median of {reps} calls; / first: µs over the first config's kernel-only µs")
+        lw = max([62] + [len(name) for name in res])
+        print(f"{'':{lw}} {'µs':>8} {'MB':>7} {'GB/s':>6} {'% copy':>6} {'/ pair':>6} {'/ first':>7}")
         for name, (us, nbytes) in res.items():
             gbps = nbytes / us / 1e3
-            print(f"{name:62} {us:8.1f} {nbytes / 1e6:7.1f} {gbps:6.0f} {100 * gbps / copy_gbps:5.0f}% {us / pair:6.2f}")
+            rel = f"{us / first:7.3f}" if first else ""
+            print(f"{name:{lw}} {us:8.1f} {nbytes / 1e6:7.1f} {gbps:6.0f} {100 * gbps / copy_gbps:5.0f}% {us / pair:6.2f} {rel}")
+            c = cfg_of.get(name)
             record["rows"].append(dict(n=n, C=C, N=N, case=name, us=us, bytes=nbytes, gbps=gbps,
-                                       pct_copy=100 * gbps / copy_gbps, ratio_to_pair=us / pair))
+                                       pct_copy=100 * gbps / copy_gbps, ratio_to_pair=us / pair,
+                                       ratio_to_first=us / first if first else None,
+                                       config=cfg_str(c) if c else None, ablation=bool(c and is_ablation(c))))
         sys.stdout.flush()
         save()
 
@@ -551,12 +658,17 @@ def main() -> None:
     global WATCH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compile-only", action="store_true", help="compile for sm_90 on CPU and print resources")
-    ap.add_argument("--C", type=int, nargs="+", default=[2048, 2560, 4096])
+    ap.add_argument("--set", choices=sorted(SETS), default=None,
+                    help="ablate: the ablation table, run 117's best tile and the candidates (ws OPTS), at C 2048 "
+                         "and 4096; --configs / --C given explicitly win")
+    ap.add_argument("--C", type=int, nargs="+", default=None, help="channel widths (default 2048 2560 4096)")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--reps", type=int, default=100)
-    ap.add_argument("--configs", nargs="+", default=[cfg_str(c) for c in CONFIGS], metavar=CONFIG_FORMAT,
+    ap.add_argument("--configs", nargs="+", default=None, metavar=CONFIG_FORMAT,
                     help="fused-kernel variants and tiles: base / persist / ws, channel chunk, warps (ws: of the "
-                         "compute partition), x/f TMA stages, tokens per tile, φ stages (first: the reference)")
+                         "compute partition), x/f TMA stages, tokens per tile, φ stages (first: the reference); "
+                         f"ws takes +OPT suffixes: ablations {', '.join('+' + a for a in ABLATIONS)} (timing "
+                         "only, not checked), candidates " + ", ".join('+' + o for o in OPT_BITS if o not in ABLATIONS))
     ap.add_argument("--check-shapes", choices=sorted(CHECK_SHAPES), default="quick",
                     help="quick: N 1000 / 16384 at n 4, C 2048 and n 1, C 256; full: n 1 / 2 / 4 x C 256 / 2048")
     ap.add_argument("--smoke-timeout", type=float, default=90.0,
@@ -565,7 +677,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the child of smoke()
     ap.add_argument("--out", default=None, help="JSON record (refused if the file exists)")
     args = ap.parse_args()
-    configs = parse_configs(ap, args.configs)
+    set_configs, set_C = SETS[args.set] if args.set else (CONFIGS, [2048, 2560, 4096])
+    args.C = args.C or set_C
+    configs = parse_configs(ap, args.configs or [cfg_str(c) for c in set_configs])
     if any(c <= 0 or c % cfg.bc for c in args.C for cfg in configs):
         ap.error(f"--C {args.C}: each must be a positive multiple of every config's BC")
     if args.tokens <= 0 or args.reps < 50:
@@ -595,7 +709,7 @@ def main() -> None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     except OSError:  # no git on the machine
         head = ""
-    record = dict(torch=torch.__version__, triton=triton.__version__, commit=head or None,
+    record = dict(torch=torch.__version__, triton=triton.__version__, commit=head or None, set=args.set,
                   device=torch.cuda.get_device_name(), tokens=args.tokens, reps=args.reps,
                   configs=[cfg_str(c) for c in configs], check_shapes=args.check_shapes, smoke={}, checks=[], rows=[])
 
