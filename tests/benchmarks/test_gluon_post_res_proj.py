@@ -25,11 +25,11 @@ def run_main(monkeypatch, argv):
 @pytest.mark.parametrize("args, says", [
     (["--configs", "48,4,2"], "BC 32 or 64"),
     (["--configs", "64,4,3"], "needs 248 KB of shared memory"),
-    (["--configs", "64,4"], "expected [VARIANT,]BC,WARPS,SX[,BT[,SP]]"),
+    (["--configs", "64,4"], "expected [VARIANT[+OPT...],]BC,WARPS,SX[,BT[,SP]]"),
     (["--configs", "64,6,2"], "WARPS 4 or 8"),
     (["--configs", "fast,64,4,2"], "unknown variant 'fast'"),
-    (["--configs", "ws,64,4"], "expected [VARIANT,]BC,WARPS,SX"),
-    (["--configs", "ws,64,4,2,64,2,1"], "expected [VARIANT,]BC,WARPS,SX"),
+    (["--configs", "ws,64,4"], "expected [VARIANT[+OPT...],]BC,WARPS,SX"),
+    (["--configs", "ws,64,4,2,64,2,1"], "expected [VARIANT[+OPT...],]BC,WARPS,SX"),
     (["--configs", "ws,32,4,2,96"], "BT 64 or 128"),
     (["--configs", "persist,32,4,2,64,5"], "SP 2 to 4"),
     (["--configs", "base,64,4,2,128"], "base variant has BT 64 and SP 2 only"),
@@ -40,6 +40,15 @@ def run_main(monkeypatch, argv):
     (["--reps", "10"], "--reps at least 50"),
     (["--tokens", "0"], "--tokens must be positive"),
     (["--check-shapes", "some"], "invalid choice"),
+    (["--configs", "ws+fast,64,4,2"], "options are distinct names of nomma"),
+    (["--configs", "ws+nomma+nomma,64,4,2"], "options are distinct names"),
+    (["--configs", "persist+nomma,64,4,2"], "exist for the ws variant only"),
+    (["--configs", "fast+nomma,64,4,2"], "unknown variant 'fast'"),
+    (["--configs", "ws+copy+nomma,64,4,2"], "+copy (the structure ceiling) takes no other option"),
+    (["--configs", "ws+lag,32,4,4"], "+lag frees a φ slot two chunks late: SP >= 3"),
+    (["--configs", "ws+lag,64,4,2,64,3"], "needs 272 KB of shared memory"),  # x/f 80 + φ 96 + 3 out buffers 96
+    (["--set", "fast"], "invalid choice"),
+    (["--set", "ablate", "--C", "2080"], "multiple of every config's BC"),
 ])
 def test_bad_arguments_are_one_line_errors(monkeypatch, capsys, args, says):
     err = run_main(monkeypatch, args)
@@ -66,6 +75,127 @@ def test_config_strings(monkeypatch):
     assert G.blocks_per_sm(168, 208 * 1024, 4) == 1 and G.blocks_per_sm(128, 104 * 1024, 8) == 2
 
 
+def test_ws_options_parse_and_round_trip():
+    """+OPT suffixes: any order in, bit order out; ablations are labelled and flagged, candidates not;
+    lag's third out buffer is in the shared-memory estimate."""
+    ap = G.argparse.ArgumentParser()
+    a, b, lag = G.parse_configs(ap, ["ws+noss+nomma,64,4,2", "ws+early,32,4,4,64,3", "ws+lag+early,32,4,4,64,3"])
+    assert a == G.Cfg("ws", 64, 4, 2, 64, 2, ("nomma", "noss")) and G.cfg_str(a) == "ws+nomma+noss,64,4,2,64,2"
+    assert G.parse_configs(ap, [G.cfg_str(c) for c in (a, b, lag)]) == [a, b, lag]
+    assert lag.opts == ("early", "lag") and G.cfg_str(lag) == "ws+early+lag,32,4,4,64,3"
+    assert G.is_ablation(a) and not G.is_ablation(b) and not G.is_ablation(lag)
+    assert G.cfg_label(a).startswith("[ablation] ws+nomma+noss BC 64") and G.cfg_label(b).startswith("ws+early BC 32")
+    assert G.smem_estimate(lag) - G.smem_estimate(b) == 4 * 64 * 32 * 2  # one more out buffer of n tiles
+    assert G.Cfg("ws", 64, 4, 2, 64, 2).opts == ()  # the old configs: no options
+    assert set(G.OPT_BITS) >= set(G.ABLATIONS) and len(set(G.OPT_BITS.values())) == len(G.OPT_BITS)
+    assert all(v & (v - 1) == 0 for v in G.OPT_BITS.values())  # one bit each
+
+
+def test_ablate_set():
+    """--set ablate: run 117's best ws tile first, then every ablation (copy alone), the candidates and
+    their reference tile; all distinct, within shared memory, in their string form's round trip."""
+    configs, Cs = G.SETS["ablate"]
+    ap = G.argparse.ArgumentParser()
+    assert G.parse_configs(ap, [G.cfg_str(c) for c in configs]) == list(configs)
+    assert configs[0] == G.Cfg("ws", 64, 4, 2, 64, 2) and len(set(configs)) == len(configs)
+    assert Cs == [2048, 4096] and all(c % cfg.bc == 0 for c in Cs for cfg in configs)
+    assert all(G.smem_estimate(c) <= G.SMEM_MAX for c in configs)
+    abl = [c for c in configs if G.is_ablation(c)]
+    assert {o for c in abl for o in c.opts} == set(G.ABLATIONS)
+    cand = [c for c in configs if c.opts and not G.is_ablation(c)]
+    assert {o for c in cand for o in c.opts} == {"early", "lag", "pack", "sepout"}
+    assert all(c._replace(opts=()) in configs for c in cand)  # each candidate's plain tile is timed too
+    # copy's blocks per SM are its tile's (the .maxnreg from the full tile's shared memory): two for ws 32,4,2
+    assert [G.ws_maxnreg(c) for c in configs if "copy" in c.opts] == [None, 128, None, None]
+
+
+def test_ablations_skip_the_checks(monkeypatch):
+    """check(): an ablation is recorded and returned for timing without a launch (its out / m / ss are
+    wrong by design); a checked config next to it still runs its checks."""
+    from mhc_repro.residual import mhc_ops
+
+    class FakeL:
+        @staticmethod
+        def launch_post_res(x, f, hp, hr):
+            return mhc_ops.mhc_post_res(x, f, hp, hr)
+
+        @staticmethod
+        def launch_proj_fwd(v, phi, M, mode):
+            m, ss = G.reference_m_ss(v.view(v.shape[0], 1, -1), phi)
+            return m.float(), ss.float()
+
+        @staticmethod
+        def _phi_parts(phi, x, mode, MP):
+            return (phi, )
+
+    launched = []
+
+    def fake_post_res_proj(x, f, hp, hr, phi_buf, M, cfg, programs=None):
+        launched.append(cfg)
+        out = mhc_ops.mhc_post_res(x, f, hp, hr)
+        m, ss = G.reference_m_ss(out, phi_buf)
+        return out, m.float(), ss.float()
+
+    real = G.make_inputs
+    monkeypatch.setattr(G, "make_inputs", lambda N, n, C: real(N, n, C, device="cpu"))
+    monkeypatch.setattr(G, "post_res_proj", fake_post_res_proj)
+    monkeypatch.setattr(G, "WATCH", type("W", (), {"step": staticmethod(lambda what: None)})())
+    abl, cand = G.Cfg("ws", 32, 4, 2, 64, 2, ("nomma", )), G.Cfg("ws", 32, 4, 2, 64, 2, ("early", ))
+    record = dict(checks=[])
+    passed = G.check(FakeL, [abl, cand], [(40, 2, 64)], record, lambda: None)
+    assert passed == [abl, cand] and abl not in launched and cand in launched
+    rec = {r["config"]: r for r in record["checks"]}
+    assert rec[G.cfg_str(abl)]["ablation"] is True and rec[G.cfg_str(abl)]["pass"] is None
+    assert rec[G.cfg_str(cand)]["pass"] is True
+
+
+def test_bench_table_with_ablations(monkeypatch, capsys):
+    """bench() on the CPU with stand-ins for the launches and the timer: an ablation gets one kernel-only
+    row (nostore / noload counted with the bytes they still move), a checked config two, the first
+    config a drift row at the end of a long table; every fused row names its config in the JSON."""
+    from mhc_repro.residual import mhc_ops
+
+    class FakeL:
+        @staticmethod
+        def launch_post_res(x, f, hp, hr):
+            return mhc_ops.mhc_post_res(x, f, hp, hr)
+
+        @staticmethod
+        def launch_proj_fwd(v, phi, M, mode):
+            return None
+
+        @staticmethod
+        def _phi_parts(phi, x, mode, MP):
+            return (phi, )
+
+    real = G.make_inputs
+    monkeypatch.setattr(G, "make_inputs", lambda N, n, C: real(N, n, C, device="cpu"))
+    monkeypatch.setattr(G, "post_res_proj", lambda *a, **k: None)
+    monkeypatch.setattr(G, "time_us", lambda fn, reps: (fn(), 100.0)[1])
+    monkeypatch.setattr(G, "WATCH", type("W", (), {"step": staticmethod(lambda what: None)})())
+    ws = G.Cfg("ws", 64, 4, 2, 64, 2)
+    configs = [ws] + [ws._replace(opts=o) for o in (("nomma", ), ("nostore", ), ("noload", ), ("nostore", "noload"),
+                                                     ("copy", ), ("early", ))]
+    record = dict(rows=[])
+    N, n, C = 64, 4, 128
+    G.bench(FakeL, configs, [C], N, 50, record, lambda: None)
+    rows = {r["case"]: r for r in record["rows"]}
+    unit, small = N * C * 2, N * (n * n + 2 * n + 1) * 4
+    fused = (2 * n + 1) * unit + small
+    for c in configs:
+        assert rows[f"{G.cfg_label(c)} (kernel only)"]["config"] == G.cfg_str(c)
+        assert (f"{G.cfg_label(c)} (with phi_split)" in rows) == (not G.is_ablation(c))
+    lab = {o: G.cfg_label(ws._replace(opts=o)) + " (kernel only)" for o in (("nomma", ), ("nostore", ), ("noload", ),
+                                                                            ("nostore", "noload"))}
+    assert rows[lab[("nomma", )]]["bytes"] == fused and rows[lab[("nomma", )]]["ablation"] is True
+    assert rows[lab[("nostore", )]]["bytes"] == fused - n * unit
+    assert rows[lab[("noload", )]]["bytes"] == fused - (n + 1) * unit
+    assert rows[lab[("nostore", "noload")]]["bytes"] == small
+    drift = rows[f"{G.cfg_label(ws)} (kernel only, again: drift)"]
+    assert drift["config"] == G.cfg_str(ws) and drift["ratio_to_first"] == 1.0 and not drift["ablation"]
+    assert list(rows)[-1] == drift["case"] and "/ first" in capsys.readouterr().out
+
+
 def test_main_prints_help_with_the_config_format(monkeypatch, capsys):
     assert run_main(monkeypatch, ["--help"]).code == 0
     out = capsys.readouterr().out
@@ -85,6 +215,28 @@ def test_cpu_only_machine_gets_one_line(monkeypatch, configs):
     err = run_main(monkeypatch, ["--configs", *configs]).code
     assert isinstance(err, str) and "\n" not in err
     assert "needs a CUDA GPU" in err or "does not import" in err
+
+
+def test_ablate_set_on_a_cpu_only_machine_gets_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = run_main(monkeypatch, ["--set", "ablate"]).code
+    assert isinstance(err, str) and "\n" not in err
+    assert "needs a CUDA GPU" in err or "does not import" in err
+
+
+def test_ws_options_reach_the_kernel():
+    """fused_launch passes OPTS (the options' bits) to the ws kernel, and nothing for a plain config
+    (the specialization runs 117-118 timed)."""
+    if G.GLUON_ERROR is not None:
+        pytest.skip(f"triton.experimental.gluon does not import: {G.GLUON_ERROR}")
+    N, n, C = 128, 4, 256
+    M = n * n + 2 * n
+    x, f = torch.empty(N, n, C, dtype=torch.bfloat16), torch.empty(N, C, dtype=torch.bfloat16)
+    phi_buf = torch.empty(n * C, 2 * G.p2(M), dtype=torch.bfloat16)
+    kws = [G.fused_launch(x, f, torch.empty(N, n), torch.empty(N, n, n), phi_buf, M, cfg)[3] for cfg in (
+        G.Cfg("ws", 64, 4, 2, 64, 2), G.Cfg("ws", 64, 4, 2, 64, 2, ("nomma", "copy")),
+        G.Cfg("ws", 32, 4, 4, 64, 3, ("early", "lag")))]
+    assert "OPTS" not in kws[0] and kws[1]["OPTS"] == 1 + 32 and kws[2]["OPTS"] == 64 + 128
 
 
 def _gluon_36():
@@ -240,3 +392,22 @@ def test_smoke_child_command_line(monkeypatch):
     for why in verdict.values():
         assert why.startswith("smoke process died (rc 1)")
         assert "needs a CUDA GPU" in why or "does not import" in why
+
+
+@pytest.mark.slow
+def test_ablate_set_compiles_for_sm90():
+    """The --set ablate configs that the default list lacks (ablations, candidates) compile for sm_90
+    under Triton 3.6 without spills and pass the PTX checks (commit groups as each option leaves them,
+    the waits each keeps), as test_default_configs_compile_for_sm90 does for the defaults."""
+    _gluon_36()
+    import triton
+
+    if not triton.__version__.startswith("3.6"):
+        pytest.skip(f"triton {triton.__version__}: the kernels target the device's 3.6")
+    new = [G.cfg_str(c) for c in G.ABLATE_CONFIGS if c not in G.CONFIGS]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, G.__file__, "--compile-only", "--C", "2048", "--configs", *new], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith(" 2048 ")]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(rows) == len(new) and not any("NOT OK" in r or "does not compile" in r for r in rows)
