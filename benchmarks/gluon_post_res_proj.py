@@ -203,6 +203,8 @@ def parse_configs(ap, items):
             ap.error(f"--configs {s!r}: BT 64 or 128, SP 2 to 4; the base variant has BT 64 and SP 2 only")
         if variant != "base" and bt < 16 * w:
             ap.error(f"--configs {s!r}: {variant} needs BT >= 16 x WARPS (each warp 16 token rows of the MMA)")
+        if "copy" in opts and sx < 2:
+            ap.error(f"--configs {s!r}: +copy frees a chunk's slot at the next chunk: SX >= 2")
         if "lag" in opts and sp < 3:
             ap.error(f"--configs {s!r}: +lag frees a φ slot two chunks late: SP >= 3")
         c = Cfg(variant, bc, w, sx, bt, sp, tuple(sorted(opts, key=OPT_BITS.get)))

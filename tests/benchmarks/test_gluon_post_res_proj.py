@@ -46,6 +46,7 @@ def run_main(monkeypatch, argv):
     (["--configs", "fast+nomma,64,4,2"], "unknown variant 'fast'"),
     (["--configs", "ws+copy+nomma,64,4,2"], "+copy (the structure ceiling) takes no other option"),
     (["--configs", "ws+lag,32,4,4"], "+lag frees a φ slot two chunks late: SP >= 3"),
+    (["--configs", "ws+copy,64,4,1"], "+copy frees a chunk's slot at the next chunk: SX >= 2"),
     (["--configs", "ws+lag,64,4,2,64,3"], "needs 272 KB of shared memory"),  # x/f 80 + φ 96 + 3 out buffers 96
     (["--set", "fast"], "invalid choice"),
     (["--set", "ablate", "--C", "2080"], "multiple of every config's BC"),
