@@ -10,8 +10,9 @@ import importlib
 
 from torch.autograd import DeviceType
 
-# The kernel modules of mhc_repro/kernels: Triton names a GPU kernel after its @triton.jit function.
-KERNEL_MODULES = ("coef_kernels", "dx_kernels", "norm_kernels", "stream_kernels")
+# The kernel modules of mhc_repro/kernels: Triton names a GPU kernel after its @triton.jit function
+# (gluon_xl: the Gluon cross-layer kernels, @gluon.jit, a JITFunction too).
+KERNEL_MODULES = ("coef_kernels", "dx_kernels", "norm_kernels", "stream_kernels", "gluon_xl")
 CATEGORIES = ("mhc", "inductor", "gemm", "attention", "memory", "other")
 
 

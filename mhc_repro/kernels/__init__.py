@@ -1,7 +1,9 @@
 """mHC operator dispatch: fused Triton kernels on CUDA, the pure-PyTorch reference elsewhere.
 
 ``get_mhc_ops(backend, device)`` returns an object with ``mhc_coefficients``, ``mhc_pre`` and
-``mhc_post_res`` having exactly the signatures of ``mhc_repro.residual.mhc_ops``.
+``mhc_post_res`` having exactly the signatures of ``mhc_repro.residual.mhc_ops``, and the linked pair
+(``mhc_pre_linked`` / ``mhc_post_res_linked``) with the cross-layer post op ``mhc_post_res_proj_linked``
+(kernels/cross_layer.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def _reference_ops() -> SimpleNamespace:
         mhc_post_res=mhc_ops.mhc_post_res,
         mhc_pre_linked=mhc_ops.mhc_pre_linked,
         mhc_post_res_linked=mhc_ops.mhc_post_res_linked,
+        mhc_post_res_proj_linked=mhc_ops.mhc_post_res_proj_linked,
     )
 
 
@@ -45,11 +48,12 @@ def launch_settings() -> dict[str, object]:
     run as ``kernels.*`` params: they decide the kernels' summation orders, so a run records which
     were in force. {} when Triton is not importable."""
     try:
-        from mhc_repro.kernels import fused, launch, linked, registration
+        from mhc_repro.kernels import cross_layer, fused, launch, linked, registration
     except ImportError:
         return {}
     out = {k: v for k, v in vars(launch).items() if k.lstrip("_").isupper() and not callable(v)}
     out.update({"linked.LINK_MODE": linked.LINK_MODE, "linked.ADD_IN_PLACE": linked.ADD_IN_PLACE,
+                "cross_layer.USE_GLUON": cross_layer.USE_GLUON, "cross_layer.GLUON_TILE": cross_layer.GLUON_TILE,
                 "fused.LAZY_RES_DX": fused.LAZY_RES_DX, "fused.OP_REGISTRATION": registration.OP_REGISTRATION,
                 "fused.OP_REGISTRATION_REQUESTED": registration.REQUESTED})
     return out

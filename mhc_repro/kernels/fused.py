@@ -244,13 +244,14 @@ def _check_post_res_args(x: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) ->
 
 
 def _namespace(precision: str | None) -> SimpleNamespace:
-    from . import linked  # the linked sub-layer pair (imports this module)
+    from . import cross_layer, linked  # the linked sub-layer pair, the cross-layer post op (import this module)
 
     return SimpleNamespace(
         name="triton", mhc_coefficients=functools.partial(mhc_coefficients, precision=precision),
         mhc_pre=mhc_pre, mhc_post_res=mhc_post_res,
         mhc_pre_linked=functools.partial(linked.mhc_pre_linked, precision=precision),
-        mhc_post_res_linked=linked.mhc_post_res_linked)
+        mhc_post_res_linked=linked.mhc_post_res_linked,
+        mhc_post_res_proj_linked=functools.partial(cross_layer.mhc_post_res_proj_linked, precision=precision))
 
 
 # Built once at import: ops() is then a dict lookup, which torch.compile traces without a graph break

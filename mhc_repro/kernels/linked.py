@@ -127,10 +127,16 @@ def _(x, h_pre, w, dy, eps):
 
 class _PreLinked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, phi, alpha, bias, norm_w, n, t_max, eps, rms_eps, norm_eps, precision, shift):
+    def forward(ctx, x, phi, alpha, bias, norm_w, n, t_max, eps, rms_eps, norm_eps, precision, shift,
+                proj_m=None, proj_ss=None):
         N, _, C = x.shape
-        h_pre, h_post, h_res, m, r = torch.ops.mhc_repro.coefficients(
-            x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps, precision, shift)
+        if proj_m is None:
+            h_pre, h_post, h_res, m, r = torch.ops.mhc_repro.coefficients(
+                x.reshape(N, n * C), phi, alpha, bias, n, t_max, eps, rms_eps, precision, shift)
+        else:  # m = x·φ and Σx² from the previous sub-layer's post op (cross_layer): the epilogue alone
+            m = proj_m
+            h_pre, h_post, h_res, r = torch.ops.mhc_repro.coefficients_from_proj(
+                m, proj_ss, alpha, bias, n, n * C, t_max, eps, rms_eps, shift)
         if norm_w is None:
             branch_in = torch.ops.mhc_repro.pre(x, h_pre)
         else:
@@ -159,7 +165,7 @@ class _PreLinked(torch.autograd.Function):
             dx = g_link
         else:
             dx, dphi, dalpha, dbias = torch.ops.mhc_repro.pre_linked_bwd(*args, link_mode, g_pre=g_pre, shift=shift)
-        return dx, dphi, dalpha, dbias, dw, None, None, None, None, None, None, None
+        return dx, dphi, dalpha, dbias, dw, None, None, None, None, None, None, None, None, None
 
 
 @op("post_res_linked")
@@ -191,10 +197,14 @@ _post_res_linked.register_autograd(_post_backward, setup_context=_post_setup)
 def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, t_max: int = 20,
                    eps: float = 1e-6, rms_eps: float = 1e-6, *, precision: str | None = None,
                    norm_weight: Tensor | None = None, norm_eps: float = 1e-6,
-                   shift: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                   shift: bool = False,
+                   proj: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(branch_in [N, C], H_post [N, n], H_res [N, n, n], x_link) from x [N, n, C]; see the module.
     ``norm_weight`` [C]: branch_in is RMSNorm(pre) · norm_weight, the branch's own norm fused in
-    (norm_kernels; the branch then must not normalize again). ``shift``: residual.sinkhorn_shift."""
+    (norm_kernels; the branch then must not normalize again). ``shift``: residual.sinkhorn_shift.
+    ``proj``: (m = x_flat·φ [N, n²+2n], Σx² [N]) of this very x, from the previous sub-layer's
+    ``cross_layer.mhc_post_res_proj_linked``: the projection pass is skipped, the backward is the same
+    (it differentiates the projection from x and φ; no gradient flows into m or Σx²)."""
     precision = L.PROJ_PRECISION if precision is None else precision
     L._check_precision(precision)
     L._check(LINK_MODE in L.LINK_MODES,
@@ -205,8 +215,21 @@ def mhc_pre_linked(x: Tensor, phi: Tensor, alpha: Tensor, bias: Tensor, n: int, 
     L._check(norm_weight is None or tuple(norm_weight.shape) == (x.shape[2],),
              f"mhc_pre_linked norm_weight shape {None if norm_weight is None else tuple(norm_weight.shape)} "
              f"is invalid; expected [C={x.shape[2]}]")
+    if proj is not None:
+        _check_proj(x, proj, n)
     return _PreLinked.apply(x.contiguous(), phi, alpha.reshape(3), bias.reshape(-1), norm_weight, int(n),
-                            int(t_max), float(eps), float(rms_eps), float(norm_eps), precision, bool(shift))
+                            int(t_max), float(eps), float(rms_eps), float(norm_eps), precision, bool(shift),
+                            *((None, None) if proj is None else proj))
+
+
+def _check_proj(x: Tensor, proj, n: int) -> None:
+    N, M = x.shape[0], n * n + 2 * n
+    pair = isinstance(proj, (tuple, list)) and len(proj) == 2 and all(isinstance(t, Tensor) for t in proj)
+    if not (pair and tuple(proj[0].shape) == (N, M) and tuple(proj[1].shape) == (N, )
+            and proj[0].dtype == torch.float32 and proj[1].dtype == torch.float32):
+        got = [(tuple(t.shape), t.dtype) for t in proj] if pair else type(proj).__name__
+        raise ValueError(f"mhc_pre_linked proj {got} is invalid; expected (m {(N, M)}, Σx² {(N, )}) in "
+                         "float32, as mhc_post_res_proj_linked returns them")
 
 
 def mhc_post_res_linked(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
@@ -218,3 +241,4 @@ def mhc_post_res_linked(x_link: Tensor, f: Tensor, h_post: Tensor, h_res: Tensor
 # Imported last: fused builds its op namespaces (which reference this module's functions) at import,
 # so whichever of the two modules is imported first, the other must find these names defined.
 from . import fused as F  # noqa: E402
+from . import cross_layer  # noqa: E402,F401  (registers coefficients_from_proj, which _PreLinked calls)
