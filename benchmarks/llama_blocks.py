@@ -56,8 +56,9 @@ class Block(nn.Module):
     def __init__(self, c: int, n: int = 1, ops=None):
         super().__init__()
         self.n1, self.attn, self.n2, self.ffn = RMSNorm(c), Attention(c), RMSNorm(c), SwiGLU(c)
-        # linked: the linked sub-layer pair; fuse_norm (with linked): the branch's RMSNorm inside pre
-        self.n, self.ops, self.linked, self.fuse_norm = n, ops, False, False
+        # linked: the linked sub-layer pair; fuse_norm (with linked): the branch's RMSNorm inside pre;
+        # xl (with linked): each post op also forms the next sub-layer's projection (kernels/cross_layer.py)
+        self.n, self.ops, self.linked, self.fuse_norm, self.xl = n, ops, False, False, False
         if ops is not None:
             M = n * n + 2 * n
             self.phi = nn.Parameter(torch.randn(2, n * c, M) * (0.02 / (n * c) ** 0.5))
@@ -66,24 +67,36 @@ class Block(nn.Module):
             b[:, 2 * n:] = 2.0 * torch.eye(n).reshape(-1)
             self.bias = nn.Parameter(b)
 
-    def _mhc(self, x, i, norm, branch):
-        """Sub-layer i, branch(norm(·)): the output stream [B, T, n, C]."""
+    def _mhc(self, x, i, norm, branch, proj=None, phi_next=None):
+        """Sub-layer i, branch(norm(·)): the output stream [B, T, n, C]; with ``phi_next`` (xl) also the
+        next sub-layer's projection (m, Σx²) of it, and with ``proj`` this one's, from the previous."""
         B, T, n, C = x.shape
         x3 = x.reshape(B * T, n, C)
         if self.linked:  # one stream-gradient buffer (mhc_repro/kernels/linked.py)
             fused = dict(norm_weight=norm.weight, norm_eps=norm.eps) if self.fuse_norm else {}
+            if proj is not None:
+                fused["proj"] = proj
             b, hq, hr, xl = self.ops.mhc_pre_linked(x3, self.phi[i], self.alpha[i], self.bias[i], n, **fused)
             b = b.view(B, T, C)
             f = branch(b if self.fuse_norm else norm(b)).reshape(B * T, C)
+            if phi_next is not None:
+                out, m, ss = self.ops.mhc_post_res_proj_linked(xl, f, hq, hr, phi_next)
+                return out.view(B, T, n, C), (m, ss)
             return self.ops.mhc_post_res_linked(xl, f, hq, hr).view(B, T, n, C)
         hp, hq, hr = self.ops.mhc_coefficients(x3.reshape(B * T, n * C), self.phi[i], self.alpha[i],
                                                self.bias[i], n)
         f = branch(norm(self.ops.mhc_pre(x3, hp).view(B, T, C)))
         return self.ops.mhc_post_res(x3, f.reshape(B * T, C), hq, hr).view(B, T, n, C)
 
-    def forward(self, x):
+    def forward(self, x, proj=None, phi_next=None):
+        """x -> x. An ``xl`` block: sub-layer 0's post op hands sub-layer 1 its projection; ``proj``:
+        sub-layer 0's (m, Σx²) from the previous block, ``phi_next``: the next block's φ[0], for which
+        sub-layer 1's post op forms them, returned as (x, (m, Σx²)) (x alone without phi_next)."""
         if self.ops is None:
             x = x + self.attn(self.n1(x))
             return x + self.ffn(self.n2(x))
-        x = self._mhc(x, 0, self.n1, self.attn)
-        return self._mhc(x, 1, self.n2, self.ffn)
+        if not self.xl:
+            x = self._mhc(x, 0, self.n1, self.attn)
+            return self._mhc(x, 1, self.n2, self.ffn)
+        x, p = self._mhc(x, 0, self.n1, self.attn, proj, self.phi[1])
+        return self._mhc(x, 1, self.n2, self.ffn, p, phi_next)

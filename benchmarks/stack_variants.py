@@ -49,7 +49,8 @@ LAZY_PRB = [("mma", 16, 128, 4, 3)]  # post_res backward tiles of the *_lazy var
 # another variant under the typo's name.
 BASES = ("residual", "mhc_ref", "mhc_fused_bf16", "mhc_fused", "hc_pkg")  # longest match first
 PARTS = ("linked", "fnorm", "gather", "copy", "rc", "rcops", "rcpost", "savebc", "2mma", "ptr", "acc",
-         "mmasum", "dphi", "dphi2", "lazy", "expout", "gcopy", "cg")
+         "mmasum", "dphi", "dphi2", "lazy", "expout", "gcopy", "cg", "xl", "xlpair")
+XL_PARTS = ("xl", "xlpair")  # the cross-layer handoff (needs linked; no recompute parts: not built for them)
 HC_PKG_PARTS = ("expout",)  # the package's blocks take none of the kernel / recompute switches
 
 
@@ -74,6 +75,10 @@ def variant_error(kind: str, tagged: bool = False) -> str | None:
         return (f"variant {kind!r}: unknown part {bad[0]!r}; after {base} the parts are "
                 f"{', '.join('_' + p for p in allowed)}" + ("" if base == "hc_pkg" else
                 " (any other part only as the tag of a variant with its own --variant-set)"))
+    xl = [p for p in parts if p in XL_PARTS]
+    if xl and ("linked" not in parts or base == "residual" or any(p in ("rc", "rcops", "rcpost") for p in parts)):
+        return (f"variant {kind!r}: _{xl[0]} (cross-layer handoff) needs an mHC base with _linked and no "
+                "_rc / _rcops / _rcpost part")
     return None
 
 
@@ -111,9 +116,14 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     for name, p in blocks.named_parameters():  # bf16 weights; mHC coefficients stay fp32 (PAPER §1)
         if not name.split(".")[-1] in ("phi", "alpha", "bias"):
             p.data = p.data.to(torch.bfloat16)
+    err = variant_error(kind, tagged=kind in VARIANT_SETTINGS)
+    if err and any(p in XL_PARTS for p in parts):
+        raise ValueError(err)
+    xl = any(p in XL_PARTS for p in parts)  # *_xl: each post op forms the next sub-layer's projection
     for b in blocks:
         b.linked = "_linked" in kind  # *_linked: the linked sub-layer pair
         b.fuse_norm = "_fnorm" in kind  # *_linked_fnorm: the branch's RMSNorm fused into its pre
+        b.xl = xl
     policy = [p for p in parts if p in ("rc", "rcops", "rcpost")]  # parts, not suffixes: a tag may follow
     if policy:  # PAPER §5 recomputation: each block under the mHC
         # recompute policy ("stream"; *_rcops: "stream-ops", only pre/post_res re-run; *_rcpost:
@@ -127,11 +137,24 @@ def build(kind: str, c: int, n: int, n_blocks: int, compiled: bool, device):
     # *_cg: CUDA graphs (Inductor's "reduce-overhead"), which take the host's launch work (the kernels'
     # Python launchers included) off the step; compare with residual_cg for like with like.
     opts = dict(dynamic=False, mode="reduce-overhead") if "cg" in parts else dict(dynamic=False)
-    return blocks, block_fns(blocks, n if ops is not None else 1, compiled, outside, **opts)
+    return blocks, block_fns(blocks, n if ops is not None else 1, compiled, outside, xl=xl, **opts)
 
 
 
-def block_fns(blocks, n_streams: int, compiled: bool, expand_outside: bool = False, **opts) -> list:
+def _xl_call(blocks, i: int):
+    """Block i of an ``xl`` stack as the step calls it: block 0 takes x, the others (x, (m, Σx²)) from the
+    block before; all but the last also form the next block's first projection, through its φ[0], and
+    return (x, (m, Σx²)); the last returns x."""
+    b, nxt = blocks[i], (blocks[i + 1] if i + 1 < len(blocks) else None)
+
+    def call(state):
+        x, proj = (state, None) if i == 0 else state
+        return b(x, proj, None if nxt is None else nxt.phi[0])
+    return call
+
+
+def block_fns(blocks, n_streams: int, compiled: bool, expand_outside: bool = False, xl: bool = False,
+              **opts) -> list:
     """The blocks as the step calls them, each under torch.compile(**opts) when ``compiled``. With
     n_streams > 1 the first one also expands x0 [B, T, C] into the streams (a broadcast view, as
     mhc_repro.residual.expand_streams) and the last one sums them, each inside its compiled graph, as
@@ -140,8 +163,10 @@ def block_fns(blocks, n_streams: int, compiled: bool, expand_outside: bool = Fal
     the last block's backward copied the expand-view gradient through a slow strided path (322 µs of
     54 ms at C = 2048, run 38); up to session 17 it expanded outside, and the expand's gradient was an
     eager sum (run 69, C = 2048: 160 µs; the 338 µs eager copy beside it was post_res_bwd's, run 78).
-    ``expand_outside`` (the *_expout variants) keeps that old layout, for an A/B."""
-    fns = list(blocks)
+    ``expand_outside`` (the *_expout variants) keeps that old layout, for an A/B. ``xl`` (the *_xl
+    variants): the blocks hand the next block's first projection on (``_xl_call``), each compiled alone
+    as before, the (m, Σx²) pair an output of one graph and an input of the next."""
+    fns = [_xl_call(blocks, i) for i in range(len(blocks))] if xl else list(blocks)
     if n_streams > 1:
         def expand(x):
             return x.unsqueeze(2).expand(-1, -1, n_streams, -1)
@@ -181,7 +206,9 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
     TMA dx pass forming dφ too (launch.PROJ_DX_TMA_DPHI 1; *_dphi2 mode 2). Then the variant's own launch settings
     (VARIANT_SETTINGS, from --variant-set), e.g. another tile for one variant of an A/B. *_gcopy:
     post_res_bwd copies its stream gradient contiguous first (launch.PRB_G_BY_STRIDES off, as up
-    to session 18). (*_expout, a suffix, is no kernel switch: see build.)"""
+    to session 18). *_xlpair: the *_xl stack with the Triton pair post_res + proj_fwd in each
+    cross-layer post op instead of the Gluon kernel (cross_layer.USE_GLUON off). (*_expout, a suffix,
+    is no kernel switch: see build.)"""
     from mhc_repro.kernels import fused, launch, linked
     from mhc_repro.residual import recompute
 
@@ -207,6 +234,10 @@ def kernel_switches(kind: str) -> contextlib.ExitStack:
         stack.enter_context(patched(launch, PROJ_DX_TMA_DPHI=2 if "_dphi2" in kind else 1))
     if "_gcopy" in kind:
         stack.enter_context(patched(launch, PRB_G_BY_STRIDES=False))
+    if "xlpair" in variant_parts(kind)[1]:
+        from mhc_repro.kernels import cross_layer
+
+        stack.enter_context(patched(cross_layer, USE_GLUON=False))
     if VARIANT_SETTINGS.get(kind):
         stack.enter_context(patched(launch, **VARIANT_SETTINGS[kind]))
     return stack

@@ -45,3 +45,22 @@ def test_mhc_block_reference_ops():
     b.fuse_norm = False
     torch.testing.assert_close(y_fused, b(x), rtol=1e-5, atol=1e-5)
     assert b.n1.weight.grad is not None and b.n1.weight.grad.abs().sum() > 0
+
+
+def test_xl_block_hands_the_projection_on():
+    """An `xl` block (reference ops): sub-layer 0's post op forms sub-layer 1's projection; with the next
+    block's φ[0] the block returns (x, (m, Σx²)) for it, which that block takes as ``proj``. The same
+    values as the linked block."""
+    ops = get_mhc_ops("reference")
+    a, b = _block(4, ops), _block(4, ops)
+    for blk in (a, b):
+        blk.linked = blk.fuse_norm = True
+    x = torch.randn(B, T, 4, C, dtype=torch.float64)
+    a.double(), b.double()
+    y_plain = b(a(x))
+    a.xl = b.xl = True
+    y_a, (m, ss) = a(x, None, b.phi[0])
+    assert m.shape == (B * T, 4 * 4 + 2 * 4) and ss.shape == (B * T, ) and not m.requires_grad
+    torch.testing.assert_close(m, y_a.detach().reshape(B * T, -1) @ b.phi[0].detach())
+    y = b(y_a, (m, ss))  # the last block: no phi_next, x alone
+    torch.testing.assert_close(y, y_plain, rtol=1e-10, atol=1e-12)

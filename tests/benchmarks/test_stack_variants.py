@@ -3,6 +3,7 @@
 import os
 import sys
 
+import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
@@ -70,3 +71,90 @@ def test_stack_inputs_seeded_by_width():
     assert nb == 4 and x0.shape == dout.shape == (2, 8, 64) and x0.requires_grad
     assert torch.equal(stack_variants.stack_inputs(64, args, torch.device("cpu"))[1], x0)  # same inputs every call
     assert stack_variants.stack_inputs(4096, args, torch.device("cpu"))[0] == 2
+
+
+def _stack_grads(kind, c=128, n_blocks=3, compiled=False):
+    blocks, fns = stack_variants.build(kind, c, 4, n_blocks, compiled, torch.device("cpu"))
+    x0 = torch.randn(1, 8, c, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    out = stack_variants.stack_forward(fns, x0)
+    out.float().square().mean().backward()
+    return [out.detach(), x0.grad] + [p.grad for p in blocks.parameters()]
+
+
+def test_xl_stack_is_the_linked_stack_reference():
+    """*_xl (reference ops): each post op hands the next sub-layer its projection, across the blocks
+    too; the output and every gradient as the linked stack's (bf16 stream: r from Σx² / K instead of
+    the mean may move a rounding)."""
+    plain, xl = _stack_grads("mhc_ref_linked_fnorm"), _stack_grads("mhc_ref_linked_fnorm_xl")
+    assert len(plain) == len(xl)
+    for i, (a, b) in enumerate(zip(xl, plain)):
+        assert a is not None and b is not None, i
+        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+        assert err < 1e-2, (i, err)
+
+
+def test_xl_stack_is_the_linked_stack_fused(triton_cpu):
+    """*_xl with the fused kernels under the interpreter: the Triton pair runs in each cross-layer post
+    op, the same kernels as the linked stack, so the same bits."""
+    plain = _stack_grads("mhc_fused_linked_fnorm", n_blocks=2)
+    for a, b in zip(_stack_grads("mhc_fused_linked_fnorm_xl", n_blocks=2), plain):
+        assert torch.equal(a, b)
+
+
+def test_xl_stack_compiles_fullgraph(monkeypatch):
+    """Each block of an *_xl stack compiled alone (aot_eager, fullgraph: no graph break), the (m, Σx²)
+    pair an output of one graph and an input of the next: the eager values and gradients."""
+    real = torch.compile
+    monkeypatch.setattr(stack_variants.torch, "compile",
+                        lambda f, **opts: real(f, backend="aot_eager", fullgraph=True, dynamic=False))
+    torch._dynamo.reset()
+    try:
+        got = _stack_grads("mhc_ref_linked_fnorm_xl", compiled=True)
+    finally:
+        torch._dynamo.reset()
+    for a, b in zip(got, _stack_grads("mhc_ref_linked_fnorm_xl")):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+
+
+def test_xl_variant_names_and_switch():
+    from mhc_repro.kernels import cross_layer
+
+    assert stack_variants.variant_error("mhc_fused_linked_fnorm_xl") is None
+    assert stack_variants.variant_error("mhc_fused_linked_fnorm_xlpair") is None
+    for bad in ("mhc_fused_xl", "mhc_fused_linked_fnorm_rcops_xl", "residual_xl"):
+        assert "_xl (cross-layer handoff) needs an mHC base with _linked and no _rc / _rcops / _rcpost part" in \
+            stack_variants.variant_error(bad), bad
+    assert cross_layer.USE_GLUON
+    with stack_variants.kernel_switches("mhc_fused_linked_fnorm_xlpair"):
+        assert not cross_layer.USE_GLUON
+    with stack_variants.kernel_switches("mhc_fused_linked_fnorm_xl"):
+        assert cross_layer.USE_GLUON
+    assert cross_layer.USE_GLUON
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_xl_stack_compiled_on_cuda(monkeypatch):
+    """The benchmark's *_xl stack on CUDA (bf16, Inductor, each block fullgraph: the Gluon kernel on
+    sm_90): the linked stack's output and gradients within bf16 noise, the Gluon path taken."""
+    from mhc_repro.kernels import cross_layer
+
+    real = torch.compile
+    monkeypatch.setattr(stack_variants.torch, "compile", lambda f, **opts: real(f, fullgraph=True, **opts))
+    calls = []
+    monkeypatch.setattr(cross_layer, "_launch_gluon", lambda *a, f=cross_layer._launch_gluon: calls.append(1) or f(*a))
+    runs = []
+    for kind in ("mhc_fused_linked_fnorm", "mhc_fused_linked_fnorm_xl"):
+        torch._dynamo.reset()
+        blocks, fns = stack_variants.build(kind, 256, 4, 2, True, torch.device("cuda"))
+        x0 = torch.randn(2, 256, 256, device="cuda", dtype=torch.bfloat16,
+                         generator=torch.Generator(device="cuda").manual_seed(0)).requires_grad_()
+        out = stack_variants.stack_forward(fns, x0)
+        out.float().square().mean().backward()
+        runs.append([out.detach(), x0.grad] + [p.grad for p in blocks.parameters()])
+    torch._dynamo.reset()
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert len(calls) == 3  # 2 blocks x 2 sub-layers, less the last post op
+    for i, (a, b) in enumerate(zip(runs[1], runs[0])):
+        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+        assert err < 2e-2, (i, err)
