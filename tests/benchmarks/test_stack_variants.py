@@ -101,18 +101,23 @@ def test_xl_stack_is_the_linked_stack_fused(triton_cpu):
         assert torch.equal(a, b)
 
 
-def test_xl_stack_compiles_fullgraph(monkeypatch):
+@pytest.mark.parametrize("kind", ["mhc_ref_linked_fnorm_xl", "mhc_fused_linked_fnorm_xl"])
+def test_xl_stack_compiles_fullgraph(monkeypatch, request, kind):
     """Each block of an *_xl stack compiled alone (aot_eager, fullgraph: no graph break), the (m, Σx²)
-    pair an output of one graph and an input of the next: the eager values and gradients."""
+    pair an output of one graph and an input of the next: the eager values and gradients (reference
+    ops; the fused ones under the interpreter, with 2 blocks)."""
+    if kind.startswith("mhc_fused"):
+        request.getfixturevalue("triton_cpu")
+    nb = 2 if kind.startswith("mhc_fused") else 3
     real = torch.compile
     monkeypatch.setattr(stack_variants.torch, "compile",
                         lambda f, **opts: real(f, backend="aot_eager", fullgraph=True, dynamic=False))
     torch._dynamo.reset()
     try:
-        got = _stack_grads("mhc_ref_linked_fnorm_xl", compiled=True)
+        got = _stack_grads(kind, n_blocks=nb, compiled=True)
     finally:
         torch._dynamo.reset()
-    for a, b in zip(got, _stack_grads("mhc_ref_linked_fnorm_xl")):
+    for a, b in zip(got, _stack_grads(kind, n_blocks=nb)):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
 
 
