@@ -261,13 +261,16 @@ def test_gluon_kernel_against_float64_and_the_triton_pair(fused, N, n, C, monkey
         pair_m, pair_ss = L.launch_proj_fwd(pair_out.view(N, n * C), phi, M, "bf16x2")
     assert ran == [1]
     ref, bound = _out_bound(x, f, hp, hr)
-    for name, o, mm, s in (("gluon", out, m, ss), ("pair", pair_out, pair_m, pair_ss)):
+    # Σx²: the Gluon kernel sums in fp32 on the CUDA cores (≤ 1e-5); proj_fwd forms it on the tensor
+    # cores (launch._PROJ_FWD's "diag" mode), whose fp32 accumulation is coarser (3.4e-5 at C = 2048 on
+    # the H200, session 27): 1e-4 there and between the two
+    for name, o, mm, s, ss_tol in (("gluon", out, m, ss, 1e-5), ("pair", pair_out, pair_m, pair_ss, 1e-4)):
         v = o.double().reshape(N, n * C)  # m and Σx² of the stream this kernel wrote
         err = float(((o.double() - ref).abs() / bound).max())
         assert err <= 1.0, (name, err)
         assert _max_rel(mm, v @ phi.double()) <= 1e-4, (name, _max_rel(mm, v @ phi.double()))
-        assert _max_rel(s, v.square().sum(1)) <= 1e-5, (name, _max_rel(s, v.square().sum(1)))
-    assert _max_rel(m, pair_m.double()) <= 1e-4 and _max_rel(ss, pair_ss.double()) <= 1e-5
+        assert _max_rel(s, v.square().sum(1)) <= ss_tol, (name, _max_rel(s, v.square().sum(1)))
+    assert _max_rel(m, pair_m.double()) <= 1e-4 and _max_rel(ss, pair_ss.double()) <= 1e-4
 
 
 @pytest.mark.gpu
