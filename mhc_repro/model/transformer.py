@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mhc_repro.config import ModelConfig
 from mhc_repro.residual.base import StreamCollapse, StreamResidual, build_residual, capture_h_res, expand_streams
+from mhc_repro.residual.mhc import ManifoldHyperConnection
 from mhc_repro.residual.recompute import checkpoint_block
 
 from .attention import build_attention
@@ -57,6 +58,8 @@ class Block(nn.Module):
         # Applied here, inside forward, so that block.compile() traces the checkpoint and its policy.
         self.recompute_stream = cfg.residual.recompute != "none" and not cfg.activation_checkpointing
         self.recompute_mode = cfg.residual.recompute
+        self.proj_handoff = cfg.residual.proj_handoff and all(
+            isinstance(r, ManifoldHyperConnection) and r.linked for r in (self.attn_residual, self.ffn_residual))
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
                 kv: Optional[LayerKV] = None, start: int = 0, collapse: Optional[nn.Module] = None,
@@ -79,7 +82,11 @@ class Block(nn.Module):
     def _sublayers(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
                    kv: Optional[LayerKV] = None, start: int = 0) -> Tensor:
         # the norms are handed to the residual modules (mHC can fuse them into its pre op)
-        x = self.attn_residual(x, lambda h: self.attn(h, rope, mask, kv, start), self.attn_norm)
+        attn = lambda h: self.attn(h, rope, mask, kv, start)  # noqa: E731
+        if self.proj_handoff:  # residual.proj_handoff: the attention post op forms the FFN's projection
+            x, proj = self.attn_residual(x, attn, self.attn_norm, next_layer=self.ffn_residual)
+            return self.ffn_residual(x, self.ffn, self.ffn_norm, proj=proj)
+        x = self.attn_residual(x, attn, self.attn_norm)
         return self.ffn_residual(x, self.ffn, self.ffn_norm)
 
 

@@ -151,6 +151,16 @@ class ResidualConfig:
     (coefficients, pre, post_res; autograd / Inductor sums the three stream-gradient parts). Same
     values and gradients. Only with all three maps on (ablations always use "three")."""
 
+    proj_handoff: bool = False
+    """mHC, linked sub-layer: within each block the attention sub-layer's post op also forms the FFN
+    sub-layer's projection (m = x·φ and Σx² of its output, ``mhc_post_res_proj_linked``; on an H200
+    with a bf16 stream one Gluon kernel, ``kernels/cross_layer.py``), and the FFN sub-layer's pre op
+    skips its own pass over the stream (``mhc_pre_linked(proj=)``). Same values and gradients, up to
+    the projection's summation order; saves one read of the n·C stream per block in forward. Within
+    a block only: the benchmark stack (``benchmarks/stack_variants.py`` *_xl) also hands it across
+    blocks. Off by default: its step-time gain is not yet measured in the model (RESULTS.md).
+    Only with sublayer_ops="linked" and all three maps on; ignored otherwise. [implementation choice]"""
+
     stream_dtype: str = "auto"
     """dtype of the residual stream between sub-layers, for every kind alike: "auto" (the embedding's
     output: fp32 under bf16-mixed autocast, bf16 under bf16-true), "bfloat16" (PAPER.md §1: "stream in
@@ -223,7 +233,7 @@ class ResidualConfig:
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"residual.{name}={v!r} is invalid; it must be a finite number")
         for name in ("use_h_res", "use_h_pre", "use_h_post", "fuse_branch_norm", "hc_scale_learnable",
-                     "sinkhorn_shift"):
+                     "sinkhorn_shift", "proj_handoff"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"residual.{name}={getattr(self, name)!r} is invalid; "
                                  "it must be true or false")

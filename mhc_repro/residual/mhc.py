@@ -63,23 +63,43 @@ class ManifoldHyperConnection(StreamResidual):
             h_res = torch.eye(n, device=dev).expand(num, n, n).contiguous()
         return h_pre, h_post, h_res
 
-    def forward(self, x: Tensor, branch: Branch, norm: Optional[nn.Module] = None) -> Tensor:
+    @property
+    def linked(self) -> bool:
+        """Whether forward runs the linked pair (the only path with the projection handoff)."""
+        cfg = self.cfg
+        return cfg.sublayer_ops == "linked" and cfg.use_h_pre and cfg.use_h_post and cfg.use_h_res
+
+    def forward(self, x: Tensor, branch: Branch, norm: Optional[nn.Module] = None, *,
+                proj: Optional[tuple[Tensor, Tensor]] = None,
+                next_layer: Optional["ManifoldHyperConnection"] = None):
+        """x [..., n, C] -> the sub-layer's output. Projection handoff (``residual.proj_handoff``, linked
+        only): ``proj`` = (m, Σx²) of x from the previous sub-layer; with ``next_layer`` (the next
+        sub-layer's mHC module) the output comes back as (out, (m, Σout²)) through its φ. Its φ is
+        read only inside this forward, where FSDP2 (one unit for both modules) has gathered it."""
         self._check_shape(x)
         lead, n, c = tuple(x.shape[:-2]), self.n, self.d_model
         ops = self.ops(x.device)
         x3 = x.reshape(math.prod(lead), n, c)
-        cfg = self.cfg
-        if cfg.sublayer_ops == "linked" and cfg.use_h_pre and cfg.use_h_post and cfg.use_h_res:
-            return self._linked(x3, lead, branch, ops, norm).reshape(x.shape)
+        if self.linked:
+            out = self._linked(x3, lead, branch, ops, norm, proj, next_layer)
+            if next_layer is None:
+                return out.reshape(x.shape)
+            return out[0].reshape(x.shape), out[1]
+        if proj is not None or next_layer is not None:
+            raise ValueError("the projection handoff needs residual.sublayer_ops='linked' with all three maps on")
         h_pre, h_post, h_res = self.coefficients(x3.reshape(-1, n * c), ops)
         return self._mix(x3, lead, h_pre, h_post, h_res, branch, ops, norm).reshape(x.shape)
 
-    def _linked(self, x3: Tensor, lead: tuple[int, ...], branch: Branch, ops, norm: Optional[nn.Module]) -> Tensor:
+    def _linked(self, x3: Tensor, lead: tuple[int, ...], branch: Branch, ops, norm: Optional[nn.Module],
+                proj: Optional[tuple[Tensor, Tensor]] = None,
+                next_layer: Optional["ManifoldHyperConnection"] = None):
         """The same sub-layer through the linked pair (cfg.sublayer_ops="linked"); with
         cfg.fuse_branch_norm the pre op applies ``norm`` (an RMSNorm: ``weight``, ``eps``) itself."""
         cfg, c = self.cfg, self.d_model
         fuse = cfg.fuse_branch_norm and norm is not None
         extra = dict(norm_weight=norm.weight, norm_eps=float(norm.eps)) if fuse else {}
+        if proj is not None:
+            extra["proj"] = proj
         off = dict(device_type=x3.device.type, enabled=False)
         with torch.autocast(**off):
             branch_in, h_post, h_res, x_link = ops.mhc_pre_linked(
@@ -88,5 +108,9 @@ class ManifoldHyperConnection(StreamResidual):
         self._record(h_res, lead)
         branch_in = branch_in.reshape(*lead, c)
         f = branch(branch_in if fuse else normed(norm, branch_in))
+        f = f.reshape(-1, c).contiguous()
         with torch.autocast(**off):
-            return ops.mhc_post_res_linked(x_link, f.reshape(-1, c).contiguous(), h_post, h_res)
+            if next_layer is None:
+                return ops.mhc_post_res_linked(x_link, f, h_post, h_res)
+            out, m, ss = ops.mhc_post_res_proj_linked(x_link, f, h_post, h_res, next_layer.phi)
+            return out, (m, ss)

@@ -51,10 +51,11 @@ RECOMPUTE_MODES = ("none", "stream", "stream-ops", "stream-post")
 
 # mode "stream-ops": only these are forced to be recomputed; the rest is left to the compiler.
 STREAM_OPS = frozenset({"mhc_repro::pre", "mhc_repro::pre_norm", "mhc_repro::post_res",
-                        "mhc_repro::post_res_linked"})  # pre_norm: pre with the branch's RMSNorm fused in
+                        "mhc_repro::post_res_linked",  # pre_norm: pre with the branch's RMSNorm fused in
+                        "mhc_repro::post_res_proj_linked"})  # residual.proj_handoff's post op
 # mode "stream-post": only the post ops, i.e. the block's middle stream (n·C per token) is re-run; the
 # branch inputs (C per token each) are kept, so backward re-runs one stream kernel per block, not three.
-POST_OPS = frozenset({"mhc_repro::post_res", "mhc_repro::post_res_linked"})
+POST_OPS = frozenset({"mhc_repro::post_res", "mhc_repro::post_res_linked", "mhc_repro::post_res_proj_linked"})
 
 # A bmm whose contraction is this small is a stream mix (the reference mHC einsums contract over the n
 # streams or none at all), not a model matmul: recompute it.

@@ -24,7 +24,8 @@ def shard_lm(model: nn.Module, mesh, bf16: bool) -> None:
     every block's input stream, and the RoPE tables, into bf16 whatever ``stream_dtype`` says), and
     the embedding is its own unit with fp32 parameters, so ``stream_dtype="auto"`` is the fp32
     embedding output that bf16-mixed autocast gives on one device. Each HC/mHC residual module is its own
-    fp32 unit too (two small all-gathers per block), so its coefficients are computed from fp32
+    fp32 unit too (two small all-gathers per block; one unit for both with ``residual.proj_handoff``,
+    whose attention sub-layer reads the FFN sub-layer's φ), so its coefficients are computed from fp32
     parameters as on one device (PAPER.md: fp32 coefficients; the kernels' bf16x2 split of φ)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -35,9 +36,12 @@ def shard_lm(model: nn.Module, mesh, bf16: bool) -> None:
         fully_shard(model.embed, mesh=mesh, mp_policy=fp32)
     for block in model.blocks:
         if bf16:  # HC/mHC coefficients in fp32 (φ, α, b; the bf16x2 split of φ), as on one device
-            for res in (block.attn_residual, block.ffn_residual):
-                if any(True for _ in res.parameters(recurse=False)):
-                    fully_shard(res, mesh=mesh, mp_policy=fp32)
+            units = [r for r in (block.attn_residual, block.ffn_residual)
+                     if any(True for _ in r.parameters(recurse=False))]
+            if block.proj_handoff:  # the attention sub-layer reads the FFN's φ: one unit for both
+                units = [units]
+            for res in units:
+                fully_shard(res, mesh=mesh, mp_policy=fp32)
         fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
 

@@ -79,3 +79,37 @@ def test_fused_branch_norm_reaches_the_pre_op(monkeypatch):
     seen.clear()
     _grads("reference", "linked")  # the default fuses
     assert len(seen) == 4 and all(w is not None for w in seen)
+
+
+@pytest.mark.parametrize("backend,recompute",
+                         [("reference", "none"), ("triton", "none"), ("triton", "stream-post")])
+def test_proj_handoff_equals_the_plain_chain(backend, recompute, request):
+    """residual.proj_handoff: the attention post op forms the FFN sub-layer's projection; the LM's loss
+    and every gradient (φ of the FFN sub-layers included) are those without it."""
+    if backend == "triton":
+        request.getfixturevalue("triton_cpu")
+    la, ga = _grads(backend, "linked", recompute)
+    lb, gb = _grads(backend, "linked", recompute, proj_handoff=True)
+    assert abs(la - lb) < 1e-6
+    for k in ga:
+        torch.testing.assert_close(gb[k], ga[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert all(gb[f"blocks.{i}.ffn_residual.phi"].abs().sum() > 0 for i in range(2))
+
+
+def test_proj_handoff_hands_one_projection_per_block(monkeypatch):
+    from mhc_repro.residual import base, mhc_ops
+
+    monkeypatch.setattr(base, "_OPS", {})  # op namespaces are cached: rebuild them with the spies
+    calls = []
+    for name in ("mhc_pre_linked", "mhc_post_res_linked", "mhc_post_res_proj_linked"):
+        real = getattr(mhc_ops, name)
+        monkeypatch.setattr(mhc_ops, name, lambda *a, _n=name, _r=real, **kw: (
+            calls.append((_n, kw.get("proj") is not None)), _r(*a, **kw))[1])
+    _grads("reference", "linked", proj_handoff=True)
+    pre = [p for n, p in calls if n == "mhc_pre_linked"]
+    posts = [n for n, _ in calls if n != "mhc_pre_linked"]
+    assert pre == [False, True, False, True]  # 2 blocks: attention forms its own, the FFN gets it
+    assert posts == ["mhc_post_res_proj_linked", "mhc_post_res_linked"] * 2
+    calls.clear()
+    _grads("reference", "linked", proj_handoff=True, use_h_pre=False)  # an ablation: three ops, no handoff
+    assert calls == []

@@ -22,8 +22,8 @@ BLOCKS, B, T, C, N_STREAMS = 2, 1, 8, 32, 4
 STREAM_BYTES = B * T * N_STREAMS * C * 4  # one fp32 stream state [B, T, n, C]
 
 
-def _lm(backend: str, recompute: str, n_blocks: int = BLOCKS, **model) -> LM:
-    cfg = with_variant(get_preset("tiny"), "mhc", backend=backend, recompute=recompute)
+def _lm(backend: str, recompute: str, n_blocks: int = BLOCKS, res: dict | None = None, **model) -> LM:
+    cfg = with_variant(get_preset("tiny"), "mhc", backend=backend, recompute=recompute, **(res or {}))
     cfg.vocab_size, cfg.d_model, cfg.n_blocks, cfg.dense_ffn_width = 64, C, n_blocks, 64
     cfg.attention.n_heads, cfg.attention.head_dim = 2, 16
     for k, v in model.items():
@@ -166,6 +166,34 @@ def test_compiled_block_recomputes_stream_ops(mode, triton_cpu):
     pre_reruns = 0 if mode == "stream-post" else 2
     assert targets.count("mhc_repro.pre.default") + targets.count("mhc_repro.pre_norm.default") == pre_reruns
     assert targets.count("mhc_repro.coefficients.default") == 0  # saved, not re-run
+
+
+def test_compiled_block_with_the_projection_handoff(triton_cpu):
+    """residual.proj_handoff in a block compiled in place (fullgraph, aot_eager) under "stream-post":
+    the gradients are eager's without the handoff, and the backward re-runs the middle stream's post
+    op, which is now the one that forms the FFN sub-layer's projection."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.debugging import aot_eager
+
+    bw_graphs = []
+
+    def backend(gm, example_inputs):
+        return aot_eager(gm, example_inputs,
+                         bw_compiler=lambda g, _: (bw_graphs.append(g), make_boxed_func(g.forward))[1])
+
+    ref = _run("triton", "none", n_blocks=1)["grads"]
+    m = _lm("triton", "stream-post", n_blocks=1, res=dict(proj_handoff=True))
+    torch._dynamo.reset()
+    m.blocks[0].compile(backend=backend, fullgraph=True)
+    idx = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(1))
+    m(idx).pow(2).mean().backward()
+    torch._dynamo.reset()
+    for name, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, ref[name], rtol=1e-5, atol=1e-6, msg=name)
+    (bw,) = bw_graphs
+    targets = [str(n.target) for n in bw.graph.nodes if n.op == "call_function"]
+    assert targets.count("mhc_repro.post_res_proj_linked.default") == 1
+    assert targets.count("mhc_repro.post_res_linked.default") == 0
 
 
 def test_compiled_first_block_saves_no_copy_of_its_input(triton_cpu):

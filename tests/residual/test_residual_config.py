@@ -31,6 +31,7 @@ def test_residual_forces_one_stream():
     ("alpha_init", math.nan, "residual.alpha_init"),
     ("fuse_branch_norm", "yes", "residual.fuse_branch_norm='yes'"),
     ("sinkhorn_shift", 1, "residual.sinkhorn_shift=1"),
+    ("proj_handoff", "on", "residual.proj_handoff='on'"),
 ])
 def test_bad_values_raise_one_line(field, value, needle):
     cfg = ResidualConfig()

@@ -59,3 +59,21 @@ def test_fsdp_bf16_keeps_the_configured_stream_dtype(mesh, preset, variant, stre
     assert {p for _, p in plain_dtypes} <= {(), ("torch.float32",)}
     assert sharded_dtypes == plain_dtypes  # every sub-layer's input stream and coefficient parameters
     assert sharded_loss == pytest.approx(plain_loss, rel=2e-2)  # bf16 weights under FSDP2: close, not equal
+
+
+def test_fsdp_bf16_with_the_projection_handoff(mesh):
+    """residual.proj_handoff: the attention sub-layer reads the FFN sub-layer's φ, so shard_lm makes both
+    residual modules one fp32 unit (as separate units that φ would still be sharded there)."""
+    cfg = _micro("tiny", "mhc", "auto")
+    cfg.residual.proj_handoff = True
+    torch.manual_seed(0)
+    plain = LM(cfg)
+    torch.manual_seed(0)
+    sharded = LM(cfg)
+    shard_lm(sharded, mesh, bf16=True)
+    idx = torch.randint(0, 64, (2, 8))
+    _, plain_loss = _stream_dtypes(plain, idx)
+    _, sharded_loss = _stream_dtypes(sharded, idx)
+    assert sharded_loss == pytest.approx(plain_loss, rel=2e-2)
+    grads = [b.ffn_residual.phi.grad for b in sharded.blocks]
+    assert all(g is not None and float(g.full_tensor().abs().sum()) > 0 for g in grads)
