@@ -57,3 +57,31 @@ def test_paper_3b_training_step(variant):
     assert torch.isfinite(loss) and abs(loss.item() - 11.77) < 0.5  # ~ln(129280) at init
     print(f"\n3b {variant}: fwd+bwd of {seq} tokens (fp32 params, bf16 autocast) {dt * 1e3:.0f} ms, "
           f"{seq / dt:.0f} tok/s, peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_proj_handoff_on_cuda_matches_the_plain_chain(compiled):
+    """residual.proj_handoff on a bf16 stream (the Gluon kernel on an H200): the LM's bf16-autocast step
+    gives the loss and gradients of the plain chain, up to the projection's summation order."""
+    from mhc_repro.kernels import cross_layer
+
+    runs = []
+    for handoff in (False, True):
+        torch.manual_seed(0)
+        cfg = with_variant(get_preset("tiny"), "mhc", backend="triton", stream_dtype="bfloat16",
+                           proj_handoff=handoff)
+        m = LM(cfg).cuda()
+        if compiled:
+            for b in m.blocks:
+                b.compile(fullgraph=True)
+        idx = torch.randint(0, cfg.vocab_size, (4, 129), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+        loss = _step(m, idx)
+        runs.append((loss.item(), {k: p.grad.float() for k, p in m.named_parameters()}))
+    x = torch.zeros(8, 4, 128, device="cuda", dtype=torch.bfloat16)
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert cross_layer.gluon_unusable(x, x[:, 0], "bf16x2") is None  # the Gluon kernel ran
+    (la, ga), (lb, gb) = runs
+    assert abs(la - lb) < 2e-3 * abs(la)
+    for k in ga:
+        scale = ga[k].abs().max().item() + 1e-6
+        assert (gb[k] - ga[k]).abs().max().item() < 5e-2 * scale, k
