@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cross-layer handoff (kernels/cross_layer.py) in the benchmark stack, on the GPU, in parts:
 # 1. its GPU tests (tests/kernels/test_cross_layer.py: the Gluon chain and the Triton pair against
-#    the plain chain, float64 references);
+#    the plain chain, float64 references; tests/model/test_lm_gpu.py: residual.proj_handoff in the LM);
 # 2. the stack (ab_stack.py, compiled): the default fused stack against the same stack with the
 #    handoff (the Gluon kernel: *_xl; the Triton pair: *_xlpair), plus the residual for the targets.
 # Usage (on the GPU machine, repo root): GIT_COMMIT=<sha> OUT=<dir> SKIP="1" bash benchmarks/run_cross_layer_ab.sh
@@ -9,7 +9,8 @@
 # VARIANTS (residual mhc_fused_linked_fnorm mhc_fused_linked_fnorm_xl mhc_fused_linked_fnorm_xlpair).
 source benchmarks/device_common.sh
 if ! skip 1; then
-  timeout -k 10 "${TEST_TIMEOUT:-120}" python3 -m pytest -q -rfEs -m gpu tests/kernels/test_cross_layer.py 2>&1 \
+  timeout -k 10 "${TEST_TIMEOUT:-120}" python3 -m pytest -q -rfEs -m gpu tests/kernels/test_cross_layer.py \
+    tests/model/test_lm_gpu.py -k "cross_layer or proj_handoff" 2>&1 \
     | grep -v USDT > "$OUT/xl_gpu_tests.log"
   echo "xl gpu tests: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; tail -2 "$OUT/xl_gpu_tests.log"
 fi
