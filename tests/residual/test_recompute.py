@@ -132,46 +132,9 @@ def test_inference_paths_unchanged():
     torch.testing.assert_close(inc, full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["stream", "stream-ops", "stream-post"])
-def test_compiled_block_recomputes_stream_ops(mode, triton_cpu):
-    """Each block compiled in place (as training.compile does), aot_eager: the checkpoint and its
-    policy are traced, the backward graph re-runs the middle stream's post_res and both pre ops (only
-    the post_res under "stream-post"), and the gradients match eager without recomputation."""
-    from functorch.compile import make_boxed_func
-    from torch._dynamo.backends.debugging import aot_eager
-
-    bw_graphs = []
-
-    def capture_bw(gm, example_inputs):
-        bw_graphs.append(gm)
-        return make_boxed_func(gm.forward)
-
-    def backend(gm, example_inputs):
-        return aot_eager(gm, example_inputs, bw_compiler=capture_bw)
-
-    ref = _run("triton", "none", n_blocks=1)["grads"]
-    m = _lm("triton", mode, n_blocks=1)
-    torch._dynamo.reset()  # cold: the ops are resolved inside the traced code (no graph break allowed)
-    m.blocks[0].compile(backend=backend, fullgraph=True)
-    idx = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(1))
-    m(idx).pow(2).mean().backward()
-    torch._dynamo.reset()
-    for name, p in m.named_parameters():
-        torch.testing.assert_close(p.grad, ref[name], rtol=1e-5, atol=1e-6, msg=name)
-    (bw,) = bw_graphs
-    targets = [str(n.target) for n in bw.graph.nodes if n.op == "call_function"]
-    # the middle stream's post op, re-run (post_res_linked with the default sublayer_ops="linked")
-    assert targets.count("mhc_repro.post_res.default") + targets.count("mhc_repro.post_res_linked.default") == 1
-    # both pre ops (pre_norm: with the branch's RMSNorm fused in, residual.fuse_branch_norm's default)
-    pre_reruns = 0 if mode == "stream-post" else 2
-    assert targets.count("mhc_repro.pre.default") + targets.count("mhc_repro.pre_norm.default") == pre_reruns
-    assert targets.count("mhc_repro.coefficients.default") == 0  # saved, not re-run
-
-
-def test_compiled_block_with_the_projection_handoff(triton_cpu):
-    """residual.proj_handoff in a block compiled in place (fullgraph, aot_eager) under "stream-post":
-    the gradients are eager's without the handoff, and the backward re-runs the middle stream's post
-    op, which is now the one that forms the FFN sub-layer's projection."""
+def _compiled_backward_ops(mode: str, **res) -> list[str]:
+    """One block compiled in place (as training.compile does: fullgraph, aot_eager) under ``mode``:
+    checks its gradients against eager without recomputation and returns its backward graph's ops."""
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.debugging import aot_eager
 
@@ -182,8 +145,8 @@ def test_compiled_block_with_the_projection_handoff(triton_cpu):
                          bw_compiler=lambda g, _: (bw_graphs.append(g), make_boxed_func(g.forward))[1])
 
     ref = _run("triton", "none", n_blocks=1)["grads"]
-    m = _lm("triton", "stream-post", n_blocks=1, res=dict(proj_handoff=True))
-    torch._dynamo.reset()
+    m = _lm("triton", mode, n_blocks=1, res=res)
+    torch._dynamo.reset()  # cold: the ops are resolved inside the traced code (no graph break allowed)
     m.blocks[0].compile(backend=backend, fullgraph=True)
     idx = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(1))
     m(idx).pow(2).mean().backward()
@@ -191,7 +154,28 @@ def test_compiled_block_with_the_projection_handoff(triton_cpu):
     for name, p in m.named_parameters():
         torch.testing.assert_close(p.grad, ref[name], rtol=1e-5, atol=1e-6, msg=name)
     (bw,) = bw_graphs
-    targets = [str(n.target) for n in bw.graph.nodes if n.op == "call_function"]
+    return [str(n.target) for n in bw.graph.nodes if n.op == "call_function"]
+
+
+@pytest.mark.parametrize("mode", ["stream", "stream-ops", "stream-post"])
+def test_compiled_block_recomputes_stream_ops(mode, triton_cpu):
+    """Each block compiled in place: the checkpoint and its policy are traced, the backward graph
+    re-runs the middle stream's post_res and both pre ops (only the post_res under "stream-post"), and
+    the gradients match eager without recomputation."""
+    targets = _compiled_backward_ops(mode)
+    # the middle stream's post op, re-run (post_res_linked with the default sublayer_ops="linked")
+    assert targets.count("mhc_repro.post_res.default") + targets.count("mhc_repro.post_res_linked.default") == 1
+    # both pre ops (pre_norm: with the branch's RMSNorm fused in, residual.fuse_branch_norm's default)
+    pre_reruns = 0 if mode == "stream-post" else 2
+    assert targets.count("mhc_repro.pre.default") + targets.count("mhc_repro.pre_norm.default") == pre_reruns
+    assert targets.count("mhc_repro.coefficients.default") == 0  # saved, not re-run
+
+
+def test_compiled_block_with_the_projection_handoff(triton_cpu):
+    """residual.proj_handoff in a compiled block under "stream-post": the gradients are eager's without
+    the handoff, and the backward re-runs the middle stream's post op, which is now the one that forms
+    the FFN sub-layer's projection."""
+    targets = _compiled_backward_ops("stream-post", proj_handoff=True)
     assert targets.count("mhc_repro.post_res_proj_linked.default") == 1
     assert targets.count("mhc_repro.post_res_linked.default") == 0
 

@@ -27,6 +27,16 @@ def _micro(preset: str, variant: str, stream_dtype: str):
     return dataclasses.replace(cfg, vocab_size=64, n_blocks=2, dense_ffn_width=64)
 
 
+def _plain_and_sharded(cfg, mesh) -> tuple[LM, LM]:
+    """The same LM twice (same seed): as is, and under shard_lm with bf16-mixed."""
+    torch.manual_seed(0)
+    plain = LM(cfg)
+    torch.manual_seed(0)
+    sharded = LM(cfg)
+    shard_lm(sharded, mesh, bf16=True)
+    return plain, sharded
+
+
 def _stream_dtypes(model: LM, idx: torch.Tensor):
     seen = []
 
@@ -46,12 +56,7 @@ def _stream_dtypes(model: LM, idx: torch.Tensor):
                                                 ("bfloat16", torch.bfloat16)])
 @pytest.mark.parametrize("preset, variant", [("tiny", "mhc"), ("tiny", "residual"), ("tiny-moe", "hc")])
 def test_fsdp_bf16_keeps_the_configured_stream_dtype(mesh, preset, variant, stream_dtype, want):
-    cfg = _micro(preset, variant, stream_dtype)
-    torch.manual_seed(0)
-    plain = LM(cfg)
-    torch.manual_seed(0)
-    sharded = LM(cfg)
-    shard_lm(sharded, mesh, bf16=True)
+    plain, sharded = _plain_and_sharded(_micro(preset, variant, stream_dtype), mesh)
     idx = torch.randint(0, 64, (2, 8))
     plain_dtypes, plain_loss = _stream_dtypes(plain, idx)
     sharded_dtypes, sharded_loss = _stream_dtypes(sharded, idx)
@@ -66,11 +71,7 @@ def test_fsdp_bf16_with_the_projection_handoff(mesh):
     residual modules one fp32 unit (as separate units that φ would still be sharded there)."""
     cfg = _micro("tiny", "mhc", "auto")
     cfg.residual.proj_handoff = True
-    torch.manual_seed(0)
-    plain = LM(cfg)
-    torch.manual_seed(0)
-    sharded = LM(cfg)
-    shard_lm(sharded, mesh, bf16=True)
+    plain, sharded = _plain_and_sharded(cfg, mesh)
     idx = torch.randint(0, 64, (2, 8))
     _, plain_loss = _stream_dtypes(plain, idx)
     _, sharded_loss = _stream_dtypes(sharded, idx)
