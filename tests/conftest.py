@@ -6,6 +6,7 @@
 """
 
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -22,3 +23,47 @@ def triton_cpu() -> None:
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (set above when CUDA is absent)")
+
+
+# CPU interpreter grids. A test marked ``cpu_cover`` runs its whole parameter grid on CUDA, but on the
+# CPU (Triton interpreter: seconds a case) only a covering subset: its CPU cases are taken greedily
+# (most values not yet run first, then the least-run values, then collection order) until every value
+# of every parameter (``device`` aside) has run at least once;
+# ``cover=[("a", "b")]`` adds the pair as one more axis, so that every (a, b) combination runs too. The
+# remaining CPU cases skip with CPU_COVER_REASON. MHC_FULL_CPU_GRID=1 runs the full grid on the CPU as well.
+CPU_COVER_REASON = "CPU interpreter runs a covering subset; full grid on CUDA"
+
+
+def _cover_features(item, groups) -> set:
+    """(axis, value) pairs of one case. An axis is one parameter, the names of one multi-name
+    parametrize ("N,n,C": each tuple is one value) or a ``cover`` group; values by repr (dtypes, dicts)."""
+    params = {k: v for k, v in item.callspec.params.items() if k != "device"}
+    axes = [tuple(n.strip() for n in m.args[0].split(",")) if isinstance(m.args[0], str) else tuple(m.args[0])
+            for m in item.iter_markers("parametrize")]
+    axes += [(k,) for k in params if not any(k in a for a in axes)]  # fixture parameters
+    # a cover group: the axes it names, together (every combination of their values is a value)
+    axes += [tuple(dict.fromkeys(k for a in axes if set(a) & set(g) for k in a)) for g in groups]
+    return {(a, tuple(repr(params[k]) for k in a if k in params)) for a in axes if set(a) & params.keys()}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("MHC_FULL_CPU_GRID") == "1":
+        return
+    tests: dict[str, list] = {}
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        if spec is not None and spec.params.get("device") == "cpu" and item.get_closest_marker("cpu_cover"):
+            tests.setdefault(item.nodeid.split("[")[0], []).append(item)
+    skip = pytest.mark.skip(reason=CPU_COVER_REASON)
+    for cases in tests.values():
+        groups = [tuple(g) for g in cases[0].get_closest_marker("cpu_cover").kwargs.get("cover", ())]
+        feats = [_cover_features(c, groups) for c in cases]
+        todo, runs, keep = set().union(*feats), Counter(), set()
+        while todo:  # the case adding the most values not run yet; on a tie, the one whose values ran least
+            best = max(range(len(cases)), key=lambda i: (len(feats[i] & todo), -sum(runs[f] for f in feats[i]), -i))
+            keep.add(best)
+            todo -= feats[best]
+            runs.update(feats[best])
+        for i, case in enumerate(cases):
+            if i not in keep:
+                case.add_marker(skip)

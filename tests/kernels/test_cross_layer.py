@@ -74,6 +74,7 @@ def link_mode(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.cpu_cover  # CPU: every case, the link modes in turn (tests/conftest.py)
 @pytest.mark.parametrize("N,n,C,L,dtype,norm", [
     (37, 4, 64, 3, torch.float32, True), (37, 2, 48, 2, torch.float32, False),
     (37, 1, 32, 2, torch.float32, True), (37, 4, 64, 2, torch.bfloat16, True)])

@@ -41,6 +41,8 @@ def spy(launch, monkeypatch):
     return calls
 
 
+# CPU (tests/conftest.py): ACC with and without the linked terms, the shapes and precisions in turn
+@pytest.mark.cpu_cover(cover=[("linked", "acc")])
 @pytest.mark.parametrize("acc", [False, True])
 @pytest.mark.parametrize("precision", ["bf16x2", "bf16"])
 @pytest.mark.parametrize("linked", [False, True])
@@ -89,6 +91,7 @@ def test_pointer_kernel_where_tma_cannot(launch, monkeypatch, spy, device, N, n,
     assert torch.equal(got[0], ref[0])
 
 
+@pytest.mark.cpu_cover(cover=[("linked", "loop_stages")])  # CPU: the shapes in turn (tests/conftest.py)
 @pytest.mark.parametrize("loop_stages", [2, 3])
 @pytest.mark.parametrize("linked", [False, True])
 @pytest.mark.parametrize("N,n,C", [(37, 4, 48), (70, 2, 32)])
@@ -105,6 +108,8 @@ def test_pipelined_token_loop_gives_the_same_dx(launch, monkeypatch, spy, device
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
 
 
+# CPU (tests/conftest.py): each mode at each precision, the shapes and linked in turn
+@pytest.mark.cpu_cover(cover=[("precision", "mode")])
 @pytest.mark.parametrize("mode", [1, 2])
 @pytest.mark.parametrize("precision", ["bf16x2", "bf16"])
 @pytest.mark.parametrize("linked", [False, True])

@@ -41,6 +41,8 @@ def patched(fused, launch, monkeypatch, request):
     return fused
 
 
+# CPU (tests/conftest.py): every variant, the two shapes in turn (test_variant_bf16_stream runs every one)
+@pytest.mark.cpu_cover
 @pytest.mark.parametrize("patched", list(VARIANTS), indirect=True)
 @pytest.mark.parametrize("N,n,C", [(37, 4, 67), (11, 3, 40)])
 def test_variant_matches_fp64_reference(patched, device, N, n, C):

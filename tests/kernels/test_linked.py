@@ -44,6 +44,7 @@ def link_mode(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.cpu_cover  # CPU: every shape, the link modes in turn (tests/conftest.py)
 @pytest.mark.parametrize("N,n,C", [(37, 4, 67), (5, 1, 33), (19, 2, 48), (11, 8, 24), (45, 3, 16), (7, 3, 301)])
 def test_linked_matches_fp64_reference(fused, device, N, n, C):
     inp = _no_pre_cotangent(_inputs(N, n, C, torch.float32, device, seed=3 * N + n))
@@ -93,6 +94,8 @@ def _check_tiles(fused, launch, device, monkeypatch, tiles: dict, dtype) -> None
 
 
 # "add-copy" runs the same dx pass as "add" (only its output buffer differs): not repeated here.
+# CPU (tests/conftest.py): every pair of tile set, dtype and link mode
+@pytest.mark.cpu_cover(cover=[("tiles", "dtype"), ("tiles", "link_mode"), ("dtype", "link_mode")])
 @pytest.mark.parametrize("link_mode", ["add", "gather"], indirect=True)
 @pytest.mark.parametrize("tiles", list(ALIGNED_TILES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
