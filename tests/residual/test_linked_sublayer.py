@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -22,13 +24,21 @@ def _grads(backend: str, sublayer_ops: str, recompute: str = "none", **res) -> t
     return loss.item(), {k: p.grad.clone() for k, p in m.named_parameters()}
 
 
+@functools.cache
+def _grads_once(backend: str, sublayer_ops: str, recompute: str = "none", fuse_branch_norm: bool = True):
+    """_grads, computed once per process for the comparisons below: under the interpreter each Triton
+    run takes seconds, and the same run is a side of several of them (the tests only read the results;
+    fuse_branch_norm's default, True, is spelled out so that both spellings share one entry)."""
+    return _grads(backend, sublayer_ops, recompute, fuse_branch_norm=fuse_branch_norm)
+
+
 @pytest.mark.parametrize("backend,recompute",
                          [("reference", "none"), ("triton", "none"), ("triton", "stream"), ("triton", "stream-ops")])
 def test_linked_equals_three_ops(backend, recompute, request):
     if backend == "triton":
         request.getfixturevalue("triton_cpu")
-    la, ga = _grads(backend, "three")
-    lb, gb = _grads(backend, "linked", recompute)
+    la, ga = _grads_once(backend, "three")
+    lb, gb = _grads_once(backend, "linked", recompute)
     assert abs(la - lb) < 1e-6
     for k in ga:
         torch.testing.assert_close(gb[k], ga[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -55,8 +65,8 @@ def test_fused_branch_norm_equals_the_branch_norm(backend, recompute, request):
     fused form's unrounded aggregate changes nothing)."""
     if backend == "triton":
         request.getfixturevalue("triton_cpu")
-    la, ga = _grads(backend, "linked", recompute, fuse_branch_norm=False)
-    lb, gb = _grads(backend, "linked", recompute, fuse_branch_norm=True)
+    la, ga = _grads_once(backend, "linked", recompute, fuse_branch_norm=False)
+    lb, gb = _grads_once(backend, "linked", recompute, fuse_branch_norm=True)
     assert abs(la - lb) < 1e-6
     for k in ga:
         torch.testing.assert_close(gb[k], ga[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -132,9 +132,16 @@ def test_inference_paths_unchanged():
     torch.testing.assert_close(inc, full, rtol=1e-5, atol=1e-5)
 
 
-def _compiled_backward_ops(mode: str, **res) -> list[str]:
+@pytest.fixture(scope="module")
+def eager_one_block_grads(triton_cpu):
+    """The eager gradients of a one-block Triton LM without recomputation: what each compiled block
+    below must give (one interpreter run for all of them)."""
+    return _run("triton", "none", n_blocks=1)["grads"]
+
+
+def _compiled_backward_ops(ref: dict, mode: str, **res) -> list[str]:
     """One block compiled in place (as training.compile does: fullgraph, aot_eager) under ``mode``:
-    checks its gradients against eager without recomputation and returns its backward graph's ops."""
+    checks its gradients against ``ref`` (eager, no recomputation) and returns its backward graph's ops."""
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.debugging import aot_eager
 
@@ -144,7 +151,6 @@ def _compiled_backward_ops(mode: str, **res) -> list[str]:
         return aot_eager(gm, example_inputs,
                          bw_compiler=lambda g, _: (bw_graphs.append(g), make_boxed_func(g.forward))[1])
 
-    ref = _run("triton", "none", n_blocks=1)["grads"]
     m = _lm("triton", mode, n_blocks=1, res=res)
     torch._dynamo.reset()  # cold: the ops are resolved inside the traced code (no graph break allowed)
     m.blocks[0].compile(backend=backend, fullgraph=True)
@@ -158,11 +164,11 @@ def _compiled_backward_ops(mode: str, **res) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", ["stream", "stream-ops", "stream-post"])
-def test_compiled_block_recomputes_stream_ops(mode, triton_cpu):
+def test_compiled_block_recomputes_stream_ops(mode, eager_one_block_grads):
     """Each block compiled in place: the checkpoint and its policy are traced, the backward graph
     re-runs the middle stream's post_res and both pre ops (only the post_res under "stream-post"), and
     the gradients match eager without recomputation."""
-    targets = _compiled_backward_ops(mode)
+    targets = _compiled_backward_ops(eager_one_block_grads, mode)
     # the middle stream's post op, re-run (post_res_linked with the default sublayer_ops="linked")
     assert targets.count("mhc_repro.post_res.default") + targets.count("mhc_repro.post_res_linked.default") == 1
     # both pre ops (pre_norm: with the branch's RMSNorm fused in, residual.fuse_branch_norm's default)
@@ -171,11 +177,11 @@ def test_compiled_block_recomputes_stream_ops(mode, triton_cpu):
     assert targets.count("mhc_repro.coefficients.default") == 0  # saved, not re-run
 
 
-def test_compiled_block_with_the_projection_handoff(triton_cpu):
+def test_compiled_block_with_the_projection_handoff(eager_one_block_grads):
     """residual.proj_handoff in a compiled block under "stream-post": the gradients are eager's without
     the handoff, and the backward re-runs the middle stream's post op, which is now the one that forms
     the FFN sub-layer's projection."""
-    targets = _compiled_backward_ops("stream-post", proj_handoff=True)
+    targets = _compiled_backward_ops(eager_one_block_grads, "stream-post", proj_handoff=True)
     assert targets.count("mhc_repro.post_res_proj_linked.default") == 1
     assert targets.count("mhc_repro.post_res_linked.default") == 0
 
