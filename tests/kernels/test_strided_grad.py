@@ -26,6 +26,8 @@ def _strided_grads(N: int, n: int, C: int, dtype, device, gen) -> dict[str, torc
     }
 
 
+# CPU (tests/conftest.py): each tile mode in both dtypes, the shapes in turn
+@pytest.mark.cpu_cover(cover=[("mode", "dtype")])
 @pytest.mark.parametrize("mode", list(TILES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("N,n,C", [(13, 4, 40), (7, 3, 33)])
