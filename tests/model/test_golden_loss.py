@@ -66,7 +66,10 @@ def test_variants_differ(golden):
 
 
 def test_fused_kernels_reproduce_mhc_curve(golden, triton_cpu):
-    # 4 steps: the interpreter is slow (~3 s a step); linked vs three is checked in tests/residual.
-    got = _curve("mhc", steps=4, backend="triton")
-    for step, (a, b) in enumerate(zip(got, golden["mhc"][:4])):
+    # 3 steps (the third loss follows two AdamW updates, the second of which weighs the first two steps'
+    # gradients against each other): the interpreter is slow (~8 s a step on the 2-core CI machine);
+    # linked vs three is checked in tests/residual.
+    got = _curve("mhc", steps=3, backend="triton")
+    assert len(got) == 3
+    for step, (a, b) in enumerate(zip(got, golden["mhc"][:3])):
         assert abs(a - b) <= 1e-4, f"triton step {step}: loss {a} != golden {b}"
