@@ -3,13 +3,23 @@
 - No hub access in tests (DATA.md): datasets / huggingface_hub stay offline.
 - Without CUDA, Triton kernels can only run under the interpreter, and TRITON_INTERPRET must be set
   before ``mhc_repro.kernels`` decorates them — whichever test directory imports them first.
+- Under pytest-xdist each worker gets its share of the cores for torch's and OpenBLAS's thread pools
+  (set before torch, and with it numpy, is imported; explicit settings win; subprocesses inherit it).
+  ``make test`` runs 2 workers on the 2-core CI machine: with 2 threads in each (torch's and numpy's
+  default there) the interpreter's many small numpy products oversubscribe the 2 cores
+  (reports/records/ci/README.md, session 28).
 """
 
 import os
 from collections import Counter
 
-import pytest
-import torch
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)))
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
