@@ -67,7 +67,7 @@ def test_variants_differ(golden):
 
 def test_fused_kernels_reproduce_mhc_curve(golden, triton_cpu):
     # 3 steps (the third loss follows two AdamW updates, the second of which weighs the first two steps'
-    # gradients against each other): the interpreter is slow (~8 s a step on the 2-core CI machine);
+    # gradients against each other): the interpreter is slow (~10 s a step on the 2-core dev machine);
     # linked vs three is checked in tests/residual.
     got = _curve("mhc", steps=3, backend="triton")
     assert len(got) == 3
