@@ -158,7 +158,8 @@ class ResidualConfig:
     skips its own pass over the stream (``mhc_pre_linked(proj=)``). Same values and gradients, up to
     the projection's summation order; saves one read of the n·C stream per block in forward. Within
     a block only: the benchmark stack (``benchmarks/stack_variants.py`` *_xl) also hands it across
-    blocks. Off by default: its step-time gain is not yet measured in the model (RESULTS.md).
+    blocks. Off by default: in the benchmark stack (across blocks too) it gave no measurable
+    step-time gain on an H200 (reports/kernels/RESULTS.md, runs 120–122).
     Only with sublayer_ops="linked" and all three maps on; ignored otherwise. [implementation choice]"""
 
     stream_dtype: str = "auto"

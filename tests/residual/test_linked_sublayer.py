@@ -98,7 +98,7 @@ def test_proj_handoff_equals_the_plain_chain(backend, recompute, request):
     and every gradient (φ of the FFN sub-layers included) are those without it."""
     if backend == "triton":
         request.getfixturevalue("triton_cpu")
-    la, ga = _grads(backend, "linked", recompute)
+    la, ga = _grads_once(backend, "linked", recompute)  # the plain side: shared with the tests above
     lb, gb = _grads(backend, "linked", recompute, proj_handoff=True)
     assert abs(la - lb) < 1e-6
     for k in ga:
