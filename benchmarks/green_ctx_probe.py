@@ -69,16 +69,19 @@ def split_green_streams(k: int) -> list[tuple[int, torch.cuda.ExternalStream]]:
     return out
 
 
-def make_work(tokens: int, c: int, n: int, ffn: int, gemm_iters: int, mem_iters: int):
+def make_work(tokens: int, c: int, n: int, ffn: int, gemm_iters: int, mem_iters: int, mem_scale: int = 1):
+    """The two chains. ``mem_scale``: the memory chain runs on mem_scale × tokens rows, mem_iters ÷
+    mem_scale times (the same bytes in fewer launches, so that the host's launch cost stays hidden)."""
     from mhc_repro.kernels import linked
     dev, bf = "cuda", torch.bfloat16
     x = torch.randn(tokens, c, device=dev, dtype=bf)
     w1 = torch.randn(c, ffn, device=dev, dtype=bf) / c ** 0.5
     w2 = torch.randn(ffn, c, device=dev, dtype=bf) / ffn ** 0.5
-    xs = torch.randn(tokens, n, c, device=dev, dtype=bf)
-    f = torch.randn(tokens, c, device=dev, dtype=bf)
-    h_post = torch.rand(tokens, n, device=dev)
-    h_res = torch.rand(tokens, n, n, device=dev)
+    rows = tokens * mem_scale
+    xs = torch.randn(rows, n, c, device=dev, dtype=bf)
+    f = torch.randn(rows, c, device=dev, dtype=bf)
+    h_post = torch.rand(rows, n, device=dev)
+    h_res = torch.rand(rows, n, n, device=dev)
     post = linked.mhc_post_res_linked
 
     def gemm():
@@ -86,7 +89,7 @@ def make_work(tokens: int, c: int, n: int, ffn: int, gemm_iters: int, mem_iters:
             (x @ w1) @ w2
 
     def mem():
-        for _ in range(mem_iters):
+        for _ in range(max(1, mem_iters // mem_scale)):
             y = post(xs, f, h_post, h_res)
             torch.add(y, xs)
 
@@ -124,13 +127,16 @@ def main() -> None:
     ap.add_argument("--ffn", type=int, default=5632)
     ap.add_argument("--gemm-iters", type=int, default=30)
     ap.add_argument("--mem-iters", type=int, default=60)
+    ap.add_argument("--mem-scale", type=int, default=1,
+                    help="memory chain on this many times the tokens, this many times fewer calls")
     ap.add_argument("--ks", type=int, nargs="+", default=[16, 24, 32, 48, 64])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    gemm, mem, check = make_work(args.tokens, args.C, 4, args.ffn, args.gemm_iters, args.mem_iters)
+    gemm, mem, check = make_work(args.tokens, args.C, 4, args.ffn, args.gemm_iters, args.mem_iters,
+                                   args.mem_scale)
     main_s = torch.cuda.current_stream()
     s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
     lo, hi = torch.cuda.Stream.priority_range() if hasattr(torch.cuda.Stream, "priority_range") else (0, -1)
@@ -147,7 +153,8 @@ def main() -> None:
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"{torch.cuda.get_device_name(0)} | {sms} SMs | torch {torch.__version__} | tokens {args.tokens} "
-          f"C {args.C} ffn {args.ffn} gemm_iters {args.gemm_iters} mem_iters {args.mem_iters}", flush=True)
+          f"C {args.C} ffn {args.ffn} gemm_iters {args.gemm_iters} mem_iters {args.mem_iters} "
+          f"mem_scale {args.mem_scale}", flush=True)
     row("gemm alone (whole GPU)", [(gemm, main_s)])
     row("mem alone (whole GPU)", [(mem, main_s)])
     row("sequential gemm then mem", [(lambda: (gemm(), mem()), main_s)])
