@@ -14,6 +14,7 @@ The figure that matters: the concurrent makespan against the sequential sum. Ove
 the makespan stays close to the GEMM chain alone on the whole GPU.
 
     PYTHONPATH=. python benchmarks/green_ctx_probe.py --out probe.json
+    python benchmarks/green_ctx_probe.py --summarize probe.json   # the overlap table, on any machine
 """
 
 from __future__ import annotations
@@ -120,6 +121,40 @@ def timed(fns_streams, reps: int) -> dict:
     return {"wall_ms": statistics.median(walls), "span_ms": [statistics.median(s) for s in spans]}
 
 
+def _alone(rows: dict, name: str) -> tuple[float, float]:
+    """(GEMM, memory) chain times alone on the partitions a concurrent row ran on."""
+    if name.startswith("two streams"):
+        return rows["gemm alone (whole GPU)"]["span_ms"][0], rows["mem alone (whole GPU)"]["span_ms"][0]
+    kg, km = name.split()[1], name.split()[3].rstrip(",")
+    carve = [k for k in rows if k.startswith(f"gemm alone on {kg} SMs, carveout")]
+    g = rows[carve[0] if name.endswith("carveout") and carve else f"gemm alone on {kg} SMs"]
+    return g["span_ms"][0], rows[f"mem alone on {km} SMs"]["span_ms"][0]
+
+
+def summarize(path: str) -> None:
+    """Per concurrent row: makespan ÷ the pair back to back, and each chain's speed (its time alone on
+    the whole GPU ÷ its span in the row). "during overlap": the speeds while both ran, taking out the
+    tail in which the later chain ran alone on its partition (at its alone-on-partition speed); their
+    sum above 1 is the share of work an overlap can hide when the two are balanced."""
+    rows = json.load(open(path))["rows"]
+    seq = rows["sequential gemm then mem"]["wall_ms"]
+    g1 = rows["gemm alone (whole GPU)"]["span_ms"][0]
+    m1 = rows["mem alone (whole GPU)"]["span_ms"][0]
+    print(f"{path}: gemm alone {g1:.2f} ms, mem alone {m1:.2f} ms, back to back {seq:.2f} ms (whole GPU)")
+    print(f"{'row':38s} {'makespan':>9s} {'÷ seq':>7s} {'gemm speed':>11s} {'mem speed':>10s} "
+          f"{'during overlap: gemm':>21s} {'mem':>6s} {'sum':>6s}")
+    for name, r in rows.items():
+        if "span_ms" not in r or len(r["span_ms"]) != 2:
+            continue
+        (sg, sm), (ag, am) = r["span_ms"], _alone(rows, name)
+        t = min(sg, sm)  # both ran until then; then the later one alone on its partition
+        wg = 1 - max(sg - t, 0) / ag  # share of each chain's work done while both ran
+        wm = 1 - max(sm - t, 0) / am
+        og, om = wg * g1 / t, wm * m1 / t
+        print(f"{name:38s} {r['wall_ms']:9.2f} {r['wall_ms'] / seq:7.3f} {g1 / sg:11.3f} {m1 / sm:10.3f} "
+              f"{og:21.3f} {om:6.3f} {og + om:6.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=8192, help="half of the stack's 16k-token batch")
@@ -132,7 +167,10 @@ def main() -> None:
     ap.add_argument("--ks", type=int, nargs="+", default=[16, 24, 32, 48, 64])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--summarize", metavar="JSON", help="print the overlap table of a saved run and exit")
     args = ap.parse_args()
+    if args.summarize:
+        return summarize(args.summarize)
 
     torch.manual_seed(0)
     gemm, mem, check = make_work(args.tokens, args.C, 4, args.ffn, args.gemm_iters, args.mem_iters,
