@@ -131,18 +131,15 @@ def _alone(rows: dict, name: str) -> tuple[float, float]:
     return g["span_ms"][0], rows[f"mem alone on {km} SMs"]["span_ms"][0]
 
 
-def summarize(path: str) -> None:
+def overlap_table(rows: dict) -> list[dict]:
     """Per concurrent row: makespan ÷ the pair back to back, and each chain's speed (its time alone on
-    the whole GPU ÷ its span in the row). "during overlap": the speeds while both ran, taking out the
+    the whole GPU ÷ its span in the row). ``*_overlap``: the speeds while both ran, taking out the
     tail in which the later chain ran alone on its partition (at its alone-on-partition speed); their
     sum above 1 is the share of work an overlap can hide when the two are balanced."""
-    rows = json.load(open(path))["rows"]
     seq = rows["sequential gemm then mem"]["wall_ms"]
     g1 = rows["gemm alone (whole GPU)"]["span_ms"][0]
     m1 = rows["mem alone (whole GPU)"]["span_ms"][0]
-    print(f"{path}: gemm alone {g1:.2f} ms, mem alone {m1:.2f} ms, back to back {seq:.2f} ms (whole GPU)")
-    print(f"{'row':38s} {'makespan':>9s} {'÷ seq':>7s} {'gemm speed':>11s} {'mem speed':>10s} "
-          f"{'during overlap: gemm':>21s} {'mem':>6s} {'sum':>6s}")
+    out = []
     for name, r in rows.items():
         if "span_ms" not in r or len(r["span_ms"]) != 2:
             continue
@@ -150,9 +147,24 @@ def summarize(path: str) -> None:
         t = min(sg, sm)  # both ran until then; then the later one alone on its partition
         wg = 1 - max(sg - t, 0) / ag  # share of each chain's work done while both ran
         wm = 1 - max(sm - t, 0) / am
-        og, om = wg * g1 / t, wm * m1 / t
-        print(f"{name:38s} {r['wall_ms']:9.2f} {r['wall_ms'] / seq:7.3f} {g1 / sg:11.3f} {m1 / sm:10.3f} "
-              f"{og:21.3f} {om:6.3f} {og + om:6.3f}")
+        out.append({"row": name, "makespan_ms": r["wall_ms"], "vs_sequential": r["wall_ms"] / seq,
+                    "gemm_speed": g1 / sg, "mem_speed": m1 / sm,
+                    "gemm_overlap": wg * g1 / t, "mem_overlap": wm * m1 / t})
+    return out
+
+
+def summarize(path: str) -> None:
+    """Print ``overlap_table`` of a saved run."""
+    rows = json.load(open(path))["rows"]
+    print(f"{path}: gemm alone {rows['gemm alone (whole GPU)']['span_ms'][0]:.2f} ms, mem alone "
+          f"{rows['mem alone (whole GPU)']['span_ms'][0]:.2f} ms, back to back "
+          f"{rows['sequential gemm then mem']['wall_ms']:.2f} ms (whole GPU)")
+    print(f"{'row':38s} {'makespan':>9s} {'÷ seq':>7s} {'gemm speed':>11s} {'mem speed':>10s} "
+          f"{'during overlap: gemm':>21s} {'mem':>6s} {'sum':>6s}")
+    for r in overlap_table(rows):
+        print(f"{r['row']:38s} {r['makespan_ms']:9.2f} {r['vs_sequential']:7.3f} {r['gemm_speed']:11.3f} "
+              f"{r['mem_speed']:10.3f} {r['gemm_overlap']:21.3f} {r['mem_overlap']:6.3f} "
+              f"{r['gemm_overlap'] + r['mem_overlap']:6.3f}")
 
 
 def main() -> None:
