@@ -11,7 +11,9 @@ mHC post op's Triton kernel and an elementwise add on the same half batch):
 - on two disjoint green contexts of k and 132 − k SMs, each alone and both at once, for several k.
 
 The figure that matters: the concurrent makespan against the sequential sum. Overlap pays only when
-the makespan stays close to the GEMM chain alone on the whole GPU.
+the makespan stays close to the GEMM chain alone on the whole GPU. Measured on the H200 (RESULTS.md
+runs 124-125): at best 0.980-0.987 of the sequential sum, at the one split that suits the pair; the
+green contexts a run makes live until the process ends (a probe, not a library).
 
     PYTHONPATH=. python benchmarks/green_ctx_probe.py --out probe.json
     python benchmarks/green_ctx_probe.py --summarize probe.json   # the overlap table, on any machine
