@@ -16,7 +16,8 @@ the first block's copy of the broadcast input, see recompute.COPY_OPS); `_2mma` 
 `_gcopy` post_res_bwd copying its stream gradient contiguous first (launch.PRB_G_BY_STRIDES off); `_cg` blocks compiled with CUDA graphs ("reduce-overhead"; compare
 with `residual_cg`); `_xl` (with `_linked`, no recompute part) the cross-layer handoff: each post op also
 forms the next sub-layer's projection, across the block boundary too (kernels/cross_layer.py: the Gluon
-kernel on sm_90 with a bf16 stream, else post_res + proj_fwd), `_xlpair` the same with always the Triton pair. Each stack row also gives the host's time per step (`host_ms`) beside the time to
+kernel on sm_90 with a bf16 stream, else post_res + proj_fwd), `_xlpair` the same with always the Triton pair; `_2s` the step as two half batches
+in flight on two CUDA streams, blocks issued in turn (stack_variants.two_stream_step; compare with `residual_2s`). Each stack row also gives the host's time per step (`host_ms`) beside the time to
 completion (`queued_ms`). Then every fused kernel alone, its achieved GB/s against a
 device-to-device copy measured in the same run.
 

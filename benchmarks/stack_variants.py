@@ -49,7 +49,7 @@ LAZY_PRB = [("mma", 16, 128, 4, 3)]  # post_res backward tiles of the *_lazy var
 # another variant under the typo's name.
 BASES = ("residual", "mhc_ref", "mhc_fused_bf16", "mhc_fused", "hc_pkg")  # longest match first
 PARTS = ("linked", "fnorm", "gather", "copy", "rc", "rcops", "rcpost", "savebc", "2mma", "ptr", "acc",
-         "mmasum", "dphi", "dphi2", "lazy", "expout", "gcopy", "cg", "xl", "xlpair")
+         "mmasum", "dphi", "dphi2", "lazy", "expout", "gcopy", "cg", "xl", "xlpair", "2s")
 XL_PARTS = ("xl", "xlpair")  # the cross-layer handoff (needs linked; no recompute parts: not built for them)
 HC_PKG_PARTS = ("expout",)  # the package's blocks take none of the kernel / recompute switches
 
@@ -75,6 +75,8 @@ def variant_error(kind: str, tagged: bool = False) -> str | None:
         return (f"variant {kind!r}: unknown part {bad[0]!r}; after {base} the parts are "
                 f"{', '.join('_' + p for p in allowed)}" + ("" if base == "hc_pkg" else
                 " (any other part only as the tag of a variant with its own --variant-set)"))
+    if "2s" in parts and "cg" in parts:
+        return f"variant {kind!r}: _2s (two half batches on two streams) does not combine with _cg"
     xl = [p for p in parts if p in XL_PARTS]
     if xl and ("linked" not in parts or base == "residual" or any(p in ("rc", "rcops", "rcpost") for p in parts)):
         return (f"variant {kind!r}: _{xl[0]} (cross-layer handoff) needs an mHC base with _linked and no "
@@ -338,11 +340,47 @@ def stack_inputs(c: int, args, dev) -> tuple:
 
 
 
+def two_stream_step(fns, params, x0, dout):
+    """*_2s: the step as two half batches in flight at once, each on its own CUDA stream, the blocks
+    issued in turn (A's block i, B's block i, ...), so that one half's memory-bound kernels can run
+    beside the other's GEMMs (the single-GPU form of overlapping two micro-batches). Autograd runs each
+    node's backward on its forward's stream and orders the nodes by creation, so the backward
+    interleaves the same way. Off CUDA the halves run one after the other (same arithmetic, for tests)."""
+    halves, douts = x0.chunk(2, dim=0), dout.chunk(2, dim=0)
+    cuda = x0.is_cuda
+    streams = [torch.cuda.Stream(x0.device), torch.cuda.Stream(x0.device)] if cuda else [None, None]
+
+    def on(i):
+        return torch.cuda.stream(streams[i]) if cuda else contextlib.nullcontext()
+
+    def step():
+        for p in params:
+            p.grad = None
+        main = torch.cuda.current_stream(x0.device) if cuda else None
+        if cuda:
+            for st in streams:
+                st.wait_stream(main)
+        xs = list(halves)
+        for f in fns:
+            for i in (0, 1):
+                with on(i):
+                    xs[i] = f(xs[i])
+        torch.autograd.backward(xs, list(douts))
+        if cuda:
+            for st in streams:
+                main.wait_stream(st)
+    return step
+
+
 def stack_step(kind, compiled, c, n, n_blocks, x0, dout):
     """(step, forward, blocks) of a variant: the timed training step (grads cleared, forward, backward)
     and its forward alone; the blocks hold the parameters (keep them alive while timing)."""
     blocks, fns = build(kind, c, n, n_blocks, compiled, x0.device)
     params = list(blocks.parameters())
+    if "2s" in variant_parts(kind)[1]:
+        if x0.shape[0] % 2:
+            raise ValueError(f"variant {kind!r}: _2s splits the batch in two halves; got {x0.shape[0]} sequences")
+        return two_stream_step(fns, params, x0, dout), (lambda: stack_forward(fns, x0)), blocks
 
     def forward():
         return stack_forward(fns, x0)

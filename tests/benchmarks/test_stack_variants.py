@@ -163,3 +163,54 @@ def test_xl_stack_compiled_on_cuda(monkeypatch):
     for i, (a, b) in enumerate(zip(runs[1], runs[0])):
         err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
         assert err < 2e-2, (i, err)
+
+
+def _step_grads(kind, device, c=128, n_blocks=2, compiled=False):
+    x0 = torch.randn(2, 8 if device == "cpu" else 256, c, device=device, dtype=torch.bfloat16,
+                     generator=torch.Generator(device=device).manual_seed(0)).requires_grad_()
+    dout = torch.randn(x0.shape, device=device, dtype=torch.bfloat16,
+                       generator=torch.Generator(device=device).manual_seed(1))
+    step, _, blocks = stack_variants.stack_step(kind, compiled, c, 4, n_blocks, x0, dout)
+    step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return [x0.grad] + [p.grad for p in blocks.parameters()]
+
+
+def _assert_near(got, want, tol):
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a is not None and b is not None, i
+        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+        assert err < tol, (i, err)
+
+
+@pytest.mark.parametrize("kind", ["residual", "mhc_ref_linked_fnorm"])
+def test_two_stream_step_is_the_step(kind):
+    """*_2s (two half batches, on two streams on CUDA, one after the other here): every gradient as the
+    whole-batch step's, up to the bf16 rounding of two half-batch weight gradients summed."""
+    _assert_near(_step_grads(kind + "_2s", "cpu"), _step_grads(kind, "cpu"), 1e-2)
+
+
+def test_two_stream_variant_names():
+    assert stack_variants.variant_error("mhc_fused_linked_fnorm_2s") is None
+    assert stack_variants.variant_error("residual_2s") is None
+    assert "_2s (two half batches on two streams) does not combine with _cg" in \
+        stack_variants.variant_error("residual_cg_2s")
+    x0 = torch.randn(1, 8, 128, dtype=torch.bfloat16, requires_grad=True)
+    with pytest.raises(ValueError, match="_2s splits the batch in two halves; got 1 sequences"):
+        stack_variants.stack_step("residual_2s", False, 128, 4, 1, x0, torch.randn_like(x0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["residual", "mhc_fused_linked_fnorm"])
+def test_two_stream_step_on_cuda(kind):
+    """*_2s on CUDA, compiled (the half batches' kernels on two streams, the backward on the forward's
+    streams): every gradient as the one-stream step's within bf16 noise."""
+    torch._dynamo.reset()
+    try:
+        _assert_near(_step_grads(kind + "_2s", "cuda", c=256, compiled=True),
+                     _step_grads(kind, "cuda", c=256, compiled=True), 2e-2)
+    finally:
+        torch._dynamo.reset()
