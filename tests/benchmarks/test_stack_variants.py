@@ -81,16 +81,20 @@ def _stack_grads(kind, c=128, n_blocks=3, compiled=False):
     return [out.detach(), x0.grad] + [p.grad for p in blocks.parameters()]
 
 
+def _assert_near(got, want, tol):
+    """Every tensor of ``got`` within relative error ``tol`` (float64 norms) of ``want``'s."""
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a is not None and b is not None, i
+        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+        assert err < tol, (i, err)
+
+
 def test_xl_stack_is_the_linked_stack_reference():
     """*_xl (reference ops): each post op hands the next sub-layer its projection, across the blocks
     too; the output and every gradient as the linked stack's (bf16 stream: r from Σx² / K instead of
     the mean may move a rounding)."""
-    plain, xl = _stack_grads("mhc_ref_linked_fnorm"), _stack_grads("mhc_ref_linked_fnorm_xl")
-    assert len(plain) == len(xl)
-    for i, (a, b) in enumerate(zip(xl, plain)):
-        assert a is not None and b is not None, i
-        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-        assert err < 1e-2, (i, err)
+    _assert_near(_stack_grads("mhc_ref_linked_fnorm_xl"), _stack_grads("mhc_ref_linked_fnorm"), 1e-2)
 
 
 def test_xl_stack_is_the_linked_stack_fused(triton_cpu):
@@ -160,9 +164,7 @@ def test_xl_stack_compiled_on_cuda(monkeypatch):
     torch._dynamo.reset()
     if torch.cuda.get_device_capability() == (9, 0):
         assert len(calls) == 3  # 2 blocks x 2 sub-layers, less the last post op
-    for i, (a, b) in enumerate(zip(runs[1], runs[0])):
-        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-        assert err < 2e-2, (i, err)
+    _assert_near(runs[1], runs[0], 2e-2)
 
 
 def _step_grads(kind, device, c=128, n_blocks=2, compiled=False):
@@ -175,14 +177,6 @@ def _step_grads(kind, device, c=128, n_blocks=2, compiled=False):
     if device == "cuda":
         torch.cuda.synchronize()
     return [x0.grad] + [p.grad for p in blocks.parameters()]
-
-
-def _assert_near(got, want, tol):
-    assert len(got) == len(want)
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert a is not None and b is not None, i
-        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-        assert err < tol, (i, err)
 
 
 @pytest.mark.parametrize("kind", ["residual", "mhc_ref_linked_fnorm"])
