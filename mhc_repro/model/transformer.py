@@ -15,9 +15,10 @@ and whose H_res is near-identity, so the branch contributes as in Pre-Norm). The
 initialise their own parameters; this module does not touch them.
 
 Memory: ``activation_checkpointing`` recomputes each whole block in backward; otherwise
-``residual.recompute`` ("stream" / "stream-ops" / "stream-post") runs each block under an mHC
-selective recompute policy (``mhc_repro.residual.recompute``, PAPER.md §5; applied in
-``Block.forward``). Both apply only to forwards with grad enabled and no KV cache.
+``residual.recompute`` ("stream" / "stream-ops" / "stream-post") runs each recompute unit of
+``residual.recompute_blocks`` blocks under an mHC selective recompute policy
+(``mhc_repro.residual.recompute``, PAPER.md §5; applied in the unit's first ``Block.forward``, which
+runs the unit's other blocks too). Both apply only to forwards with grad enabled and no KV cache.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from mhc_repro.config import ModelConfig
 from mhc_repro.residual.base import StreamCollapse, StreamResidual, build_residual, capture_h_res, expand_streams
 from mhc_repro.residual.mhc import ManifoldHyperConnection
-from mhc_repro.residual.recompute import checkpoint_block
+from mhc_repro.residual.recompute import checkpoint_block, recompute_units
 
 from .attention import build_attention
 from .cache import KVCache, LayerKV
@@ -63,9 +64,11 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
                 kv: Optional[LayerKV] = None, start: int = 0, collapse: Optional[nn.Module] = None,
-                expand: int = 0) -> Tensor:
+                expand: int = 0, followers: tuple["Block", ...] = ()) -> Tensor:
         """[B, T, n, C] -> [B, T, n, C]; with ``collapse`` (the last block) -> collapse(...) [B, T, C];
         with ``expand`` = n (the first block) x is the embedding [B, T, C], expanded here.
+        ``followers``: the later blocks of this block's recompute unit (``residual.recompute_blocks``),
+        whose sub-layers run here, after this block's, inside its checkpoint (and its compiled graph).
         Both run inside this block's forward so that, compiled, they and their gradients form inside
         the block's graph. A collapse handed in from outside made the block's backward copy its
         expand-view gradient through a slow strided path (H200, C = 2048, 16k tokens: 322 µs;
@@ -74,10 +77,19 @@ class Block(nn.Module):
         if expand:
             x = expand_streams(x, expand)
         if self.recompute_stream and kv is None and torch.is_grad_enabled():
-            x = checkpoint_block(self._sublayers, x, rope, mask, mode=self.recompute_mode)
+            x = checkpoint_block(self._unit, x, rope, mask, followers, mode=self.recompute_mode)
+        elif followers:
+            x = self._unit(x, rope, mask, followers)
         else:
             x = self._sublayers(x, rope, mask, kv, start)
         return x if collapse is None else collapse(x)
+
+    def _unit(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
+              followers: tuple["Block", ...]) -> Tensor:
+        # a recompute unit: this block's sub-layers, then its followers' (training forward: no KV cache)
+        for block in (self, *followers):
+            x = block._sublayers(x, rope, mask)
+        return x
 
     def _sublayers(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
                    kv: Optional[LayerKV] = None, start: int = 0) -> Tensor:
@@ -103,6 +115,10 @@ class LM(nn.Module):
         self.norm = RMSNorm(d, eps)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.activation_checkpointing = cfg.activation_checkpointing
+        # residual.recompute_blocks: the blocks of each recompute unit (one unit per block without recompute)
+        recompute = cfg.residual.recompute != "none" and not cfg.activation_checkpointing
+        self.recompute_units = (recompute_units(cfg.residual.recompute_blocks, self.n_streams, cfg.n_blocks)
+                                if recompute else [range(i, i + 1) for i in range(cfg.n_blocks)])
         a = cfg.attention
         self._rope_dim = a.rope_dim if a.kind == "mla" else a.head_dim
         self.reset_parameters()
@@ -172,11 +188,17 @@ class LM(nn.Module):
         x = h  # the first block expands it into the streams (expand_streams), the last collapses them
         use_ckpt = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            collapse = self.collapse if i == last else None
+        # a training forward runs recompute units of several blocks through their first block
+        units = self.recompute_units if cache is None and torch.is_grad_enabled() else [[i] for i in range(last + 1)]
+        for unit in units:
+            i, block = unit[0], self.blocks[unit[0]]
+            collapse = self.collapse if unit[-1] == last else None
             expand = self.n_streams if i == 0 else 0
             if use_ckpt:
                 x = checkpoint(block, x, rope, mask, collapse=collapse, expand=expand, use_reentrant=False)
+            elif len(unit) > 1:
+                x = block(x, rope, mask, collapse=collapse, expand=expand,
+                          followers=tuple(self.blocks[j] for j in unit[1:]))
             else:
                 x = block(x, rope, mask, cache.layers[i] if cache is not None else None, start, collapse, expand)
         if not self.blocks:

@@ -111,12 +111,8 @@ class ResidualConfig:
     transformer block under selective activation checkpointing (``mhc_repro.residual.recompute``):
     matmul, attention and mHC-coefficient outputs are kept; the stream ops (apply H_pre, the H_res/H_post
     merge) and the cheap elementwise ops around them (norms, RoPE, activations) are re-run in backward.
-    Per block only its input stream (n·C per token) is stored; the middle stream and the branch inputs
-    are not. The recompute unit is one block (L_r = 2 sub-layers), not the paper's optimum
-    L_r ≈ sqrt(nL/(n+2)) (≈ 6 sub-layers at 27B): a block is the LM's checkpoint (and FSDP) unit, and
-    the gap is small next to the matmul/attention outputs every sub-layer keeps (27B, n = 4, L = 60:
-    stored + one segment's recomputed streams ≈ 132·C per token at L_r = 2 vs ≈ 76·C at the optimum).
-    Meant for the fused (triton) backend; on the reference backend the same policy recomputes the
+    Per recompute unit (``recompute_blocks`` consecutive blocks, one by default) only its input stream
+    (n·C per token) is stored; the streams inside it and the branch inputs are not. Meant for the fused (triton) backend; on the reference backend the same policy recomputes the
     reference ops except their projection matmul. Costs one extra pass of the stream ops and the
     elementwise ops per step; gradients are those of "none". "stream-ops" (for compiled blocks) forces
     only the two stream ops to be re-run and leaves every other op to torch.compile's partitioner:
@@ -125,6 +121,19 @@ class ResidualConfig:
     middle stream is not stored, its branch inputs are, for one re-run stream kernel per block instead
     of three (RESULTS.md session 12 measures the three policies). ``model.activation_checkpointing``
     (full recompute) takes precedence when on. Training only (no effect with a KV cache or no grad)."""
+
+    recompute_blocks: int | str = 1
+    """With ``recompute`` on: how many consecutive transformer blocks form one recompute unit, i.e.
+    share one stored input stream (PAPER.md §5: "store the stream input once per block of L_r
+    layers"). "auto" is the paper's optimum L_r ≈ sqrt(nL/(n+2)) sub-layers (L = 2 · n_blocks
+    sub-layers), rounded to whole blocks, at least 1: 2 blocks for the 3B and 9B presets, 3 for 27B,
+    1 for the tiny one (``residual.recompute.paper_recompute_blocks``). Whole blocks, not sub-layers:
+    a block is the LM's compile unit, so a unit's first block runs the others' sub-layers inside its
+    own checkpoint and compiled graph [implementation choice]. Units longer than one block store fewer
+    streams but re-run, in backward, a whole unit's stream ops at once (n·C per token per sub-layer
+    alive while it does). Not with ``train.strategy=fsdp`` (FSDP2 gathers each block's parameters in
+    its own forward, which a unit's later blocks do not run). Ignored when ``recompute`` is "none"
+    or ``model.activation_checkpointing`` is on. Default 1: the recompute unit of earlier runs."""
 
     kernel_precision: str = "bf16x2"
     """Operands of the fused kernels' projection v·φ (and its backward) on a bf16 stream: "bf16x2"
@@ -218,6 +227,9 @@ class ResidualConfig:
         choice("recompute", self.recompute, RECOMPUTES)
         choice("stream_dtype", self.stream_dtype, STREAM_DTYPES)
         choice("hc_res_from", self.hc_res_from, HC_RES_FROM)
+        rb = self.recompute_blocks
+        if rb != "auto" and (not isinstance(rb, int) or isinstance(rb, bool) or rb < 1):
+            raise ValueError(f"residual.recompute_blocks={rb!r} is invalid; it must be an integer >= 1 or 'auto'")
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             raise ValueError(f"residual.n={self.n!r} is invalid; it must be an integer >= 1")
         if self.kind == "residual" and self.n != 1:

@@ -1,9 +1,10 @@
 """The paper's memory-saving recomputation for mHC (PAPER.md §5), as selective activation checkpointing.
 
 "Discard mHC intermediates after forward, re-run only the mHC kernels in backward; store the stream
-input once per block of L_r layers." Here the recompute unit is one transformer block (two sub-layers,
-attention and FFN): ``checkpoint_block`` runs the block under ``torch.utils.checkpoint`` (non-reentrant)
-with a selective-activation-checkpoint (SAC) policy that
+input once per block of L_r layers." Here the recompute unit is ``residual.recompute_blocks``
+consecutive transformer blocks (one by default; "auto": the paper's L_r, ``paper_recompute_blocks``):
+``checkpoint_block`` runs them under ``torch.utils.checkpoint`` (non-reentrant) with a
+selective-activation-checkpoint (SAC) policy that
 
 - saves (MUST_SAVE) the outputs of the expensive ops: dense matmuls (``mm``, ``addmm``, ``_scaled_mm``,
   ``_grouped_mm``, and ``bmm`` except the mHC stream mixes, see below), the attention kernels, and
@@ -42,6 +43,7 @@ Framework-free: only torch.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import torch
@@ -135,3 +137,17 @@ def mhc_recompute_context(mode: str = "stream") -> Callable[[], tuple]:
 def checkpoint_block(fn: Callable, *args, mode: str = "stream", **kwargs):
     """``fn(*args, **kwargs)`` under non-reentrant checkpointing with the mHC recompute policy of ``mode``."""
     return checkpoint(fn, *args, use_reentrant=False, context_fn=mhc_recompute_context(mode), **kwargs)
+
+
+def paper_recompute_blocks(n_streams: int, n_blocks: int) -> int:
+    """The paper's recompute unit in whole blocks: L_r ≈ sqrt(nL/(n+2)) sub-layers with L = 2·n_blocks
+    (PAPER.md §5; a "layer" there is a sub-layer), halved and rounded half up, within [1, n_blocks]."""
+    sub_layers = math.sqrt(n_streams * 2 * n_blocks / (n_streams + 2))
+    return max(1, min(n_blocks, math.floor(sub_layers / 2 + 0.5)))
+
+
+def recompute_units(recompute_blocks: int | str, n_streams: int, n_blocks: int) -> list[range]:
+    """The blocks of each recompute unit, in order: consecutive runs of ``recompute_blocks`` blocks
+    ("auto": ``paper_recompute_blocks``), the last one shorter where they do not divide n_blocks."""
+    size = paper_recompute_blocks(n_streams, n_blocks) if recompute_blocks == "auto" else int(recompute_blocks)
+    return [range(i, min(i + size, n_blocks)) for i in range(0, n_blocks, size)]

@@ -226,6 +226,7 @@ def bench_variant(args, variant: str) -> dict:
         "activation_checkpointing": args.activation_checkpointing, "final_pass": args.final_pass,
         "residual_backend": cfg.model.residual.backend,
         "residual_recompute": cfg.model.residual.recompute,
+        "residual_recompute_blocks": cfg.model.residual.recompute_blocks,
     }
     if args.profile_steps:
         out["profile"] = profiler.summary

@@ -31,7 +31,7 @@ RESUME_FREE_KEYS = {"train.progress_bar", "train.fsdp_grad_sync", "train.torch_t
                     "train.ckpt_every", "train.log_every", "train.val_every", "train.amax_every",
                     "train.out_dir", "train.compile", "tracking.enabled", "tracking.tracking_uri", "data.num_workers",
                     "data.cache_dir", "model.residual.backend", "model.activation_checkpointing",
-                    "model.residual.recompute", "model.residual.kernel_precision",
+                    "model.residual.recompute", "model.residual.recompute_blocks", "model.residual.kernel_precision",
                     "model.residual.sublayer_ops", "model.moe.dispatch", "model.moe.shuffle"}
 
 

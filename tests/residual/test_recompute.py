@@ -5,7 +5,9 @@ TRITON_INTERPRET=1 without CUDA), so the shapes are tiny."""
 
 from __future__ import annotations
 
+import functools
 import gc
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from mhc_repro.residual.recompute import RECOMPUTE_MODES, checkpoint_block, reco
 
 BLOCKS, B, T, C, N_STREAMS = 2, 1, 8, 32, 4
 STREAM_BYTES = B * T * N_STREAMS * C * 4  # one fp32 stream state [B, T, n, C]
+TINY_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "tiny" / "base.yaml"
 
 
 def _lm(backend: str, recompute: str, n_blocks: int = BLOCKS, res: dict | None = None, **model) -> LM:
@@ -139,7 +142,7 @@ def eager_one_block_grads(triton_cpu):
     return _run("triton", "none", n_blocks=1)["grads"]
 
 
-def _compiled_backward_ops(ref: dict, mode: str, **res) -> list[str]:
+def _compiled_backward_ops(ref: dict, mode: str, n_blocks: int = 1, **res) -> list[str]:
     """One block compiled in place (as training.compile does: fullgraph, aot_eager) under ``mode``:
     checks its gradients against ``ref`` (eager, no recomputation) and returns its backward graph's ops."""
     from functorch.compile import make_boxed_func
@@ -151,9 +154,10 @@ def _compiled_backward_ops(ref: dict, mode: str, **res) -> list[str]:
         return aot_eager(gm, example_inputs,
                          bw_compiler=lambda g, _: (bw_graphs.append(g), make_boxed_func(g.forward))[1])
 
-    m = _lm("triton", mode, n_blocks=1, res=res)
+    m = _lm("triton", mode, n_blocks=n_blocks, res=res)
     torch._dynamo.reset()  # cold: the ops are resolved inside the traced code (no graph break allowed)
-    m.blocks[0].compile(backend=backend, fullgraph=True)
+    for block in m.blocks:
+        block.compile(backend=backend, fullgraph=True)
     idx = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(1))
     m(idx).pow(2).mean().backward()
     torch._dynamo.reset()
@@ -254,3 +258,94 @@ def test_bad_value_one_line_error():
         ResidualConfig(recompute="blocks").validate()
     msg = str(err.value)
     assert "residual.recompute='blocks'" in msg and "none, stream" in msg and "\n" not in msg
+
+
+# ---- residual.recompute_blocks: recompute units of several blocks (PAPER.md §5's L_r) ---------------
+
+@pytest.mark.parametrize("n_streams, n_blocks, expected", [
+    (4, 12, 2),  # 3B and 1T-3B presets: L = 24 sub-layers, sqrt(4·24/6) = 4 sub-layers
+    (4, 18, 2),  # 9B: sqrt(24) = 4.90 sub-layers = 2.45 blocks
+    (4, 30, 3),  # 27B: sqrt(40) = 6.32 sub-layers
+    (4, 4, 1),   # tiny: sqrt(5.33) = 2.31 sub-layers
+    (4, 64, 5),  # sqrt(85.3) = 9.24 sub-layers = 4.62 blocks
+    (1, 12, 1),  # the residual baseline: sqrt(24 / 3) = 2.83 sub-layers
+    (4, 1, 1),
+])
+def test_paper_recompute_blocks(n_streams, n_blocks, expected):
+    from mhc_repro.residual.recompute import paper_recompute_blocks
+
+    assert paper_recompute_blocks(n_streams, n_blocks) == expected
+
+
+def test_recompute_units_cover_every_block_once():
+    from mhc_repro.residual.recompute import recompute_units
+
+    assert [list(u) for u in recompute_units(3, 4, 8)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert [list(u) for u in recompute_units(1, 4, 2)] == [[0], [1]]
+    assert [list(u) for u in recompute_units("auto", 4, 30)] == [[i, i + 1, i + 2] for i in range(0, 30, 3)]
+    assert [list(u) for u in recompute_units(9, 4, 3)] == [[0, 1, 2]]  # longer than the model: one unit
+
+
+@pytest.fixture(scope="module")
+def unit_runs():
+    """Three blocks, "stream", reference ops: no recomputation, one-block units, and units of 2
+    (blocks 0-1, 2) and 3. (The Triton ops in a unit: test_compiled_unit_recomputes_its_inner_streams.)"""
+    run = functools.partial(_run, "reference", n_blocks=3)
+    return {"none": run("none"), **{k: run("stream", res={"recompute_blocks": k}) for k in (1, 2, 3)}}
+
+
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_units_give_the_same_gradients(unit_runs, blocks):
+    ga, gb = unit_runs["none"]["grads"], unit_runs[blocks]["grads"]
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        torch.testing.assert_close(gb[name], ga[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_units_keep_one_stream_each(unit_runs):
+    """Each unit keeps its input stream once (the first unit's is the embedding view): three one-block
+    units keep two streams, units (0-1, 2) one, a single unit of three none; the rest is unchanged."""
+    kept = {k: unit_runs[k]["kept"] for k in (1, 2, 3)}
+    assert {k: v.count(STREAM_BYTES) for k, v in kept.items()} == {1: 2, 2: 1, 3: 0}
+    assert sum(kept[1]) - sum(kept[2]) == STREAM_BYTES
+    assert sum(kept[1]) - sum(kept[3]) == 2 * STREAM_BYTES
+
+
+def test_compiled_unit_recomputes_its_inner_streams(triton_cpu):
+    """A unit of two blocks compiled through its first block (fullgraph, as training.compile does it)
+    under "stream-post": the backward re-runs both middle streams' post ops and the one between the
+    blocks (one per block-unit before), and the gradients are eager's without recomputation."""
+    ref = _run("triton", "none", n_blocks=2)["grads"]
+    targets = _compiled_backward_ops(ref, "stream-post", n_blocks=2, recompute_blocks=2)
+    assert targets.count("mhc_repro.post_res_linked.default") == 3
+    assert targets.count("mhc_repro.coefficients.default") == 0
+
+
+def test_units_leave_inference_alone():
+    m = _lm("reference", "stream", n_blocks=3, res={"recompute_blocks": 2}).eval()
+    ref = _lm("reference", "none", n_blocks=3).eval()
+    idx = torch.randint(0, 64, (B, T))
+    with torch.no_grad():
+        torch.testing.assert_close(m(idx), ref(idx), rtol=0, atol=0)
+        cache = m.new_cache(B, T)
+        inc = torch.cat([m(idx[:, :5], cache=cache), m(idx[:, 5:], cache=cache)], dim=1)
+    torch.testing.assert_close(inc, ref(idx), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "two", True, 1.5])
+def test_bad_recompute_blocks_one_line_error(bad):
+    with pytest.raises(ValueError) as err:
+        ResidualConfig(recompute_blocks=bad).validate()
+    msg = str(err.value)
+    assert f"residual.recompute_blocks={bad!r}" in msg and "'auto'" in msg and "\n" not in msg
+
+
+def test_units_refused_under_fsdp():
+    from mhc_repro.training.compose import build_config
+
+    sets = ["train.variant=mhc", "train.strategy=fsdp", "model.residual.recompute=stream-ops"]
+    build_config([TINY_CONFIG], sets + ["model.residual.recompute_blocks=1"], env={})
+    with pytest.raises(ValueError) as err:
+        build_config([TINY_CONFIG], sets + ["model.residual.recompute_blocks=2"], env={})
+    msg = str(err.value)
+    assert "recompute_blocks=2" in msg and "train.strategy=fsdp" in msg and "\n" not in msg
