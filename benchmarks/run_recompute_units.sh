@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # residual.recompute_blocks (PAPER.md §5's recompute unit of L_r layers) on the GPU, in parts:
 # 1. its GPU test (tests/model/test_lm_gpu.py: units of two blocks compiled by Inductor against no
-#    recomputation);
+#    recomputation) and the MoE's (its grouped dispatch and shuffles, the LM's bf16 steps);
 # 2. the training step (mhc_repro.training.bench, compiled, one process per arm) of PRESET's experiment
 #    config under "stream-ops" with units of 1 block and of UNITS blocks ("auto": the paper's L_r), and
 #    with the recipe's full activation checkpointing: peak memory and step time of each.
@@ -11,7 +11,8 @@
 source benchmarks/device_common.sh
 if ! skip 1; then
   timeout -k 10 "${TEST_TIMEOUT:-150}" python3 -m pytest -q -rfEs -m gpu tests/model/test_lm_gpu.py \
-    -k recompute_units 2>&1 | grep -v USDT > "$OUT/units_gpu_tests.log"
+    tests/model/test_moe_dispatch.py tests/model/test_moe_shuffle.py -k "recompute_units or moe or tiny" 2>&1 \
+    | grep -v USDT > "$OUT/units_gpu_tests.log"
   echo "units gpu tests: exit status ${PIPESTATUS[0]}" | tee -a "$OUT/status.txt"; tail -2 "$OUT/units_gpu_tests.log"
 fi
 if ! skip 2; then

@@ -135,7 +135,7 @@ class ExpertBank(nn.Module):
         ends = torch.cumsum(padded, 0)
         start = ends - padded
         total = m + n * align  # >= ends[-1]: a group of c rows grows by < align, an empty one by align
-        ends[-1] = total
+        ends = torch.cat([ends[:-1], ends.new_full((1,), total)])  # the last group ends at total
         expert = torch.repeat_interleave(torch.arange(n, device=xs.device), counts, output_size=m)
         slot = start[expert] + torch.arange(m, device=xs.device) - (torch.cumsum(counts, 0) - counts)[expert]
         buf = xs.new_zeros(total, xs.shape[1], dtype=dtype).index_copy(0, slot, xs.to(dtype))
@@ -163,17 +163,19 @@ class MoE(nn.Module):
         self.shared = SwiGLU(cfg.d_model, m.n_shared * m.expert_width) if m.n_shared > 0 else None
         # the bias is model state (a checkpointed buffer, never optimised)
         self.register_buffer("routing_bias", torch.zeros(m.n_routed))
-        # Load counted since the last update: a plain int64 attribute, not a buffer, so that DDP's
-        # buffer broadcast cannot overwrite a rank's own counts and model.to(bf16) cannot round them.
-        self._load: Optional[Tensor] = None
+        # Load counted since the last update, one int64 tensor per training forward: a plain attribute, not
+        # a buffer, so that DDP's buffer broadcast cannot overwrite a rank's own counts and model.to(bf16)
+        # cannot round them; a list, summed when read, so that a forward runs the same ops whatever was
+        # counted before (selective recompute replays a forward's ops against the first run's)
+        self._counts: list[Tensor] = []
         self._grouped_failed = False  # set once torch._grouped_mm raised: use bmm from then on
 
     @property
     def load(self) -> Tensor:
         """Tokens routed to each expert by training forwards since the last ``update_routing_bias()``."""
-        if self._load is None:
+        if not self._counts:
             return torch.zeros(self.n_routed, dtype=torch.long, device=self.routing_bias.device)
-        return self._load
+        return torch.stack(self._counts).sum(0)
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Expert indices [N, k] (long) and gates [N, k] (fp32) for tokens x [N, C]."""
@@ -212,10 +214,12 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])
         idx, gates = self.route(x)
         flat = idx.flatten()
-        # = bincount, which on CUDA reads max(flat) back to the host; index_add_ needs no sync
-        counts = flat.new_zeros(self.n_routed).index_add_(0, flat, torch.ones_like(flat))
+        # = bincount, which on CUDA reads max(flat) back to the host; index_add needs no sync. Out of
+        # place, as every op here: selective recompute (residual.recompute) caches op outputs and
+        # refuses one that is mutated afterwards
+        counts = flat.new_zeros(self.n_routed).index_add(0, flat, torch.ones_like(flat))
         if self.training:
-            self._load = counts if self._load is None else self._load + counts
+            self._counts.append(counts)
         order = torch.argsort(flat, stable=True)  # assignments grouped by expert, tokens in order
         inv = moe_shuffle.inverse(order) if self.shuffle == "gather" else None
         out = self._run_experts(moe_shuffle.to_experts(x, order, inv, self.k, self.shuffle), counts)
@@ -232,4 +236,4 @@ class MoE(nn.Module):
             dist.all_reduce(load)
         if load.sum() > 0 and self.rate > 0:
             self.routing_bias += (self.rate * torch.sign(load.mean() - load)).to(self.routing_bias.dtype)
-        self._load = None
+        self._counts = []

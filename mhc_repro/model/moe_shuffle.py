@@ -5,7 +5,7 @@ indices t·k + j in expert order. ``to_experts`` gathers each token's k copies i
 ``from_experts`` sums each token's k gated expert outputs back, in fp32, rounded once.
 
 - "index_add": ``x.index_select`` forward, whose backward is an ``index_add_`` (a scatter-add), and an
-  ``index_add_`` combine. On CUDA both are atomic adds: their rounding depends on the order they
+  ``index_add`` combine (out of place, for selective recompute). On CUDA both are atomic adds: their rounding depends on the order they
   land in, and on a bf16 stream the backward's atomics are bf16.
 - "gather": every move is a gather both ways. The inverse permutation ``inv`` (inv[order[p]] = p)
   turns each scatter into a gather plus a k-way sum over a token's slots (fp32): no atomics, the same
@@ -43,7 +43,7 @@ class _RowGather(torch.autograd.Function):
 
 def inverse(order: Tensor) -> Tensor:
     """inv with inv[order[p]] = p (a scatter of distinct int64 indices: exact, no atomics)."""
-    return torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+    return torch.empty_like(order).scatter(0, order, torch.arange(order.numel(), device=order.device))
 
 
 def to_experts(x: Tensor, order: Tensor, inv: Tensor | None, k: int, shuffle: str) -> Tensor:
@@ -64,5 +64,5 @@ def from_experts(out: Tensor, order: Tensor, inv: Tensor | None, gates: Tensor, 
         per_token = _RowGather.apply(out, inv, order, 1).view(n, k, c)  # slot order t·k + j
         return (per_token.to(acc) * gates.unsqueeze(-1).to(acc)).sum(1).to(dtype)
     gate = gates.flatten()[order]
-    y = out.new_zeros((n, c), dtype=acc).index_add_(0, order // k, out.to(acc) * gate[:, None].to(acc))
+    y = out.new_zeros((n, c), dtype=acc).index_add(0, order // k, out.to(acc) * gate[:, None].to(acc))
     return y.to(dtype)

@@ -34,8 +34,12 @@ coefficient path only its projection ``v @ phi`` (a ``mm``, output [N, n²+2n]) 
 sigmoids and the Sinkhorn iterations (all on O(n²) per-token tensors except the RMS, which reads the
 stream once) are recomputed. Every other ``bmm`` (e.g. the MoE padded-bmm expert dispatch) is saved.
 
-Side effects of a block's forward run twice (as under plain activation checkpointing): the MoE load
-counts double, which the sign-based routing-bias update ignores.
+Side effects of a block's forward (the MoE's expert-load counts, kept on the module) run twice in eager
+mode, as under plain activation checkpointing: the load counts double, which the sign-based
+routing-bias update ignores. Compiled, the checkpoint is traced only with Dynamo's
+``skip_fwd_side_effects_in_bwd_under_checkpoint`` (set by the training module when it compiles, as
+torchtitan does; without it the traced checkpoint falls back to eager): the counts are then made once,
+in the forward.
 
 Framework-free: only torch.
 """

@@ -118,6 +118,12 @@ class LMModule(L.LightningModule):
         self._configured = True
         if self.train_cfg["compile"]:
             raise_recompile_limit(len(self.model.blocks))
+            # residual.recompute on MoE blocks: the expert-load counts the MoE keeps are a side effect
+            # inside the traced checkpoint, which Dynamo refuses (the block would run eager) unless told
+            # not to replay it in the recompute: counted once (mhc_repro/residual/recompute.py)
+            import torch._dynamo.config as dynamo_config
+
+            dynamo_config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
             for block in self.model.blocks:
                 block.compile()
         mesh = getattr(self, "device_mesh", None)

@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from mhc_repro.model import LM
+from mhc_repro.model.moe import MoE
 from mhc_repro.presets import get_preset, with_variant
 from mhc_repro.residual import ResidualConfig
 from mhc_repro.residual.recompute import RECOMPUTE_MODES, checkpoint_block, recompute_policy
@@ -349,3 +350,47 @@ def test_units_refused_under_fsdp():
         build_config([TINY_CONFIG], sets + ["model.residual.recompute_blocks=2"], env={})
     msg = str(err.value)
     assert "recompute_blocks=2" in msg and "train.strategy=fsdp" in msg and "\n" not in msg
+
+
+# ---- MoE blocks (the paper presets' FFN) under selective recompute ------------------------------------
+
+def _moe_step(recompute: str, compiled: bool) -> tuple[dict, list]:
+    """tiny-moe LM, reference ops, one forward + backward: the gradients and each MoE's load counts."""
+    cfg = with_variant(get_preset("tiny-moe"), "mhc", backend="reference", recompute=recompute)
+    torch.manual_seed(0)
+    m = LM(cfg.validate())
+    idx = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(1))
+    if compiled:
+        with torch.no_grad():
+            m(idx)  # resolves the ops outside the traced code
+        torch._dynamo.reset()
+        for block in m.blocks:
+            block.compile(backend="aot_eager", fullgraph=True)  # a graph break would fail here
+    moes = [moe for moe in m.modules() if isinstance(moe, MoE)]
+    for moe in moes:
+        moe._counts = []
+    with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):
+        m(idx).pow(2).mean().backward()
+    torch._dynamo.reset()
+    loads = [moe.load for moe in moes]
+    return {k: p.grad for k, p in m.named_parameters() if p.grad is not None}, loads
+
+
+@pytest.fixture(scope="module")
+def moe_none():
+    return _moe_step("none", compiled=False)
+
+
+@pytest.mark.parametrize("mode, compiled", [("stream", False), ("stream-ops", False), ("stream-post", False),
+                                            ("stream-ops", True)])
+def test_moe_blocks_recompute(moe_none, mode, compiled):
+    """The MoE's forward makes its expert counts and keeps them (a side effect): eager SAC caches op
+    outputs and refused the in-place count ("cached ... has been mutated"), and Dynamo traces the
+    checkpoint only when told not to replay the side effect (the training module sets it). Same
+    gradients as without recomputation; the counts are made twice eagerly, once compiled."""
+    (g0, load0), (g, load) = moe_none, _moe_step(mode, compiled)
+    assert g.keys() == g0.keys() and len(load) == len(load0) > 0
+    for name in g0:
+        torch.testing.assert_close(g[name], g0[name], rtol=1e-5, atol=1e-6, msg=name)
+    for a, b in zip(load, load0):
+        torch.testing.assert_close(a, b * (1 if compiled else 2))
