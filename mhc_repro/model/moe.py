@@ -163,19 +163,25 @@ class MoE(nn.Module):
         self.shared = SwiGLU(cfg.d_model, m.n_shared * m.expert_width) if m.n_shared > 0 else None
         # the bias is model state (a checkpointed buffer, never optimised)
         self.register_buffer("routing_bias", torch.zeros(m.n_routed))
-        # Load counted since the last update, one int64 tensor per training forward: a plain attribute, not
-        # a buffer, so that DDP's buffer broadcast cannot overwrite a rank's own counts and model.to(bf16)
-        # cannot round them; a list, summed when read, so that a forward runs the same ops whatever was
-        # counted before (selective recompute replays a forward's ops against the first run's)
-        self._counts: list[Tensor] = []
+        # Load counted since the last update: a plain int64 attribute, not a buffer, so that DDP's
+        # buffer broadcast cannot overwrite a rank's own counts and model.to(bf16) cannot round them.
+        # The LM allocates it before its blocks run (``zero_load``), so that every training forward runs
+        # the same ops, an add, whatever was counted before: selective recompute (residual.recompute)
+        # replays a forward's ops against the first run's, and Dynamo keeps one graph.
+        self._load: Optional[Tensor] = None
         self._grouped_failed = False  # set once torch._grouped_mm raised: use bmm from then on
 
     @property
     def load(self) -> Tensor:
         """Tokens routed to each expert by training forwards since the last ``update_routing_bias()``."""
-        if not self._counts:
+        if self._load is None:
             return torch.zeros(self.n_routed, dtype=torch.long, device=self.routing_bias.device)
-        return torch.stack(self._counts).sum(0)
+        return self._load
+
+    def zero_load(self) -> None:
+        """Allocates the load counts (zeros) if they are not: called outside the blocks' forwards."""
+        if self._load is None:
+            self._load = torch.zeros(self.n_routed, dtype=torch.long, device=self.routing_bias.device)
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Expert indices [N, k] (long) and gates [N, k] (fp32) for tokens x [N, C]."""
@@ -219,7 +225,7 @@ class MoE(nn.Module):
         # refuses one that is mutated afterwards
         counts = flat.new_zeros(self.n_routed).index_add(0, flat, torch.ones_like(flat))
         if self.training:
-            self._counts.append(counts)
+            self._load = counts if self._load is None else self._load + counts
         order = torch.argsort(flat, stable=True)  # assignments grouped by expert, tokens in order
         inv = moe_shuffle.inverse(order) if self.shuffle == "gather" else None
         out = self._run_experts(moe_shuffle.to_experts(x, order, inv, self.k, self.shuffle), counts)
@@ -236,4 +242,4 @@ class MoE(nn.Module):
             dist.all_reduce(load)
         if load.sum() > 0 and self.rate > 0:
             self.routing_bias += (self.rate * torch.sign(load.mean() - load)).to(self.routing_bias.dtype)
-        self._counts = []
+        self._load = None

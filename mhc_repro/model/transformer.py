@@ -115,6 +115,7 @@ class LM(nn.Module):
         self.norm = RMSNorm(d, eps)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.activation_checkpointing = cfg.activation_checkpointing
+        self._moes = [b.ffn for b in self.blocks if isinstance(b.ffn, MoE)]  # a plain list: not submodules again
         # residual.recompute_blocks: the blocks of each recompute unit (one unit per block without recompute)
         recompute = cfg.residual.recompute != "none" and not cfg.activation_checkpointing
         self.recompute_units = (recompute_units(cfg.residual.recompute_blocks, self.n_streams, cfg.n_blocks)
@@ -186,6 +187,8 @@ class LM(nn.Module):
         if dt is not None and (dt == h.dtype or torch.is_autocast_enabled(idx.device.type)):
             h = h.to(dt)
         x = h  # the first block expands it into the streams (expand_streams), the last collapses them
+        for moe in self._moes if self.training else ():
+            moe.zero_load()  # here, not inside a block: a block's forward must not branch on it (moe.py)
         use_ckpt = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         last = len(self.blocks) - 1
         # a training forward runs recompute units of several blocks through their first block

@@ -34,12 +34,14 @@ coefficient path only its projection ``v @ phi`` (a ``mm``, output [N, n²+2n]) 
 sigmoids and the Sinkhorn iterations (all on O(n²) per-token tensors except the RMS, which reads the
 stream once) are recomputed. Every other ``bmm`` (e.g. the MoE padded-bmm expert dispatch) is saved.
 
-Side effects of a block's forward (the MoE's expert-load counts, kept on the module) run twice in eager
-mode, as under plain activation checkpointing: the load counts double, which the sign-based
-routing-bias update ignores. Compiled, the checkpoint is traced only with Dynamo's
-``skip_fwd_side_effects_in_bwd_under_checkpoint`` (set by the training module when it compiles, as
-torchtitan does; without it the traced checkpoint falls back to eager): the counts are then made once,
-in the forward.
+Side effects of a block's forward (the MoE's expert-load counts, kept on the module) run again in the
+recompute. In eager mode "stream" re-runs their add, so the counts double, as under plain activation
+checkpointing (the sign-based routing-bias update ignores it); "stream-ops" / "stream-post" keep the
+add's output, so the recompute sets the same counts again. Compiled, the checkpoint is traced only
+with Dynamo's ``skip_fwd_side_effects_in_bwd_under_checkpoint`` (set by the training module when it
+compiles, as torchtitan does; without it the traced checkpoint fell back to eager): counted once. The
+replay also needs a forward to run the same ops every time: the LM allocates the counts before its
+blocks run (``MoE.zero_load``).
 
 Framework-free: only torch.
 """
