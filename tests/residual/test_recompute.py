@@ -97,12 +97,15 @@ def runs(request):
     return {mode: _run(request.param, mode) for mode in RECOMPUTE_MODES}
 
 
+def _assert_same_grads(got: dict, want: dict, rtol: float = 1e-6, atol: float = 1e-7) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=name)
+
+
 @pytest.mark.parametrize("mode", [m for m in RECOMPUTE_MODES if m != "none"])
 def test_same_gradients(runs, mode):
-    ga, gb = runs["none"]["grads"], runs[mode]["grads"]
-    assert ga.keys() == gb.keys()
-    for name in ga:
-        torch.testing.assert_close(gb[name], ga[name], rtol=1e-6, atol=1e-7, msg=name)
+    _assert_same_grads(runs[mode]["grads"], runs["none"]["grads"])
 
 
 def test_fewer_activations_kept(runs):
@@ -297,10 +300,7 @@ def unit_runs():
 
 @pytest.mark.parametrize("blocks", [2, 3])
 def test_units_give_the_same_gradients(unit_runs, blocks):
-    ga, gb = unit_runs["none"]["grads"], unit_runs[blocks]["grads"]
-    assert ga.keys() == gb.keys()
-    for name in ga:
-        torch.testing.assert_close(gb[name], ga[name], rtol=1e-6, atol=1e-7, msg=name)
+    _assert_same_grads(unit_runs[blocks]["grads"], unit_runs["none"]["grads"])
 
 
 def test_units_keep_one_stream_each(unit_runs):
@@ -390,8 +390,7 @@ def test_moe_blocks_recompute(moe_none, mode, compiled):
     replay the side effect (the training module sets it). Same gradients as without recomputation;
     the counts are added once, but twice under eager "stream", whose policy re-runs the add."""
     (g0, load0), (g, load) = moe_none, _moe_step(mode, compiled)
-    assert g.keys() == g0.keys() and len(load) == len(load0) > 0
-    for name in g0:
-        torch.testing.assert_close(g[name], g0[name], rtol=1e-5, atol=1e-6, msg=name)
+    _assert_same_grads(g, g0, rtol=1e-5, atol=1e-6)
+    assert len(load) == len(load0) > 0
     for a, b in zip(load, load0):
         torch.testing.assert_close(a, b * (2 if mode == "stream" and not compiled else 1))
