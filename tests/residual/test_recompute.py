@@ -355,8 +355,14 @@ def test_units_refused_under_fsdp():
 # ---- MoE blocks (the paper presets' FFN) under selective recompute ------------------------------------
 
 def _moe_step(recompute: str, compiled: bool) -> tuple[dict, list]:
-    """tiny-moe LM, reference ops, one forward + backward: the gradients and each MoE's load counts."""
+    """tiny-moe LM, reference ops, one forward + backward: the gradients and each MoE's load counts.
+    Compiled, a second step must reuse the graphs: the LM allocates the counts before its blocks run,
+    so a block always adds (a branch on "nothing counted yet", or a growing list of counts, made
+    Dynamo trace it again every step)."""
+    from torch._dynamo.utils import counters
+
     cfg = with_variant(get_preset("tiny-moe"), "mhc", backend="reference", recompute=recompute)
+    cfg.n_blocks = 2  # a dense block, then an MoE one
     torch.manual_seed(0)
     m = LM(cfg.validate())
     idx = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(1))
@@ -371,6 +377,11 @@ def _moe_step(recompute: str, compiled: bool) -> tuple[dict, list]:
         moe._load = None
     with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):
         m(idx).pow(2).mean().backward()
+        if compiled:
+            graphs = counters["stats"]["unique_graphs"]
+            m.zero_grad()
+            m(idx).pow(2).mean().backward()  # the counts go on from the first step's
+            assert counters["stats"]["unique_graphs"] == graphs > 0
     torch._dynamo.reset()
     loads = [moe.load for moe in moes]
     return {k: p.grad for k, p in m.named_parameters() if p.grad is not None}, loads
@@ -388,9 +399,10 @@ def test_moe_blocks_recompute(moe_none, mode, compiled):
     outputs and refused the in-place count ("cached ... has been mutated"), a count that branched on
     what was kept before broke SAC's replay, and Dynamo traces the checkpoint only when told not to
     replay the side effect (the training module sets it). Same gradients as without recomputation;
-    the counts are added once, but twice under eager "stream", whose policy re-runs the add."""
+    the counts are added once per step (compiled: two steps), but twice under eager "stream", whose
+    policy re-runs the add."""
     (g0, load0), (g, load) = moe_none, _moe_step(mode, compiled)
     _assert_same_grads(g, g0, rtol=1e-5, atol=1e-6)
     assert len(load) == len(load0) > 0
     for a, b in zip(load, load0):
-        torch.testing.assert_close(a, b * (2 if mode == "stream" and not compiled else 1))
+        torch.testing.assert_close(a, b * (2 if compiled or mode == "stream" else 1))
