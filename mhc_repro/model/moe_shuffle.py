@@ -5,8 +5,8 @@ indices t·k + j in expert order. ``to_experts`` gathers each token's k copies i
 ``from_experts`` sums each token's k gated expert outputs back, in fp32, rounded once.
 
 - "index_add": ``x.index_select`` forward, whose backward is an ``index_add_`` (a scatter-add), and an
-  ``index_add`` combine (out of place, for selective recompute). On CUDA both are atomic adds: their rounding depends on the order they
-  land in, and on a bf16 stream the backward's atomics are bf16.
+  ``index_add`` combine (out of place, for selective recompute). On CUDA both are atomic adds: their
+  rounding depends on the order they land in, and on a bf16 stream the backward's atomics are bf16.
 - "gather": every move is a gather both ways. The inverse permutation ``inv`` (inv[order[p]] = p)
   turns each scatter into a gather plus a k-way sum over a token's slots (fp32): no atomics, the same
   bits every run.

@@ -112,8 +112,9 @@ class ResidualConfig:
     matmul, attention and mHC-coefficient outputs are kept; the stream ops (apply H_pre, the H_res/H_post
     merge) and the cheap elementwise ops around them (norms, RoPE, activations) are re-run in backward.
     Per recompute unit (``recompute_blocks`` consecutive blocks, one by default) only its input stream
-    (n·C per token) is stored; the streams inside it and the branch inputs are not. Meant for the fused (triton) backend; on the reference backend the same policy recomputes the
-    reference ops except their projection matmul. Costs one extra pass of the stream ops and the
+    (n·C per token) is stored; the streams inside it and the branch inputs are not. Meant for the
+    fused (triton) backend; on the reference backend the same policy recomputes the reference ops
+    except their projection matmul. Costs one extra pass of the stream ops and the
     elementwise ops per step; gradients are those of "none". "stream-ops" (for compiled blocks) forces
     only the two stream ops to be re-run and leaves every other op to torch.compile's partitioner:
     less recompute than "stream", less memory saved (in eager mode it saves less than "none": use
