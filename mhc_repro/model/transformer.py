@@ -117,9 +117,9 @@ class LM(nn.Module):
         self.activation_checkpointing = cfg.activation_checkpointing
         self._moes = [b.ffn for b in self.blocks if isinstance(b.ffn, MoE)]  # a plain list: not submodules again
         # residual.recompute_blocks: the blocks of each recompute unit (one unit per block without recompute)
-        recompute = cfg.residual.recompute != "none" and not cfg.activation_checkpointing
         self.recompute_units = (recompute_units(cfg.residual.recompute_blocks, self.n_streams, cfg.n_blocks)
-                                if recompute else [range(i, i + 1) for i in range(cfg.n_blocks)])
+                                if any(b.recompute_stream for b in self.blocks) else
+                                [range(i, i + 1) for i in range(cfg.n_blocks)])
         a = cfg.attention
         self._rope_dim = a.rope_dim if a.kind == "mla" else a.head_dim
         self.reset_parameters()

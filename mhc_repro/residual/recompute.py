@@ -152,8 +152,13 @@ def paper_recompute_blocks(n_streams: int, n_blocks: int) -> int:
     return max(1, min(n_blocks, math.floor(sub_layers / 2 + 0.5)))
 
 
+def recompute_unit_size(recompute_blocks: int | str, n_streams: int, n_blocks: int) -> int:
+    """Blocks per recompute unit: ``recompute_blocks``, or for "auto" ``paper_recompute_blocks``."""
+    return paper_recompute_blocks(n_streams, n_blocks) if recompute_blocks == "auto" else int(recompute_blocks)
+
+
 def recompute_units(recompute_blocks: int | str, n_streams: int, n_blocks: int) -> list[range]:
-    """The blocks of each recompute unit, in order: consecutive runs of ``recompute_blocks`` blocks
-    ("auto": ``paper_recompute_blocks``), the last one shorter where they do not divide n_blocks."""
-    size = paper_recompute_blocks(n_streams, n_blocks) if recompute_blocks == "auto" else int(recompute_blocks)
+    """The blocks of each recompute unit, in order: consecutive runs of ``recompute_unit_size`` blocks,
+    the last one shorter where they do not divide n_blocks."""
+    size = recompute_unit_size(recompute_blocks, n_streams, n_blocks)
     return [range(i, min(i + size, n_blocks)) for i in range(0, n_blocks, size)]

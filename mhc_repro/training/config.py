@@ -238,11 +238,11 @@ class RunConfig:
                "leave data.vocab_size null or make them equal")
         r = self.model.residual
         if self.train.strategy == "fsdp" and r.recompute != "none" and not self.model.activation_checkpointing:
-            from mhc_repro.residual.recompute import recompute_units
+            from mhc_repro.residual.recompute import recompute_unit_size
 
-            units = recompute_units(r.recompute_blocks, r.num_streams, self.model.n_blocks)
-            _check(all(len(u) == 1 for u in units),
-                   f"model.residual.recompute_blocks={r.recompute_blocks!r} ({len(units[0])} blocks per unit) "
+            size = min(recompute_unit_size(r.recompute_blocks, r.num_streams, self.model.n_blocks), self.model.n_blocks)
+            _check(size == 1,
+                   f"model.residual.recompute_blocks={r.recompute_blocks!r} ({size} blocks per unit) "
                    "is not supported with train.strategy=fsdp (FSDP2 gathers each block's parameters in its "
                    "own forward); use 1")
         return self

@@ -108,4 +108,3 @@ def test_eval_mode_and_zero_rate_do_not_move_bias():
     assert moe.load.sum() == 0
     moe.update_routing_bias()
     assert moe.routing_bias.abs().sum() == 0
-
