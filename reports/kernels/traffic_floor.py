@@ -89,6 +89,23 @@ DESIGNS = {
         "post_res + next proj": 9, "pre_norm": 5, "post_res_bwd inside the next dx pass (x, f in; H_resᵀg, df out)": 10,
         "pre_norm_bwd": 6, "dx pass + dφ without its dx write (x, H_resᵀg, d_in)": 9,
         "the branch's own norm, no longer run": -5},
+    # Not built (session 31's model): the cross-layer backward the other way round. Sub-layer l's post
+    # backward kernel finishes sub-layer l+1's dx on the fly: g_l = P_{l+1} + h_pre ⊗ dh_{l+1} +
+    # dm_{l+1}·φ_{l+1}ᵀ + c_{l+1}·x_{l+1}, with x_{l+1} = H_res x_l + H_post f_l recomputed on chip from
+    # the x_l and f_l it reads anyway (dφ_{l+1} += x_{l+1}ᵀ·dm_{l+1} from the same tile). Sub-layer
+    # l+1's dx pass disappears and nothing reads x_{l+1} for it (the 38-unit design still does): the
+    # stream crosses HBM only as P = H_resᵀg and dh. Programs own all n streams of a channel chunk
+    # (H_res mixes them) and split the tokens (dφ accumulates in registers); dH_res / dH_post leave as
+    # per-chunk partials (≈ 0.6 units at 128 channels per chunk, not counted). The first sub-layer's dx
+    # needs one closing pass per stack (not counted).
+    "fused norm + post_res_bwd of l finishing the dx of l+1, x_{l+1} recomputed (not built)": {
+        "proj_fwd": 4, "pre_norm": 5, "post_res": 9,
+        "post_res_bwd of l + dx of l+1 (P_{l+1}, dh_{l+1}, x_l, f_l in; P_l, df out)": 15,
+        "pre_norm_bwd": 6, "the branch's own norm, no longer run": -5},
+    "the same + the cross-layer forward (post_res of l forms the projection of l+1; not built)": {
+        "post_res + next proj": 9, "pre_norm": 5,
+        "post_res_bwd of l + dx of l+1 (P_{l+1}, dh_{l+1}, x_l, f_l in; P_l, df out)": 15,
+        "pre_norm_bwd": 6, "the branch's own norm, no longer run": -5},
     "linked, LINK_MODE='gather' (g read n times, dφ GEMM)": {
         "proj_fwd": 4, "pre": 5, "post_res": 9, "post_res_bwd_red (no dx)": 10, "pre_bwd_dh": 5,
         "LINK dx pass (x, g ×n, d_in ×n, dx)": 28, "dφ GEMM": 4},
