@@ -55,13 +55,18 @@ N_STREAMS = 4
 CONFIGS = ((16, 64, 2, 4, 2), (32, 64, 2, 8, 2), (16, 128, 2, 8, 2), (32, 64, 2, 8, 3), (16, 64, 4, 4, 1),
            (32, 32, 4, 4, 2), (64, 64, 1, 8, 2))
 PRECISIONS = ("bf16x2", "bf16")
+# --ablate: (label, ABL bits) on the two fastest tiles of run 131; "core" keeps the stream mixing, g, P_l
+# and df (all 15 units move) and drops every MMA and reduction
+ABLATIONS = (("full", 0), ("no dH", 1), ("no dphi", 2), ("no dm.phiT", 4), ("no MMA", 6), ("core", 7))
+ABLATE_CONFIGS = ((32, 64, 2, 8, 2), (16, 64, 2, 4, 2))
 
 
 @triton.jit
 def xl_bwd(p1_ptr, dh1_ptr, hpre1_ptr, dm1_ptr, c1_ptr, phi_ptr, x_ptr, f_ptr, hp_ptr, hr_ptr,
            pout_ptr, df_ptr, dhp_ptr, dhr_ptr, dphi_ptr, N, C, M, tok_per_split, phi_ld, phi_lo,
            n: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, MP: tl.constexpr, LO: tl.constexpr,
-           INTERP: tl.constexpr, STAGES: tl.constexpr):
+           INTERP: tl.constexpr, STAGES: tl.constexpr, ABL: tl.constexpr = 0):
+    # ABL (timing ablations, wrong results): bit 1 no dH reductions, 2 no dφ MMAs, 4 no dm·φᵀ MMAs
     ch = tl.program_id(0)
     sp = tl.program_id(1)
     c = ch * BC + tl.arange(0, BC)
@@ -108,26 +113,32 @@ def xl_bwd(p1_ptr, dh1_ptr, hpre1_ptr, dm1_ptr, c1_ptr, phi_ptr, x_ptr, f_ptr, h
             k = i * C + c
             pm = colm[:, None] & cm[None, :]
             pt = tl.load(phi_ptr + k[None, :] * phi_ld + cols[:, None], mask=pm, other=0.0)  # [MP, BC] φ_hiᵀ
-            gi = _mma_acc(dm_hi, pt, gi, INTERP)
-            if LO:
+            if not (ABL & 4):
+                gi = _mma_acc(dm_hi, pt, gi, INTERP)
+            if LO and not (ABL & 4):
                 pt_lo = tl.load(phi_ptr + phi_lo + k[None, :] * phi_ld + cols[:, None], mask=pm, other=0.0)
                 gi = _mma_acc(dm_lo, pt, gi, INTERP)
                 gi = _mma_acc(dm_hi, pt_lo, gi, INTERP)
             gi = tl.where(msk, gi, 0.0).to(tl.bfloat16).to(tl.float32)  # the stream gradient's dtype
             # dφ_{l+1} (the dx pass's DPHI = 2 products: dm's bf16 parts times x_{l+1})
-            d = _mma_acc(tl.trans(dm_hi), xn_b, dphi[i], INTERP)
-            if LO:
-                d = _mma_acc(tl.trans(dm_lo), xn_b, d, INTERP)
+            d = dphi[i]
+            if not (ABL & 2):
+                d = _mma_acc(tl.trans(dm_hi), xn_b, d, INTERP)
+                if LO:
+                    d = _mma_acc(tl.trans(dm_lo), xn_b, d, INTERP)
             new_dphi = new_dphi + (d,)
             # sub-layer l's post backward on g_l[i]: P_l += H_res[i, :] g_i, df += H_post[i] g_i, dH rows
             nxt = ()
             for j in tl.static_range(n):
                 hij = tl.load(hr_ptr + t * (n * n) + i * n + j, mask=tm, other=0.0)
                 nxt = nxt + (pacc[j] + hij[:, None] * gi,)
-                tl.store(dhr_ptr + (ch.to(tl.int64) * N + t) * (n * n) + i * n + j, tl.sum(gi * xs[j], axis=1), mask=tm)
+                if not (ABL & 1):
+                    tl.store(dhr_ptr + (ch.to(tl.int64) * N + t) * (n * n) + i * n + j, tl.sum(gi * xs[j], axis=1),
+                             mask=tm)
             pacc = nxt
             dfacc += hpi[:, None] * gi
-            tl.store(dhp_ptr + (ch.to(tl.int64) * N + t) * n + i, tl.sum(gi * f, axis=1), mask=tm)
+            if not (ABL & 1):
+                tl.store(dhp_ptr + (ch.to(tl.int64) * N + t) * n + i, tl.sum(gi * f, axis=1), mask=tm)
         dphi = new_dphi
         for j in tl.static_range(n):
             tl.store(pout_ptr + (t64[:, None] * n + j) * C + c[None, :], pacc[j].to(pout_ptr.dtype.element_ty), mask=msk)
@@ -138,7 +149,8 @@ def xl_bwd(p1_ptr, dh1_ptr, hpre1_ptr, dm1_ptr, c1_ptr, phi_ptr, x_ptr, f_ptr, h
                  mask=colm[:, None] & cm[None, :])
 
 
-def launch_xl_bwd(p1, dh1, hpre1, dm1, c1, phi1, x, f, h_post, h_res, cfg=CONFIGS[0], precision="bf16x2"):
+def launch_xl_bwd(p1, dh1, hpre1, dm1, c1, phi1, x, f, h_post, h_res, cfg=CONFIGS[0], precision="bf16x2",
+                  abl: int = 0):
     """(P_l, df_l, dH_post,l, dH_res,l, dφ_{l+1}) of the fused kernel; shapes as ``reference``."""
     N, n, C = x.shape
     M = dm1.shape[1]
@@ -156,7 +168,7 @@ def launch_xl_bwd(p1, dh1, hpre1, dm1, c1, phi1, x, f, h_post, h_res, cfg=CONFIG
     dphi = torch.empty(splits, n * C, M, **f32)
     xl_bwd[(chunks, splits)](
         p1, dh1, hpre1, dm1, c1, p, x, f, h_post, h_res, pout, df, dhp, dhr, dphi, N, C, M, tok, ld, lo_off,
-        n=n, BT=bt, BC=bc, MP=MP, LO=lo, INTERP=launch._interpreted(), STAGES=stages, num_warps=warps)
+        n=n, BT=bt, BC=bc, MP=MP, LO=lo, INTERP=launch._interpreted(), STAGES=stages, ABL=abl, num_warps=warps)
     return pout, df, dhp.sum(0), dhr.sum(0), dphi.sum(0)
 
 
@@ -226,6 +238,26 @@ def within(errs: dict, fro: float = 1e-2, mx: float = 3e-2) -> bool:
     return all(e["rel_fro"] <= fro and e["rel_max"] <= mx for e in errs.values())
 
 
+def ablate(a, rec, save, gpu_time) -> None:
+    """Timing rows of ABLATIONS (results not checked: the pieces left out are wrong by design)."""
+    copy = rec["copy_gb_s"]
+    ins = random_inputs(a.N, 2048, torch.device("cuda"), seed=1)
+    xn = launch.launch_post_res(*ins[6:])
+    for prec in a.precision:
+        ms = gpu_time(lambda: launch_pair(*ins, xn, precision=prec))
+        rec["rows"].append(dict(C=2048, precision=prec, kernel="pair", ms=ms))
+        print(f"C=2048 {prec} pair: {1e3 * ms:.1f} µs", flush=True)
+        for cfg in ABLATE_CONFIGS:
+            for label, bits in ABLATIONS:
+                ms_a = gpu_time(lambda: launch_xl_bwd(*ins, cfg=cfg, precision=prec, abl=bits))
+                gbs = 15 * a.N * 2048 * 2 / ms_a / 1e6
+                rec["rows"].append(dict(C=2048, precision=prec, kernel=f"xl_bwd {cfg} [ablation] {label}", cfg=cfg,
+                                        abl=bits, ms=ms_a, vs_pair=ms_a / ms, frac_copy_15_units=gbs / copy))
+                print(f"C=2048 {prec} xl_bwd {cfg} [ablation] {label:10s}: {1e3 * ms_a:7.1f} µs "
+                      f"({ms_a / ms:.2f}x the pair; 15 units at {100 * gbs / copy:.0f} % of copy)", flush=True)
+            save()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--C", type=int, nargs="+", default=[2048, 4096])
@@ -234,6 +266,8 @@ def main(argv=None) -> int:
                     help="tokens of the float64 check (a multiple of 16: the same compiled kernels as the timed "
                          "N; odd token counts are the CPU tests')")
     ap.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    ap.add_argument("--ablate", action="store_true",
+                    help="time ABLATIONS at C 2048 instead (pieces of the work left out; results wrong, unchecked)")
     ap.add_argument("--out", help="JSON record (refused if it exists)")
     a = ap.parse_args(argv)
     if a.out and os.path.exists(a.out):
@@ -254,6 +288,10 @@ def main(argv=None) -> int:
                 json.dump(rec, fh, indent=1)
             os.replace(a.out + ".tmp", a.out)
 
+    if a.ablate:
+        with launch.direct_launches():
+            ablate(a, rec, save, gpu_time)
+        return 0
     ok_cfgs = []
     with launch.direct_launches():
         for prec in a.precision:  # correctness first: float64 at C 2048 and 1920 (a partial last chunk at BC 128)

@@ -81,3 +81,17 @@ def test_main_refuses_an_existing_out_and_a_machine_without_cuda(probe, tmp_path
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="CUDA"):
             probe.main([])
+
+
+def test_an_ablation_leaves_its_piece_out(fused, probe, device):
+    # ABL bit 4 drops dm·φᵀ from g: P_l must then miss that term (ablation timings are of a kernel that
+    # really skips the work) while the bits that keep g (1, 2) leave P_l as it was
+    from mhc_repro.kernels import launch
+
+    ins = probe.random_inputs(24, 64, device, seed=9)
+    with launch.direct_launches():
+        full = probe.launch_xl_bwd(*ins, cfg=(16, 64, 2, 4, 2))
+        no_mma = probe.launch_xl_bwd(*ins, cfg=(16, 64, 2, 4, 2), abl=4)
+        no_red = probe.launch_xl_bwd(*ins, cfg=(16, 64, 2, 4, 2), abl=3)
+    assert not probe.within({"P": probe.compare(no_mma, full)["P"]}, 1e-3, 1e-2)
+    assert torch.equal(no_red[0], full[0]) and torch.equal(no_red[1], full[1])
