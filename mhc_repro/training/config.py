@@ -236,15 +236,6 @@ class RunConfig:
         _check(self.data.vocab_size in (None, self.model.vocab_size),
                f"data.vocab_size={self.data.vocab_size} differs from model.vocab_size={self.model.vocab_size}; "
                "leave data.vocab_size null or make them equal")
-        r = self.model.residual
-        if self.train.strategy == "fsdp" and r.recompute != "none" and not self.model.activation_checkpointing:
-            from mhc_repro.residual.recompute import recompute_unit_size
-
-            size = min(recompute_unit_size(r.recompute_blocks, r.num_streams, self.model.n_blocks), self.model.n_blocks)
-            _check(size == 1,
-                   f"model.residual.recompute_blocks={r.recompute_blocks!r} ({size} blocks per unit) "
-                   "is not supported with train.strategy=fsdp (FSDP2 gathers each block's parameters in its "
-                   "own forward); use 1")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -167,6 +167,13 @@ def check_run_dir(cfg: RunConfig, *, resume: bool = True) -> Path:
     directory: RunFinishedError if it holds a finished run of this config, ValueError if it holds a
     run (finished or not) of another config, or an unfinished one while resume is off."""
     cfg.validate()
+    m = cfg.model
+    if cfg.train.strategy == "fsdp" and not m.activation_checkpointing:
+        from mhc_repro.training.fsdp import recompute_error
+
+        err = recompute_error(m.residual, m.n_blocks, _precision(cfg).startswith("bf16"))
+        if err:
+            raise ValueError(err)
     check_writable(cfg.train.out_dir)
     accumulation(cfg)
     run_dir = run_dir_of(cfg)
