@@ -29,14 +29,19 @@ def _cfg(preset: str, recompute: str, blocks, n_blocks: int = 4):
     return cfg
 
 
-def _step(cfg, mesh=None, bf16=False, probe=None):
-    """Loss and full gradients of one forward + backward (same seed); ``probe(model)`` runs between them."""
+def _step(cfg, mesh=None, bf16=False, probe=None, device="cpu", compiled=False):
+    """Loss and full gradients of one forward + backward (same seed); ``probe(model)`` runs between them.
+    ``compiled``: each block compiled as the training module does (before sharding)."""
     torch.manual_seed(0)
-    model = LM(cfg)
+    model = LM(cfg).to(device)
+    if compiled:
+        torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True  # as training.module
+        for block in model.blocks:
+            block.compile()
     if mesh is not None:
         shard_lm(model, mesh, bf16=bf16)
-    idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         loss = model(idx).float().logsumexp(-1).mean()
     seen = probe(model) if probe else None
     loss.backward()
@@ -114,3 +119,35 @@ def test_refused_before_the_run_writes_anything(tmp_path):
     check_run_dir(ok)  # stream, one block per unit: accepted
     fp32 = build_config([TINY_CONFIG], [s.replace("bf16-mixed", "32-true") for s in sets], env={})
     check_run_dir(fp32)  # every mode without bf16
+
+
+# ---- on the GPU (NCCL world of one, fused kernels) ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cuda_mesh(tmp_path_factory):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    with world_of_one(tmp_path_factory.mktemp("pg_cuda"), "nccl", "cuda") as m:
+        yield m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bf16, recompute, blocks, compiled", [(True, "stream", 1, False), (True, "stream", 1, True),
+                                                               (False, "stream-ops", 2, True)])
+def test_fsdp_recompute_on_cuda(cuda_mesh, bf16, recompute, blocks, compiled):
+    loss0, g0, _ = _step(_cfg("tiny", "none", 1), cuda_mesh, bf16=bf16, device="cuda")
+    loss, g, _ = _step(_cfg("tiny", recompute, blocks), cuda_mesh, bf16=bf16, device="cuda", compiled=compiled)
+    assert loss == pytest.approx(loss0, rel=1e-3 if compiled else 1e-6)
+    for name in g0:
+        torch.testing.assert_close(g[name], g0[name], rtol=2e-2, atol=2e-3, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("recompute, blocks", BF16_REFUSED)
+def test_bf16_refusals_are_needed_on_cuda(cuda_mesh, monkeypatch, recompute, blocks):
+    # the device's torch may differ from CI's: the refused cases must fail there too
+    from mhc_repro.training import fsdp
+
+    monkeypatch.setattr(fsdp, "recompute_error", lambda *a: None)
+    with pytest.raises((RuntimeError, ValueError)):
+        _step(_cfg("tiny", recompute, blocks), cuda_mesh, bf16=True, device="cuda")
