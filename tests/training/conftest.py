@@ -66,3 +66,14 @@ def world_of_one(store_dir, backend: str, device_type: str):
     finally:
         if own:
             dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def cuda_mesh(tmp_path_factory):
+    """A one-rank NCCL world on CUDA and its mesh (skips without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    with world_of_one(tmp_path_factory.mktemp("pg_cuda"), "nccl", "cuda") as mesh:
+        yield mesh

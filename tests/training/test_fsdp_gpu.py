@@ -5,17 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from .conftest import world_of_one
-
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def cuda_mesh(tmp_path_factory):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    with world_of_one(tmp_path_factory.mktemp("pg"), "nccl", "cuda") as mesh:
-        yield mesh
 
 
 @pytest.mark.parametrize("variant", ["mhc", "hc"])

@@ -123,14 +123,6 @@ def test_refused_before_the_run_writes_anything(tmp_path):
 
 # ---- on the GPU (NCCL world of one, fused kernels) ------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cuda_mesh(tmp_path_factory):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    with world_of_one(tmp_path_factory.mktemp("pg_cuda"), "nccl", "cuda") as m:
-        yield m
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("bf16, recompute, blocks, compiled", [(True, "stream", 1, False), (True, "stream", 1, True),
                                                                (False, "stream-ops", 2, True)])
