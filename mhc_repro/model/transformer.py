@@ -64,7 +64,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
                 kv: Optional[LayerKV] = None, start: int = 0, collapse: Optional[nn.Module] = None,
-                expand: int = 0, followers: tuple["Block", ...] = (), in_unit: bool = False) -> Tensor:
+                expand: int = 0, followers: tuple["Block", ...] = ()) -> Tensor:
         """[B, T, n, C] -> [B, T, n, C]; with ``collapse`` (the last block) -> collapse(...) [B, T, C];
         with ``expand`` = n (the first block) x is the embedding [B, T, C], expanded here.
         ``followers``: the later blocks of this block's recompute unit (``residual.recompute_blocks``),
@@ -73,9 +73,7 @@ class Block(nn.Module):
         the block's graph. A collapse handed in from outside made the block's backward copy its
         expand-view gradient through a slow strided path (H200, C = 2048, 16k tokens: 322 µs;
         RESULTS.md run 38); an expansion outside left its gradient's sum to an eager kernel (160 µs,
-        run 69). ``in_unit``: called by its unit's first block (see ``_unit``): its sub-layers only."""
-        if in_unit:
-            return self._sublayers(x, rope, mask)
+        run 69)."""
         if expand:
             x = expand_streams(x, expand)
         if self.recompute_stream and kv is None and torch.is_grad_enabled():
@@ -88,12 +86,9 @@ class Block(nn.Module):
 
     def _unit(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],
               followers: tuple["Block", ...]) -> Tensor:
-        # a recompute unit: this block's sub-layers, then its followers' (training forward: no KV cache).
-        # The followers are called as modules, so that their forward hooks run: FSDP2 shards a unit's
-        # blocks as one group (training/fsdp.shard_lm), which reshards only after each of them ran.
-        x = self._sublayers(x, rope, mask)
-        for block in followers:
-            x = block(x, rope, mask, in_unit=True)
+        # a recompute unit: this block's sub-layers, then its followers' (training forward: no KV cache)
+        for block in (self, *followers):
+            x = block._sublayers(x, rope, mask)
         return x
 
     def _sublayers(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Optional[Tensor],

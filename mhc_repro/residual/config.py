@@ -121,7 +121,9 @@ class ResidualConfig:
     "stream" there). "stream-post" (compiled blocks) forces only the post op to be re-run: each block's
     middle stream is not stored, its branch inputs are, for one re-run stream kernel per block instead
     of three (RESULTS.md session 12 measures the three policies). ``model.activation_checkpointing``
-    (full recompute) takes precedence when on. Training only (no effect with a KV cache or no grad)."""
+    (full recompute) takes precedence when on. Training only (no effect with a KV cache or no grad).
+    Under ``train.strategy=fsdp`` with bf16 precision only "stream" runs (the others are refused:
+    ``training.config.fsdp_recompute_error``)."""
 
     recompute_blocks: int | str = 1
     """With ``recompute`` on: how many consecutive transformer blocks form one recompute unit, i.e.
@@ -132,9 +134,8 @@ class ResidualConfig:
     a block is the LM's compile unit, so a unit's first block runs the others' sub-layers inside its
     own checkpoint and compiled graph [implementation choice]. Units longer than one block store fewer
     streams but re-run, in backward, a whole unit's stream ops at once (n·C per token per sub-layer
-    alive while it does). Under ``train.strategy=fsdp`` a unit's blocks are one FSDP2 group
-    (``training.fsdp.shard_lm``); with bf16 precision FSDP2 runs only "stream" with units of one block
-    (``training.fsdp.recompute_error`` says why). Ignored when ``recompute`` is "none"
+    alive while it does). Not with ``train.strategy=fsdp`` (FSDP2 gathers each block's parameters in
+    its own forward, which a unit's later blocks do not run). Ignored when ``recompute`` is "none"
     or ``model.activation_checkpointing`` is on. Default 1: the recompute unit of earlier runs."""
 
     kernel_precision: str = "bf16x2"

@@ -38,6 +38,33 @@ def _from_dict(cls, d: Any, where: str):
     return cls(**d)
 
 
+
+def fsdp_recompute_error(residual, n_blocks: int, bf16: bool) -> str | None:
+    """Why FSDP2 cannot run this selective recompute (``residual.recompute``), or None.
+
+    - Units of several blocks (``recompute_blocks``): a unit's first block runs the others' sub-layers
+      inside its checkpoint, so their FSDP2 hooks never gather those blocks' parameters.
+    - bf16 precision: each HC/mHC residual module is its own fp32 FSDP2 unit (``training.fsdp.shard_lm``), so its
+      hooks run inside its block's checkpoint. Their ops differ between the forward and the recompute
+      in backward, and SAC replays a checkpoint by op index: "stream-ops" / "stream-post" fail (a wrong
+      cached view; on the CPU with torch 2.13 and on the H200 with 2.11: runs 134-135), "stream"
+      replays them as they ran.
+    ``tests/training/test_fsdp_recompute_units.py`` checks that each refused case fails without this."""
+    if residual.recompute == "none":
+        return None
+    from mhc_repro.residual.recompute import recompute_unit_size
+
+    size = min(recompute_unit_size(residual.recompute_blocks, residual.num_streams, n_blocks), n_blocks)
+    if size > 1:
+        return (f"model.residual.recompute_blocks={residual.recompute_blocks!r} ({size} blocks per unit) is not "
+                "supported with train.strategy=fsdp (FSDP2 gathers each block's parameters in its own forward); "
+                "use 1")
+    if bf16 and residual.recompute != "stream":
+        return (f"model.residual.recompute={residual.recompute!r} does not run under train.strategy=fsdp with bf16 "
+                "precision (FSDP2's hooks of the fp32 residual units inside the checkpoint break its replay); "
+                "use recompute=stream, model.activation_checkpointing=true, or train.precision=32-true")
+    return None
+
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
@@ -236,6 +263,10 @@ class RunConfig:
         _check(self.data.vocab_size in (None, self.model.vocab_size),
                f"data.vocab_size={self.data.vocab_size} differs from model.vocab_size={self.model.vocab_size}; "
                "leave data.vocab_size null or make them equal")
+        if self.train.strategy == "fsdp" and not self.model.activation_checkpointing:
+            # units of several blocks; bf16 precision is checked where it is resolved (run.check_run_dir)
+            err = fsdp_recompute_error(self.model.residual, self.model.n_blocks, bf16=False)
+            _check(err is None, err or "")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,32 +15,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 
-def recompute_error(residual, n_blocks: int, bf16: bool) -> str | None:
-    """Why FSDP2 cannot run this selective recompute (``residual.recompute``), or None.
-
-    Under bf16 precision each HC/mHC residual module is its own fp32 FSDP2 unit (below), so its
-    forward hooks run inside its block's checkpoint. Their ops differ between the forward and the
-    recompute in backward, and SAC replays a checkpoint by op index. Measured on the CPU (gloo,
-    torch 2.13, ``tests/training/test_fsdp_recompute_units.py``): "stream-ops" / "stream-post" replay a
-    wrong cached view, and units of several blocks a missing profiler op. "stream" with one block per
-    unit gives one device's gradients. Without bf16 the modules stay inside their block's unit and
-    every mode works, units included."""
-    if not bf16 or residual.recompute == "none":
-        return None
-    from mhc_repro.residual.recompute import recompute_unit_size
-
-    size = min(recompute_unit_size(residual.recompute_blocks, residual.num_streams, n_blocks), n_blocks)
-    if residual.recompute == "stream" and size == 1:
-        return None
-    return (f"model.residual.recompute={residual.recompute!r} with recompute_blocks={residual.recompute_blocks!r} "
-            f"({size} blocks per unit) does not run under train.strategy=fsdp with bf16 precision (FSDP2's hooks "
-            "of the fp32 residual units inside the checkpoint break its replay); use recompute=stream with "
-            "recompute_blocks=1, model.activation_checkpointing=true, or train.precision=32-true")
-
-
 def shard_lm(model: nn.Module, mesh, bf16: bool) -> None:
-    """FSDP2 (``fully_shard``) on an ``LM``: each block (each recompute unit of several blocks as one
-    group), then the root, over ``mesh``.
+    """FSDP2 (``fully_shard``) on an ``LM``: each block, then the root, over ``mesh``.
 
     bf16 (bf16-mixed): the blocks and the root compute with bf16 parameters (fp32 gradient reduction).
     The residual stream keeps the dtype ``residual.stream_dtype`` gives it in ``LM.forward``, as on one
@@ -53,8 +29,10 @@ def shard_lm(model: nn.Module, mesh, bf16: bool) -> None:
     parameters as on one device (PAPER.md: fp32 coefficients; the kernels' bf16x2 split of φ)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    from mhc_repro.training.config import fsdp_recompute_error
+
     if model.cfg.residual.recompute != "none" and not model.activation_checkpointing:
-        err = recompute_error(model.cfg.residual, len(model.blocks), bf16)
+        err = fsdp_recompute_error(model.cfg.residual, len(model.blocks), bf16)
         if err:
             raise ValueError(err)
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
@@ -70,11 +48,7 @@ def shard_lm(model: nn.Module, mesh, bf16: bool) -> None:
                 units = [units]
             for res in units:
                 fully_shard(res, mesh=mesh, mp_policy=fp32)
-    # one unit per block, or per recompute unit of several (residual.recompute_blocks): its first block
-    # runs the others' sub-layers inside its checkpoint, so their parameters are gathered together
-    for unit in model.recompute_units:
-        blocks = [model.blocks[i] for i in unit]
-        fully_shard(blocks[0] if len(blocks) == 1 else blocks, mesh=mesh, mp_policy=mp)
+        fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
 
 

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from mhc_repro.training.callbacks import PerfMonitor, StepCheckpoint, StepEnd, latest_checkpoint
-from mhc_repro.training.config import RunConfig
+from mhc_repro.training.config import RunConfig, fsdp_recompute_error
 from mhc_repro.training.module import LMModule, NonFiniteLossError
 
 # Keys that may differ when resuming (they do not change the math of the run; the cadences only change
@@ -169,9 +169,7 @@ def check_run_dir(cfg: RunConfig, *, resume: bool = True) -> Path:
     cfg.validate()
     m = cfg.model
     if cfg.train.strategy == "fsdp" and not m.activation_checkpointing:
-        from mhc_repro.training.fsdp import recompute_error
-
-        err = recompute_error(m.residual, m.n_blocks, _precision(cfg).startswith("bf16"))
+        err = fsdp_recompute_error(m.residual, m.n_blocks, _precision(cfg).startswith("bf16"))
         if err:
             raise ValueError(err)
     check_writable(cfg.train.out_dir)

@@ -341,13 +341,15 @@ def test_bad_recompute_blocks_one_line_error(bad):
     assert f"residual.recompute_blocks={bad!r}" in msg and "'auto'" in msg and "\n" not in msg
 
 
-def test_units_accepted_under_fsdp():
-    # FSDP2 shards a unit's blocks as one group (tests/training/test_fsdp_recompute_units.py)
+def test_units_refused_under_fsdp():
     from mhc_repro.training.compose import build_config
 
     sets = ["train.variant=mhc", "train.strategy=fsdp", "model.residual.recompute=stream-ops"]
-    cfg = build_config([TINY_CONFIG], sets + ["model.residual.recompute_blocks=2"], env={})
-    assert cfg.model.residual.recompute_blocks == 2
+    build_config([TINY_CONFIG], sets + ["model.residual.recompute_blocks=1"], env={})
+    with pytest.raises(ValueError) as err:
+        build_config([TINY_CONFIG], sets + ["model.residual.recompute_blocks=2"], env={})
+    msg = str(err.value)
+    assert "recompute_blocks=2" in msg and "train.strategy=fsdp" in msg and "\n" not in msg
 
 
 # ---- MoE blocks (the paper presets' FFN) under selective recompute ------------------------------------
