@@ -74,7 +74,20 @@ def test_a_failed_run_keeps_the_earlier_record(tmp_path, monkeypatch):
     assert partial["ms"] == {"res": [], "mhc": []} and len(partial["failed"]) == 2
 
 
-def test_real_bench_processes_on_cpu(tmp_path, capsys):
+def test_real_bench_processes_on_cpu(tmp_path, capsys, monkeypatch):
+    """Real bench processes (the command line, the child's record read back) in round 0; round 1 (main
+    needs 2 rounds) hands each arm its round-0 row again instead of 2 more processes (~8 s each): the
+    rounds' rotation and pairing are test_rounds_rotate_and_stay_paired's."""
+    real, rows, calls = ab_train.run_process, {}, []
+
+    def once_per_arm(cmd, timeout):
+        calls.append(cmd)
+        key = tuple(a for a in cmd if not a.endswith(".json"))  # the command less its --out path
+        if key not in rows:
+            rows[key] = real(cmd, timeout)
+        return rows[key]
+
+    monkeypatch.setattr(ab_train, "run_process", once_per_arm)
     out = tmp_path / "ab.json"
     argv = ["--config", "experiments/tiny/base.yaml", "--arm", "residual", "residual", *SMALL,
             "--arm", "mhc", "mhc", *SMALL, "--rounds", "2", "--steps", "3", "--warmup", "1", "--seq-len", "16",
@@ -87,6 +100,7 @@ def test_real_bench_processes_on_cpu(tmp_path, capsys):
     assert rec["arms"]["mhc"] == {"variant": "mhc", "sets": SMALL}
     assert all(row[n]["final_pass"] is False for row in rec["rows"] for n in row)  # no eval-mode compile
     assert "x " in capsys.readouterr().out
+    assert len(calls) == 4 and len(rows) == 2  # 2 rounds x 2 arms, 2 real processes
 
 
 def test_env_overrides_become_the_processes_environment():
