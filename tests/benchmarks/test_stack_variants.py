@@ -1,5 +1,6 @@
 """benchmarks/stack_variants.py on CPU: the stacks the benchmark scripts build, their forward and inputs."""
 
+import functools
 import os
 import sys
 
@@ -81,6 +82,13 @@ def _stack_grads(kind, c=128, n_blocks=3, compiled=False):
     return [out.detach(), x0.grad] + [p.grad for p in blocks.parameters()]
 
 
+@functools.cache
+def _eager_stack_grads(kind, n_blocks):
+    """_stack_grads, eager, once per process: the interpreted fused stacks take seconds, and the same
+    eager run is a side of two tests below (which only read it)."""
+    return _stack_grads(kind, n_blocks=n_blocks)
+
+
 def _assert_near(got, want, tol):
     """Every tensor of ``got`` within relative error ``tol`` (float64 norms) of ``want``'s."""
     assert len(got) == len(want)
@@ -101,7 +109,7 @@ def test_xl_stack_is_the_linked_stack_fused(triton_cpu):
     """*_xl with the fused kernels under the interpreter: the Triton pair runs in each cross-layer post
     op, the same kernels as the linked stack, so the same bits."""
     plain = _stack_grads("mhc_fused_linked_fnorm", n_blocks=2)
-    for a, b in zip(_stack_grads("mhc_fused_linked_fnorm_xl", n_blocks=2), plain):
+    for a, b in zip(_eager_stack_grads("mhc_fused_linked_fnorm_xl", 2), plain):
         assert torch.equal(a, b)
 
 
@@ -123,7 +131,7 @@ def test_xl_stack_compiles_fullgraph(monkeypatch, request, kind):
         got = _stack_grads(kind, n_blocks=nb, compiled=True)
     finally:
         torch._dynamo.reset()
-    for a, b in zip(got, _stack_grads(kind, n_blocks=nb)):
+    for a, b in zip(got, _eager_stack_grads(kind, nb)):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
 
 
