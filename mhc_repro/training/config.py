@@ -44,11 +44,11 @@ def fsdp_recompute_error(residual, n_blocks: int, bf16: bool) -> str | None:
 
     - Units of several blocks (``recompute_blocks``): a unit's first block runs the others' sub-layers
       inside its checkpoint, so their FSDP2 hooks never gather those blocks' parameters.
-    - bf16 precision: each HC/mHC residual module is its own fp32 FSDP2 unit (``training.fsdp.shard_lm``), so its
-      hooks run inside its block's checkpoint. Their ops differ between the forward and the recompute
-      in backward, and SAC replays a checkpoint by op index: "stream-ops" / "stream-post" fail (a wrong
-      cached view; on the CPU with torch 2.13 and on the H200 with 2.11: runs 134-135), "stream"
-      replays them as they ran.
+    - bf16 precision: each HC/mHC residual module is its own fp32 FSDP2 unit
+      (``training.fsdp.shard_lm``), so its hooks run inside its block's checkpoint. Their ops differ
+      between the forward and the recompute in backward, and SAC replays a checkpoint by op index:
+      "stream-ops" / "stream-post" fail (a wrong cached view; on the CPU with torch 2.13 and on the
+      H200 with 2.11, reports/training/README.md runs 134-137); "stream" replays them as they ran.
     ``tests/training/test_fsdp_recompute_units.py`` checks that each refused case fails without this."""
     if residual.recompute == "none":
         return None
@@ -64,6 +64,7 @@ def fsdp_recompute_error(residual, n_blocks: int, bf16: bool) -> str | None:
                 "precision (FSDP2's hooks of the fp32 residual units inside the checkpoint break its replay); "
                 "use recompute=stream, model.activation_checkpointing=true, or train.precision=32-true")
     return None
+
 
 @dataclass
 class TrainConfig:
