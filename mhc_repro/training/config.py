@@ -38,7 +38,6 @@ def _from_dict(cls, d: Any, where: str):
     return cls(**d)
 
 
-
 def fsdp_recompute_error(residual, n_blocks: int, bf16: bool) -> str | None:
     """Why FSDP2 cannot run this selective recompute (``residual.recompute``), or None.
 
