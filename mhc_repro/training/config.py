@@ -38,8 +38,9 @@ def _from_dict(cls, d: Any, where: str):
     return cls(**d)
 
 
-def fsdp_recompute_error(residual, n_blocks: int, bf16: bool) -> str | None:
-    """Why FSDP2 cannot run this selective recompute (``residual.recompute``), or None.
+def fsdp_recompute_error(model: ModelConfig, bf16: bool) -> str | None:
+    """Why FSDP2 cannot run the model's selective recompute (``residual.recompute``), or None (also
+    when ``activation_checkpointing`` is on: full checkpointing takes precedence).
 
     - Units of several blocks (``recompute_blocks``): a unit's first block runs the others' sub-layers
       inside its checkpoint, so their FSDP2 hooks never gather those blocks' parameters.
@@ -49,7 +50,8 @@ def fsdp_recompute_error(residual, n_blocks: int, bf16: bool) -> str | None:
       "stream-ops" / "stream-post" fail (a wrong cached view; on the CPU with torch 2.13 and on the
       H200 with 2.11, reports/training/README.md runs 134-137); "stream" replays them as they ran.
     ``tests/training/test_fsdp_recompute_units.py`` checks that each refused case fails without this."""
-    if residual.recompute == "none":
+    residual, n_blocks = model.residual, model.n_blocks
+    if residual.recompute == "none" or model.activation_checkpointing:
         return None
     from mhc_repro.residual.recompute import recompute_unit_size
 
@@ -263,9 +265,9 @@ class RunConfig:
         _check(self.data.vocab_size in (None, self.model.vocab_size),
                f"data.vocab_size={self.data.vocab_size} differs from model.vocab_size={self.model.vocab_size}; "
                "leave data.vocab_size null or make them equal")
-        if self.train.strategy == "fsdp" and not self.model.activation_checkpointing:
+        if self.train.strategy == "fsdp":
             # units of several blocks; bf16 precision is checked where it is resolved (run.check_run_dir)
-            err = fsdp_recompute_error(self.model.residual, self.model.n_blocks, bf16=False)
+            err = fsdp_recompute_error(self.model, bf16=False)
             _check(err is None, err or "")
         return self
 

@@ -31,10 +31,9 @@ def shard_lm(model: nn.Module, mesh, bf16: bool) -> None:
 
     from mhc_repro.training.config import fsdp_recompute_error
 
-    if model.cfg.residual.recompute != "none" and not model.activation_checkpointing:
-        err = fsdp_recompute_error(model.cfg.residual, len(model.blocks), bf16)
-        if err:
-            raise ValueError(err)
+    err = fsdp_recompute_error(model.cfg, bf16)
+    if err:
+        raise ValueError(err)
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
           if bf16 else MixedPrecisionPolicy())
     fp32 = MixedPrecisionPolicy(reduce_dtype=torch.float32, cast_forward_inputs=False)

@@ -167,9 +167,8 @@ def check_run_dir(cfg: RunConfig, *, resume: bool = True) -> Path:
     directory: RunFinishedError if it holds a finished run of this config, ValueError if it holds a
     run (finished or not) of another config, or an unfinished one while resume is off."""
     cfg.validate()
-    m = cfg.model
-    if cfg.train.strategy == "fsdp" and not m.activation_checkpointing:
-        err = fsdp_recompute_error(m.residual, m.n_blocks, _precision(cfg).startswith("bf16"))
+    if cfg.train.strategy == "fsdp":
+        err = fsdp_recompute_error(cfg.model, _precision(cfg).startswith("bf16"))
         if err:
             raise ValueError(err)
     check_writable(cfg.train.out_dir)
