@@ -140,10 +140,11 @@ class ResidualConfig:
 
     kernel_precision: str = "bf16x2"
     """Operands of the fused kernels' projection v·φ (and its backward) on a bf16 stream: "bf16x2"
-    (φ and dm as bf16 hi + lo parts, ≈ fp32 products; the default, closest to the fp32 reference) or
-    "bf16" (rounded once to bf16, one MMA, fp32 accumulate: PAPER.md §5's "bf16 inputs", faster). fp32
+    (φ and dm as bf16 hi + lo parts, ≈ fp32 products; the default, closest to PAPER.md's φ in
+    tf32/fp32) or "bf16" (rounded once to bf16, one MMA, fp32 accumulate; its dx pass is faster alone,
+    the benchmark stack's step time the same within 0.5 %: reports/kernels/RESULTS.md run 140). fp32
     streams always use tf32; the reference backend is always exact fp32. [open: the paper does not
-    say which it used]"""
+    say which operand format its kernels use]"""
 
     fuse_branch_norm: bool = True
     """mHC, linked sub-layer: the branch's RMSNorm applied inside the pre op (fused kernels:
