@@ -59,7 +59,7 @@ def proj_fwd(x_ptr, phi_ptr, m_ptr, ss_ptr, N, K, M, k_per_split, phi_ld, phi_lo
     # but MMAs, which lets it stay in shared memory, at BN² extra MMA work per tile.
     # SPLIT (bf16 stream): bf16 MMAs straight from the loaded tiles (no fp32 staging of v); with LO
     # φ = φ_hi + φ_lo (two bf16 parts, two MMAs: ~16-bit-mantissa products), without LO φ is
-    # rounded to bf16 (one MMA, PAPER.md's "bf16 inputs, fp32 accumulate").
+    # rounded to bf16 (one MMA, issue 6's "bf16 inputs, fp32 accumulate").
     # MERGED (with LO): φ_hi and φ_lo side by side in phi_ptr ([K, 2·MP], zero-padded): one MMA of
     # twice the width per K tile instead of two, the stream tile read once from shared memory for
     # both; the two column halves are summed at the end.
