@@ -93,7 +93,8 @@ def amax_peaks(study: Study, preset: str, variant: str) -> dict | None:
     return out if out["composite"] else None
 
 
-PAPER_C = 2560  # hidden size of the paper's 27B model, where the 6.7% was measured
+PAPER_C = 2560  # the 27B preset's hidden size (Table 5), our reference width for the 6.7 %: PAPER.md §4 does
+# not say at which model size it was measured ("large-scale training")
 
 
 def _baseline(variant: str) -> str:

@@ -20,7 +20,7 @@ def cell(text) -> str:
 
 def claims_page(claims: list[Claim], header: str, experiment: str) -> str:
     lines = [f"<!-- {header} -->", "", f"# Claims ledger — experiment `{experiment}`", "",
-             "Each claim of the paper (PAPER.md §4) is checked against the runs of this experiment. "
+             "Each claim of the paper (PAPER.md §1, §2, §4) is checked against the runs of this experiment. "
              "A verdict is about the scale measured here, not about the paper's scale.", "",
              f"**Rule.** {RULE_TEXT}", "", "| # | Claim | Measured at | Verdict |", "| --- | --- | --- | --- |"]
     lines += [f"| {c.key} | {cell(c.claim)} | {cell(c.scale.split(':')[0])} | {ICON[c.verdict]} |" for c in claims]

@@ -127,8 +127,8 @@ class ResidualConfig:
 
     recompute_blocks: int | str = 1
     """With ``recompute`` on: how many consecutive transformer blocks form one recompute unit, i.e.
-    share one stored input stream (PAPER.md §5: "store the stream input once per block of L_r
-    layers"). "auto" is the paper's optimum L_r ≈ sqrt(nL/(n+2)) sub-layers (L = 2 · n_blocks
+    share one stored input stream (PAPER.md §5: "store the stream input once per block of L_r ≈
+    sqrt(nL/(n+2)) layers"). "auto" is the paper's optimum L_r ≈ sqrt(nL/(n+2)) sub-layers (L = 2 · n_blocks
     sub-layers), rounded to whole blocks, at least 1: 2 blocks for the 3B and 9B presets, 3 for 27B,
     1 for the tiny one (``residual.recompute.paper_recompute_blocks``). Whole blocks, not sub-layers:
     a block is the LM's compile unit, so a unit's first block runs the others' sub-layers inside its
