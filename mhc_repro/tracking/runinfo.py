@@ -1,9 +1,13 @@
-"""What a training run records about itself: tags, flattened params, the config artifact, git commit."""
+"""What a training run records about itself: tags, flattened params, the config artifact, git commit,
+the software and hardware it ran on."""
 
 from __future__ import annotations
 
+import json
+import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +29,41 @@ def git_commit() -> str:
         return sha + ("-dirty" if dirty else "")
     except Exception:
         return "unknown"
+
+
+def environment() -> dict[str, str]:
+    """The software and hardware of this process, as strings. ``aten_cpu_capability`` matters even on
+    a GPU run's CPU side and decides CPU results: AVX-512 and AVX2 kernels round differently, so the
+    same tiny CPU run ends at different losses on the two (reports/records/tiny-cpu/README.md);
+    ``ATEN_CPU_CAPABILITY=avx2`` pins it."""
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "cpu": platform.processor() or platform.machine(), "host": platform.node(),
+           "os": platform.platform(terse=True)}
+    for name in ("lightning", "triton", "mlflow"):
+        try:
+            env[name] = __import__(name).__version__
+        except Exception:  # absent or broken: say so rather than fail the run
+            env[name] = "absent"
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        env["cuda_devices"] = f"{len(names)} x {names[0]}" if len(set(names)) == 1 else "; ".join(names)
+        env["cuda"] = str(torch.version.cuda)
+    else:
+        env["cuda_devices"] = "none"
+    return env
+
+
+def record_environment(run_dir: Path, commit: str) -> Path:
+    """Append this attempt's environment (a resumed run may continue elsewhere) to
+    ``<run_dir>/environment.jsonl``, one JSON line per launch; returns the file."""
+    path = Path(run_dir) / "environment.jsonl"
+    line = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": commit, **environment()}
+    with path.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    return path
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -51,6 +90,7 @@ def train_tags(config: Mapping[str, Any], *, run_dir: str, commit: str) -> dict[
         "paper": PAPER_ID,
         "run_dir": run_dir,
         "study": tracking["study"],
+        **{f"env.{k}": v for k, v in environment().items()},  # the first launch's; every launch's: environment.jsonl
     }
     if train["variant"] != "residual":
         tags["ablation"] = train["ablation"]

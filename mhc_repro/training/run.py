@@ -154,6 +154,8 @@ def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int], *, 
     else:
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "resumed_at_commit", git_commit())
+    if (run_dir / "environment.jsonl").exists():  # written by train() for this launch: all launches' lines
+        client.log_artifact(run_id, str(run_dir / "environment.jsonl"))
     logger = ResumableMLFlowLogger(experiment_name=cfg.experiment, tracking_uri=uri, run_id=run_id,
                                    artifact_location=artifact_root(uri), log_model=False)
     if resumed:
@@ -223,6 +225,10 @@ def train(cfg: RunConfig, *, resume: bool = True) -> dict:
     module = LMModule(resolved)
     ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
     logger, resumed = (None, False)
+    if is_rank0:  # with or without MLflow: what this launch ran on (tracking.runinfo.environment)
+        from mhc_repro.tracking.runinfo import git_commit, record_environment
+
+        record_environment(run_dir, git_commit())
     if cfg.tracking.enabled and is_rank0:
         logger, resumed = _open_mlflow_run(cfg, run_dir, (module.params_total, module.params_active),
                                            from_checkpoint=ckpt is not None)

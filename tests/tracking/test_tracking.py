@@ -1,7 +1,7 @@
 """Store location, flattened params, tags, and the resume high-water mark of the logger."""
 import pytest
 
-from mhc_repro.tracking.runinfo import flatten, train_tags
+from mhc_repro.tracking.runinfo import environment, flatten, record_environment, train_tags
 from mhc_repro.tracking.store import default_tracking_uri, repo_root, resolve_tracking_uri
 
 
@@ -20,10 +20,31 @@ def test_flatten_and_tags():
     cfg = {"train": {"variant": "hc", "preset": "tiny", "seed": 3, "ablation": "res"},
            "tracking": {"study": "tiny", "tags": {"who": "me"}}}
     tags = train_tags(cfg, run_dir="/r", commit="abc")
+    env = {k: tags.pop(k) for k in list(tags) if k.startswith("env.")}
+    assert env == {f"env.{k}": v for k, v in environment().items()}
     assert tags == {"run_kind": "train", "variant": "hc", "preset": "tiny", "seed": "3", "git_commit": "abc",
                     "paper": "arXiv:2512.24880", "run_dir": "/r", "study": "tiny", "ablation": "res", "who": "me"}
     cfg["train"]["variant"] = "residual"
     assert "ablation" not in train_tags(cfg, run_dir="/r", commit="abc")
+
+
+def test_environment_says_what_decides_the_numbers(tmp_path):
+    import json
+
+    import torch
+
+    env = environment()
+    assert env["torch"] == torch.__version__
+    assert env["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # decides CPU rounding
+    assert env["cuda_devices"] == (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+                                   if torch.cuda.is_available() else "none")
+    assert all(isinstance(v, str) and v for v in env.values()), env
+    # one line per launch, appended: a resumed run keeps the first launch's line
+    path = record_environment(tmp_path, "abc")
+    record_environment(tmp_path, "def")
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["git_commit"] for x in lines] == ["abc", "def"]
+    assert lines[1]["torch"] == torch.__version__ and lines[0]["started"]
 
 
 def test_logger_drops_points_already_stored(tmp_path):

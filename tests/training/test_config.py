@@ -101,6 +101,7 @@ def test_yaml_files_read_floats_without_a_dot(tmp_path):
     ("tracking.tags=foo", r"tracking.tags='foo' is invalid"),
     ("tracking.tags={variant: x, team: y}", r"tracking.tags names \['variant'\], which the runs set themselves"),
     ("tracking.tags={mlflow.runName: x}", r"tracking.tags names \['mlflow.runName'\]"),
+    ("tracking.tags={env.torch: x}", r"tracking.tags names \['env.torch'\]"),
     ("tracking.enabled=maybe", r"tracking.enabled='maybe' is invalid"),
     ("model.norm_eps=abc", r"norm_eps='abc'; must be a number > 0"),
     ("model.init_std=abc", r"init_std='abc'; must be a number > 0"),

@@ -75,6 +75,8 @@ def test_kill9_then_rerun_resumes_exactly(tmp_path, corpus_dir, data_cache):
         # the whole curve equals the uninterrupted run's
         assert hist == _history(ref_client, ref["mlflow_run_id"], key), key
     json.loads((run_dir / "finished.json").read_text())
+    # each launch appended its environment: the killed one and the resume
+    assert len((run_dir / "environment.jsonl").read_text().splitlines()) == 2
 
 
 def test_exception_checkpoint_resumes_exactly(tmp_path, corpus_dir, data_cache, monkeypatch):

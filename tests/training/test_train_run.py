@@ -33,6 +33,11 @@ def test_micro_run_logs_everything(tmp_path, corpus_dir, data_cache):
                       ("ablation", "full"), ("paper", "arXiv:2512.24880"), ("study", "test")):
         assert tags[key] == want, key
     assert tags["checkpoint_path"].endswith("step0000008.ckpt") and tags["git_commit"]
+    import torch
+
+    assert tags["env.torch"] == torch.__version__ and tags["env.aten_cpu_capability"]
+    assert len((run_dir / "environment.jsonl").read_text().splitlines()) == 1
+    assert "environment.jsonl" in [f.path for f in client.list_artifacts(run.info.run_id)]
     params = run.data.params
     assert params["train.lr"] == "0.003" and params["model.residual.kind"] == "mhc"
     assert int(params["model.params_total"]) > 0
