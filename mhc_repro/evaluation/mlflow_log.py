@@ -63,13 +63,13 @@ def log_eval(result: SuiteResult, *, train_run_id: Optional[str] = None, experim
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from mhc_repro.tracking.runinfo import git_commit
+    from mhc_repro.tracking.runinfo import environment, git_commit
     from mhc_repro.tracking.store import PAPER_ID, get_or_create_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     tags = {"run_kind": "eval", "paper": PAPER_ID, "git_commit": git_commit(),
-            "eval.tasks": ",".join(result.headline)}
+            "eval.tasks": ",".join(result.headline), **{f"env.{k}": v for k, v in environment().items()}}
     run_name = "eval"
     if train_run_id:
         parent = client.get_run(train_run_id)  # raises if the id is unknown in this store

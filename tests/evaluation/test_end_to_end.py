@@ -50,6 +50,7 @@ def test_all_eight_tasks_offline_into_mlflow(tracked_run, monkeypatch, tmp_path)
     (run,) = client.search_runs([client.get_run(train_id).info.experiment_id], "tags.run_kind = 'eval'")
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     assert tags["mlflow.parentRunId"] == tags["train_run_id"] == train_id
+    assert tags["env.torch"] and tags["env.aten_cpu_capability"]  # what the scores were computed on
     assert (tags["variant"], tags["preset"], tags["seed"]) == ("mhc", "tiny", "0")
     for task, (_, shots) in PAPER.items():
         assert 0.0 <= metrics[f"eval/{task}"] <= 1.0
