@@ -21,7 +21,7 @@ HISTORY_KEYS = (
 )
 AMAX_RE = re.compile(r"amax_step(\d+)\.json$")
 RUN_COLUMNS = [
-    "run_id", "run_name", "status", "preset", "variant", "ablation", "seed", "git_commit", "run_dir",
+    "run_id", "run_name", "status", "preset", "variant", "ablation", "seed", "git_commit", "ran_on", "run_dir",
     "params_total", "params_active", "final_step", "final_train_loss", "final_val_loss", "tokens",
     "tokens_per_sec", "compute",
 ]
@@ -72,6 +72,17 @@ COMPARISON_FREE_KEYS = frozenset({
     "train.devices", "train.num_nodes", "train.out_dir", "train.compile", "data.num_workers",
     "data.cache_dir", "model.activation_checkpointing", "model.moe.dispatch", "model.moe.shuffle",
 })
+
+
+def ran_on(tags: dict) -> str:
+    """Where a run trained, from its ``env.*`` tags (tracking.runinfo.environment); "" for runs logged
+    before those tags existed. CPU runs name the ATen capability: AVX-512 and AVX2 kernels round
+    differently, so the same CPU run ends at different losses on the two."""
+    if not tags.get("env.torch"):
+        return ""
+    devices = tags.get("env.cuda_devices", "none")
+    where = devices if devices != "none" else f"CPU {tags.get('env.aten_cpu_capability', '?')}"
+    return f"{where}, torch {tags['env.torch']}"
 
 
 def config_differences(study: "Study", preset: str) -> dict[str, list[str]]:
@@ -191,7 +202,7 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> Study:
                 run_id=rid, run_name=run.info.run_name or "", status=run.info.status,
                 preset=tags.get("preset", "?"), variant=variant,
                 ablation="none" if variant == "residual" else ablation, seed=_seed(tags.get("seed")),
-                git_commit=tags.get("git_commit", ""), run_dir=tags.get("run_dir", ""),
+                git_commit=tags.get("git_commit", ""), ran_on=ran_on(tags), run_dir=tags.get("run_dir", ""),
                 params_total=_float(params.get("model.params_total")), params_active=active,
                 final_step=int(steps.max()) if len(steps) else -1,
                 final_train_loss=_last(h["train/loss"]), final_val_loss=_last(h["val/loss"]),

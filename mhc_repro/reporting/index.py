@@ -65,6 +65,12 @@ def _summary(study: Study, claims: list[Claim], paper: PaperNumbers) -> list[str
     if len(commits) > 1:
         out.append(f"- **Caution:** the runs were trained from {len(commits)} different git commits "
                    "(see the run table); differences between variants may partly come from code changes.")
+    machines = sorted({m for m in study.runs.ran_on if m})
+    if len(machines) > 1:
+        out.append(f"- **Caution:** the runs were trained on {len(machines)} different devices or software "
+                   f"stacks ({cell('; '.join(machines))}); the same run ends at different losses on them (on "
+                   "the CPU even AVX-512 against AVX2), so differences between variants may partly come from "
+                   "that.")
     counts = Counter(c.verdict for c in claims)
     out.append(f"- Of {len(claims)} checks of the paper's claims, {counts[REPRODUCED]} reproduced, "
                f"{counts[NOT_REPRODUCED]} did not, and {counts[NO_EVIDENCE]} lack enough evidence "
@@ -114,15 +120,15 @@ def index_page(study: Study, claims: list[Claim], paper: PaperNumbers, files: di
     lines += [f"| {c.key} | {cell(c.claim)} | {cell(c.scale.split(':')[0])} | {ICON[c.verdict]} |" for c in claims]
     lines += ["", "## Runs", "", "Training runs (MLflow run ids; configs are copies of each run's "
               "`config/config.yaml` artifact):", "",
-              "| Preset | Variant | Ablation | Seed | Status | Run id | Git commit | Steps | Tokens | "
+              "| Preset | Variant | Ablation | Seed | Status | Run id | Git commit | Ran on | Steps | Tokens | "
               "Final val loss | Evaluation run | Config |",
-              "| --- | --- | --- | ---: | --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
+              "| --- | --- | --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
     ev = study.evals.drop_duplicates("train_run_id").set_index("train_run_id").eval_run_id
     for r in study.runs.itertuples():
         config = f"[config](configs/{r.run_id}.yaml)" if r.run_id in study.configs else "—"
         loss = "—" if math.isnan(r.final_val_loss) else f"{r.final_val_loss:.4f}"
         lines.append(f"| {r.preset} | {VARIANT_LABELS[r.variant]} | {r.ablation} | {r.seed} | {r.status} | "
-                     f"`{r.run_id}` | `{cell(r.git_commit[:12]) or '—'}` | {r.final_step} | {human(r.tokens)} | "
+                     f"`{r.run_id}` | `{cell(r.git_commit[:12]) or '—'}` | {cell(r.ran_on) or '—'} | {r.final_step} | {human(r.tokens)} | "
                      f"{loss} | {('`' + ev[r.run_id] + '`') if r.run_id in ev.index else '—'} | {config} |")
     if study.superseded:
         lines += ["", "Not used: runs with the same preset, variant, ablation and seed as a run above (a "

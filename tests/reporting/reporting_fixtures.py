@@ -52,7 +52,10 @@ def build_store(root, experiment: str = "unit") -> str:
     for i, (variant, ablation, seed) in enumerate(specs):
         tags = {"run_kind": "train", "variant": variant, "preset": "tiny", "seed": str(seed),
                 "git_commit": f"c0ffee{i:02d}", "paper": "arXiv:2512.24880", "study": experiment,
-                "run_dir": f"/runs/{experiment}/{variant}-{ablation}-s{seed}"}
+                "run_dir": f"/runs/{experiment}/{variant}-{ablation}-s{seed}",
+                # seed 1 on another CPU: the index must say the runs ran on two stacks
+                "env.torch": "2.13.0+cpu", "env.cuda_devices": "none",
+                "env.aten_cpu_capability": "AVX512" if seed == 0 else "AVX2"}
         if variant != "residual":
             tags["ablation"] = ablation
         run = client.create_run(exp_id, start_time=t0 + i, tags=tags,
@@ -114,7 +117,7 @@ def make_study(losses: dict, preset: str = "tiny", evals: dict | None = None, am
         for seed, loss in enumerate(values):
             rid = f"{preset}-{variant}-{ablation}-{seed}"
             rows.append(dict(run_id=rid, run_name=rid, status="FINISHED", preset=preset, variant=variant,
-                             ablation=ablation, seed=seed, git_commit="abc", run_dir="", params_total=2e6,
+                             ablation=ablation, seed=seed, git_commit="abc", ran_on="", run_dir="", params_total=2e6,
                              params_active=params_active, final_step=100, final_train_loss=loss,
                              final_val_loss=loss, tokens=tokens, tokens_per_sec=1.0,
                              compute=6 * params_active * tokens))

@@ -56,6 +56,8 @@ def test_index_links_resolve_and_name_runs(report, store_uri):
     for run in client.search_runs([exp.experiment_id], "tags.run_kind = 'train'"):
         assert f"`{run.info.run_id}`" in readme
         assert run.data.tags["git_commit"] in readme
+    assert "| CPU AVX512, torch 2.13.0+cpu |" in readme and "| CPU AVX2, torch 2.13.0+cpu |" in readme
+    assert "trained on 2 different devices or software stacks" in readme
 
 
 def test_claims_ledger_on_known_runs(report):
