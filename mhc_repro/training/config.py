@@ -228,7 +228,8 @@ class TrackingConfig:
 # Tags a training run sets itself (tracking.runinfo.train_tags, the checkpoint callback, train()) and
 # the reports and the eval read: user tags may not replace them.
 RESERVED_TAGS = frozenset({"run_kind", "variant", "preset", "seed", "ablation", "study", "git_commit", "paper",
-                           "run_dir", "checkpoint_path", "data_source", "stop_reason", "train_run_id"})
+                           "run_dir", "checkpoint_path", "data_source", "stop_reason", "train_run_id",
+                           "resumed_at_commit"})
 
 
 @dataclass
