@@ -128,7 +128,8 @@ def index_page(study: Study, claims: list[Claim], paper: PaperNumbers, files: di
         config = f"[config](configs/{r.run_id}.yaml)" if r.run_id in study.configs else "—"
         loss = "—" if math.isnan(r.final_val_loss) else f"{r.final_val_loss:.4f}"
         lines.append(f"| {r.preset} | {VARIANT_LABELS[r.variant]} | {r.ablation} | {r.seed} | {r.status} | "
-                     f"`{r.run_id}` | `{cell(r.git_commit[:12]) or '—'}` | {cell(r.ran_on) or '—'} | {r.final_step} | {human(r.tokens)} | "
+                     f"`{r.run_id}` | `{cell(r.git_commit[:12]) or '—'}` | {cell(r.ran_on) or '—'} | "
+                     f"{r.final_step} | {human(r.tokens)} | "
                      f"{loss} | {('`' + ev[r.run_id] + '`') if r.run_id in ev.index else '—'} | {config} |")
     if study.superseded:
         lines += ["", "Not used: runs with the same preset, variant, ablation and seed as a run above (a "
