@@ -25,7 +25,8 @@ from . import stream_kernels as sk
 DOT_PRECISION = "tf32"
 # Projection operands on a bf16 stream: "bf16x2" = φ (and dm in the backward) as bf16 hi + lo parts,
 # two or three MMAs, ≈ fp32 products; "bf16" = rounded once to bf16, one MMA (issue 6's "bf16
-# inputs, fp32 accumulate"; PAPER.md §1 keeps φ in tf32/fp32). Chosen per call (ResidualConfig.kernel_precision); this is the default.
+# inputs, fp32 accumulate"; PAPER.md §1 keeps φ in tf32/fp32). Chosen per call
+# (ResidualConfig.kernel_precision); this is the default.
 PROJ_PRECISIONS = ("bf16x2", "bf16")
 PROJ_PRECISION = "bf16x2"
 # coefficient epilogue / Sinkhorn backward: (tokens per program, num_warps). Run 35 (device time from

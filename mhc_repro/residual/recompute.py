@@ -1,9 +1,9 @@
 """The paper's memory-saving recomputation for mHC (PAPER.md §5), as selective activation checkpointing.
 
 "Discard mHC intermediates after forward, re-run only the mHC kernels in backward; store the stream
-input once per block of L_r ≈ sqrt(nL/(n+2)) layers." Here the recompute unit is ``residual.recompute_blocks``
-consecutive transformer blocks (one by default; "auto": the paper's L_r, ``paper_recompute_blocks``):
-``checkpoint_block`` runs them under ``torch.utils.checkpoint`` (non-reentrant) with a
+input once per block of L_r ≈ sqrt(nL/(n+2)) layers." Here the recompute unit is
+``residual.recompute_blocks`` consecutive transformer blocks (one by default; "auto": the paper's L_r,
+``paper_recompute_blocks``): ``checkpoint_block`` runs them under ``torch.utils.checkpoint`` (non-reentrant) with a
 selective-activation-checkpoint (SAC) policy that
 
 - saves (MUST_SAVE) the outputs of the expensive ops: dense matmuls (``mm``, ``addmm``, ``_scaled_mm``,

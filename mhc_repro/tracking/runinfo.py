@@ -56,14 +56,14 @@ def environment() -> dict[str, str]:
     return env
 
 
-def record_environment(run_dir: Path, commit: str) -> Path:
-    """Append this attempt's environment (a resumed run may continue elsewhere) to
-    ``<run_dir>/environment.jsonl``, one JSON line per launch; returns the file."""
-    path = Path(run_dir) / "environment.jsonl"
-    line = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": commit, **environment()}
-    with path.open("a") as f:
+def record_environment(run_dir: Path, commit: str) -> dict[str, str]:
+    """Append this launch's ``environment()`` (a resumed run may continue elsewhere) to
+    ``<run_dir>/environment.jsonl``, one JSON line per launch; returns that environment."""
+    env = environment()
+    line = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": commit, **env}
+    with (Path(run_dir) / "environment.jsonl").open("a") as f:
         f.write(json.dumps(line) + "\n")
-    return path
+    return env
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -78,8 +78,10 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def train_tags(config: Mapping[str, Any], *, run_dir: str, commit: str) -> dict[str, str]:
-    """DESIGN.md tags of a training run (``checkpoint_path`` is set later, after each save)."""
+def train_tags(config: Mapping[str, Any], *, run_dir: str, commit: str,
+               env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """DESIGN.md tags of a training run (``checkpoint_path`` is set later, after each save); ``env``
+    (``environment()`` of the first launch) becomes the ``env.*`` tags."""
     train, tracking = config["train"], config["tracking"]
     tags = {
         "run_kind": "train",
@@ -90,7 +92,7 @@ def train_tags(config: Mapping[str, Any], *, run_dir: str, commit: str) -> dict[
         "paper": PAPER_ID,
         "run_dir": run_dir,
         "study": tracking["study"],
-        **{f"env.{k}": v for k, v in environment().items()},  # the first launch's; every launch's: environment.jsonl
+        **{f"env.{k}": v for k, v in (env or {}).items()},  # every launch's: environment.jsonl
     }
     if train["variant"] != "residual":
         tags["ablation"] = train["ablation"]

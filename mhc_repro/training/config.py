@@ -219,7 +219,8 @@ class TrackingConfig:
                f"tracking.tracking_uri={self.tracking_uri!r} is invalid; it must be null or a URI string")
         _check(isinstance(self.tags, dict), f"tracking.tags={self.tags!r} is invalid; it must be a mapping "
                "of tag names to values, e.g. {team: x}")
-        taken = sorted(str(k) for k in self.tags if str(k) in RESERVED_TAGS or str(k).startswith(("mlflow.", "env.")))
+        taken = sorted(str(k) for k in self.tags
+                       if str(k) in RESERVED_TAGS or str(k).startswith(("mlflow.", "env.")))
         _check(not taken, f"tracking.tags names {taken}, which the runs set themselves and the reports read; "
                f"choose other names (reserved: {sorted(RESERVED_TAGS)}, mlflow.* and env.*)")
         return self

@@ -26,7 +26,8 @@ def shard_lm(model: nn.Module, mesh, bf16: bool) -> None:
     embedding output that bf16-mixed autocast gives on one device. Each HC/mHC residual module is its own
     fp32 unit too (two small all-gathers per block; one unit for both with ``residual.proj_handoff``,
     whose attention sub-layer reads the FFN sub-layer's φ), so its coefficients are computed from fp32
-    parameters as on one device (PAPER.md §1: fp32 coefficients, φ in tf32/fp32, which the kernels' bf16x2 split of φ matches)."""
+    parameters as on one device (PAPER.md §1: fp32 coefficients, φ in tf32/fp32, which the kernels'
+    bf16x2 split of φ matches)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from mhc_repro.training.config import fsdp_recompute_error

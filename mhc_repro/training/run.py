@@ -111,8 +111,10 @@ def _strategy(cfg: RunConfig):
     return cfg.train.strategy
 
 
-def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int], *, from_checkpoint: bool = False):
-    """(logger, resumed?) — creates or reopens the MLflow run whose id is kept in the run dir.
+def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int], *, commit: str,
+                     env: dict[str, str], from_checkpoint: bool = False):
+    """(logger, resumed?) — creates or reopens the MLflow run whose id is kept in the run dir; ``commit``
+    and ``env`` are this launch's (tracking.runinfo.git_commit / record_environment).
 
     Resuming from a checkpoint whose MLflow run the store does not hold (another MLFLOW_TRACKING_URI than
     the first launch's, or a moved store) is an error: a fresh MLflow run would hold only the steps after
@@ -121,7 +123,7 @@ def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int], *, 
     from mlflow.tracking import MlflowClient
 
     from mhc_repro.tracking.logger import ResumableMLFlowLogger
-    from mhc_repro.tracking.runinfo import git_commit, log_config, train_tags
+    from mhc_repro.tracking.runinfo import log_config, train_tags
     from mhc_repro.tracking.store import artifact_root, get_or_create_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
@@ -143,7 +145,7 @@ def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int], *, 
             run_id = None  # no checkpoint yet: a fresh MLflow run gets the whole history
     resumed = run_id is not None
     if not resumed:
-        tags = train_tags(cfg.to_dict(), run_dir=str(run_dir), commit=git_commit())
+        tags = train_tags(cfg.to_dict(), run_dir=str(run_dir), commit=commit, env=env)
         run_id = client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id
         tmp = id_file.with_suffix(".tmp")
         tmp.write_text(run_id + "\n")
@@ -153,9 +155,8 @@ def _open_mlflow_run(cfg: RunConfig, run_dir: Path, params: tuple[int, int], *, 
         log_config(client, run_id, cfg.to_dict(), *params, kernels=launch_settings())
     else:
         client.update_run(run_id, status="RUNNING")
-        client.set_tag(run_id, "resumed_at_commit", git_commit())
-    if (run_dir / "environment.jsonl").exists():  # written by train() for this launch: all launches' lines
-        client.log_artifact(run_id, str(run_dir / "environment.jsonl"))
+        client.set_tag(run_id, "resumed_at_commit", commit)
+    client.log_artifact(run_id, str(run_dir / "environment.jsonl"))  # all launches' lines
     logger = ResumableMLFlowLogger(experiment_name=cfg.experiment, tracking_uri=uri, run_id=run_id,
                                    artifact_location=artifact_root(uri), log_model=False)
     if resumed:
@@ -228,10 +229,11 @@ def train(cfg: RunConfig, *, resume: bool = True) -> dict:
     if is_rank0:  # with or without MLflow: what this launch ran on (tracking.runinfo.environment)
         from mhc_repro.tracking.runinfo import git_commit, record_environment
 
-        record_environment(run_dir, git_commit())
+        commit = git_commit()
+        env = record_environment(run_dir, commit)
     if cfg.tracking.enabled and is_rank0:
         logger, resumed = _open_mlflow_run(cfg, run_dir, (module.params_total, module.params_active),
-                                           from_checkpoint=ckpt is not None)
+                                           commit=commit, env=env, from_checkpoint=ckpt is not None)
         logger.set_tag("data_source", str(dm.manifest.get("source", cfg.data.source or "embedded"))[:500])
         if not resumed and (run_dir / "data_manifest.json").exists():  # corpus, split, tokenizer, token counts
             logger.log_artifact(str(run_dir / "data_manifest.json"), "data")

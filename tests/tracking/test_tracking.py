@@ -19,9 +19,9 @@ def test_flatten_and_tags():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
     cfg = {"train": {"variant": "hc", "preset": "tiny", "seed": 3, "ablation": "res"},
            "tracking": {"study": "tiny", "tags": {"who": "me"}}}
-    tags = train_tags(cfg, run_dir="/r", commit="abc")
+    tags = train_tags(cfg, run_dir="/r", commit="abc", env={"torch": "2.x", "aten_cpu_capability": "AVX2"})
     env = {k: tags.pop(k) for k in list(tags) if k.startswith("env.")}
-    assert env == {f"env.{k}": v for k, v in environment().items()}
+    assert env == {"env.torch": "2.x", "env.aten_cpu_capability": "AVX2"}
     assert tags == {"run_kind": "train", "variant": "hc", "preset": "tiny", "seed": "3", "git_commit": "abc",
                     "paper": "arXiv:2512.24880", "run_dir": "/r", "study": "tiny", "ablation": "res", "who": "me"}
     cfg["train"]["variant"] = "residual"
@@ -40,9 +40,9 @@ def test_environment_says_what_decides_the_numbers(tmp_path):
                                    if torch.cuda.is_available() else "none")
     assert all(isinstance(v, str) and v for v in env.values()), env
     # one line per launch, appended: a resumed run keeps the first launch's line
-    path = record_environment(tmp_path, "abc")
+    assert record_environment(tmp_path, "abc") == env
     record_environment(tmp_path, "def")
-    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "environment.jsonl").read_text().splitlines()]
     assert [x["git_commit"] for x in lines] == ["abc", "def"]
     assert lines[1]["torch"] == torch.__version__ and lines[0]["started"]
 
